@@ -1,0 +1,180 @@
+//! Content digests: parsing, hashing, verification.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A validated `sha256:<64 lowercase hex>` digest.
+///
+/// Only sha256 is accepted: it is what every registry and client in use
+/// produces, and a digest ocifs cannot check is a digest it must not trust.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    hex: String,
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest {
+            hex: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    /// The 64 hex digits, without the algorithm.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// The algorithm, always `sha256`.
+    pub fn algorithm(&self) -> &'static str {
+        "sha256"
+    }
+
+    /// Checks that `bytes` hash to this digest; `what` names the content in the error.
+    pub fn verify(&self, bytes: &[u8], what: impl FnOnce() -> String) -> Result<()> {
+        let actual = Digest::of(bytes);
+        if &actual == self {
+            Ok(())
+        } else {
+            Err(Error::DigestMismatch {
+                what: what(),
+                expected: self.to_string(),
+                actual: actual.to_string(),
+            })
+        }
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidDigest {
+            input: s.to_owned(),
+        };
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Incremental sha256 over a stream of bytes.
+#[derive(Default)]
+pub struct Hasher {
+    inner: Sha256,
+    len: u64,
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hasher").field("len", &self.len).finish()
+    }
+}
+
+impl Hasher {
+    /// A hasher that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.inner.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// How many bytes were fed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest of everything fed.
+    pub fn finish(self) -> Digest {
+        Digest {
+            hex: hex::encode(self.inner.finalize()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        let d = Digest::of(b"hello");
+        let s = d.to_string();
+        assert_eq!(
+            s,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(s.parse::<Digest>().ok(), Some(d));
+    }
+
+    #[test]
+    fn rejects_other_algorithms_and_bad_hex() {
+        for bad in [
+            "sha512:abcd",
+            "sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824",
+            "sha256:2cf24dba",
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            "sha256:../../../../etc/passwd0000000000000000000000000000000000000000",
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn verify_names_both_digests() {
+        let d = Digest::of(b"a");
+        let err = d.verify(b"b", || "blob x".into()).unwrap_err().to_string();
+        assert!(err.contains(&d.to_string()) && err.contains(&Digest::of(b"b").to_string()));
+    }
+
+    #[test]
+    fn hasher_matches_one_shot() {
+        let mut h = Hasher::new();
+        h.update(b"hel");
+        h.update(b"lo");
+        assert_eq!(h.len(), 5);
+        assert_eq!(h.finish(), Digest::of(b"hello"));
+    }
+}

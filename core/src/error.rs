@@ -1,0 +1,412 @@
+//! The one error type of ocifs-core.
+//!
+//! Every variant says what went wrong in terms a user can act on, carries the
+//! reference, digest or path involved, and maps to one errno (for the
+//! filesystem backends) and one exit code (for the CLI).
+
+use std::io;
+use std::time::Duration;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong between a reference and the bytes of a file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The reference string could not be parsed.
+    #[error("invalid reference {input:?}: {reason}")]
+    InvalidReference {
+        /// What the user typed.
+        input: String,
+        /// Why it is not a reference.
+        reason: String,
+    },
+
+    /// A digest string is not `sha256:` followed by 64 lowercase hex digits.
+    #[error("invalid digest {input:?}: expected sha256:<64 lowercase hex digits>")]
+    InvalidDigest {
+        /// What was given.
+        input: String,
+    },
+
+    /// A platform string is not `os/arch[/variant][:os.version]`.
+    #[error("invalid platform {input:?}: {reason} (expected os/arch[/variant][:os.version], e.g. linux/arm64/v8)")]
+    InvalidPlatform {
+        /// What was given.
+        input: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+
+    /// The registry or layout has no manifest under this tag or digest.
+    #[error("{reference}: manifest not found{}", nearby_hint(.nearby))]
+    ManifestNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// Tags that do exist and look alike (may be empty).
+        nearby: Vec<String>,
+    },
+
+    /// The registry or layout has no blob with this digest.
+    #[error("blob {digest} not found in {source_name}")]
+    BlobNotFound {
+        /// The digest asked for.
+        digest: String,
+        /// The registry repository or layout directory.
+        source_name: String,
+    },
+
+    /// No entry of an index matches the requested platform.
+    #[error("no manifest for platform {wanted} in {reference}; available platforms: {}", list_or_none(.available))]
+    PlatformNotFound {
+        /// The reference whose index was searched.
+        reference: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms the index does have.
+        available: Vec<String>,
+    },
+
+    /// An index (or layout) holds several candidates and nothing picks one.
+    #[error("{reference} is ambiguous: {reason}; candidates:\n  {}", .candidates.join("\n  "))]
+    Ambiguous {
+        /// The reference that was resolved.
+        reference: String,
+        /// Why no single candidate was chosen.
+        reason: String,
+        /// Each candidate, with its tag, digest and platform.
+        candidates: Vec<String>,
+    },
+
+    /// The registry refused the credentials given.
+    #[error("authentication to {registry} failed: {detail} (check --username/--password or the docker config)")]
+    AuthFailed {
+        /// The registry host.
+        registry: String,
+        /// What the registry or token server said.
+        detail: String,
+    },
+
+    /// The registry demands credentials and none were given.
+    #[error("{registry} requires authentication: pass --username/--password or log in with a docker-compatible client")]
+    AuthRequired {
+        /// The registry host.
+        registry: String,
+    },
+
+    /// The registry could not be reached at all.
+    #[error("registry {registry} is unreachable: {detail}{}", tls_hint(.detail))]
+    Unreachable {
+        /// The registry host.
+        registry: String,
+        /// The underlying connection error.
+        detail: String,
+    },
+
+    /// An operation did not finish in time, retries included.
+    #[error("{what} timed out after {:.1}s", .after.as_secs_f64())]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// How long was waited in total.
+        after: Duration,
+    },
+
+    /// A transfer broke off mid-body (reset, truncated body).
+    #[error("transfer of {what} from {registry} broke off: {detail}")]
+    Transfer {
+        /// The registry host.
+        registry: String,
+        /// What was being transferred.
+        what: String,
+        /// The underlying error.
+        detail: String,
+    },
+
+    /// The registry answered with an error status that retries did not cure.
+    #[error("registry {registry} answered {status} for {what}: {detail}")]
+    Registry {
+        /// The registry host.
+        registry: String,
+        /// The HTTP status code.
+        status: u16,
+        /// What was requested.
+        what: String,
+        /// The error body or reason.
+        detail: String,
+    },
+
+    /// Content does not hash to the digest that names it. Never served.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// What was checked (a manifest reference, a blob).
+        what: String,
+        /// The digest it should have had.
+        expected: String,
+        /// The digest it had.
+        actual: String,
+    },
+
+    /// Content is larger than ocifs accepts for its kind.
+    #[error("{what} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its size (or the size seen so far).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A manifest or index is not valid JSON of the expected shape.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was being parsed, with its digest or path.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A media type ocifs does not know how to handle.
+    #[error("unsupported media type {media_type:?} for {what}; expected {expected}")]
+    UnsupportedMediaType {
+        /// The media type found.
+        media_type: String,
+        /// Where it was found.
+        what: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+
+    /// A directory is not a usable OCI image layout.
+    #[error("{path} is not a usable OCI image layout: {detail}")]
+    Layout {
+        /// The layout directory.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A layer title cannot become a file name in the view.
+    #[error("layer {digest} has an unusable title {title:?}: {reason}")]
+    InvalidTitle {
+        /// The layer's digest.
+        digest: String,
+        /// The title annotation.
+        title: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// No such file or directory in the artifact.
+    #[error("{path}: no such file or directory in the artifact")]
+    PathNotFound {
+        /// The path asked for.
+        path: String,
+    },
+
+    /// A path names a directory where a file is needed, or the reverse.
+    #[error("{path}: {reason}")]
+    WrongKind {
+        /// The path asked for.
+        path: String,
+        /// "is a directory" or "not a directory".
+        reason: &'static str,
+    },
+
+    /// A source returned fewer bytes than the range asked for.
+    #[error("short read of {digest}: asked for {expected} bytes at offset {offset}, got {got}")]
+    ShortRead {
+        /// The blob.
+        digest: String,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        expected: u64,
+        /// How many came.
+        got: u64,
+    },
+
+    /// Credentials could not be read from a docker or podman config.
+    #[error("cannot read credentials: {detail}")]
+    Credentials {
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A local I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn nearby_hint(nearby: &[String]) -> String {
+    if nearby.is_empty() {
+        String::new()
+    } else {
+        format!(" (tags that exist: {})", nearby.join(", "))
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn tls_hint(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("certificate") || d.contains("tls") || d.contains("ssl") {
+        " (for a registry without TLS use --plain-http; for a self-signed certificate --insecure)"
+    } else {
+        ""
+    }
+}
+
+/// Exit codes of the `ocifs` command, one per kind of failure.
+pub mod exit_code {
+    /// Anything not listed below.
+    pub const OTHER: u8 = 1;
+    /// The command line, a reference, digest or platform is malformed.
+    pub const USAGE: u8 = 2;
+    /// A tag, manifest, platform, blob or path does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// Credentials missing or refused.
+    pub const AUTH: u8 = 4;
+    /// The registry is unreachable, timed out or keeps failing.
+    pub const NETWORK: u8 = 5;
+    /// Content failed its digest check.
+    pub const INTEGRITY: u8 = 6;
+    /// A manifest, index or layout is malformed, too large or unsupported.
+    pub const INVALID_CONTENT: u8 = 7;
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether trying the same request again may succeed (5xx, 429,
+    /// connection errors, timeouts of a single attempt).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::ShortRead { .. }
+            | Error::Transfer { .. } => true,
+            Error::Registry { status, .. } => *status == 429 || *status >= 500 || *status == 0,
+            _ => false,
+        }
+    }
+
+    /// The exit code the CLI uses for this error.
+    pub fn exit_code(&self) -> u8 {
+        use exit_code::*;
+        match self {
+            Error::InvalidReference { .. }
+            | Error::InvalidDigest { .. }
+            | Error::InvalidPlatform { .. } => USAGE,
+            Error::ManifestNotFound { .. }
+            | Error::BlobNotFound { .. }
+            | Error::PlatformNotFound { .. }
+            | Error::PathNotFound { .. }
+            | Error::WrongKind { .. }
+            | Error::Ambiguous { .. } => NOT_FOUND,
+            Error::AuthFailed { .. } | Error::AuthRequired { .. } | Error::Credentials { .. } => {
+                AUTH
+            }
+            Error::Unreachable { .. }
+            | Error::Timeout { .. }
+            | Error::Registry { .. }
+            | Error::Transfer { .. } => NETWORK,
+            Error::DigestMismatch { .. } | Error::ShortRead { .. } => INTEGRITY,
+            Error::TooLarge { .. }
+            | Error::Malformed { .. }
+            | Error::UnsupportedMediaType { .. }
+            | Error::Layout { .. }
+            | Error::InvalidTitle { .. } => INVALID_CONTENT,
+            Error::Io { .. } => OTHER,
+        }
+    }
+
+    /// The errno a filesystem backend answers with for this error.
+    pub fn errno(&self) -> i32 {
+        // Values are the Linux ones; the Windows backend maps errors itself.
+        const ENOENT: i32 = 2;
+        const EIO: i32 = 5;
+        const EACCES: i32 = 13;
+        const ENOTDIR: i32 = 20;
+        const EISDIR: i32 = 21;
+        const ETIMEDOUT: i32 = 110;
+        match self {
+            Error::PathNotFound { .. } => ENOENT,
+            Error::WrongKind { reason, .. } if reason.contains("is a directory") => EISDIR,
+            Error::WrongKind { .. } => ENOTDIR,
+            Error::AuthFailed { .. } | Error::AuthRequired { .. } => EACCES,
+            Error::Timeout { .. } => ETIMEDOUT,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(EIO),
+            _ => EIO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_not_found_lists_what_exists() {
+        let e = Error::PlatformNotFound {
+            reference: "r/x:1".into(),
+            wanted: "linux/s390x".into(),
+            available: vec!["linux/amd64".into(), "linux/arm64/v8".into()],
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("linux/s390x"), "{msg}");
+        assert!(msg.contains("linux/amd64, linux/arm64/v8"), "{msg}");
+        assert_eq!(e.exit_code(), exit_code::NOT_FOUND);
+    }
+
+    #[test]
+    fn transient_errors_are_the_retryable_ones() {
+        let status = |status| Error::Registry {
+            registry: "r".into(),
+            status,
+            what: "x".into(),
+            detail: String::new(),
+        };
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(401).is_transient());
+        assert!(
+            !Error::DigestMismatch {
+                what: "b".into(),
+                expected: "e".into(),
+                actual: "a".into()
+            }
+            .is_transient()
+        );
+    }
+
+    #[test]
+    fn tls_errors_suggest_plain_http() {
+        let e = Error::Unreachable {
+            registry: "localhost:5000".into(),
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(e.to_string().contains("--plain-http"));
+    }
+}

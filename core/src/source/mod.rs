@@ -1,0 +1,130 @@
+//! Sources: where manifests and blob bytes come from.
+//!
+//! A [`Source`] answers three questions: the manifest under a tag or digest,
+//! a byte range of a blob, and the whole blob as a stream. It does not verify
+//! blob bytes (the cache and readers do: a range cannot be checked on its
+//! own); it does verify manifests fetched by digest.
+//!
+//! Short-read rule: [`Source::read_range`] returns exactly
+//! `min(len, size - offset)` bytes or an error; never fewer without saying so.
+
+mod layout;
+mod registry;
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use layout::LayoutSource;
+pub use registry::{Credentials, RegistryOptions, RegistrySource};
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::manifest::{Descriptor, Index};
+
+/// A stream of blob bytes, in order, unverified.
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Which manifest of a repository or layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// By tag.
+    Tag(String),
+    /// By digest.
+    Digest(Digest),
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Tag(t) => write!(f, ":{t}"),
+            Selector::Digest(d) => write!(f, "@{d}"),
+        }
+    }
+}
+
+/// A manifest's bytes as served, with their (computed) digest.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    /// The raw bytes; the digest is over exactly these.
+    pub bytes: Bytes,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// The media type the source declared (Content-Type, or the descriptor's).
+    pub media_type: Option<String>,
+}
+
+/// Where an artifact's manifests and blobs come from.
+#[async_trait]
+pub trait Source: Send + Sync + fmt::Debug {
+    /// A human-readable name for messages (`registry/repo` or `oci:DIR`).
+    fn name(&self) -> String;
+
+    /// Whether bytes come over a network (and so are worth caching).
+    fn is_remote(&self) -> bool;
+
+    /// The manifest or index under `selector`. A manifest fetched by digest
+    /// is checked against it; one fetched by tag is returned with its
+    /// computed digest.
+    async fn manifest(&self, selector: &Selector) -> Result<FetchedManifest>;
+
+    /// Exactly `min(len, blob.size - offset)` bytes of `blob` from `offset`.
+    async fn read_range(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// The whole blob as a stream, unverified.
+    async fn stream(&self, blob: &Descriptor) -> Result<BlobStream>;
+
+    /// The tags the source knows, for error messages and listings. Sources
+    /// that cannot list return an empty list.
+    async fn tags(&self) -> Result<Vec<String>>;
+
+    /// The layout's `index.json`, for sources that have one.
+    async fn root_index(&self) -> Result<Option<Index>> {
+        Ok(None)
+    }
+}
+
+/// Tags that look like `wanted`, best first, for "did you mean" hints.
+pub fn nearby_tags(wanted: &str, tags: &[String]) -> Vec<String> {
+    let wanted_l = wanted.to_ascii_lowercase();
+    let mut scored: Vec<(usize, &String)> = tags
+        .iter()
+        .filter_map(|t| {
+            let tl = t.to_ascii_lowercase();
+            let d = edit_distance(&wanted_l, &tl);
+            let close = d <= 2.max(wanted.len() / 3) || tl.starts_with(&wanted_l) || wanted_l.starts_with(&tl);
+            close.then_some((d, t))
+        })
+        .collect();
+    scored.sort();
+    scored.into_iter().take(5).map(|(_, t)| t.clone()).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_tags_finds_typos_and_prefixes() {
+        let tags: Vec<String> = ["v1.6.20", "v1.6.21", "latest", "v2.0.0"].map(String::from).to_vec();
+        assert_eq!(nearby_tags("v1.6.2", &tags), vec!["v1.6.20", "v1.6.21"]);
+        assert_eq!(nearby_tags("lates", &tags), vec!["latest"]);
+        assert!(nearby_tags("zzzzzzzzzz", &tags).is_empty());
+    }
+}
