@@ -264,7 +264,7 @@ fn list_or_none(items: &[String]) -> String {
 
 fn tls_hint(detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
-    if d.contains("certificate") || d.contains("tls") || d.contains("ssl") {
+    if ["certificate", "tls", "ssl", "corrupt message", "invalidcontenttype"].iter().any(|w| d.contains(w)) {
         " (for a registry without TLS use --plain-http; for a self-signed certificate --insecure)"
     } else {
         ""

@@ -331,6 +331,26 @@ fn title_components(title: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Formats a time as `YYYY-MM-DD HH:MM` in UTC, for listings.
+pub fn format_time(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
 /// Parses an RFC 3339 timestamp (`2024-01-02T03:04:05.5+01:00`).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
@@ -464,5 +484,7 @@ mod tests {
         assert_eq!(t("2024-02-29T13:00:00.5+01:00"), Some(1_709_208_000.5));
         assert_eq!(t("2024-13-01T00:00:00Z"), None);
         assert_eq!(t("yesterday"), None);
+        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)), "2024-02-29 12:00");
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01 00:00");
     }
 }
