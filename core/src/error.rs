@@ -5,13 +5,16 @@
 //! filesystem backends) and one exit code (for the CLI).
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong between a reference and the bytes of a file.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that one failed fetch can wake all its waiters with the error.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The reference string could not be parsed.
@@ -242,7 +245,16 @@ pub enum Error {
         context: String,
         /// The OS error.
         #[source]
-        source: io::Error,
+        source: Arc<io::Error>,
+    },
+
+    /// Something is not in the cache and the network may not be used.
+    #[error("{what} is not in the cache, and {why}")]
+    NotCached {
+        /// What was asked for.
+        what: String,
+        /// Why the registry was not asked (offline, unreachable).
+        why: String,
     },
 }
 
@@ -294,7 +306,7 @@ impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 
@@ -330,7 +342,8 @@ impl Error {
             Error::Unreachable { .. }
             | Error::Timeout { .. }
             | Error::Registry { .. }
-            | Error::Transfer { .. } => NETWORK,
+            | Error::Transfer { .. }
+            | Error::NotCached { .. } => NETWORK,
             Error::DigestMismatch { .. } | Error::ShortRead { .. } => INTEGRITY,
             Error::TooLarge { .. }
             | Error::Malformed { .. }

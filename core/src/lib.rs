@@ -17,6 +17,7 @@
 //! ```
 
 pub mod auth;
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod manifest;
@@ -31,6 +32,7 @@ pub mod view;
 #[cfg(test)]
 mod testutil;
 
+pub use cache::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{Descriptor, Index, Manifest};

@@ -1,0 +1,690 @@
+//! The chunked read cache: the core of "fetch on first read".
+//!
+//! Blobs are read in fixed-size chunks. A read looks in memory
+//! ([`MemoryTier`]), then on disk ([`DiskStore`], shared by every ocifs
+//! process), then fetches what is missing: the missing chunks of one read are
+//! merged into as few range requests as possible, each chunk is fetched once
+//! however many readers wait for it (in this process by a single-flight map,
+//! across processes by chunk lock files), sequential reads are followed by a
+//! growing read-ahead window, and a semaphore bounds the requests in flight.
+//!
+//! Verification ([`Verify`]):
+//! - strict (default): without a per-chunk digest table a range cannot be
+//!   checked on its own, so the first read of a blob fetches the whole blob,
+//!   checks its sha256, and moves it under `blobs/`; only then are bytes
+//!   served. A blob that fails is dropped and the read fails.
+//! - lazy: chunks are served as they arrive; once all are present the blob
+//!   is checked, and on a mismatch dropped, with every later read failing.
+//!
+//! A local source (an OCI layout directory) is not copied to disk: in strict
+//! mode each blob is hashed once in place, then read with positional reads.
+
+mod memory;
+mod offline;
+mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use lru::LruCache;
+use tokio::sync::{Semaphore, watch};
+
+pub use memory::MemoryTier;
+pub use offline::CachedSource;
+pub use store::{DiskStore, Partial, StoredBlob};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::Descriptor;
+use crate::reader::{Counters, Reader, Stats, Verify, verify_stream};
+use crate::source::Source;
+use crate::view::Content;
+
+/// Default chunk size: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
+
+/// How the cache behaves.
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// Chunk size in bytes (power of two, at least 4 KiB).
+    pub chunk_size: u64,
+    /// Memory tier budget in bytes.
+    pub memory_budget: u64,
+    /// Disk budget in bytes; least-recently-used blobs are evicted beyond it.
+    pub disk_budget: u64,
+    /// When bytes are checked.
+    pub verify: Verify,
+    /// The largest single range request.
+    pub max_request: u64,
+    /// The largest read-ahead window.
+    pub readahead_max: u64,
+    /// Range requests in flight at once, across all blobs.
+    pub parallel_requests: usize,
+    /// Range requests in flight at once for one blob being completed.
+    pub parallel_per_blob: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            memory_budget: 256 << 20,
+            disk_budget: 10 << 30,
+            verify: Verify::Strict,
+            max_request: 16 << 20,
+            readahead_max: 8 << 20,
+            parallel_requests: 8,
+            parallel_per_blob: 4,
+        }
+    }
+}
+
+/// The default cache directory: `$OCIFS_CACHE`, else `$XDG_CACHE_HOME/ocifs`,
+/// else `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
+pub fn default_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("OCIFS_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ocifs")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/ocifs")))
+        .or_else(|| env("LOCALAPPDATA").map(|d| d.join("ocifs")))
+}
+
+/// The result every waiter of one fetch gets.
+type Flight = watch::Receiver<Option<Result<()>>>;
+
+/// Follows one blob's reads to spot sequential access.
+#[derive(Clone, Copy, Debug)]
+struct Sequence {
+    next: u64,
+    run: u64,
+    window: u64,
+}
+
+struct Inner {
+    source: Arc<dyn Source>,
+    store: Option<Arc<DiskStore>>,
+    memory: MemoryTier,
+    options: CacheOptions,
+    counters: Counters,
+    flights: Mutex<HashMap<(Digest, u64), Flight>>,
+    partials: Mutex<HashMap<Digest, Arc<Partial>>>,
+    handles: Mutex<LruCache<Digest, Arc<File>>>,
+    pins: Mutex<HashMap<Digest, usize>>,
+    verified_local: Mutex<HashSet<Digest>>,
+    bad: Mutex<HashMap<Digest, Error>>,
+    sequences: Mutex<HashMap<Digest, Sequence>>,
+    requests: Arc<Semaphore>,
+    disk_usage: AtomicU64,
+    evicting: AtomicBool,
+}
+
+/// The chunked read cache; a [`Reader`].
+#[derive(Clone)]
+pub struct ChunkCache {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ChunkCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkCache")
+            .field("source", &self.inner.source.name())
+            .field("store", &self.inner.store.as_ref().map(|s| s.root().to_path_buf()))
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+/// Keeps a blob from eviction while held.
+struct Pin {
+    inner: Arc<Inner>,
+    digest: Digest,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Ok(mut pins) = self.inner.pins.lock()
+            && let Some(n) = pins.get_mut(&self.digest)
+        {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// Whole-blob flights use this key in place of a chunk number.
+const WHOLE: u64 = u64::MAX;
+
+impl ChunkCache {
+    /// A cache over `source`. `store` is the disk tier; it is used only for
+    /// remote sources (a local layout is already on disk).
+    pub fn new(source: Arc<dyn Source>, store: Option<Arc<DiskStore>>, options: CacheOptions) -> Result<Self> {
+        if options.chunk_size < 4096 || !options.chunk_size.is_power_of_two() {
+            return Err(Error::InvalidReference {
+                input: options.chunk_size.to_string(),
+                reason: "the chunk size must be a power of two of at least 4096".into(),
+            });
+        }
+        let store = store.filter(|_| source.is_remote());
+        let disk_usage = match &store {
+            Some(s) => s.usage()?,
+            None => 0,
+        };
+        let requests = Arc::new(Semaphore::new(options.parallel_requests.max(1)));
+        Ok(ChunkCache {
+            inner: Arc::new(Inner {
+                source,
+                store,
+                memory: MemoryTier::new(options.memory_budget),
+                options,
+                counters: Counters::default(),
+                flights: Mutex::new(HashMap::new()),
+                partials: Mutex::new(HashMap::new()),
+                handles: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN))),
+                pins: Mutex::new(HashMap::new()),
+                verified_local: Mutex::new(HashSet::new()),
+                bad: Mutex::new(HashMap::new()),
+                sequences: Mutex::new(HashMap::new()),
+                requests,
+                disk_usage: AtomicU64::new(disk_usage),
+                evicting: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The source behind the cache.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.inner.source
+    }
+
+    /// Fetches and verifies the whole blob (whatever the verify mode), so
+    /// later reads need no network. For `ocifs prefetch`.
+    pub async fn prefetch(&self, blob: &Descriptor) -> Result<()> {
+        let _pin = self.inner.pin(&blob.digest);
+        self.inner.ensure_complete(blob).await
+    }
+
+    /// The path of the verified complete copy of `blob`, if there is one
+    /// (for FUSE passthrough). Local sources answer with the layout's file
+    /// once it was verified.
+    pub fn complete_path(&self, blob: &Descriptor) -> Option<PathBuf> {
+        match &self.inner.store {
+            Some(store) => store.has_complete(&blob.digest).then(|| store.blob_path(&blob.digest)),
+            None => None,
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+}
+
+impl Inner {
+    fn pin(self: &Arc<Self>, digest: &Digest) -> Pin {
+        if let Ok(mut pins) = self.pins.lock() {
+            *pins.entry(digest.clone()).or_default() += 1;
+        }
+        Pin {
+            inner: self.clone(),
+            digest: digest.clone(),
+        }
+    }
+
+    fn is_pinned(&self, digest: &Digest) -> bool {
+        self.pins.lock().is_ok_and(|p| p.contains_key(digest))
+    }
+
+    fn known_bad(&self, digest: &Digest) -> Option<Error> {
+        self.bad.lock().ok().and_then(|b| b.get(digest).cloned())
+    }
+
+    /// Runs `work` once per key: the first caller runs it in a task of its
+    /// own (so a cancelled reader does not cancel the fetch others wait
+    /// for); the others wait for its result.
+    async fn single_flight<F>(self: &Arc<Self>, key: (Digest, u64), work: F) -> Result<()>
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        let (mut rx, leader) = {
+            let mut flights = self.flights.lock().map_err(|_| poisoned())?;
+            match flights.get(&key) {
+                Some(rx) => (rx.clone(), None),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key.clone(), rx.clone());
+                    (rx, Some(tx))
+                }
+            }
+        };
+        if let Some(tx) = leader {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let result = work.await;
+                if let Ok(mut flights) = inner.flights.lock() {
+                    flights.remove(&key);
+                }
+                let _ = tx.send(Some(result));
+            });
+        }
+        match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(Ok(())),
+            Err(_) => Err(Error::io("a fetch task ended without a result", std::io::Error::other("task aborted"))),
+        }
+    }
+
+    fn partial(&self, store: &DiskStore, blob: &Descriptor) -> Result<Arc<Partial>> {
+        let mut partials = self.partials.lock().map_err(|_| poisoned())?;
+        if let Some(p) = partials.get(&blob.digest) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(store.partial(&blob.digest, blob.size, self.options.chunk_size)?);
+        partials.insert(blob.digest.clone(), p.clone());
+        Ok(p)
+    }
+
+    fn forget_partial(&self, digest: &Digest) {
+        if let Ok(mut p) = self.partials.lock() {
+            p.remove(digest);
+        }
+    }
+
+    fn complete_handle(&self, store: &DiskStore, digest: &Digest) -> Result<Option<Arc<File>>> {
+        if let Some(f) = self.handles.lock().ok().and_then(|mut h| h.get(digest).cloned()) {
+            return Ok(Some(f));
+        }
+        let Some(f) = store.open_complete(digest)? else { return Ok(None) };
+        let f = Arc::new(f);
+        if let Ok(mut h) = self.handles.lock() {
+            h.put(digest.clone(), f.clone());
+        }
+        Ok(Some(f))
+    }
+
+    /// Fetches the missing chunks `wanted` (partial-blob chunk numbers) of a
+    /// remote blob into its partial store.
+    async fn fetch_chunks(self: &Arc<Self>, blob: &Descriptor, partial: &Arc<Partial>, wanted: Vec<u64>) -> Result<()> {
+        let per_request = (self.options.max_request / partial.chunk_size).max(1);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for n in wanted {
+            match runs.last_mut() {
+                Some((first, last)) if *last + 1 == n && n - *first < per_request => *last = n,
+                _ => runs.push((n, n)),
+            }
+        }
+        let flights = runs.into_iter().map(|(first, last)| {
+            let inner = self.clone();
+            let blob = blob.clone();
+            let partial = partial.clone();
+            async move {
+                // Each run is one flight, keyed by its first chunk; readers
+                // of other chunks of the run find them present afterwards.
+                let key = (blob.digest.clone(), first);
+                let work_inner = inner.clone();
+                inner.single_flight(key, async move { work_inner.fetch_run(blob, partial, first, last).await }).await
+            }
+        });
+        let results: Vec<Result<()>> = futures_util::stream::iter(flights).buffer_unordered(self.options.parallel_per_blob.max(1)).collect().await;
+        results.into_iter().collect()
+    }
+
+    /// One range request for chunks `first..=last`, under their chunk locks.
+    async fn fetch_run(self: Arc<Self>, blob: Descriptor, partial: Arc<Partial>, first: u64, last: u64) -> Result<()> {
+        let _permit = self.requests.clone().acquire_owned().await.map_err(|_| poisoned())?;
+        let locking = partial.clone();
+        let (locks, missing) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut locks = Vec::new();
+            for n in first..=last {
+                locks.push(locking.lock_chunk(n)?);
+            }
+            // Another process may have fetched some while we waited.
+            let missing: Vec<u64> = (first..=last).filter(|n| !locking.has(*n)).collect();
+            Ok((locks, missing))
+        })
+        .await
+        .map_err(join_error)??;
+        let mut i = 0;
+        while i < missing.len() {
+            let a = missing[i];
+            let mut b = a;
+            while i + 1 < missing.len() && missing[i + 1] == b + 1 {
+                i += 1;
+                b = missing[i];
+            }
+            i += 1;
+            let offset = a * partial.chunk_size;
+            let end = ((b + 1) * partial.chunk_size).min(blob.size);
+            Counters::bump(&self.counters.requests);
+            let bytes = self.source.read_range(&blob, offset, end - offset).await?;
+            self.counters.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let writing = partial.clone();
+            let written = tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes)).await.map_err(join_error)?;
+            if let Err(e) = written {
+                // The partial blob may have been promoted by another process.
+                if self.store.as_ref().is_some_and(|s| s.has_complete(&blob.digest)) {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            self.disk_usage.fetch_add(end - offset, Ordering::Relaxed);
+        }
+        drop(locks);
+        self.maybe_evict();
+        Ok(())
+    }
+
+    /// Makes the blob complete and verified on disk (remote) or verified in
+    /// place (local).
+    async fn ensure_complete(self: &Arc<Self>, blob: &Descriptor) -> Result<()> {
+        let Some(store) = self.store.clone() else {
+            if self.verified_local.lock().is_ok_and(|v| v.contains(&blob.digest)) {
+                return Ok(());
+            }
+            let inner = self.clone();
+            let b = blob.clone();
+            return self
+                .single_flight((blob.digest.clone(), WHOLE), async move {
+                    verify_stream(inner.source.as_ref(), &b, &inner.counters).await?;
+                    if let Ok(mut v) = inner.verified_local.lock() {
+                        v.insert(b.digest.clone());
+                    }
+                    Ok(())
+                })
+                .await;
+        };
+        if store.has_complete(&blob.digest) {
+            return Ok(());
+        }
+        let inner = self.clone();
+        let b = blob.clone();
+        self.single_flight((blob.digest.clone(), WHOLE), async move {
+            if store.has_complete(&b.digest) {
+                return Ok(());
+            }
+            let partial = inner.partial(&store, &b)?;
+            let p = partial.clone();
+            let missing = tokio::task::spawn_blocking(move || (0..p.size.div_ceil(p.chunk_size)).filter(|n| !p.has(*n)).collect::<Vec<u64>>())
+                .await
+                .map_err(join_error)?;
+            inner.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+            inner.fetch_chunks(&b, &partial, missing).await?;
+            inner.promote(&store, &b).await
+        })
+        .await
+    }
+
+    async fn promote(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor) -> Result<()> {
+        let s = store.clone();
+        let (digest, size) = (blob.digest.clone(), blob.size);
+        let result = tokio::task::spawn_blocking(move || s.promote(&digest, size)).await.map_err(join_error)?;
+        self.forget_partial(&blob.digest);
+        match result {
+            Ok(()) => {
+                Counters::bump(&self.counters.blobs_verified);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::DigestMismatch { .. }) {
+                    Counters::bump(&self.counters.verify_failures);
+                    self.memory.remove_blob(&blob.digest);
+                    tracing::error!(digest = %blob.digest, error = %e, "blob failed verification; dropped from the cache");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn maybe_evict(self: &Arc<Self>) {
+        let Some(store) = self.store.clone() else { return };
+        let budget = self.options.disk_budget;
+        if self.disk_usage.load(Ordering::Relaxed) <= budget || self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Our own cached handles hold shared locks, which would keep the
+        // evictor off every blob this process ever read: let go of those
+        // not in use (they reopen on demand).
+        if let Ok(mut handles) = self.handles.lock() {
+            let idle: Vec<Digest> = handles.iter().map(|(d, _)| d.clone()).filter(|d| !self.is_pinned(d)).collect();
+            for d in idle {
+                handles.pop(&d);
+            }
+        }
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // Down to 90%, so that eviction does not run on every chunk.
+            let target = budget - budget / 10;
+            match store.evict_to(target, &|d| inner.is_pinned(d)) {
+                Ok(freed) => tracing::debug!(freed, "cache eviction"),
+                Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
+            }
+            inner.disk_usage.store(store.usage().unwrap_or(0), Ordering::Relaxed);
+            inner.evicting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Chunk `n` (in the cache's chunk size) from disk, if it is there and
+    /// may be served.
+    fn chunk_from_disk(&self, store: &DiskStore, blob: &Descriptor, n: u64) -> Result<Option<Bytes>> {
+        let cs = self.options.chunk_size;
+        let offset = n * cs;
+        let len = (cs.min(blob.size - offset)) as usize;
+        if let Some(f) = self.complete_handle(store, &blob.digest)? {
+            return Ok(Some(Bytes::from(DiskStore::read_at(&f, &store.blob_path(&blob.digest), offset, len)?)));
+        }
+        if self.options.verify == Verify::Strict {
+            return Ok(None);
+        }
+        let partial = match self.partials.lock().ok().and_then(|p| p.get(&blob.digest).cloned()) {
+            Some(p) => p,
+            None => return Ok(None),
+        };
+        if partial.chunks_covering(offset, offset + len as u64).all(|c| partial.has(c)) {
+            return Ok(Some(Bytes::from(partial.read(offset, len)?)));
+        }
+        Ok(None)
+    }
+
+    async fn read_blob(self: &Arc<Self>, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        let end = offset.saturating_add(len).min(blob.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        if let Some(e) = self.known_bad(&blob.digest) {
+            return Err(e);
+        }
+        let _pin = self.pin(&blob.digest);
+        if self.options.verify == Verify::Strict {
+            self.ensure_complete(blob).await?;
+        }
+        let cs = self.options.chunk_size;
+        let (c0, c1) = (offset / cs, (end - 1) / cs);
+        let mut chunks: Vec<Option<Bytes>> = (c0..=c1).map(|n| self.memory.get(&blob.digest, n)).collect();
+        self.counters.memory_hits.fetch_add(chunks.iter().filter(|c| c.is_some()).count() as u64, Ordering::Relaxed);
+        for attempt in 0..3 {
+            if chunks.iter().all(Option::is_some) {
+                break;
+            }
+            let missing: Vec<u64> = (c0..=c1).zip(&chunks).filter(|(_, c)| c.is_none()).map(|(n, _)| n).collect();
+            let found = self.chunks_from_storage(blob, &missing).await?;
+            for (n, bytes) in found {
+                if attempt == 0 {
+                    Counters::bump(if self.store.is_some() { &self.counters.disk_hits } else { &self.counters.misses });
+                }
+                self.memory.put(&blob.digest, n, bytes.clone());
+                chunks[(n - c0) as usize] = Some(bytes);
+            }
+            if chunks.iter().all(Option::is_some) {
+                break;
+            }
+            // Still missing: only a remote blob in lazy mode gets here (or a
+            // strict one whose complete copy vanished: complete it again).
+            let Some(store) = self.store.clone() else { break };
+            if self.options.verify == Verify::Strict {
+                self.ensure_complete(blob).await?;
+                continue;
+            }
+            let partial = self.partial(&store, blob)?;
+            let still: Vec<u64> = (c0..=c1).zip(&chunks).filter(|(_, c)| c.is_none()).map(|(n, _)| n).collect();
+            let mut wanted: Vec<u64> = still
+                .iter()
+                .flat_map(|n| partial.chunks_covering(n * cs, ((n + 1) * cs).min(blob.size)))
+                .filter(|c| !partial.has(*c))
+                .collect();
+            wanted.dedup();
+            self.counters.misses.fetch_add(still.len() as u64, Ordering::Relaxed);
+            self.fetch_chunks(blob, &partial, wanted).await?;
+            self.after_lazy_fetch(&store, blob, &partial);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (n, chunk) in (c0..=c1).zip(chunks) {
+            let chunk = chunk.ok_or_else(|| Error::ShortRead {
+                digest: blob.digest.to_string(),
+                offset: n * cs,
+                expected: cs,
+                got: 0,
+            })?;
+            let start = offset.saturating_sub(n * cs) as usize;
+            let stop = ((end - n * cs) as usize).min(chunk.len());
+            out.extend_from_slice(&chunk[start..stop]);
+        }
+        if self.options.verify == Verify::Lazy && self.store.is_some() {
+            self.read_ahead(blob, offset, end);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Chunks of `missing` that the disk (remote) or the layout (local) has.
+    async fn chunks_from_storage(self: &Arc<Self>, blob: &Descriptor, missing: &[u64]) -> Result<Vec<(u64, Bytes)>> {
+        let cs = self.options.chunk_size;
+        match self.store.clone() {
+            Some(store) => {
+                let inner = self.clone();
+                let blob = blob.clone();
+                let missing = missing.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    let mut found = Vec::new();
+                    for n in missing {
+                        if let Some(b) = inner.chunk_from_disk(&store, &blob, n)? {
+                            found.push((n, b));
+                        }
+                    }
+                    Ok(found)
+                })
+                .await
+                .map_err(join_error)?
+            }
+            None => {
+                if self.options.verify == Verify::Strict {
+                    self.ensure_complete(blob).await?;
+                }
+                let mut found = Vec::new();
+                // One read for the whole run: the layout is a local file.
+                let (first, last) = (missing[0], missing[missing.len() - 1]);
+                let start = first * cs;
+                let bytes = self.source.read_range(blob, start, ((last + 1) * cs).min(blob.size) - start).await?;
+                for &n in missing {
+                    let a = ((n - first) * cs) as usize;
+                    let b = (a + cs as usize).min(bytes.len());
+                    if a < b {
+                        found.push((n, bytes.slice(a..b)));
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// In lazy mode, a blob whose chunks are all present is checked now.
+    fn after_lazy_fetch(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor, partial: &Arc<Partial>) {
+        let p = partial.clone();
+        let inner = self.clone();
+        let store = store.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            let complete = tokio::task::spawn_blocking(move || p.is_complete()).await.unwrap_or(false);
+            if !complete {
+                return;
+            }
+            let key = (blob.digest.clone(), WHOLE);
+            let (i2, b2) = (inner.clone(), blob.clone());
+            let result = inner.single_flight(key, async move { i2.promote(&store, &b2).await }).await;
+            if let Err(e @ Error::DigestMismatch { .. }) = result
+                && let Ok(mut bad) = inner.bad.lock()
+            {
+                bad.insert(blob.digest.clone(), e);
+            }
+        });
+    }
+
+    /// Sequential reads grow a read-ahead window, fetched in the background.
+    fn read_ahead(self: &Arc<Self>, blob: &Descriptor, offset: u64, end: u64) {
+        let cs = self.options.chunk_size;
+        let window = {
+            let Ok(mut seqs) = self.sequences.lock() else { return };
+            let seq = seqs.entry(blob.digest.clone()).or_insert(Sequence { next: u64::MAX, run: 0, window: 0 });
+            // Sequential: at or a little past where the last read ended
+            // (several FUSE threads may deliver neighbours out of order).
+            let sequential = seq.next != u64::MAX && offset >= seq.next && offset - seq.next < cs;
+            seq.run = if sequential { seq.run + (end - offset) } else { end - offset };
+            // Read ahead only once a run covers a chunk: a few small reads
+            // of a header are not a stream.
+            seq.window = if sequential && seq.run >= cs { (seq.window * 2).clamp(2 * cs, self.options.readahead_max.max(cs)) } else { 0 };
+            seq.next = end;
+            seq.window
+        };
+        if window == 0 || end >= blob.size {
+            return;
+        }
+        let Some(store) = self.store.clone() else { return };
+        let inner = self.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            let Ok(partial) = inner.partial(&store, &blob) else { return };
+            let ahead_end = end.saturating_add(window).min(blob.size);
+            let mut wanted: Vec<u64> = partial.chunks_covering(end, ahead_end).filter(|c| !partial.has(*c)).collect();
+            wanted.dedup();
+            if wanted.is_empty() {
+                return;
+            }
+            let _pin = inner.pin(&blob.digest);
+            if let Err(e) = inner.fetch_chunks(&blob, &partial, wanted).await {
+                tracing::debug!(digest = %blob.digest, error = %e, "read-ahead failed");
+            } else {
+                inner.after_lazy_fetch(&store, &blob, &partial);
+            }
+        });
+    }
+}
+
+fn poisoned() -> Error {
+    Error::io("cache state", std::io::Error::other("a lock was poisoned by a panic"))
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::io("a cache task failed", std::io::Error::other(e.to_string()))
+}
+
+#[async_trait]
+impl Reader for ChunkCache {
+    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
+        match content {
+            Content::Blob(blob) => self.inner.read_blob(blob, offset, len).await,
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests;

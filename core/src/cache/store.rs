@@ -1,0 +1,651 @@
+//! The on-disk content store, shared by any number of ocifs processes.
+//!
+//! ```text
+//! ROOT/oci-layout                        so other tools can read ROOT as a layout
+//! ROOT/blobs/sha256/<hex>                complete blobs, verified before they got there
+//! ROOT/partial/sha256/<hex>/data         a sparse file of the blob's size
+//! ROOT/partial/sha256/<hex>/meta         {"size":…, "chunkSize":…}
+//! ROOT/partial/sha256/<hex>/have/<n>     empty marker: chunk n of data is written and synced
+//! ROOT/partial/sha256/<hex>/lock/<n>     lock file of chunk n (held while fetching it)
+//! ROOT/partial/sha256/<hex>/promote.lock held while verifying and promoting the blob
+//! ROOT/refs/<registry>/<repository>/<tag>  the digest a tag last resolved to
+//! ROOT/tmp/                              temp files, renamed into place when complete
+//! ```
+//!
+//! Invariants that make sharing and crashes safe:
+//! - a name under `blobs/` only ever appears by `rename` of a file whose
+//!   digest was checked, so it never holds half-written or wrong bytes;
+//! - a chunk is present only once its marker exists, and the marker is made
+//!   (by rename) after the chunk's bytes were written and synced, so a crash
+//!   mid-write leaves the chunk absent, never half-present;
+//! - a chunk is fetched by whoever holds its lock file; others wait on the
+//!   lock and then find the marker, so two processes fetch it once;
+//! - readers hold a shared lock on a complete blob while they use it; the
+//!   evictor takes an exclusive lock without waiting and skips what it cannot
+//!   lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::reference::RegistryRef;
+
+/// A partial blob younger than this is never evicted: a fetch may be writing it.
+const PARTIAL_GRACE: Duration = Duration::from_secs(60);
+
+fn io_err(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::io(context(), e)
+}
+
+/// The on-disk store.
+#[derive(Debug)]
+pub struct DiskStore {
+    root: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+/// What one blob occupies in the store, for `ocifs cache ls`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredBlob {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// `complete` or `partial`.
+    pub state: &'static str,
+    /// The blob's size.
+    pub size: u64,
+    /// Bytes present on disk.
+    pub present: u64,
+    /// Last use, seconds since the epoch.
+    pub last_used: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct PartialMeta {
+    size: u64,
+    chunk_size: u64,
+}
+
+/// A partial blob, open for writing chunks.
+#[derive(Debug)]
+pub struct Partial {
+    dir: PathBuf,
+    data: File,
+    /// The blob's size.
+    pub size: u64,
+    /// The chunk size this partial blob was created with (it may differ from
+    /// the reading process's).
+    pub chunk_size: u64,
+}
+
+/// A held chunk lock (released on drop).
+#[derive(Debug)]
+pub struct ChunkLock {
+    _file: File,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "partial/sha256", "refs", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(io_err(|| format!("creating cache directory {}", root.join(sub).display())))?;
+        }
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            let store = DiskStore { root: root.clone(), tmp_counter: AtomicU64::new(0) };
+            store.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        Ok(DiskStore { root, tmp_counter: AtomicU64::new(0) })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a complete blob lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn partial_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join("partial/sha256").join(digest.hex())
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        self.root.join("tmp").join(format!("{}-{n}-{nanos}", std::process::id()))
+    }
+
+    /// Writes `bytes` to `path` atomically: temp file, sync, rename.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path();
+        let ctx = || format!("writing {}", path.display());
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()?;
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io_err(ctx))
+    }
+
+    /// Opens a complete blob for reading, holding a shared lock on it so the
+    /// evictor of any process leaves it alone. `None` if it is not complete.
+    pub fn open_complete(&self, digest: &Digest) -> Result<Option<File>> {
+        let path = self.blob_path(digest);
+        match File::open(&path) {
+            Ok(f) => {
+                f.lock_shared().map_err(io_err(|| format!("locking {}", path.display())))?;
+                // Its mtime is its last use, for LRU eviction.
+                let _ = f.set_modified(SystemTime::now());
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+        }
+    }
+
+    /// Whether a complete blob exists.
+    pub fn has_complete(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Stores small content (a manifest) as a complete blob after checking it.
+    pub fn put_small(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        digest.verify(bytes, || format!("manifest {digest}"))?;
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        self.write_atomic(&path, bytes)
+    }
+
+    /// Reads a small complete blob (a manifest), bounded by `limit`.
+    pub fn get_small(&self, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.blob_path(digest);
+        let mut buf = Vec::new();
+        match File::open(&path) {
+            Ok(f) => {
+                f.take(limit + 1).read_to_end(&mut buf).map_err(io_err(|| format!("reading {}", path.display())))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        }
+        // Never trust the disk more than the network.
+        if buf.len() as u64 > limit || Digest::of(&buf) != *digest {
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        Ok(Some(buf))
+    }
+
+    /// Opens or creates the partial blob of `digest`.
+    pub fn partial(&self, digest: &Digest, size: u64, chunk_size: u64) -> Result<Partial> {
+        let dir = self.partial_dir(digest);
+        let ctx = || format!("opening partial blob {}", dir.display());
+        fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
+        fs::create_dir_all(dir.join("lock")).map_err(io_err(ctx))?;
+        let meta_path = dir.join("meta");
+        let wanted = PartialMeta { size, chunk_size };
+        let meta = match fs::read(&meta_path) {
+            Ok(bytes) => match serde_json::from_slice::<PartialMeta>(&bytes) {
+                Ok(m) if m.size == size && m.chunk_size > 0 => m,
+                // Unreadable or for another size: start over.
+                _ => {
+                    let _ = fs::remove_dir_all(dir.join("have"));
+                    fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
+                    self.write_atomic(&meta_path, &serde_json::to_vec(&wanted).unwrap_or_default())?;
+                    wanted
+                }
+            },
+            Err(_) => {
+                self.write_atomic(&meta_path, &serde_json::to_vec(&wanted).unwrap_or_default())?;
+                wanted
+            }
+        };
+        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("data")).map_err(io_err(ctx))?;
+        if data.metadata().map_err(io_err(ctx))?.len() != size {
+            data.set_len(size).map_err(io_err(ctx))?;
+        }
+        Ok(Partial {
+            dir,
+            data,
+            size,
+            chunk_size: meta.chunk_size,
+        })
+    }
+
+    /// Reads `[offset, offset+len)` of a complete blob from an open handle.
+    pub fn read_at(file: &File, path_for_errors: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let got = read_full_at(file, &mut buf, offset).map_err(io_err(|| format!("reading {}", path_for_errors.display())))?;
+        if got < len {
+            return Err(Error::ShortRead {
+                digest: path_for_errors.display().to_string(),
+                offset,
+                expected: len as u64,
+                got: got as u64,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Verifies a complete partial blob and moves it under `blobs/`. On a
+    /// mismatch the partial blob is deleted, so nothing of it stays cached.
+    pub fn promote(&self, digest: &Digest, size: u64) -> Result<()> {
+        let dir = self.partial_dir(digest);
+        let final_path = self.blob_path(digest);
+        if final_path.is_file() {
+            return Ok(());
+        }
+        let lock_path = dir.join("promote.lock");
+        let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+            Ok(f) => f,
+            // The partial dir is gone: another process promoted (or dropped) it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return if final_path.is_file() {
+                    Ok(())
+                } else {
+                    Err(Error::io(format!("promoting {digest}"), e))
+                };
+            }
+            Err(e) => return Err(Error::io(format!("promoting {digest}"), e)),
+        };
+        lock.lock().map_err(io_err(|| format!("locking {}", lock_path.display())))?;
+        if final_path.is_file() {
+            return Ok(());
+        }
+        let data_path = dir.join("data");
+        let mut data = File::open(&data_path).map_err(io_err(|| format!("opening {}", data_path.display())))?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = data.read(&mut buf).map_err(io_err(|| format!("reading {}", data_path.display())))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let len = hasher.len();
+        let actual = hasher.finish();
+        if len != size || &actual != digest {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(Error::DigestMismatch {
+                what: format!("blob {digest} ({len} bytes fetched, {size} expected; dropped from the cache)"),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        data.sync_all().map_err(io_err(|| format!("syncing {}", data_path.display())))?;
+        fs::rename(&data_path, &final_path).map_err(io_err(|| format!("moving {} into place", data_path.display())))?;
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Removes whatever is stored for `digest` (complete and partial).
+    pub fn remove(&self, digest: &Digest) {
+        let _ = fs::remove_file(self.blob_path(digest));
+        let _ = fs::remove_dir_all(self.partial_dir(digest));
+    }
+
+    fn ref_path(&self, r: &RegistryRef, tag: &str) -> PathBuf {
+        // ':' (a port) is not allowed in Windows file names.
+        let registry = r.registry.replace(':', "%3A");
+        let mut p = self.root.join("refs").join(registry);
+        for c in r.repository.split('/') {
+            p.push(c);
+        }
+        p.push(tag);
+        p
+    }
+
+    /// Remembers that `tag` of `r` resolved to `digest`.
+    pub fn put_ref(&self, r: &RegistryRef, tag: &str, digest: &Digest) -> Result<()> {
+        self.write_atomic(&self.ref_path(r, tag), digest.to_string().as_bytes())
+    }
+
+    /// The digest `tag` of `r` last resolved to, if remembered.
+    pub fn get_ref(&self, r: &RegistryRef, tag: &str) -> Option<Digest> {
+        fs::read_to_string(self.ref_path(r, tag)).ok()?.trim().parse().ok()
+    }
+
+    /// Every blob in the store, complete and partial.
+    pub fn list(&self) -> Result<Vec<StoredBlob>> {
+        let mut out = Vec::new();
+        let secs = |m: &fs::Metadata| m.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        let blobs = self.root.join("blobs/sha256");
+        for entry in fs::read_dir(&blobs).map_err(io_err(|| format!("listing {}", blobs.display())))?.flatten() {
+            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>() else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push(StoredBlob {
+                digest,
+                state: "complete",
+                size: meta.len(),
+                present: meta.len(),
+                last_used: secs(&meta),
+            });
+        }
+        let partials = self.root.join("partial/sha256");
+        for entry in fs::read_dir(&partials).map_err(io_err(|| format!("listing {}", partials.display())))?.flatten() {
+            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>() else { continue };
+            let dir = entry.path();
+            let Ok(meta) = fs::read(dir.join("meta")).map_err(|_| ()).and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ())) else {
+                continue;
+            };
+            let have = fs::read_dir(dir.join("have")).map(|d| d.flatten().count() as u64).unwrap_or(0);
+            let used = fs::metadata(dir.join("data")).map(|m| secs(&m)).unwrap_or(0);
+            out.push(StoredBlob {
+                digest,
+                state: "partial",
+                size: meta.size,
+                present: (have * meta.chunk_size).min(meta.size),
+                last_used: used,
+            });
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest).then(a.state.cmp(b.state)));
+        Ok(out)
+    }
+
+    /// Bytes the store holds (complete blobs plus chunks of partial ones).
+    pub fn usage(&self) -> Result<u64> {
+        Ok(self.list()?.iter().map(|b| b.present).sum())
+    }
+
+    /// Deletes least-recently-used blobs until the store holds at most
+    /// `budget` bytes. Blobs in `pinned`, blobs another reader holds a lock
+    /// on, and partial blobs written in the last minute are kept. Returns the
+    /// bytes freed.
+    pub fn evict_to(&self, budget: u64, pinned: &dyn Fn(&Digest) -> bool) -> Result<u64> {
+        let mut blobs = self.list()?;
+        let mut total: u64 = blobs.iter().map(|b| b.present).sum();
+        if total <= budget {
+            return Ok(0);
+        }
+        blobs.sort_by_key(|b| b.last_used);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut freed = 0;
+        for b in blobs {
+            if total <= budget {
+                break;
+            }
+            if pinned(&b.digest) {
+                continue;
+            }
+            let removed = if b.state == "complete" {
+                let path = self.blob_path(&b.digest);
+                match File::open(&path) {
+                    Ok(f) if f.try_lock().is_ok() => fs::remove_file(&path).is_ok(),
+                    _ => false,
+                }
+            } else if now.saturating_sub(b.last_used) >= PARTIAL_GRACE.as_secs() {
+                fs::remove_dir_all(self.partial_dir(&b.digest)).is_ok()
+            } else {
+                false
+            };
+            if removed {
+                tracing::debug!(digest = %b.digest, bytes = b.present, state = b.state, "evicted");
+                total -= b.present;
+                freed += b.present;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Re-hashes every complete blob; removes and returns the bad ones.
+    pub fn verify_all(&self, mut progress: impl FnMut(&Digest, bool)) -> Result<Vec<Digest>> {
+        let mut bad = Vec::new();
+        for b in self.list()?.into_iter().filter(|b| b.state == "complete") {
+            let path = self.blob_path(&b.digest);
+            let ok = (|| -> io::Result<bool> {
+                let mut f = File::open(&path)?;
+                let mut h = Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                Ok(h.finish() == b.digest)
+            })()
+            .unwrap_or(false);
+            progress(&b.digest, ok);
+            if !ok {
+                let _ = fs::remove_file(&path);
+                bad.push(b.digest);
+            }
+        }
+        // Partial blobs whose chunk records are unreadable are dropped too.
+        Ok(bad)
+    }
+
+    /// Deletes everything (`cache prune --all`), except blobs in use.
+    pub fn clear(&self) -> Result<u64> {
+        self.evict_to(0, &|_| false)
+    }
+}
+
+impl Partial {
+    /// The chunks (in this partial blob's chunk size) covering `[offset, end)`.
+    pub fn chunks_covering(&self, offset: u64, end: u64) -> std::ops::RangeInclusive<u64> {
+        let last = end.saturating_sub(1).max(offset);
+        offset / self.chunk_size..=last / self.chunk_size
+    }
+
+    /// Whether chunk `n` is present.
+    pub fn has(&self, n: u64) -> bool {
+        self.dir.join("have").join(n.to_string()).exists()
+    }
+
+    /// Whether every chunk is present.
+    pub fn is_complete(&self) -> bool {
+        let count = self.size.div_ceil(self.chunk_size);
+        match fs::read_dir(self.dir.join("have")) {
+            Ok(d) => d.flatten().count() as u64 >= count && (0..count).all(|n| self.has(n)),
+            Err(_) => false,
+        }
+    }
+
+    /// Takes the lock of chunk `n`, waiting for another fetcher to finish.
+    /// Blocking: call from a blocking context.
+    pub fn lock_chunk(&self, n: u64) -> Result<ChunkLock> {
+        let path = self.dir.join("lock").join(n.to_string());
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(|| format!("opening {}", path.display())))?;
+        file.lock().map_err(io_err(|| format!("locking {}", path.display())))?;
+        Ok(ChunkLock { _file: file })
+    }
+
+    /// Writes chunks starting at chunk `first` (bytes must start at its
+    /// offset and cover whole chunks, the last one possibly short at the end
+    /// of the blob), syncs, then marks them present.
+    pub fn write_chunks(&self, first: u64, bytes: &[u8]) -> Result<()> {
+        let offset = first * self.chunk_size;
+        let ctx = || format!("writing {}", self.dir.join("data").display());
+        write_all_at(&self.data, bytes, offset).map_err(io_err(ctx))?;
+        self.data.sync_data().map_err(io_err(ctx))?;
+        let end = offset + bytes.len() as u64;
+        let mut n = first;
+        while n * self.chunk_size < end {
+            let chunk_end = ((n + 1) * self.chunk_size).min(self.size);
+            if chunk_end > end {
+                break; // not whole: leave it absent
+            }
+            let marker = self.dir.join("have").join(n.to_string());
+            File::create(&marker).map_err(io_err(|| format!("marking {}", marker.display())))?;
+            n += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads `[offset, offset+len)`; the caller checked the chunks are present.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        DiskStore::read_at(&self.data, &self.dir.join("data"), offset, len)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::write_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_write(file, buf, offset)
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read_at(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match write_at(file, buf, offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, DiskStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = DiskStore::open(d.path().join("cache")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn chunks_promote_after_verification() {
+        let (_d, s) = store();
+        let blob: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(&blob);
+        let p = s.partial(&digest, blob.len() as u64, 4096).unwrap();
+        assert!(!p.has(0));
+        p.write_chunks(1, &blob[4096..8192]).unwrap();
+        assert!(p.has(1) && !p.has(0) && !p.is_complete());
+        assert_eq!(p.read(4096, 10).unwrap(), &blob[4096..4106]);
+        p.write_chunks(2, &blob[8192..]).unwrap();
+        p.write_chunks(0, &blob[..4096]).unwrap();
+        assert!(p.is_complete());
+        s.promote(&digest, blob.len() as u64).unwrap();
+        assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
+        assert!(!s.partial_dir(&digest).exists());
+        assert_eq!(s.usage().unwrap(), blob.len() as u64);
+    }
+
+    #[test]
+    fn a_bad_blob_is_dropped_not_promoted() {
+        let (_d, s) = store();
+        let blob = vec![7u8; 5000];
+        let digest = Digest::of(&blob);
+        let p = s.partial(&digest, 5000, 4096).unwrap();
+        let mut bad = blob.clone();
+        bad[4500] ^= 1;
+        p.write_chunks(0, &bad).unwrap();
+        let err = s.promote(&digest, 5000).unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(!s.has_complete(&digest));
+        assert!(s.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn partial_last_chunk_is_not_marked_until_whole() {
+        let (_d, s) = store();
+        let digest = Digest::of(b"x");
+        let p = s.partial(&digest, 10_000, 4096).unwrap();
+        p.write_chunks(2, &[0u8; 100]).unwrap();
+        assert!(!p.has(2));
+        p.write_chunks(2, &[0u8; 10_000 - 8192]).unwrap();
+        assert!(p.has(2));
+    }
+
+    #[test]
+    fn eviction_is_lru_and_skips_locked_and_pinned() {
+        let (_d, s) = store();
+        let mut digests = Vec::new();
+        for i in 0..4u8 {
+            let blob = vec![i; 1000];
+            let d = Digest::of(&blob);
+            s.write_atomic(&s.blob_path(&d), &blob).unwrap();
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + u64::from(i));
+            File::options().write(true).open(s.blob_path(&d)).unwrap().set_modified(t).unwrap();
+            digests.push(d);
+        }
+        // Oldest is 0: pinned. Next is 1: locked by a reader.
+        let _reader = s.open_complete(&digests[1]).unwrap().unwrap();
+        // open_complete touched 1, making it newest; re-age it.
+        File::options().write(true).open(s.blob_path(&digests[1])).unwrap().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+        let pinned = digests[0].clone();
+        let freed = s.evict_to(2000, &|d| d == &pinned).unwrap();
+        assert_eq!(freed, 2000);
+        assert!(s.has_complete(&digests[0]) && s.has_complete(&digests[1]));
+        assert!(!s.has_complete(&digests[2]) && !s.has_complete(&digests[3]));
+    }
+
+    #[test]
+    fn verify_all_removes_corrupt_blobs() {
+        let (_d, s) = store();
+        let good = b"good".to_vec();
+        let d_good = Digest::of(&good);
+        s.write_atomic(&s.blob_path(&d_good), &good).unwrap();
+        let d_bad = Digest::of(b"bad");
+        s.write_atomic(&s.blob_path(&d_bad), b"BAD").unwrap();
+        let bad = s.verify_all(|_, _| {}).unwrap();
+        assert_eq!(bad, vec![d_bad.clone()]);
+        assert!(s.has_complete(&d_good) && !s.has_complete(&d_bad));
+    }
+
+    #[test]
+    fn refs_round_trip() {
+        let (_d, s) = store();
+        let r = RegistryRef::parse("127.0.0.1:5000/a/b:v1").unwrap();
+        let d = Digest::of(b"m");
+        assert_eq!(s.get_ref(&r, "v1"), None);
+        s.put_ref(&r, "v1", &d).unwrap();
+        assert_eq!(s.get_ref(&r, "v1"), Some(d));
+    }
+}

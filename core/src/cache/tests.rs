@@ -1,0 +1,337 @@
+//! Unit tests of the cache over an in-process fake source. The end-to-end
+//! tests against the real registry are in the tests crate.
+
+use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::source::{BlobStream, FetchedManifest, Selector};
+
+#[derive(Debug, Default)]
+struct Fake {
+    blobs: HashMap<Digest, Vec<u8>>,
+    corrupt: AtomicBool,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    delay_ms: u64,
+}
+
+impl Fake {
+    fn with(blobs: &[&[u8]]) -> (Arc<Self>, Vec<Descriptor>) {
+        let mut map = HashMap::new();
+        let mut descs = Vec::new();
+        for b in blobs {
+            let d = Digest::of(b);
+            map.insert(d.clone(), b.to_vec());
+            descs.push(Descriptor {
+                media_type: "application/octet-stream".into(),
+                digest: d,
+                size: b.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+                artifact_type: None,
+                urls: vec![],
+            });
+        }
+        (Arc::new(Fake { blobs: map, ..Fake::default() }), descs)
+    }
+}
+
+#[async_trait]
+impl Source for Fake {
+    fn name(&self) -> String {
+        "fake".into()
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+    async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
+        unimplemented!()
+    }
+    async fn read_range(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+        let data = &self.blobs[&blob.digest];
+        let end = (offset + len).min(data.len() as u64) as usize;
+        let mut out = data[offset as usize..end].to_vec();
+        if self.corrupt.load(Ordering::SeqCst) && !out.is_empty() {
+            out[0] ^= 0xff;
+        }
+        self.bytes.fetch_add(out.len() as u64, Ordering::SeqCst);
+        Ok(Bytes::from(out))
+    }
+    async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
+        let b = self.read_range(blob, 0, blob.size).await?;
+        Ok(Box::pin(futures_util::stream::iter([Ok(b)])))
+    }
+    async fn tags(&self) -> Result<Vec<String>> {
+        Ok(vec![])
+    }
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn options(verify: Verify) -> CacheOptions {
+    CacheOptions {
+        chunk_size: 64 * 1024,
+        verify,
+        max_request: 1 << 20,
+        readahead_max: 256 * 1024,
+        ..CacheOptions::default()
+    }
+}
+
+fn cache(source: Arc<Fake>, dir: &std::path::Path, opts: CacheOptions) -> ChunkCache {
+    let store = Arc::new(DiskStore::open(dir).unwrap());
+    ChunkCache::new(source, Some(store), opts).unwrap()
+}
+
+#[tokio::test]
+async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
+    let blob = data(1_000_000, 1);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let got = c.read(&Content::Blob(d[0].clone()), 500_000, 4096).await.unwrap();
+    assert_eq!(&got[..], &blob[500_000..504_096]);
+    assert_eq!(src.bytes.load(Ordering::SeqCst), 1_000_000);
+    assert!(DiskStore::open(dir.path()).unwrap().has_complete(&d[0].digest));
+    // Warm: no more network, any offset and length, reads past the end clipped.
+    for (off, len) in [(0, 10), (65_535, 2), (999_999, 100), (1_000_000, 5), (123_456, 300_000)] {
+        let got = c.read(&Content::Blob(d[0].clone()), off, len).await.unwrap();
+        let end = ((off + len) as usize).min(blob.len());
+        assert_eq!(&got[..], &blob[(off as usize).min(end)..end], "{off}+{len}");
+    }
+    assert_eq!(src.bytes.load(Ordering::SeqCst), 1_000_000);
+    let s = c.stats();
+    assert_eq!((s.blobs_verified, s.verify_failures), (1, 0));
+}
+
+#[tokio::test]
+async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
+    let blob = data(300_000, 2);
+    let (src, d) = Fake::with(&[&blob]);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let err = c.read(&Content::Blob(d[0].clone()), 0, 10).await.unwrap_err();
+    assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&d[0].digest.to_string()));
+    assert!(DiskStore::open(dir.path()).unwrap().list().unwrap().is_empty(), "something of a bad blob stayed cached");
+    assert_eq!(c.stats().verify_failures, 1);
+    // The registry is fixed: the same cache succeeds on the next read.
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = c.read(&Content::Blob(d[0].clone()), 0, 10).await.unwrap();
+    assert_eq!(&got[..], &blob[..10]);
+}
+
+#[tokio::test]
+async fn lazy_reads_fetch_only_the_chunks_needed() {
+    let blob = data(4 << 20, 3);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    let got = c.read(&Content::Blob(d[0].clone()), 2 << 20, 4096).await.unwrap();
+    assert_eq!(&got[..], &blob[2 << 20..(2 << 20) + 4096]);
+    assert_eq!(src.bytes.load(Ordering::SeqCst), 64 * 1024, "one chunk, not more");
+    // A read spanning 3 chunks, one present: the 2 missing ones in one request.
+    let before = src.requests.load(Ordering::SeqCst);
+    let got = c.read(&Content::Blob(d[0].clone()), (2 << 20) - 100, 128 * 1024).await.unwrap();
+    assert_eq!(&got[..], &blob[(2 << 20) - 100..(2 << 20) - 100 + 128 * 1024]);
+    assert_eq!(src.requests.load(Ordering::SeqCst) - before, 2, "chunks before and after the cached one");
+}
+
+#[tokio::test]
+async fn thirty_two_readers_of_one_missing_chunk_cause_one_request() {
+    let blob = data(1 << 20, 4);
+    let (src, d) = Fake::with(&[&blob]);
+    let src = Arc::new(Fake {
+        blobs: src.blobs.clone(),
+        delay_ms: 100,
+        ..Fake::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let c = c.clone();
+        let content = Content::Blob(d[0].clone());
+        tasks.push(tokio::spawn(async move { c.read(&content, 70_000 + i * 100, 100).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap().unwrap();
+        let off = 70_000 + i * 100;
+        assert_eq!(&got[..], &blob[off..off + 100]);
+    }
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failed_fetch_wakes_every_waiter_and_caches_nothing() {
+    #[derive(Debug)]
+    struct Failing(Arc<Fake>);
+    #[async_trait]
+    impl Source for Failing {
+        fn name(&self) -> String {
+            "failing".into()
+        }
+        fn is_remote(&self) -> bool {
+            true
+        }
+        async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
+            unimplemented!()
+        }
+        async fn read_range(&self, _: &Descriptor, _: u64, _: u64) -> Result<Bytes> {
+            self.0.requests.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(Error::Registry {
+                registry: "r".into(),
+                status: 404,
+                what: "x".into(),
+                detail: "gone".into(),
+            })
+        }
+        async fn stream(&self, _: &Descriptor) -> Result<BlobStream> {
+            unimplemented!()
+        }
+        async fn tags(&self) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+    }
+    let (fake, d) = Fake::with(&[&data(200_000, 5)]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    let c = ChunkCache::new(Arc::new(Failing(fake.clone())), Some(store.clone()), options(Verify::Lazy)).unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            let content = Content::Blob(d[0].clone());
+            tokio::spawn(async move { c.read(&content, 10, 10).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
+    assert!(store.list().unwrap().iter().all(|b| b.present == 0));
+}
+
+#[tokio::test]
+async fn lazy_mode_drops_a_blob_that_fails_once_complete() {
+    let blob = data(200_000, 6);
+    let (src, d) = Fake::with(&[&blob]);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    // Served as it arrives (that is lazy mode's contract)...
+    c.read(&Content::Blob(d[0].clone()), 0, 200_000).await.unwrap();
+    // ...and once complete, checked: later reads fail and nothing stays.
+    let mut failed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if c.read(&Content::Blob(d[0].clone()), 0, 10).await.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "a blob that failed verification is still served");
+    assert_eq!(c.stats().verify_failures, 1);
+    assert!(!DiskStore::open(dir.path()).unwrap().has_complete(&d[0].digest));
+}
+
+#[tokio::test]
+async fn two_caches_on_one_directory_fetch_a_blob_once() {
+    // Two ChunkCache instances stand in for two processes: their chunk
+    // locks are separate open files, which exclude each other as across
+    // processes.
+    let blob = data(2 << 20, 7);
+    let (src, d) = Fake::with(&[&blob]);
+    let src = Arc::new(Fake {
+        blobs: src.blobs.clone(),
+        delay_ms: 20,
+        ..Fake::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let a = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let b = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let content = Content::Blob(d[0].clone());
+    let (ra, rb) = tokio::join!(a.read(&content, 0, 1 << 20), b.read(&content, 1 << 20, 1 << 20));
+    assert_eq!(&ra.unwrap()[..], &blob[..1 << 20]);
+    assert_eq!(&rb.unwrap()[..], &blob[1 << 20..]);
+    assert_eq!(src.bytes.load(Ordering::SeqCst), 2 << 20, "the blob was fetched more than once");
+}
+
+#[tokio::test]
+async fn the_disk_stays_under_budget() {
+    let blobs: Vec<Vec<u8>> = (0..6).map(|i| data(300_000, 10 + i)).collect();
+    let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+    let (src, d) = Fake::with(&refs);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CacheOptions {
+        disk_budget: 1_000_000,
+        ..options(Verify::Strict)
+    };
+    let c = cache(src.clone(), dir.path(), opts);
+    for (i, desc) in d.iter().enumerate() {
+        let got = c.read(&Content::Blob(desc.clone()), 0, 300_000).await.unwrap();
+        assert_eq!(&got[..], &blobs[i][..]);
+        // Let the background eviction run.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let usage = DiskStore::open(dir.path()).unwrap().usage().unwrap();
+    assert!(usage <= 1_000_000 + 300_000, "usage {usage} over budget plus one blob");
+}
+
+#[tokio::test]
+async fn sequential_reads_read_ahead() {
+    let blob = data(2 << 20, 8);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    let content = Content::Blob(d[0].clone());
+    for i in 0..4u64 {
+        let got = c.read(&content, i * 65_536, 65_536).await.unwrap();
+        assert_eq!(&got[..], &blob[(i * 65_536) as usize..((i + 1) * 65_536) as usize]);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The window grew: chunks beyond the last read were fetched ahead.
+    assert!(src.bytes.load(Ordering::SeqCst) > 4 * 65_536, "no read-ahead: {}", src.bytes.load(Ordering::SeqCst));
+    let misses_before = c.stats().misses;
+    c.read(&content, 4 * 65_536, 65_536).await.unwrap();
+    assert_eq!(c.stats().misses, misses_before, "the next sequential read missed");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+    #[test]
+    fn random_reads_are_byte_identical(reads in proptest::collection::vec((0u64..1_100_000, 1u64..200_000), 1..12), lazy in proptest::bool::ANY) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let blob = data(1_000_000, 9);
+            let (src, d) = Fake::with(&[&blob]);
+            let dir = tempfile::tempdir().unwrap();
+            let c = cache(src, dir.path(), options(if lazy { Verify::Lazy } else { Verify::Strict }));
+            for (off, len) in reads {
+                let got = c.read(&Content::Blob(d[0].clone()), off, len).await.unwrap();
+                let end = ((off + len) as usize).min(blob.len());
+                let start = (off as usize).min(end);
+                assert_eq!(&got[..], &blob[start..end]);
+            }
+        });
+    }
+}
