@@ -3,28 +3,37 @@
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context as _, bail};
-use futures_util::TryStreamExt as _;
 use ocifs_core::digest::Hasher;
 use ocifs_core::view::{Content, NodeKind, format_time};
 use ocifs_core::{Error, Resolution, Tree, ViewOptions, resolve};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::options::{CatArgs, InspectArgs, LsArgs, Opened, SourceArgs};
+use ocifs_core::Reader as _;
 
-/// Files up to this size are held back until their digest checks out, so
-/// that a consumer never sees complete-looking wrong output. Larger files
-/// stream; a mismatch then shows only in the exit status.
-const VERIFY_BEFORE_WRITE: u64 = 64 * 1024 * 1024;
+use crate::options::{
+    CacheCmdArgs, CacheCommand, CatArgs, InspectArgs, LsArgs, Opened, PrefetchArgs, SourceArgs,
+};
 
-async fn open_resolved(args: &SourceArgs, reference: Option<&str>) -> anyhow::Result<(Opened, Resolution)> {
+async fn open_resolved(
+    args: &SourceArgs,
+    reference: Option<&str>,
+) -> anyhow::Result<(Opened, Resolution)> {
     let opened = args.open(reference).await?;
-    let resolution = resolve(opened.source.as_ref(), &opened.reference, opened.platform.as_ref()).await?;
+    let resolution = resolve(
+        opened.source.as_ref(),
+        &opened.reference,
+        opened.platform.as_ref(),
+    )
+    .await?;
     tracing::info!(reference = %opened.reference, digest = %resolution.digest, "resolved");
     Ok((opened, resolution))
 }
 
-async fn open_tree(args: &SourceArgs, reference: Option<&str>) -> anyhow::Result<(Opened, Resolution, Tree)> {
+async fn open_tree(
+    args: &SourceArgs,
+    reference: Option<&str>,
+) -> anyhow::Result<(Opened, Resolution, Tree)> {
     let (opened, resolution) = open_resolved(args, reference).await?;
     let tree = Tree::from_artifact(&resolution.manifest, &ViewOptions::default())?;
     Ok((opened, resolution, tree))
@@ -68,24 +77,52 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let mut out = String::new();
     out.push_str(&format!("Reference: {}\n", r.reference));
     for step in &r.path {
-        let name = step.digest.as_ref().map_or_else(|| "index.json".to_owned(), ToString::to_string);
+        let name = step
+            .digest
+            .as_ref()
+            .map_or_else(|| "index.json".to_owned(), ToString::to_string);
         out.push_str(&format!("Index {name} ({})\n", step.media_type));
         for e in &step.entries {
             let mark = if e.digest == step.chosen { "*" } else { " " };
-            let platform = e.platform.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
-            let tag = e.ref_name().map(|t| format!("  tag {t}")).unwrap_or_default();
+            let platform = e
+                .platform
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
+            let tag = e
+                .ref_name()
+                .map(|t| format!("  tag {t}"))
+                .unwrap_or_default();
             out.push_str(&format!("  {mark} {platform:<32} {}{tag}\n", e.digest));
         }
     }
-    out.push_str(&format!("Manifest: {}\n  Media type: {}\n  Artifact type: {}\n  Size: {}\n", r.digest, r.media_type, r.artifact_type(), r.size));
-    out.push_str(&format!("  Config: {} {} ({} bytes)\n", m.config.media_type, m.config.digest, m.config.size));
+    out.push_str(&format!(
+        "Manifest: {}\n  Media type: {}\n  Artifact type: {}\n  Size: {}\n",
+        r.digest,
+        r.media_type,
+        r.artifact_type(),
+        r.size
+    ));
+    out.push_str(&format!(
+        "  Config: {} {} ({} bytes)\n",
+        m.config.media_type, m.config.digest, m.config.size
+    ));
     for (k, v) in &m.annotations {
         out.push_str(&format!("  Annotation {k}: {v}\n"));
     }
     out.push_str(&format!("Layers: {}\n", m.layers.len()));
     for l in &m.layers {
-        out.push_str(&format!("  {} {:>12}  {}  {}\n", l.digest, l.size, l.media_type, l.title().unwrap_or("-")));
-        for (k, v) in l.annotations.iter().filter(|(k, _)| k.as_str() != ocifs_core::manifest::annotation::TITLE) {
+        out.push_str(&format!(
+            "  {} {:>12}  {}  {}\n",
+            l.digest,
+            l.size,
+            l.media_type,
+            l.title().unwrap_or("-")
+        ));
+        for (k, v) in l
+            .annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != ocifs_core::manifest::annotation::TITLE)
+        {
             out.push_str(&format!("      {k}: {v}\n"));
         }
     }
@@ -123,14 +160,27 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .filter_map(|e| {
                     let i = tree.resolve_path(&e.path).ok()?;
-                    let rel = e.path.strip_prefix(&base).unwrap_or(&e.path).trim_start_matches('/').to_owned();
+                    let rel = e
+                        .path
+                        .strip_prefix(&base)
+                        .unwrap_or(&e.path)
+                        .trim_start_matches('/')
+                        .to_owned();
                     Some((i, ocifs_core::view::Entry { path: rel, ..e }))
                 })
                 .collect()
         }
         _ => tree
             .children(ino)
-            .map(|(name, i)| (i, ocifs_core::view::Entry { path: name.to_owned(), ..tree.entry(i) }))
+            .map(|(name, i)| {
+                (
+                    i,
+                    ocifs_core::view::Entry {
+                        path: name.to_owned(),
+                        ..tree.entry(i)
+                    },
+                )
+            })
             .collect(),
     };
     let mut out = String::new();
@@ -143,7 +193,13 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
             let suffix = if e.kind == "dir" { "/" } else { "" };
             if args.long {
                 let mtime = tree.node(*i).map_or(UNIX_EPOCH, |n| n.mtime);
-                out.push_str(&format!("{} {:>12} {} {}{suffix}\n", mode_string(e.kind == "dir", e.mode), e.size, format_time(mtime), e.path));
+                out.push_str(&format!(
+                    "{} {:>12} {} {}{suffix}\n",
+                    mode_string(e.kind == "dir", e.mode),
+                    e.size,
+                    format_time(mtime),
+                    e.path
+                ));
             } else {
                 out.push_str(&format!("{}{suffix}\n", e.path));
             }
@@ -155,6 +211,17 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the counters to stderr if `--stats` asked for them.
+fn print_stats(args: &SourceArgs, opened: &Opened) {
+    if args.stats {
+        let stats = opened.cache.stats();
+        eprintln!("{}", serde_json::to_string(&stats).unwrap_or_default());
+    }
+}
+
+/// How much `cat` reads at a time.
+const CAT_PIECE: u64 = 1 << 20;
+
 /// `ocifs cat`.
 pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let (reference, rest) = args.source.split(&args.operands);
@@ -163,54 +230,206 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     };
     let (opened, _, tree) = open_tree(&args.source, reference).await?;
     let ino = tree.resolve_path(path)?;
-    let node = tree.node(ino).with_context(|| format!("{path}: no such file"))?;
-    let NodeKind::File(Content::Blob(blob)) = &node.kind else {
+    let node = tree
+        .node(ino)
+        .with_context(|| format!("{path}: no such file"))?;
+    let NodeKind::File(content) = &node.kind else {
         return Err(Error::WrongKind {
             path: path.clone(),
             reason: "is a directory",
         }
         .into());
     };
-    let mut stream = opened.source.stream(blob).await?;
+    let Content::Blob(blob) = content;
+    // Strict mode: the cache serves nothing before the blob checked out, so
+    // the output is never wrong. Lazy mode: bytes stream as they come, and
+    // the hash here still turns a bad blob into exit status 6.
     let mut hasher = Hasher::new();
     let mut stdout = tokio::io::stdout();
-    let hold = blob.size <= VERIFY_BEFORE_WRITE;
-    let mut held = Vec::new();
-    while let Some(chunk) = stream.try_next().await? {
-        if hasher.len() + chunk.len() as u64 > blob.size {
-            return Err(Error::DigestMismatch {
-                what: format!("{path} (blob {})", blob.digest),
-                expected: format!("{} bytes", blob.size),
-                actual: "more bytes than the descriptor's size".into(),
-            }
-            .into());
+    let mut offset = 0;
+    while offset < blob.size {
+        let piece = opened.cache.read(content, offset, CAT_PIECE).await?;
+        if piece.is_empty() {
+            break;
         }
-        hasher.update(&chunk);
-        if hold {
-            held.extend_from_slice(&chunk);
-        } else {
-            stdout.write_all(&chunk).await?;
-        }
+        hasher.update(&piece);
+        stdout.write_all(&piece).await?;
+        offset += piece.len() as u64;
     }
-    if hasher.len() < blob.size {
-        return Err(Error::ShortRead {
-            digest: blob.digest.to_string(),
-            offset: 0,
-            expected: blob.size,
-            got: hasher.len(),
-        }
-        .into());
-    }
+    stdout.flush().await?;
     let actual = hasher.finish();
-    if actual != blob.digest {
+    print_stats(&args.source, &opened);
+    if offset != blob.size || actual != blob.digest {
         return Err(Error::DigestMismatch {
-            what: format!("{path} ({})", if hold { "nothing was written" } else { "the output written is corrupt" }),
+            what: format!("{path} (the output written is corrupt)"),
             expected: blob.digest.to_string(),
             actual: actual.to_string(),
         }
         .into());
     }
-    stdout.write_all(&held).await?;
-    stdout.flush().await?;
+    Ok(())
+}
+
+/// `ocifs prefetch`.
+pub async fn prefetch(args: PrefetchArgs) -> anyhow::Result<()> {
+    let (reference, paths) = args.source.split(&args.operands);
+    let (opened, _, tree) = open_tree(&args.source, reference).await?;
+    let roots: Vec<ocifs_core::Ino> = if paths.is_empty() {
+        vec![Tree::ROOT]
+    } else {
+        paths
+            .iter()
+            .map(|p| tree.resolve_path(p))
+            .collect::<Result<_, _>>()?
+    };
+    let mut blobs: Vec<(String, ocifs_core::Descriptor)> = Vec::new();
+    for root in roots {
+        let mut inos = vec![root];
+        inos.extend(
+            tree.walk(root)
+                .iter()
+                .filter_map(|e| tree.resolve_path(&e.path).ok()),
+        );
+        for ino in inos {
+            if let Some(NodeKind::File(Content::Blob(d))) = tree.node(ino).map(|n| &n.kind)
+                && !blobs.iter().any(|(_, b)| b.digest == d.digest)
+            {
+                blobs.push((tree.path_of(ino), d.clone()));
+            }
+        }
+    }
+    let total: u64 = blobs.iter().map(|(_, b)| b.size).sum();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:20!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let interactive = !bar.is_hidden();
+    let mut done = 0;
+    for (path, blob) in &blobs {
+        bar.set_message(path.clone());
+        let before = opened
+            .cache
+            .counters()
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let fetch = opened.cache.prefetch(blob);
+        tokio::pin!(fetch);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let result = loop {
+            tokio::select! {
+                r = &mut fetch => break r,
+                _ = tick.tick() => {
+                    let now = opened.cache.counters().bytes_fetched.load(std::sync::atomic::Ordering::Relaxed);
+                    bar.set_position(done + (now - before).min(blob.size));
+                }
+            }
+        };
+        result.with_context(|| format!("prefetching {path}"))?;
+        done += blob.size;
+        bar.set_position(done);
+        if !interactive && !args.source.quiet_progress() {
+            let fetched = opened
+                .cache
+                .counters()
+                .bytes_fetched
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - before;
+            eprintln!(
+                "ocifs: {path}: {} bytes cached ({fetched} fetched)",
+                blob.size
+            );
+        }
+    }
+    bar.finish_and_clear();
+    print_stats(&args.source, &opened);
+    Ok(())
+}
+
+/// `ocifs cache`.
+pub async fn cache(args: CacheCmdArgs) -> anyhow::Result<()> {
+    let store = args.cache.store()?;
+    match args.command {
+        CacheCommand::Du { json } => {
+            let blobs = store.list()?;
+            let complete: Vec<_> = blobs.iter().filter(|b| b.state == "complete").collect();
+            let partial: Vec<_> = blobs.iter().filter(|b| b.state == "partial").collect();
+            let used: u64 = blobs.iter().map(|b| b.present).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dir": store.root(),
+                        "bytes": used,
+                        "budget": args.cache.cache_max_size,
+                        "completeBlobs": complete.len(),
+                        "completeBytes": complete.iter().map(|b| b.present).sum::<u64>(),
+                        "partialBlobs": partial.len(),
+                        "partialBytes": partial.iter().map(|b| b.present).sum::<u64>(),
+                    })
+                );
+            } else {
+                println!(
+                    "{used}\t{} ({} complete blobs, {} partial; budget {})",
+                    store.root().display(),
+                    complete.len(),
+                    partial.len(),
+                    args.cache.cache_max_size
+                );
+            }
+        }
+        CacheCommand::Ls { json } => {
+            let blobs = store.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&blobs)?);
+            } else {
+                for b in blobs {
+                    let used =
+                        format_time(UNIX_EPOCH + std::time::Duration::from_secs(b.last_used));
+                    println!(
+                        "{} {:>8} {:>12} {:>12} {used}",
+                        b.digest, b.state, b.size, b.present
+                    );
+                }
+            }
+        }
+        CacheCommand::Prune { max_size, all } => {
+            let target = if all {
+                0
+            } else {
+                max_size.unwrap_or(args.cache.cache_max_size)
+            };
+            let freed = store.evict_to(target, &|_| false)?;
+            println!("freed {freed} bytes; {} bytes remain", store.usage()?);
+        }
+        CacheCommand::Verify => {
+            let bad = store.verify_all(|d, ok| {
+                if !ok {
+                    eprintln!("ocifs: {d}: digest mismatch, removed");
+                }
+            })?;
+            let checked = store
+                .list()?
+                .iter()
+                .filter(|b| b.state == "complete")
+                .count()
+                + bad.len();
+            if let Some(first) = bad.first() {
+                return Err(Error::DigestMismatch {
+                    what: format!("{} of {checked} cached blobs (removed)", bad.len()),
+                    expected: first.to_string(),
+                    actual: "other content".into(),
+                }
+                .into());
+            }
+            println!("{checked} blobs verified");
+        }
+    }
     Ok(())
 }

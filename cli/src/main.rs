@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use options::{CatArgs, InspectArgs, LsArgs};
+use options::{CacheCmdArgs, CatArgs, InspectArgs, LsArgs, PrefetchArgs};
 
 /// Browse OCI artifacts and images without pulling them.
 #[derive(Debug, Parser)]
@@ -34,6 +34,10 @@ enum Command {
     Ls(LsArgs),
     /// Write a file of an artifact to stdout.
     Cat(CatArgs),
+    /// Fill the cache with an artifact, or some of its files.
+    Prefetch(PrefetchArgs),
+    /// Look after the cache: du, ls, prune, verify.
+    Cache(CacheCmdArgs),
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -48,13 +52,20 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "debug,ocifs=trace,ocifs_core=trace,oci_client=debug,hyper=info,hyper_util=info,h2=info,rustls=info".to_owned(),
     };
     let filter = EnvFilter::try_from_env("OCIFS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(verbose >= 2).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(verbose >= 2)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ocifs: cannot start the async runtime: {e}");
@@ -66,13 +77,18 @@ fn main() -> ExitCode {
             Command::Inspect(args) => commands::inspect(args).await,
             Command::Ls(args) => commands::ls(args).await,
             Command::Cat(args) => commands::cat(args).await,
+            Command::Prefetch(args) => commands::prefetch(args).await,
+            Command::Cache(args) => commands::cache(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`ocifs cat … | head`) is the reader's choice, not a failure.
-            if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)) {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
             let _ = io::stdout().flush();
@@ -86,5 +102,8 @@ fn main() -> ExitCode {
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     e.chain()
         .find_map(|c| c.downcast_ref::<ocifs_core::Error>())
-        .map_or(ocifs_core::error::exit_code::OTHER, ocifs_core::Error::exit_code)
+        .map_or(
+            ocifs_core::error::exit_code::OTHER,
+            ocifs_core::Error::exit_code,
+        )
 }

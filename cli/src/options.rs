@@ -7,7 +7,69 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use ocifs_core::{Credentials, LayoutRef, LayoutSource, Platform, Reference, RegistryOptions, RegistrySource, RetryPolicy, Source};
+use std::sync::Arc;
+
+use ocifs_core::cache::{self, CacheOptions, CachedSource, ChunkCache, DiskStore};
+use ocifs_core::{
+    Credentials, Error, LayoutRef, LayoutSource, Platform, Reference, RegistryOptions,
+    RegistrySource, RetryPolicy, Source, Verify,
+};
+
+/// Parses a byte size: `4096`, `512K`, `1M`, `1MiB`, `10G`, `1.5G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512K, 256M, 10G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (K, M, G, T)")),
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// Where the cache is and how it behaves.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The cache directory, shared by every ocifs process that names it
+    /// [default: $OCIFS_CACHE, else $XDG_CACHE_HOME/ocifs, else ~/.cache/ocifs].
+    #[arg(long, value_name = "DIR", env = "OCIFS_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Evict least-recently-used blobs beyond this size on disk.
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub cache_max_size: u64,
+}
+
+impl CacheArgs {
+    /// The cache directory to use.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        self.cache_dir
+            .clone()
+            .or_else(cache::default_dir)
+            .context("no cache directory: set --cache-dir or $OCIFS_CACHE")
+    }
+
+    /// Opens the disk store.
+    pub fn store(&self) -> anyhow::Result<Arc<DiskStore>> {
+        let dir = self.dir()?;
+        Ok(Arc::new(DiskStore::open(&dir).with_context(|| {
+            format!("opening the cache at {}", dir.display())
+        })?))
+    }
+}
 
 /// Where the artifact is and how to reach it.
 #[derive(Debug, Args)]
@@ -43,12 +105,39 @@ pub struct SourceArgs {
     /// Give up on one registry operation, retries included, after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub timeout: f64,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// strict: serve no byte before its blob's digest checked out (fetches a
+    /// blob whole on first read); lazy: serve chunks as they arrive, check the
+    /// blob once complete.
+    #[arg(long, value_name = "MODE", default_value = "strict")]
+    pub verify: Verify,
+
+    /// Use only what the cache holds; make no network request at all.
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Chunk size of reads and of the cache.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u64,
+
+    /// Memory cache budget.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub memory_cache_size: u64,
+
+    /// Print the read counters (hits, misses, bytes fetched) to stderr at exit.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// An opened source with what was asked of it.
 pub struct Opened {
     /// The source.
-    pub source: Box<dyn Source>,
+    pub source: Arc<dyn Source>,
+    /// The cache reading through it.
+    pub cache: ChunkCache,
     /// The reference, as parsed.
     pub reference: Reference,
     /// `--platform`, if given.
@@ -56,6 +145,12 @@ pub struct Opened {
 }
 
 impl SourceArgs {
+    /// Whether per-file progress lines are unwanted (`--stats` output is
+    /// machine-read, so it is not mixed with them).
+    pub fn quiet_progress(&self) -> bool {
+        self.stats
+    }
+
     /// Splits the operands into the reference and what follows it: with
     /// `--oci-layout` there is no REF operand.
     pub fn split<'a>(&self, operands: &'a [String]) -> (Option<&'a str>, &'a [String]) {
@@ -77,7 +172,10 @@ impl SourceArgs {
     fn credentials(&self, registry: &str) -> anyhow::Result<Option<Credentials>> {
         let password = if self.password_stdin {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
             Some(line.trim_end_matches(['\r', '\n']).to_owned())
         } else {
             self.password.clone()
@@ -100,9 +198,21 @@ impl SourceArgs {
             bail!("--timeout must be a positive number of seconds");
         }
         let total = Duration::from_secs_f64(self.timeout);
-        let source: Box<dyn Source> = match &reference {
-            Reference::Layout(l) => Box::new(LayoutSource::open(PathBuf::from(&l.path))?),
+        let mut store = None;
+        let source: Arc<dyn Source> = match &reference {
+            Reference::Layout(l) => Arc::new(LayoutSource::open(PathBuf::from(&l.path))?),
+            Reference::Registry(r) if self.offline => {
+                let s = self.cache.store()?;
+                store = Some(s.clone());
+                Arc::new(CachedSource::offline(
+                    s,
+                    r.clone(),
+                    "--offline forbids the network",
+                ))
+            }
             Reference::Registry(r) => {
+                let s = self.cache.store()?;
+                store = Some(s.clone());
                 let options = RegistryOptions {
                     plain_http: self.plain_http,
                     insecure: self.insecure,
@@ -114,11 +224,33 @@ impl SourceArgs {
                     read_timeout: total.min(Duration::from_secs(30)),
                     connect_timeout: total.min(Duration::from_secs(10)),
                 };
-                Box::new(RegistrySource::connect(r, options).await?)
+                match RegistrySource::connect(r, options).await {
+                    Ok(registry) => {
+                        Arc::new(CachedSource::online(Arc::new(registry), s, r.clone()))
+                    }
+                    Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. })) => {
+                        tracing::warn!("{e}; serving what the cache holds");
+                        Arc::new(CachedSource::offline(
+                            s,
+                            r.clone(),
+                            format!("the registry is unreachable ({e})"),
+                        ))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
+        let options = CacheOptions {
+            chunk_size: self.chunk_size,
+            memory_budget: self.memory_cache_size,
+            disk_budget: self.cache.cache_max_size,
+            verify: self.verify,
+            ..CacheOptions::default()
+        };
+        let cache = ChunkCache::new(source.clone(), store, options)?;
         Ok(Opened {
             source,
+            cache,
             reference,
             platform: self.platform.clone(),
         })
@@ -155,6 +287,53 @@ pub struct LsArgs {
     /// Print a JSON array of entries.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ocifs prefetch`.
+#[derive(Debug, Args)]
+pub struct PrefetchArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// REF, then the files or directories to fetch (default: everything).
+    #[arg(value_name = "REF [PATH]...")]
+    pub operands: Vec<String>,
+}
+
+/// `ocifs cache`.
+#[derive(Debug, Args)]
+pub struct CacheCmdArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// What to do with the cache.
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Bytes used, complete and partial blobs.
+    Du {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every blob: digest, state, size, bytes present, last use.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict least-recently-used blobs down to a size (blobs in use are kept).
+    Prune {
+        /// Target size [default: --cache-max-size].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "all")]
+        max_size: Option<u64>,
+        /// Remove everything not in use.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-hash every complete blob; report and remove bad ones (exit 6 if any).
+    Verify,
 }
 
 /// `ocifs cat`.

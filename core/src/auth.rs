@@ -17,11 +17,18 @@ pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 /// Looks up credentials for `registry` (`host[:port]`). `Ok(None)` when no
 /// config names it; an error when a config or helper is broken.
 pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
-    let server = if registry == DOCKER_HUB { DOCKER_HUB_KEY } else { registry };
+    let server = if registry == DOCKER_HUB {
+        DOCKER_HUB_KEY
+    } else {
+        registry
+    };
     warn_if_readable_by_others();
     for (which, found) in [
         ("docker config", docker_credential::get_credential(server)),
-        ("podman auth.json", docker_credential::get_podman_credential(server)),
+        (
+            "podman auth.json",
+            docker_credential::get_podman_credential(server),
+        ),
     ] {
         match found {
             Ok(DockerCredential::UsernamePassword(username, password)) => {
@@ -42,7 +49,9 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
             // Deliberately not the helper's output, which may echo secrets.
             Err(CredentialRetrievalError::HelperFailure { helper, .. }) => {
                 return Err(Error::Credentials {
-                    detail: format!("credential helper docker-credential-{helper} failed for {registry}"),
+                    detail: format!(
+                        "credential helper docker-credential-{helper} failed for {registry}"
+                    ),
                 });
             }
             Err(e) => {

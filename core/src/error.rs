@@ -34,7 +34,9 @@ pub enum Error {
     },
 
     /// A platform string is not `os/arch[/variant][:os.version]`.
-    #[error("invalid platform {input:?}: {reason} (expected os/arch[/variant][:os.version], e.g. linux/arm64/v8)")]
+    #[error(
+        "invalid platform {input:?}: {reason} (expected os/arch[/variant][:os.version], e.g. linux/arm64/v8)"
+    )]
     InvalidPlatform {
         /// What was given.
         input: String,
@@ -83,7 +85,9 @@ pub enum Error {
     },
 
     /// The registry refused the credentials given.
-    #[error("authentication to {registry} failed: {detail} (check --username/--password or the docker config)")]
+    #[error(
+        "authentication to {registry} failed: {detail} (check --username/--password or the docker config)"
+    )]
     AuthFailed {
         /// The registry host.
         registry: String,
@@ -92,7 +96,9 @@ pub enum Error {
     },
 
     /// The registry demands credentials and none were given.
-    #[error("{registry} requires authentication: pass --username/--password or log in with a docker-compatible client")]
+    #[error(
+        "{registry} requires authentication: pass --username/--password or log in with a docker-compatible client"
+    )]
     AuthRequired {
         /// The registry host.
         registry: String,
@@ -276,7 +282,16 @@ fn list_or_none(items: &[String]) -> String {
 
 fn tls_hint(detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
-    if ["certificate", "tls", "ssl", "corrupt message", "invalidcontenttype"].iter().any(|w| d.contains(w)) {
+    if [
+        "certificate",
+        "tls",
+        "ssl",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|w| d.contains(w))
+    {
         " (for a registry without TLS use --plain-http; for a self-signed certificate --insecure)"
     } else {
         ""

@@ -74,7 +74,9 @@ impl Descriptor {
 
     /// A tag from `org.opencontainers.image.ref.name` (OCI layouts).
     pub fn ref_name(&self) -> Option<&str> {
-        self.annotations.get(annotation::REF_NAME).map(String::as_str)
+        self.annotations
+            .get(annotation::REF_NAME)
+            .map(String::as_str)
     }
 }
 
@@ -122,7 +124,7 @@ pub enum Parsed {
     /// An index or manifest list.
     Index(Index),
     /// An image or artifact manifest.
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
 }
 
 #[derive(Deserialize)]
@@ -157,14 +159,17 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(malformed("not a JSON object".into()));
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a JSON object: {e}")))?;
+    let probe: Probe =
+        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a JSON object: {e}")))?;
     match probe.schema_version.as_ref().and_then(|v| v.as_u64()) {
         Some(2) => {}
         Some(1) => {
             return Err(Error::UnsupportedMediaType {
                 media_type: "docker schema 1".into(),
                 what: what.to_owned(),
-                expected: "an OCI or Docker schema 2 manifest (schema 1 is deprecated: re-push the image)".into(),
+                expected:
+                    "an OCI or Docker schema 2 manifest (schema 1 is deprecated: re-push the image)"
+                        .into(),
             });
         }
         _ => return Err(malformed("schemaVersion is missing or not 2".into())),
@@ -187,10 +192,17 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
     let is_index = match kind {
         Some((_, is_index)) => is_index,
         // The OCI spec allows mediaType to be absent; the shape decides.
-        None => match (probe.manifests.is_some(), probe.layers.is_some() || probe.config.is_some()) {
+        None => match (
+            probe.manifests.is_some(),
+            probe.layers.is_some() || probe.config.is_some(),
+        ) {
             (true, false) => true,
             (false, true) => false,
-            _ => return Err(malformed("no mediaType and neither a manifest nor an index by shape".into())),
+            _ => {
+                return Err(malformed(
+                    "no mediaType and neither a manifest nor an index by shape".into(),
+                ));
+            }
         },
     };
     if let (Some(embedded), Some(declared)) = (probe.media_type.as_deref(), declared)
@@ -204,8 +216,9 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
         let index: Index = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
         Ok(Parsed::Index(index))
     } else {
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        Ok(Parsed::Manifest(manifest))
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        Ok(Parsed::Manifest(Box::new(manifest)))
     }
 }
 
@@ -224,7 +237,12 @@ mod tests {
 
     #[test]
     fn parses_artifact_manifest() {
-        let Parsed::Manifest(m) = parse(manifest_json(media_type::OCI_MANIFEST).as_bytes(), None, "m").unwrap() else {
+        let Parsed::Manifest(m) = parse(
+            manifest_json(media_type::OCI_MANIFEST).as_bytes(),
+            None,
+            "m",
+        )
+        .unwrap() else {
             panic!("not a manifest")
         };
         assert_eq!(m.layers[0].title(), Some("a.txt"));
@@ -237,7 +255,9 @@ mod tests {
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{D}","size":3,"platform":{{"os":"linux","architecture":"arm64","variant":"v8","os.version":"1.0"}}}}]}}"#,
             media_type::OCI_MANIFEST
         );
-        let Parsed::Index(i) = parse(j.as_bytes(), None, "i").unwrap() else { panic!() };
+        let Parsed::Index(i) = parse(j.as_bytes(), None, "i").unwrap() else {
+            panic!()
+        };
         let p = i.manifests[0].platform.as_ref().unwrap();
         assert_eq!(p.to_string(), "linux/arm64/v8:1.0");
     }
@@ -247,9 +267,18 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("[]".into(), "not a json object"),
             (r#"{"schemaVersion":1}"#.into(), "schema 1"),
-            (r#"{"schemaVersion":2,"mediaType":"text/html"}"#.into(), "unsupported media type"),
-            (manifest_json(media_type::OCI_MANIFEST).replace(D, "sha256:1234"), "malformed"),
-            (manifest_json(media_type::OCI_MANIFEST).replace("\"size\":5", "\"size\":-5"), "malformed"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"text/html"}"#.into(),
+                "unsupported media type",
+            ),
+            (
+                manifest_json(media_type::OCI_MANIFEST).replace(D, "sha256:1234"),
+                "malformed",
+            ),
+            (
+                manifest_json(media_type::OCI_MANIFEST).replace("\"size\":5", "\"size\":-5"),
+                "malformed",
+            ),
             (r#"{"schemaVersion":2}"#.into(), "neither"),
         ];
         for (json, want) in cases {
@@ -257,12 +286,20 @@ mod tests {
             assert!(err.to_lowercase().contains(want), "{json}: {err}");
         }
         let big = vec![b' '; MAX_MANIFEST_SIZE as usize + 1];
-        assert!(matches!(parse(&big, None, "m"), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            parse(&big, None, "m"),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn descriptor_and_embedded_type_must_agree() {
-        let err = parse(manifest_json(media_type::OCI_MANIFEST).as_bytes(), Some(media_type::OCI_INDEX), "m").unwrap_err();
+        let err = parse(
+            manifest_json(media_type::OCI_MANIFEST).as_bytes(),
+            Some(media_type::OCI_INDEX),
+            "m",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("disagrees"), "{err}");
     }
 

@@ -20,7 +20,11 @@ pub struct Platform {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
     /// `os.version`, e.g. `10.0.17763.5329` (empty when none).
-    #[serde(rename = "os.version", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub os_version: String,
 }
 
@@ -28,7 +32,14 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     let arch = arch.to_ascii_lowercase();
     let variant = variant.to_ascii_lowercase();
     match arch.as_str() {
-        "x86_64" | "x86-64" | "amd64" => ("amd64".into(), if variant == "v1" { String::new() } else { variant }),
+        "x86_64" | "x86-64" | "amd64" => (
+            "amd64".into(),
+            if variant == "v1" {
+                String::new()
+            } else {
+                variant
+            },
+        ),
         "aarch64" | "arm64" => (
             "arm64".into(),
             match variant.as_str() {
@@ -62,7 +73,11 @@ impl Platform {
         Platform {
             os: os.into(),
             architecture,
-            variant: if cfg!(target_arch = "aarch64") { variant } else { String::new() },
+            variant: if cfg!(target_arch = "aarch64") {
+                variant
+            } else {
+                String::new()
+            },
             os_version: String::new(),
         }
     }
@@ -114,7 +129,11 @@ impl FromStr for Platform {
             None => (s, ""),
         };
         let parts: Vec<&str> = head.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         let (os, arch, variant) = match parts.as_slice() {
             [os, arch] => (*os, *arch, ""),
             [os, arch, variant] => (*os, *arch, *variant),
@@ -123,8 +142,13 @@ impl FromStr for Platform {
         if !ok(os) || !ok(arch) || (!variant.is_empty() && !ok(variant)) {
             return Err(bad("empty or non-alphanumeric part"));
         }
-        if !os_version.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)) {
-            return Err(bad("os.version holds characters other than letters, digits, '.', '_', '-', '+'"));
+        if !os_version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        {
+            return Err(bad(
+                "os.version holds characters other than letters, digits, '.', '_', '-', '+'",
+            ));
         }
         Ok(Platform {
             os: os.to_ascii_lowercase(),
@@ -159,10 +183,25 @@ mod tests {
     #[test]
     fn parses_all_parts() {
         let x = p("windows/amd64:10.0.17763.5329");
-        assert_eq!((x.os.as_str(), x.architecture.as_str(), x.os_version.as_str()), ("windows", "amd64", "10.0.17763.5329"));
+        assert_eq!(
+            (
+                x.os.as_str(),
+                x.architecture.as_str(),
+                x.os_version.as_str()
+            ),
+            ("windows", "amd64", "10.0.17763.5329")
+        );
         assert_eq!(p("linux/arm64/v8").variant, "v8");
         assert_eq!(p("linux/arm64/v8:1.0").to_string(), "linux/arm64/v8:1.0");
-        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "linux/amd64:", "linux/am d64", "linux/amd64:a/b"] {
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "a/b/c/d",
+            "linux/amd64:",
+            "linux/am d64",
+            "linux/amd64:a/b",
+        ] {
             assert!(bad.parse::<Platform>().is_err(), "{bad} accepted");
         }
     }

@@ -156,7 +156,11 @@ impl DirectReader {
 }
 
 /// Streams `blob` from `source` and checks its size and digest.
-pub async fn verify_stream(source: &dyn Source, blob: &Descriptor, counters: &Counters) -> Result<()> {
+pub async fn verify_stream(
+    source: &dyn Source,
+    blob: &Descriptor,
+    counters: &Counters,
+) -> Result<()> {
     let mut stream = source.stream(blob).await?;
     let mut hasher = Hasher::new();
     while let Some(chunk) = stream.try_next().await? {
@@ -170,7 +174,12 @@ pub async fn verify_stream(source: &dyn Source, blob: &Descriptor, counters: &Co
     if len != blob.size || actual != blob.digest {
         Counters::bump(&counters.verify_failures);
         return Err(Error::DigestMismatch {
-            what: format!("blob {} in {} ({len} bytes read, {} expected)", blob.digest, source.name(), blob.size),
+            what: format!(
+                "blob {} in {} ({len} bytes read, {} expected)",
+                blob.digest,
+                source.name(),
+                blob.size
+            ),
             expected: blob.digest.to_string(),
             actual: actual.to_string(),
         });
@@ -187,7 +196,9 @@ impl Reader for DirectReader {
                 self.ensure_verified(blob).await?;
                 Counters::bump(&self.counters.requests);
                 let bytes = self.source.read_range(blob, offset, len).await?;
-                self.counters.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .bytes_fetched
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(bytes)
             }
         }

@@ -184,7 +184,9 @@ fn is_valid_host(host: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -231,7 +233,10 @@ impl RegistryRef {
             repository
         };
         if !is_valid_host(&registry) {
-            return Err(invalid(input, format!("{registry:?} is not a valid registry host")));
+            return Err(invalid(
+                input,
+                format!("{registry:?} is not a valid registry host"),
+            ));
         }
         if repository.len() > MAX_REPOSITORY_LEN {
             return Err(invalid(
@@ -295,7 +300,10 @@ impl LayoutRef {
             match input.rsplit_once('@') {
                 Some((p, d)) if d.starts_with("sha256:") || !d.contains(['/', '\\']) => {
                     let digest = d.parse::<Digest>().map_err(|_| {
-                        invalid(input, format!("{d:?} is not a digest (expected sha256:<64 hex digits>)"))
+                        invalid(
+                            input,
+                            format!("{d:?} is not a digest (expected sha256:<64 hex digits>)"),
+                        )
                     })?;
                     (p, Some(digest))
                 }
@@ -409,7 +417,10 @@ mod tests {
         let x = l("oci:examples/hello");
         assert_eq!((x.path.to_str(), x.tag), (Some("examples/hello"), None));
         let x = l("oci:examples/hello:v1");
-        assert_eq!((x.path.to_str(), x.tag.as_deref()), (Some("examples/hello"), Some("v1")));
+        assert_eq!(
+            (x.path.to_str(), x.tag.as_deref()),
+            (Some("examples/hello"), Some("v1"))
+        );
         let x = l(&format!("oci:/tmp/x@{D}"));
         assert_eq!(x.path.to_str(), Some("/tmp/x"));
         assert!(x.digest.is_some());

@@ -54,13 +54,20 @@ pub struct Resolution {
 impl Resolution {
     /// The artifact type: the manifest's `artifactType`, else its config's media type.
     pub fn artifact_type(&self) -> &str {
-        self.manifest.artifact_type.as_deref().unwrap_or(&self.manifest.config.media_type)
+        self.manifest
+            .artifact_type
+            .as_deref()
+            .unwrap_or(&self.manifest.config.media_type)
     }
 }
 
 /// Resolves `reference` in `source`. `platform` is what `--platform` said;
 /// without it, indexes are resolved for the host's platform.
-pub async fn resolve(source: &dyn Source, reference: &Reference, platform: Option<&Platform>) -> Result<Resolution> {
+pub async fn resolve(
+    source: &dyn Source,
+    reference: &Reference,
+    platform: Option<&Platform>,
+) -> Result<Resolution> {
     let (tag, digest) = match reference {
         Reference::Registry(r) => (r.tag.clone(), r.digest.clone()),
         Reference::Layout(l) => (l.tag.clone(), l.digest.clone()),
@@ -70,10 +77,13 @@ pub async fn resolve(source: &dyn Source, reference: &Reference, platform: Optio
         (Some(d), _) => (source.manifest(&Selector::Digest(d)).await?, None, None),
         (None, Some(t)) => (source.manifest(&Selector::Tag(t)).await?, None, None),
         (None, None) => {
-            let index = source.root_index().await?.ok_or_else(|| Error::InvalidReference {
-                input: reference.to_string(),
-                reason: "no tag or digest".into(),
-            })?;
+            let index = source
+                .root_index()
+                .await?
+                .ok_or_else(|| Error::InvalidReference {
+                    input: reference.to_string(),
+                    reason: "no tag or digest".into(),
+                })?;
             let chosen = choose_root(source, reference, &index, platform).await?;
             path.push(IndexStep {
                 digest: None,
@@ -81,7 +91,13 @@ pub async fn resolve(source: &dyn Source, reference: &Reference, platform: Optio
                 entries: index.manifests.clone(),
                 chosen: chosen.digest.clone(),
             });
-            (source.manifest(&Selector::Digest(chosen.digest.clone())).await?, Some(chosen.media_type), Some(chosen.size))
+            (
+                source
+                    .manifest(&Selector::Digest(chosen.digest.clone()))
+                    .await?,
+                Some(chosen.media_type),
+                Some(chosen.size),
+            )
         }
     };
     let wanted = platform.cloned().unwrap_or_else(Platform::host);
@@ -92,7 +108,10 @@ pub async fn resolve(source: &dyn Source, reference: &Reference, platform: Optio
         {
             return Err(Error::Malformed {
                 what,
-                detail: format!("descriptor says {size} bytes, the content has {}", fetched.bytes.len()),
+                detail: format!(
+                    "descriptor says {size} bytes, the content has {}",
+                    fetched.bytes.len()
+                ),
             });
         }
         let declared_type = declared.clone().or(fetched.media_type.clone());
@@ -109,20 +128,31 @@ pub async fn resolve(source: &dyn Source, reference: &Reference, platform: Optio
                     digest: fetched.digest,
                     media_type,
                     size: fetched.bytes.len() as u64,
-                    manifest: m,
+                    manifest: *m,
                 });
             }
             Parsed::Index(index) => {
-                let chosen = choose_in_index(reference, &fetched.digest, &index, &wanted, platform.is_some())?;
+                let chosen = choose_in_index(
+                    reference,
+                    &fetched.digest,
+                    &index,
+                    &wanted,
+                    platform.is_some(),
+                )?;
                 path.push(IndexStep {
                     digest: Some(fetched.digest.clone()),
-                    media_type: index.media_type.clone().unwrap_or_else(|| manifest::media_type::OCI_INDEX.into()),
+                    media_type: index
+                        .media_type
+                        .clone()
+                        .unwrap_or_else(|| manifest::media_type::OCI_INDEX.into()),
                     entries: index.manifests.clone(),
                     chosen: chosen.digest.clone(),
                 });
                 declared = Some(chosen.media_type.clone());
                 expected_size = Some(chosen.size);
-                fetched = source.manifest(&Selector::Digest(chosen.digest.clone())).await?;
+                fetched = source
+                    .manifest(&Selector::Digest(chosen.digest.clone()))
+                    .await?;
             }
         }
     }
@@ -148,13 +178,24 @@ fn describe(d: &Descriptor) -> String {
 }
 
 fn platform_list(entries: &[&Descriptor]) -> Vec<String> {
-    let mut v: Vec<String> = entries.iter().filter_map(|d| d.platform.as_ref()).filter(|p| !p.is_unknown()).map(|p| p.to_string()).collect();
+    let mut v: Vec<String> = entries
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .filter(|p| !p.is_unknown())
+        .map(|p| p.to_string())
+        .collect();
     v.sort();
     v.dedup();
     v
 }
 
-fn choose_in_index(reference: &Reference, digest: &Digest, index: &Index, wanted: &Platform, explicit: bool) -> Result<Descriptor> {
+fn choose_in_index(
+    reference: &Reference,
+    digest: &Digest,
+    index: &Index,
+    wanted: &Platform,
+    explicit: bool,
+) -> Result<Descriptor> {
     let entries: Vec<&Descriptor> = index.manifests.iter().collect();
     let what = format!("{reference} (index {digest})");
     if entries.is_empty() {
@@ -163,7 +204,11 @@ fn choose_in_index(reference: &Reference, digest: &Digest, index: &Index, wanted
             detail: "the index has no entries".into(),
         });
     }
-    let with_platform: Vec<&Descriptor> = entries.iter().copied().filter(|d| d.platform.as_ref().is_some_and(|p| !p.is_unknown())).collect();
+    let with_platform: Vec<&Descriptor> = entries
+        .iter()
+        .copied()
+        .filter(|d| d.platform.as_ref().is_some_and(|p| !p.is_unknown()))
+        .collect();
     if with_platform.is_empty() {
         // An index of artifacts without platforms: only a single entry is unambiguous.
         return match entries.as_slice() {
@@ -175,26 +220,54 @@ fn choose_in_index(reference: &Reference, digest: &Digest, index: &Index, wanted
             }),
         };
     }
-    let mut matches: Vec<&Descriptor> = with_platform.iter().copied().filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p))).collect();
+    let mut matches: Vec<&Descriptor> = with_platform
+        .iter()
+        .copied()
+        .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+        .collect();
     if matches.is_empty() {
         return Err(Error::PlatformNotFound {
             reference: reference.to_string(),
-            wanted: format!("{wanted}{}", if explicit { "" } else { " (the host's; choose another with --platform)" }),
+            wanted: format!(
+                "{wanted}{}",
+                if explicit {
+                    ""
+                } else {
+                    " (the host's; choose another with --platform)"
+                }
+            ),
             available: platform_list(&with_platform),
         });
     }
     if matches.len() > 1 && wanted.variant.is_empty() {
-        let defaults: Vec<&Descriptor> = matches.iter().copied().filter(|d| d.platform.as_ref().is_some_and(|p| wanted.is_default_variant_of(p))).collect();
+        let defaults: Vec<&Descriptor> = matches
+            .iter()
+            .copied()
+            .filter(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| wanted.is_default_variant_of(p))
+            })
+            .collect();
         if !defaults.is_empty() {
             matches = defaults;
         }
     }
     if matches.len() > 1 {
-        let first = matches[0].platform.as_ref().map(|p| p.os_version.clone()).unwrap_or_default();
-        if matches.iter().any(|d| d.platform.as_ref().map(|p| &p.os_version) != Some(&first)) {
+        let first = matches[0]
+            .platform
+            .as_ref()
+            .map(|p| p.os_version.clone())
+            .unwrap_or_default();
+        if matches
+            .iter()
+            .any(|d| d.platform.as_ref().map(|p| &p.os_version) != Some(&first))
+        {
             return Err(Error::Ambiguous {
                 reference: what,
-                reason: format!("several entries match {wanted} and differ in os.version; add it to --platform, e.g. {wanted}:<os.version>"),
+                reason: format!(
+                    "several entries match {wanted} and differ in os.version; add it to --platform, e.g. {wanted}:<os.version>"
+                ),
                 candidates: matches.iter().map(|d| describe(d)).collect(),
             });
         }
@@ -204,8 +277,15 @@ fn choose_in_index(reference: &Reference, digest: &Digest, index: &Index, wanted
 
 /// The platform of a manifest entry that does not state one, from its config.
 async fn platform_from_config(source: &dyn Source, entry: &Descriptor) -> Result<Option<Platform>> {
-    let fetched = source.manifest(&Selector::Digest(entry.digest.clone())).await?;
-    let Parsed::Manifest(m) = manifest::parse(&fetched.bytes, Some(&entry.media_type), &format!("manifest {}", entry.digest))? else {
+    let fetched = source
+        .manifest(&Selector::Digest(entry.digest.clone()))
+        .await?;
+    let Parsed::Manifest(m) = manifest::parse(
+        &fetched.bytes,
+        Some(&entry.media_type),
+        &format!("manifest {}", entry.digest),
+    )?
+    else {
         return Ok(None);
     };
     if m.config.size > MAX_CONFIG_SIZE || !m.config.media_type.contains("config") {
@@ -219,14 +299,21 @@ async fn platform_from_config(source: &dyn Source, entry: &Descriptor) -> Result
             return Ok(None);
         }
     }
-    m.config.digest.verify(&bytes, || format!("config {}", m.config.digest))?;
+    m.config
+        .digest
+        .verify(&bytes, || format!("config {}", m.config.digest))?;
     let platform: Option<Platform> = serde_json::from_slice(&bytes).ok();
     Ok(platform.filter(|p| !p.os.is_empty() && !p.architecture.is_empty()))
 }
 
 /// Chooses among the entries of a layout's `index.json` when no tag or
 /// digest was given: a single entry, or the single one `--platform` picks.
-async fn choose_root(source: &dyn Source, reference: &Reference, index: &Index, platform: Option<&Platform>) -> Result<Descriptor> {
+async fn choose_root(
+    source: &dyn Source,
+    reference: &Reference,
+    index: &Index,
+    platform: Option<&Platform>,
+) -> Result<Descriptor> {
     let entries = &index.manifests;
     match (entries.as_slice(), platform) {
         ([], _) => {
@@ -242,7 +329,10 @@ async fn choose_root(source: &dyn Source, reference: &Reference, index: &Index, 
     let Some(wanted) = platform else {
         return Err(Error::Ambiguous {
             reference: reference.to_string(),
-            reason: format!("index.json has {} entries; name one with :tag or @digest, or narrow with --platform", entries.len()),
+            reason: format!(
+                "index.json has {} entries; name one with :tag or @digest, or narrow with --platform",
+                entries.len()
+            ),
             candidates,
         });
     };
@@ -252,18 +342,34 @@ async fn choose_root(source: &dyn Source, reference: &Reference, index: &Index, 
         let platforms: Vec<Platform> = match &entry.platform {
             Some(p) => vec![p.clone()],
             None if is_index_type(&entry.media_type) => {
-                let fetched = source.manifest(&Selector::Digest(entry.digest.clone())).await?;
-                match manifest::parse(&fetched.bytes, Some(&entry.media_type), &format!("index {}", entry.digest))? {
-                    Parsed::Index(i) => i.manifests.into_iter().filter_map(|d| d.platform).collect(),
+                let fetched = source
+                    .manifest(&Selector::Digest(entry.digest.clone()))
+                    .await?;
+                match manifest::parse(
+                    &fetched.bytes,
+                    Some(&entry.media_type),
+                    &format!("index {}", entry.digest),
+                )? {
+                    Parsed::Index(i) => {
+                        i.manifests.into_iter().filter_map(|d| d.platform).collect()
+                    }
                     Parsed::Manifest(_) => Vec::new(),
                 }
             }
-            None => platform_from_config(source, entry).await?.into_iter().collect(),
+            None => platform_from_config(source, entry)
+                .await?
+                .into_iter()
+                .collect(),
         };
         if platforms.iter().any(|p| wanted.matches(p)) {
             matching.push(entry);
         }
-        seen.extend(platforms.into_iter().filter(|p| !p.is_unknown()).map(|p| p.to_string()));
+        seen.extend(
+            platforms
+                .into_iter()
+                .filter(|p| !p.is_unknown())
+                .map(|p| p.to_string()),
+        );
     }
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
@@ -278,7 +384,10 @@ async fn choose_root(source: &dyn Source, reference: &Reference, index: &Index, 
         }
         many => Err(Error::Ambiguous {
             reference: reference.to_string(),
-            reason: format!("{} entries of index.json match {wanted}; name one with :tag or @digest", many.len()),
+            reason: format!(
+                "{} entries of index.json match {wanted}; name one with :tag or @digest",
+                many.len()
+            ),
             candidates: many.iter().map(|d| describe(d)).collect(),
         }),
     }
@@ -312,9 +421,18 @@ mod tests {
         ]);
         b.tag("multi", &index);
         let (_dir, source) = b.finish();
-        let r = |s: &str| Reference::parse(&format!("oci:{}:multi", source.root_dir().display())).map(|r| (r, s.to_owned())).unwrap();
+        let r = |s: &str| {
+            Reference::parse(&format!("oci:{}:multi", source.root_dir().display()))
+                .map(|r| (r, s.to_owned()))
+                .unwrap()
+        };
 
-        for (p, want) in [("linux/amd64", &amd), ("linux/arm64:2.0", &arm2), ("linux/arm64/v8:1.0", &arm1), ("windows/amd64", &win)] {
+        for (p, want) in [
+            ("linux/amd64", &amd),
+            ("linux/arm64:2.0", &arm2),
+            ("linux/arm64/v8:1.0", &arm1),
+            ("windows/amd64", &win),
+        ] {
             let (reference, p) = r(p);
             let res = resolve(&source, &reference, Some(&plat(&p))).await.unwrap();
             assert_eq!(&res.digest, &want.digest, "{p}");
@@ -322,12 +440,30 @@ mod tests {
         }
 
         let (reference, _) = r("");
-        let err = resolve(&source, &reference, Some(&plat("linux/arm64"))).await.unwrap_err().to_string();
-        assert!(err.contains("os.version") && err.contains("1.0") && err.contains("2.0"), "{err}");
+        let err = resolve(&source, &reference, Some(&plat("linux/arm64")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("os.version") && err.contains("1.0") && err.contains("2.0"),
+            "{err}"
+        );
 
-        let err = resolve(&source, &reference, Some(&plat("linux/s390x"))).await.unwrap_err();
-        let Error::PlatformNotFound { available, .. } = &err else { panic!("{err}") };
-        assert_eq!(available, &["linux/amd64", "linux/arm64/v8:1.0", "linux/arm64/v8:2.0", "windows/amd64:10.0.17763.1"]);
+        let err = resolve(&source, &reference, Some(&plat("linux/s390x")))
+            .await
+            .unwrap_err();
+        let Error::PlatformNotFound { available, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            available,
+            &[
+                "linux/amd64",
+                "linux/arm64/v8:1.0",
+                "linux/arm64/v8:2.0",
+                "windows/amd64:10.0.17763.1"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -337,7 +473,10 @@ mod tests {
         b.root(&one, None);
         let (_d, source) = b.finish();
         let reference = Reference::parse(&format!("oci:{}", source.root_dir().display())).unwrap();
-        assert_eq!(resolve(&source, &reference, None).await.unwrap().digest, one.digest);
+        assert_eq!(
+            resolve(&source, &reference, None).await.unwrap().digest,
+            one.digest
+        );
 
         let mut b = LayoutBuilder::new();
         let amd = b.artifact(&[("x", b"amd")]);
@@ -346,8 +485,22 @@ mod tests {
         b.root(&arm, Some("linux/arm64"));
         let (_d, source) = b.finish();
         let reference = Reference::parse(&format!("oci:{}", source.root_dir().display())).unwrap();
-        assert_eq!(resolve(&source, &reference, Some(&plat("linux/arm64"))).await.unwrap().digest, arm.digest);
-        let err = resolve(&source, &reference, None).await.unwrap_err().to_string();
-        assert!(err.contains(&amd.digest.to_string()) && err.contains(&arm.digest.to_string()) && err.contains("linux/arm64"), "{err}");
+        assert_eq!(
+            resolve(&source, &reference, Some(&plat("linux/arm64")))
+                .await
+                .unwrap()
+                .digest,
+            arm.digest
+        );
+        let err = resolve(&source, &reference, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&amd.digest.to_string())
+                && err.contains(&arm.digest.to_string())
+                && err.contains("linux/arm64"),
+            "{err}"
+        );
     }
 }

@@ -47,8 +47,14 @@ impl RetryPolicy {
         // Full jitter in [capped/2, capped]: spreads the retries of many
         // readers that failed together.
         let nanos = capped.as_nanos() as u64;
-        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (u64::from(attempt) << 32) ^ std::process::id() as u64;
-        let jitter = if nanos == 0 { 0 } else { splitmix(seed) % (nanos / 2 + 1) };
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ (u64::from(attempt) << 32)
+            ^ std::process::id() as u64;
+        let jitter = if nanos == 0 {
+            0
+        } else {
+            splitmix(seed) % (nanos / 2 + 1)
+        };
         Duration::from_nanos(nanos / 2 + jitter)
     }
 
@@ -123,7 +129,11 @@ mod tests {
         let calls = AtomicU32::new(0);
         let v = fast(5)
             .run("op", || async {
-                if calls.fetch_add(1, Ordering::SeqCst) < 3 { Err(unavailable()) } else { Ok(7) }
+                if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(7)
+                }
             })
             .await
             .unwrap();
@@ -133,7 +143,12 @@ mod tests {
     #[tokio::test]
     async fn stops_at_max_attempts_and_on_permanent_errors() {
         let calls = AtomicU32::new(0);
-        let r: Result<()> = fast(3).run("op", || async { calls.fetch_add(1, Ordering::SeqCst); Err(unavailable()) }).await;
+        let r: Result<()> = fast(3)
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(unavailable())
+            })
+            .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
@@ -150,9 +165,12 @@ mod tests {
 
     #[tokio::test]
     async fn total_time_is_bounded() {
-        let policy = RetryPolicy { total: Duration::from_millis(100), ..fast(1000) };
+        let policy = RetryPolicy {
+            total: Duration::from_millis(100),
+            ..fast(1000)
+        };
         let start = Instant::now();
-        let r: Result<()> = policy.run("stall", || std::future::pending()).await;
+        let r: Result<()> = policy.run("stall", std::future::pending).await;
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
     }

@@ -15,12 +15,19 @@ impl LayoutBuilder {
     pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("blobs/sha256")).expect("mkdir");
-        LayoutBuilder { dir, root: Vec::new() }
+        LayoutBuilder {
+            dir,
+            root: Vec::new(),
+        }
     }
 
     pub(crate) fn blob(&mut self, media_type: &str, bytes: &[u8]) -> Descriptor {
         let digest = Digest::of(bytes);
-        std::fs::write(self.dir.path().join("blobs/sha256").join(digest.hex()), bytes).expect("write blob");
+        std::fs::write(
+            self.dir.path().join("blobs/sha256").join(digest.hex()),
+            bytes,
+        )
+        .expect("write blob");
         Descriptor {
             media_type: media_type.into(),
             digest,
@@ -50,7 +57,8 @@ impl LayoutBuilder {
     }
 
     pub(crate) fn index(&mut self, entries: &[(Descriptor, Option<&str>)]) -> Descriptor {
-        let manifests: Vec<serde_json::Value> = entries.iter().map(|(d, p)| entry(d, *p, None)).collect();
+        let manifests: Vec<serde_json::Value> =
+            entries.iter().map(|(d, p)| entry(d, *p, None)).collect();
         let i = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": manifests});
         self.blob(media_type::OCI_INDEX, i.to_string().as_bytes())
     }

@@ -154,15 +154,30 @@ impl Tree {
             let (name, dirs) = components.split_last().ok_or_else(|| bad("empty"))?;
             let mut parent = Self::ROOT;
             for dir in dirs {
-                parent = tree.ensure_dir(parent, dir, mtime, options.dir_mode).map_err(|r| bad(&r))?;
+                parent = tree
+                    .ensure_dir(parent, dir, mtime, options.dir_mode)
+                    .map_err(|r| bad(&r))?;
             }
-            tree.insert(parent, name, NodeKind::File(Content::Blob(layer.clone())), options.file_mode, mtime)
-                .map_err(|r| bad(&r))?;
+            tree.insert(
+                parent,
+                name,
+                NodeKind::File(Content::Blob(layer.clone())),
+                options.file_mode,
+                mtime,
+            )
+            .map_err(|r| bad(&r))?;
         }
         Ok(tree)
     }
 
-    fn insert(&mut self, parent: Ino, name: &str, kind: NodeKind, mode: u32, mtime: SystemTime) -> Result<Ino, String> {
+    fn insert(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        mtime: SystemTime,
+    ) -> Result<Ino, String> {
         let ino = self.nodes.len() as Ino + 1;
         let NodeKind::Dir(children) = &mut self.node_mut(parent).kind else {
             return Err("a parent path is a file".into());
@@ -181,7 +196,13 @@ impl Tree {
         Ok(ino)
     }
 
-    fn ensure_dir(&mut self, parent: Ino, name: &str, mtime: SystemTime, mode: u32) -> Result<Ino, String> {
+    fn ensure_dir(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        mtime: SystemTime,
+        mode: u32,
+    ) -> Result<Ino, String> {
         match self.lookup(parent, name) {
             Some(ino) if self.node(ino).is_some_and(Node::is_dir) => Ok(ino),
             Some(_) => Err(format!("{name:?} is both a file and a directory")),
@@ -212,7 +233,9 @@ impl Tree {
             Some(NodeKind::Dir(c)) => Some(c),
             _ => None,
         };
-        children.into_iter().flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), *v)))
+        children
+            .into_iter()
+            .flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), *v)))
     }
 
     /// The number of inodes.
@@ -239,7 +262,9 @@ impl Tree {
                             reason: "not a directory",
                         });
                     }
-                    _ => self.lookup(ino, c).ok_or_else(|| Error::PathNotFound { path: path.to_owned() })?,
+                    _ => self.lookup(ino, c).ok_or_else(|| Error::PathNotFound {
+                        path: path.to_owned(),
+                    })?,
                 }
             };
         }
@@ -286,7 +311,11 @@ impl Tree {
         };
         let (kind, digest, media_type) = match &n.kind {
             NodeKind::Dir(_) => ("dir", None, None),
-            NodeKind::File(Content::Blob(d)) => ("file", Some(d.digest.to_string()), Some(d.media_type.clone())),
+            NodeKind::File(Content::Blob(d)) => (
+                "file",
+                Some(d.digest.to_string()),
+                Some(d.media_type.clone()),
+            ),
         };
         Entry {
             path: self.path_of(ino),
@@ -348,17 +377,34 @@ pub fn format_time(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 /// Parses an RFC 3339 timestamp (`2024-01-02T03:04:05.5+01:00`).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
@@ -378,14 +424,21 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
             sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
         }
         _ => return None,
     };
     // Days from civil (Howard Hinnant's algorithm).
-    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = yy.div_euclid(400);
     let yoe = yy - era * 400;
     let doy = (153 * mm + 2) / 5 + d - 1;
@@ -395,7 +448,9 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if secs >= 0 {
         UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
     } else {
-        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs())).map(|t| t + Duration::from_nanos(u64::from(nanos)))
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+            .map(|t| t + Duration::from_nanos(u64::from(nanos)))
     }
 }
 
@@ -428,15 +483,26 @@ mod tests {
             artifact_type: None,
             config: layer(None, b"{}"),
             layers,
-            annotations: BTreeMap::from([(annotation::CREATED.to_owned(), "2024-02-29T12:00:00Z".to_owned())]),
+            annotations: BTreeMap::from([(
+                annotation::CREATED.to_owned(),
+                "2024-02-29T12:00:00Z".to_owned(),
+            )]),
         }
     }
 
     #[test]
     fn titled_layers_become_files_and_dirs() {
-        let m = manifest(vec![layer(Some("vmlinuz"), b"k"), layer(Some("boot/initrd.img"), b"ii"), layer(None, b"raw")]);
+        let m = manifest(vec![
+            layer(Some("vmlinuz"), b"k"),
+            layer(Some("boot/initrd.img"), b"ii"),
+            layer(None, b"raw"),
+        ]);
         let t = Tree::from_artifact(&m, &ViewOptions::default()).unwrap();
-        let paths: Vec<(String, &str, u64)> = t.walk(Tree::ROOT).into_iter().map(|e| (e.path, e.kind, e.size)).collect();
+        let paths: Vec<(String, &str, u64)> = t
+            .walk(Tree::ROOT)
+            .into_iter()
+            .map(|e| (e.path, e.kind, e.size))
+            .collect();
         let raw = format!("sha256-{}", Digest::of(b"raw").hex());
         assert_eq!(
             paths,
@@ -450,9 +516,18 @@ mod tests {
         let ino = t.resolve_path("/boot/initrd.img").unwrap();
         assert_eq!(t.path_of(ino), "boot/initrd.img");
         assert_eq!(t.node(ino).unwrap().mode, 0o444);
-        assert_eq!(t.node(ino).unwrap().mtime, UNIX_EPOCH + Duration::from_secs(1_709_208_000));
-        assert!(matches!(t.resolve_path("vmlinuz/x"), Err(Error::WrongKind { .. })));
-        assert!(matches!(t.resolve_path("nope"), Err(Error::PathNotFound { .. })));
+        assert_eq!(
+            t.node(ino).unwrap().mtime,
+            UNIX_EPOCH + Duration::from_secs(1_709_208_000)
+        );
+        assert!(matches!(
+            t.resolve_path("vmlinuz/x"),
+            Err(Error::WrongKind { .. })
+        ));
+        assert!(matches!(
+            t.resolve_path("nope"),
+            Err(Error::PathNotFound { .. })
+        ));
     }
 
     #[test]
@@ -468,11 +543,19 @@ mod tests {
             (vec!["d/x", "d"], "already"),
             (vec!["f", "f/x"], "file"),
         ] {
-            let layers: Vec<Descriptor> = titles.iter().enumerate().map(|(i, t)| layer(Some(t), &[i as u8])).collect();
-            let err = Tree::from_artifact(&manifest(layers.clone()), &ViewOptions::default()).unwrap_err();
+            let layers: Vec<Descriptor> = titles
+                .iter()
+                .enumerate()
+                .map(|(i, t)| layer(Some(t), &[i as u8]))
+                .collect();
+            let err = Tree::from_artifact(&manifest(layers.clone()), &ViewOptions::default())
+                .unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(want), "{titles:?}: {msg}");
-            assert!(layers.iter().any(|l| msg.contains(&l.digest.to_string())), "{msg}");
+            assert!(
+                layers.iter().any(|l| msg.contains(&l.digest.to_string())),
+                "{msg}"
+            );
         }
     }
 
@@ -484,7 +567,10 @@ mod tests {
         assert_eq!(t("2024-02-29T13:00:00.5+01:00"), Some(1_709_208_000.5));
         assert_eq!(t("2024-13-01T00:00:00Z"), None);
         assert_eq!(t("yesterday"), None);
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)), "2024-02-29 12:00");
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)),
+            "2024-02-29 12:00"
+        );
         assert_eq!(format_time(UNIX_EPOCH), "1970-01-01 00:00");
     }
 }

@@ -48,7 +48,9 @@ impl MemoryTier {
         if bytes.len() as u64 > self.budget {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else { return };
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
         let len = bytes.len() as u64;
         if let Some((_, old)) = inner.lru.push((digest.clone(), n), bytes) {
             inner.bytes -= old.len() as u64;
@@ -64,8 +66,15 @@ impl MemoryTier {
 
     /// Forgets every chunk of `digest`.
     pub fn remove_blob(&self, digest: &Digest) {
-        let Ok(mut inner) = self.inner.lock() else { return };
-        let keys: Vec<Key> = inner.lru.iter().filter(|((d, _), _)| d == digest).map(|(k, _)| k.clone()).collect();
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let keys: Vec<Key> = inner
+            .lru
+            .iter()
+            .filter(|((d, _), _)| d == digest)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             if let Some(b) = inner.lru.pop(&k) {
                 inner.bytes -= b.len() as u64;

@@ -90,7 +90,11 @@ impl Default for CacheOptions {
 /// The default cache directory: `$OCIFS_CACHE`, else `$XDG_CACHE_HOME/ocifs`,
 /// else `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
 pub fn default_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("OCIFS_CACHE")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ocifs")))
         .or_else(|| env("HOME").map(|h| h.join(".cache/ocifs")))
@@ -136,7 +140,10 @@ impl fmt::Debug for ChunkCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChunkCache")
             .field("source", &self.inner.source.name())
-            .field("store", &self.inner.store.as_ref().map(|s| s.root().to_path_buf()))
+            .field(
+                "store",
+                &self.inner.store.as_ref().map(|s| s.root().to_path_buf()),
+            )
             .field("options", &self.inner.options)
             .finish()
     }
@@ -167,7 +174,11 @@ const WHOLE: u64 = u64::MAX;
 impl ChunkCache {
     /// A cache over `source`. `store` is the disk tier; it is used only for
     /// remote sources (a local layout is already on disk).
-    pub fn new(source: Arc<dyn Source>, store: Option<Arc<DiskStore>>, options: CacheOptions) -> Result<Self> {
+    pub fn new(
+        source: Arc<dyn Source>,
+        store: Option<Arc<DiskStore>>,
+        options: CacheOptions,
+    ) -> Result<Self> {
         if options.chunk_size < 4096 || !options.chunk_size.is_power_of_two() {
             return Err(Error::InvalidReference {
                 input: options.chunk_size.to_string(),
@@ -189,7 +200,9 @@ impl ChunkCache {
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
                 partials: Mutex::new(HashMap::new()),
-                handles: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN))),
+                handles: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+                )),
                 pins: Mutex::new(HashMap::new()),
                 verified_local: Mutex::new(HashSet::new()),
                 bad: Mutex::new(HashMap::new()),
@@ -218,7 +231,9 @@ impl ChunkCache {
     /// once it was verified.
     pub fn complete_path(&self, blob: &Descriptor) -> Option<PathBuf> {
         match &self.inner.store {
-            Some(store) => store.has_complete(&blob.digest).then(|| store.blob_path(&blob.digest)),
+            Some(store) => store
+                .has_complete(&blob.digest)
+                .then(|| store.blob_path(&blob.digest)),
             None => None,
         }
     }
@@ -278,7 +293,10 @@ impl Inner {
         }
         match rx.wait_for(Option::is_some).await {
             Ok(r) => r.clone().unwrap_or(Ok(())),
-            Err(_) => Err(Error::io("a fetch task ended without a result", std::io::Error::other("task aborted"))),
+            Err(_) => Err(Error::io(
+                "a fetch task ended without a result",
+                std::io::Error::other("task aborted"),
+            )),
         }
     }
 
@@ -299,10 +317,17 @@ impl Inner {
     }
 
     fn complete_handle(&self, store: &DiskStore, digest: &Digest) -> Result<Option<Arc<File>>> {
-        if let Some(f) = self.handles.lock().ok().and_then(|mut h| h.get(digest).cloned()) {
+        if let Some(f) = self
+            .handles
+            .lock()
+            .ok()
+            .and_then(|mut h| h.get(digest).cloned())
+        {
             return Ok(Some(f));
         }
-        let Some(f) = store.open_complete(digest)? else { return Ok(None) };
+        let Some(f) = store.open_complete(digest)? else {
+            return Ok(None);
+        };
         let f = Arc::new(f);
         if let Ok(mut h) = self.handles.lock() {
             h.put(digest.clone(), f.clone());
@@ -312,7 +337,12 @@ impl Inner {
 
     /// Fetches the missing chunks `wanted` (partial-blob chunk numbers) of a
     /// remote blob into its partial store.
-    async fn fetch_chunks(self: &Arc<Self>, blob: &Descriptor, partial: &Arc<Partial>, wanted: Vec<u64>) -> Result<()> {
+    async fn fetch_chunks(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+        wanted: Vec<u64>,
+    ) -> Result<()> {
         let per_request = (self.options.max_request / partial.chunk_size).max(1);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for n in wanted {
@@ -330,16 +360,34 @@ impl Inner {
                 // of other chunks of the run find them present afterwards.
                 let key = (blob.digest.clone(), first);
                 let work_inner = inner.clone();
-                inner.single_flight(key, async move { work_inner.fetch_run(blob, partial, first, last).await }).await
+                inner
+                    .single_flight(key, async move {
+                        work_inner.fetch_run(blob, partial, first, last).await
+                    })
+                    .await
             }
         });
-        let results: Vec<Result<()>> = futures_util::stream::iter(flights).buffer_unordered(self.options.parallel_per_blob.max(1)).collect().await;
+        let results: Vec<Result<()>> = futures_util::stream::iter(flights)
+            .buffer_unordered(self.options.parallel_per_blob.max(1))
+            .collect()
+            .await;
         results.into_iter().collect()
     }
 
     /// One range request for chunks `first..=last`, under their chunk locks.
-    async fn fetch_run(self: Arc<Self>, blob: Descriptor, partial: Arc<Partial>, first: u64, last: u64) -> Result<()> {
-        let _permit = self.requests.clone().acquire_owned().await.map_err(|_| poisoned())?;
+    async fn fetch_run(
+        self: Arc<Self>,
+        blob: Descriptor,
+        partial: Arc<Partial>,
+        first: u64,
+        last: u64,
+    ) -> Result<()> {
+        let _permit = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| poisoned())?;
         let locking = partial.clone();
         let (locks, missing) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut locks = Vec::new();
@@ -365,12 +413,20 @@ impl Inner {
             let end = ((b + 1) * partial.chunk_size).min(blob.size);
             Counters::bump(&self.counters.requests);
             let bytes = self.source.read_range(&blob, offset, end - offset).await?;
-            self.counters.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.counters
+                .bytes_fetched
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let writing = partial.clone();
-            let written = tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes)).await.map_err(join_error)?;
+            let written = tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes))
+                .await
+                .map_err(join_error)?;
             if let Err(e) = written {
                 // The partial blob may have been promoted by another process.
-                if self.store.as_ref().is_some_and(|s| s.has_complete(&blob.digest)) {
+                if self
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.has_complete(&blob.digest))
+                {
                     return Ok(());
                 }
                 return Err(e);
@@ -386,7 +442,11 @@ impl Inner {
     /// place (local).
     async fn ensure_complete(self: &Arc<Self>, blob: &Descriptor) -> Result<()> {
         let Some(store) = self.store.clone() else {
-            if self.verified_local.lock().is_ok_and(|v| v.contains(&blob.digest)) {
+            if self
+                .verified_local
+                .lock()
+                .is_ok_and(|v| v.contains(&blob.digest))
+            {
                 return Ok(());
             }
             let inner = self.clone();
@@ -412,10 +472,17 @@ impl Inner {
             }
             let partial = inner.partial(&store, &b)?;
             let p = partial.clone();
-            let missing = tokio::task::spawn_blocking(move || (0..p.size.div_ceil(p.chunk_size)).filter(|n| !p.has(*n)).collect::<Vec<u64>>())
-                .await
-                .map_err(join_error)?;
-            inner.counters.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+            let missing = tokio::task::spawn_blocking(move || {
+                (0..p.size.div_ceil(p.chunk_size))
+                    .filter(|n| !p.has(*n))
+                    .collect::<Vec<u64>>()
+            })
+            .await
+            .map_err(join_error)?;
+            inner
+                .counters
+                .misses
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
             inner.fetch_chunks(&b, &partial, missing).await?;
             inner.promote(&store, &b).await
         })
@@ -425,7 +492,9 @@ impl Inner {
     async fn promote(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor) -> Result<()> {
         let s = store.clone();
         let (digest, size) = (blob.digest.clone(), blob.size);
-        let result = tokio::task::spawn_blocking(move || s.promote(&digest, size)).await.map_err(join_error)?;
+        let result = tokio::task::spawn_blocking(move || s.promote(&digest, size))
+            .await
+            .map_err(join_error)?;
         self.forget_partial(&blob.digest);
         match result {
             Ok(()) => {
@@ -444,16 +513,24 @@ impl Inner {
     }
 
     fn maybe_evict(self: &Arc<Self>) {
-        let Some(store) = self.store.clone() else { return };
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         let budget = self.options.disk_budget;
-        if self.disk_usage.load(Ordering::Relaxed) <= budget || self.evicting.swap(true, Ordering::AcqRel) {
+        if self.disk_usage.load(Ordering::Relaxed) <= budget
+            || self.evicting.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         // Our own cached handles hold shared locks, which would keep the
         // evictor off every blob this process ever read: let go of those
         // not in use (they reopen on demand).
         if let Ok(mut handles) = self.handles.lock() {
-            let idle: Vec<Digest> = handles.iter().map(|(d, _)| d.clone()).filter(|d| !self.is_pinned(d)).collect();
+            let idle: Vec<Digest> = handles
+                .iter()
+                .map(|(d, _)| d.clone())
+                .filter(|d| !self.is_pinned(d))
+                .collect();
             for d in idle {
                 handles.pop(&d);
             }
@@ -466,34 +543,59 @@ impl Inner {
                 Ok(freed) => tracing::debug!(freed, "cache eviction"),
                 Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
             }
-            inner.disk_usage.store(store.usage().unwrap_or(0), Ordering::Relaxed);
+            inner
+                .disk_usage
+                .store(store.usage().unwrap_or(0), Ordering::Relaxed);
             inner.evicting.store(false, Ordering::Release);
         });
     }
 
     /// Chunk `n` (in the cache's chunk size) from disk, if it is there and
     /// may be served.
-    fn chunk_from_disk(&self, store: &DiskStore, blob: &Descriptor, n: u64) -> Result<Option<Bytes>> {
+    fn chunk_from_disk(
+        &self,
+        store: &DiskStore,
+        blob: &Descriptor,
+        n: u64,
+    ) -> Result<Option<Bytes>> {
         let cs = self.options.chunk_size;
         let offset = n * cs;
         let len = (cs.min(blob.size - offset)) as usize;
         if let Some(f) = self.complete_handle(store, &blob.digest)? {
-            return Ok(Some(Bytes::from(DiskStore::read_at(&f, &store.blob_path(&blob.digest), offset, len)?)));
+            return Ok(Some(Bytes::from(DiskStore::read_at(
+                &f,
+                &store.blob_path(&blob.digest),
+                offset,
+                len,
+            )?)));
         }
         if self.options.verify == Verify::Strict {
             return Ok(None);
         }
-        let partial = match self.partials.lock().ok().and_then(|p| p.get(&blob.digest).cloned()) {
+        let partial = match self
+            .partials
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&blob.digest).cloned())
+        {
             Some(p) => p,
             None => return Ok(None),
         };
-        if partial.chunks_covering(offset, offset + len as u64).all(|c| partial.has(c)) {
+        if partial
+            .chunks_covering(offset, offset + len as u64)
+            .all(|c| partial.has(c))
+        {
             return Ok(Some(Bytes::from(partial.read(offset, len)?)));
         }
         Ok(None)
     }
 
-    async fn read_blob(self: &Arc<Self>, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+    async fn read_blob(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         let end = offset.saturating_add(len).min(blob.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -507,17 +609,30 @@ impl Inner {
         }
         let cs = self.options.chunk_size;
         let (c0, c1) = (offset / cs, (end - 1) / cs);
-        let mut chunks: Vec<Option<Bytes>> = (c0..=c1).map(|n| self.memory.get(&blob.digest, n)).collect();
-        self.counters.memory_hits.fetch_add(chunks.iter().filter(|c| c.is_some()).count() as u64, Ordering::Relaxed);
+        let mut chunks: Vec<Option<Bytes>> = (c0..=c1)
+            .map(|n| self.memory.get(&blob.digest, n))
+            .collect();
+        self.counters.memory_hits.fetch_add(
+            chunks.iter().filter(|c| c.is_some()).count() as u64,
+            Ordering::Relaxed,
+        );
         for attempt in 0..3 {
             if chunks.iter().all(Option::is_some) {
                 break;
             }
-            let missing: Vec<u64> = (c0..=c1).zip(&chunks).filter(|(_, c)| c.is_none()).map(|(n, _)| n).collect();
+            let missing: Vec<u64> = (c0..=c1)
+                .zip(&chunks)
+                .filter(|(_, c)| c.is_none())
+                .map(|(n, _)| n)
+                .collect();
             let found = self.chunks_from_storage(blob, &missing).await?;
             for (n, bytes) in found {
                 if attempt == 0 {
-                    Counters::bump(if self.store.is_some() { &self.counters.disk_hits } else { &self.counters.misses });
+                    Counters::bump(if self.store.is_some() {
+                        &self.counters.disk_hits
+                    } else {
+                        &self.counters.misses
+                    });
                 }
                 self.memory.put(&blob.digest, n, bytes.clone());
                 chunks[(n - c0) as usize] = Some(bytes);
@@ -527,20 +642,28 @@ impl Inner {
             }
             // Still missing: only a remote blob in lazy mode gets here (or a
             // strict one whose complete copy vanished: complete it again).
-            let Some(store) = self.store.clone() else { break };
+            let Some(store) = self.store.clone() else {
+                break;
+            };
             if self.options.verify == Verify::Strict {
                 self.ensure_complete(blob).await?;
                 continue;
             }
             let partial = self.partial(&store, blob)?;
-            let still: Vec<u64> = (c0..=c1).zip(&chunks).filter(|(_, c)| c.is_none()).map(|(n, _)| n).collect();
+            let still: Vec<u64> = (c0..=c1)
+                .zip(&chunks)
+                .filter(|(_, c)| c.is_none())
+                .map(|(n, _)| n)
+                .collect();
             let mut wanted: Vec<u64> = still
                 .iter()
                 .flat_map(|n| partial.chunks_covering(n * cs, ((n + 1) * cs).min(blob.size)))
                 .filter(|c| !partial.has(*c))
                 .collect();
             wanted.dedup();
-            self.counters.misses.fetch_add(still.len() as u64, Ordering::Relaxed);
+            self.counters
+                .misses
+                .fetch_add(still.len() as u64, Ordering::Relaxed);
             self.fetch_chunks(blob, &partial, wanted).await?;
             self.after_lazy_fetch(&store, blob, &partial);
         }
@@ -563,7 +686,11 @@ impl Inner {
     }
 
     /// Chunks of `missing` that the disk (remote) or the layout (local) has.
-    async fn chunks_from_storage(self: &Arc<Self>, blob: &Descriptor, missing: &[u64]) -> Result<Vec<(u64, Bytes)>> {
+    async fn chunks_from_storage(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        missing: &[u64],
+    ) -> Result<Vec<(u64, Bytes)>> {
         let cs = self.options.chunk_size;
         match self.store.clone() {
             Some(store) => {
@@ -590,7 +717,10 @@ impl Inner {
                 // One read for the whole run: the layout is a local file.
                 let (first, last) = (missing[0], missing[missing.len() - 1]);
                 let start = first * cs;
-                let bytes = self.source.read_range(blob, start, ((last + 1) * cs).min(blob.size) - start).await?;
+                let bytes = self
+                    .source
+                    .read_range(blob, start, ((last + 1) * cs).min(blob.size) - start)
+                    .await?;
                 for &n in missing {
                     let a = ((n - first) * cs) as usize;
                     let b = (a + cs as usize).min(bytes.len());
@@ -604,19 +734,28 @@ impl Inner {
     }
 
     /// In lazy mode, a blob whose chunks are all present is checked now.
-    fn after_lazy_fetch(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor, partial: &Arc<Partial>) {
+    fn after_lazy_fetch(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+    ) {
         let p = partial.clone();
         let inner = self.clone();
         let store = store.clone();
         let blob = blob.clone();
         tokio::spawn(async move {
-            let complete = tokio::task::spawn_blocking(move || p.is_complete()).await.unwrap_or(false);
+            let complete = tokio::task::spawn_blocking(move || p.is_complete())
+                .await
+                .unwrap_or(false);
             if !complete {
                 return;
             }
             let key = (blob.digest.clone(), WHOLE);
             let (i2, b2) = (inner.clone(), blob.clone());
-            let result = inner.single_flight(key, async move { i2.promote(&store, &b2).await }).await;
+            let result = inner
+                .single_flight(key, async move { i2.promote(&store, &b2).await })
+                .await;
             if let Err(e @ Error::DigestMismatch { .. }) = result
                 && let Ok(mut bad) = inner.bad.lock()
             {
@@ -629,28 +768,49 @@ impl Inner {
     fn read_ahead(self: &Arc<Self>, blob: &Descriptor, offset: u64, end: u64) {
         let cs = self.options.chunk_size;
         let window = {
-            let Ok(mut seqs) = self.sequences.lock() else { return };
-            let seq = seqs.entry(blob.digest.clone()).or_insert(Sequence { next: u64::MAX, run: 0, window: 0 });
+            let Ok(mut seqs) = self.sequences.lock() else {
+                return;
+            };
+            let seq = seqs.entry(blob.digest.clone()).or_insert(Sequence {
+                next: u64::MAX,
+                run: 0,
+                window: 0,
+            });
             // Sequential: at or a little past where the last read ended
             // (several FUSE threads may deliver neighbours out of order).
             let sequential = seq.next != u64::MAX && offset >= seq.next && offset - seq.next < cs;
-            seq.run = if sequential { seq.run + (end - offset) } else { end - offset };
+            seq.run = if sequential {
+                seq.run + (end - offset)
+            } else {
+                end - offset
+            };
             // Read ahead only once a run covers a chunk: a few small reads
             // of a header are not a stream.
-            seq.window = if sequential && seq.run >= cs { (seq.window * 2).clamp(2 * cs, self.options.readahead_max.max(cs)) } else { 0 };
+            seq.window = if sequential && seq.run >= cs {
+                (seq.window * 2).clamp(2 * cs, self.options.readahead_max.max(cs))
+            } else {
+                0
+            };
             seq.next = end;
             seq.window
         };
         if window == 0 || end >= blob.size {
             return;
         }
-        let Some(store) = self.store.clone() else { return };
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         let inner = self.clone();
         let blob = blob.clone();
         tokio::spawn(async move {
-            let Ok(partial) = inner.partial(&store, &blob) else { return };
+            let Ok(partial) = inner.partial(&store, &blob) else {
+                return;
+            };
             let ahead_end = end.saturating_add(window).min(blob.size);
-            let mut wanted: Vec<u64> = partial.chunks_covering(end, ahead_end).filter(|c| !partial.has(*c)).collect();
+            let mut wanted: Vec<u64> = partial
+                .chunks_covering(end, ahead_end)
+                .filter(|c| !partial.has(*c))
+                .collect();
             wanted.dedup();
             if wanted.is_empty() {
                 return;
@@ -666,7 +826,10 @@ impl Inner {
 }
 
 fn poisoned() -> Error {
-    Error::io("cache state", std::io::Error::other("a lock was poisoned by a panic"))
+    Error::io(
+        "cache state",
+        std::io::Error::other("a lock was poisoned by a panic"),
+    )
 }
 
 fn join_error(e: tokio::task::JoinError) -> Error {

@@ -34,8 +34,10 @@ impl fmt::Debug for CachedSource {
 
 /// Errors after which the cache may stand in for the registry.
 fn is_unreachable(e: &Error) -> bool {
-    matches!(e, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Transfer { .. })
-        || matches!(e, Error::Registry { status, .. } if *status >= 500 || *status == 0)
+    matches!(
+        e,
+        Error::Unreachable { .. } | Error::Timeout { .. } | Error::Transfer { .. }
+    ) || matches!(e, Error::Registry { status, .. } if *status >= 500 || *status == 0)
 }
 
 impl CachedSource {
@@ -60,16 +62,22 @@ impl CachedSource {
         }
     }
 
-    fn from_cache(&self, selector: &Selector, why: &str) -> Result<FetchedManifest> {
+    fn answer_from_cache(&self, selector: &Selector, why: &str) -> Result<FetchedManifest> {
         let not_cached = || Error::NotCached {
             what: format!("manifest {}{selector}", self.reference.name()),
             why: why.to_owned(),
         };
         let digest = match selector {
             Selector::Digest(d) => d.clone(),
-            Selector::Tag(t) => self.store.get_ref(&self.reference, t).ok_or_else(not_cached)?,
+            Selector::Tag(t) => self
+                .store
+                .get_ref(&self.reference, t)
+                .ok_or_else(not_cached)?,
         };
-        let bytes = self.store.get_small(&digest, MAX_MANIFEST_SIZE)?.ok_or_else(not_cached)?;
+        let bytes = self
+            .store
+            .get_small(&digest, MAX_MANIFEST_SIZE)?
+            .ok_or_else(not_cached)?;
         tracing::info!(manifest = %digest, "manifest served from the cache");
         Ok(FetchedManifest {
             bytes: Bytes::from(bytes),
@@ -98,7 +106,7 @@ impl Source for CachedSource {
 
     async fn manifest(&self, selector: &Selector) -> Result<FetchedManifest> {
         let Some(inner) = &self.inner else {
-            return self.from_cache(selector, &self.why_offline);
+            return self.answer_from_cache(selector, &self.why_offline);
         };
         match inner.manifest(selector).await {
             Ok(m) => {
@@ -115,7 +123,7 @@ impl Source for CachedSource {
             }
             Err(e) if is_unreachable(&e) => {
                 tracing::warn!(error = %e, "registry unreachable; trying the cache");
-                self.from_cache(selector, &format!("the registry failed: {e}"))
+                self.answer_from_cache(selector, &format!("the registry failed: {e}"))
             }
             Err(e) => Err(e),
         }

@@ -96,14 +96,22 @@ impl DiskStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         for sub in ["blobs/sha256", "partial/sha256", "refs", "tmp"] {
-            fs::create_dir_all(root.join(sub)).map_err(io_err(|| format!("creating cache directory {}", root.join(sub).display())))?;
+            fs::create_dir_all(root.join(sub)).map_err(io_err(|| {
+                format!("creating cache directory {}", root.join(sub).display())
+            }))?;
         }
         let marker = root.join("oci-layout");
         if !marker.exists() {
-            let store = DiskStore { root: root.clone(), tmp_counter: AtomicU64::new(0) };
+            let store = DiskStore {
+                root: root.clone(),
+                tmp_counter: AtomicU64::new(0),
+            };
             store.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        Ok(DiskStore { root, tmp_counter: AtomicU64::new(0) })
+        Ok(DiskStore {
+            root,
+            tmp_counter: AtomicU64::new(0),
+        })
     }
 
     /// The store's directory.
@@ -122,8 +130,12 @@ impl DiskStore {
 
     fn tmp_path(&self) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        self.root.join("tmp").join(format!("{}-{n}-{nanos}", std::process::id()))
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}-{nanos}", std::process::id()))
     }
 
     /// Writes `bytes` to `path` atomically: temp file, sync, rename.
@@ -151,7 +163,8 @@ impl DiskStore {
         let path = self.blob_path(digest);
         match File::open(&path) {
             Ok(f) => {
-                f.lock_shared().map_err(io_err(|| format!("locking {}", path.display())))?;
+                f.lock_shared()
+                    .map_err(io_err(|| format!("locking {}", path.display())))?;
                 // Its mtime is its last use, for LRU eviction.
                 let _ = f.set_modified(SystemTime::now());
                 Ok(Some(f))
@@ -182,7 +195,9 @@ impl DiskStore {
         let mut buf = Vec::new();
         match File::open(&path) {
             Ok(f) => {
-                f.take(limit + 1).read_to_end(&mut buf).map_err(io_err(|| format!("reading {}", path.display())))?;
+                f.take(limit + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(io_err(|| format!("reading {}", path.display())))?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
@@ -210,7 +225,10 @@ impl DiskStore {
                 _ => {
                     let _ = fs::remove_dir_all(dir.join("have"));
                     fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
-                    self.write_atomic(&meta_path, &serde_json::to_vec(&wanted).unwrap_or_default())?;
+                    self.write_atomic(
+                        &meta_path,
+                        &serde_json::to_vec(&wanted).unwrap_or_default(),
+                    )?;
                     wanted
                 }
             },
@@ -219,7 +237,13 @@ impl DiskStore {
                 wanted
             }
         };
-        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("data")).map_err(io_err(ctx))?;
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("data"))
+            .map_err(io_err(ctx))?;
         if data.metadata().map_err(io_err(ctx))?.len() != size {
             data.set_len(size).map_err(io_err(ctx))?;
         }
@@ -232,9 +256,15 @@ impl DiskStore {
     }
 
     /// Reads `[offset, offset+len)` of a complete blob from an open handle.
-    pub fn read_at(file: &File, path_for_errors: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read_at(
+        file: &File,
+        path_for_errors: &Path,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
         let mut buf = vec![0; len];
-        let got = read_full_at(file, &mut buf, offset).map_err(io_err(|| format!("reading {}", path_for_errors.display())))?;
+        let got = read_full_at(file, &mut buf, offset)
+            .map_err(io_err(|| format!("reading {}", path_for_errors.display())))?;
         if got < len {
             return Err(Error::ShortRead {
                 digest: path_for_errors.display().to_string(),
@@ -255,7 +285,12 @@ impl DiskStore {
             return Ok(());
         }
         let lock_path = dir.join("promote.lock");
-        let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+        let lock = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        {
             Ok(f) => f,
             // The partial dir is gone: another process promoted (or dropped) it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -267,16 +302,20 @@ impl DiskStore {
             }
             Err(e) => return Err(Error::io(format!("promoting {digest}"), e)),
         };
-        lock.lock().map_err(io_err(|| format!("locking {}", lock_path.display())))?;
+        lock.lock()
+            .map_err(io_err(|| format!("locking {}", lock_path.display())))?;
         if final_path.is_file() {
             return Ok(());
         }
         let data_path = dir.join("data");
-        let mut data = File::open(&data_path).map_err(io_err(|| format!("opening {}", data_path.display())))?;
+        let mut data = File::open(&data_path)
+            .map_err(io_err(|| format!("opening {}", data_path.display())))?;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = data.read(&mut buf).map_err(io_err(|| format!("reading {}", data_path.display())))?;
+            let n = data
+                .read(&mut buf)
+                .map_err(io_err(|| format!("reading {}", data_path.display())))?;
             if n == 0 {
                 break;
             }
@@ -287,13 +326,18 @@ impl DiskStore {
         if len != size || &actual != digest {
             let _ = fs::remove_dir_all(&dir);
             return Err(Error::DigestMismatch {
-                what: format!("blob {digest} ({len} bytes fetched, {size} expected; dropped from the cache)"),
+                what: format!(
+                    "blob {digest} ({len} bytes fetched, {size} expected; dropped from the cache)"
+                ),
                 expected: digest.to_string(),
                 actual: actual.to_string(),
             });
         }
-        data.sync_all().map_err(io_err(|| format!("syncing {}", data_path.display())))?;
-        fs::rename(&data_path, &final_path).map_err(io_err(|| format!("moving {} into place", data_path.display())))?;
+        data.sync_all()
+            .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
+        fs::rename(&data_path, &final_path).map_err(io_err(|| {
+            format!("moving {} into place", data_path.display())
+        }))?;
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -322,16 +366,32 @@ impl DiskStore {
 
     /// The digest `tag` of `r` last resolved to, if remembered.
     pub fn get_ref(&self, r: &RegistryRef, tag: &str) -> Option<Digest> {
-        fs::read_to_string(self.ref_path(r, tag)).ok()?.trim().parse().ok()
+        fs::read_to_string(self.ref_path(r, tag))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Every blob in the store, complete and partial.
     pub fn list(&self) -> Result<Vec<StoredBlob>> {
         let mut out = Vec::new();
-        let secs = |m: &fs::Metadata| m.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        let secs = |m: &fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        };
         let blobs = self.root.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs).map_err(io_err(|| format!("listing {}", blobs.display())))?.flatten() {
-            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>() else { continue };
+        for entry in fs::read_dir(&blobs)
+            .map_err(io_err(|| format!("listing {}", blobs.display())))?
+            .flatten()
+        {
+            let Ok(digest) =
+                format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>()
+            else {
+                continue;
+            };
             let Ok(meta) = entry.metadata() else { continue };
             out.push(StoredBlob {
                 digest,
@@ -342,14 +402,28 @@ impl DiskStore {
             });
         }
         let partials = self.root.join("partial/sha256");
-        for entry in fs::read_dir(&partials).map_err(io_err(|| format!("listing {}", partials.display())))?.flatten() {
-            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>() else { continue };
-            let dir = entry.path();
-            let Ok(meta) = fs::read(dir.join("meta")).map_err(|_| ()).and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ())) else {
+        for entry in fs::read_dir(&partials)
+            .map_err(io_err(|| format!("listing {}", partials.display())))?
+            .flatten()
+        {
+            let Ok(digest) =
+                format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>()
+            else {
                 continue;
             };
-            let have = fs::read_dir(dir.join("have")).map(|d| d.flatten().count() as u64).unwrap_or(0);
-            let used = fs::metadata(dir.join("data")).map(|m| secs(&m)).unwrap_or(0);
+            let dir = entry.path();
+            let Ok(meta) = fs::read(dir.join("meta"))
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ()))
+            else {
+                continue;
+            };
+            let have = fs::read_dir(dir.join("have"))
+                .map(|d| d.flatten().count() as u64)
+                .unwrap_or(0);
+            let used = fs::metadata(dir.join("data"))
+                .map(|m| secs(&m))
+                .unwrap_or(0);
             out.push(StoredBlob {
                 digest,
                 state: "partial",
@@ -378,7 +452,9 @@ impl DiskStore {
             return Ok(0);
         }
         blobs.sort_by_key(|b| b.last_used);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut freed = 0;
         for b in blobs {
             if total <= budget {
@@ -467,8 +543,14 @@ impl Partial {
     /// Blocking: call from a blocking context.
     pub fn lock_chunk(&self, n: u64) -> Result<ChunkLock> {
         let path = self.dir.join("lock").join(n.to_string());
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(|| format!("opening {}", path.display())))?;
-        file.lock().map_err(io_err(|| format!("locking {}", path.display())))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(|| format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(io_err(|| format!("locking {}", path.display())))?;
         Ok(ChunkLock { _file: file })
     }
 
@@ -612,13 +694,23 @@ mod tests {
             let d = Digest::of(&blob);
             s.write_atomic(&s.blob_path(&d), &blob).unwrap();
             let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + u64::from(i));
-            File::options().write(true).open(s.blob_path(&d)).unwrap().set_modified(t).unwrap();
+            File::options()
+                .write(true)
+                .open(s.blob_path(&d))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
             digests.push(d);
         }
         // Oldest is 0: pinned. Next is 1: locked by a reader.
         let _reader = s.open_complete(&digests[1]).unwrap().unwrap();
         // open_complete touched 1, making it newest; re-age it.
-        File::options().write(true).open(s.blob_path(&digests[1])).unwrap().set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+        File::options()
+            .write(true)
+            .open(s.blob_path(&digests[1]))
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
         let pinned = digests[0].clone();
         let freed = s.evict_to(2000, &|d| d == &pinned).unwrap();
         assert_eq!(freed, 2000);

@@ -1,8 +1,8 @@
 //! Unit tests of the cache over an in-process fake source. The end-to-end
 //! tests against the real registry are in the tests crate.
 
-use std::collections::HashMap;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -35,7 +35,13 @@ impl Fake {
                 urls: vec![],
             });
         }
-        (Arc::new(Fake { blobs: map, ..Fake::default() }), descs)
+        (
+            Arc::new(Fake {
+                blobs: map,
+                ..Fake::default()
+            }),
+            descs,
+        )
     }
 }
 
@@ -106,13 +112,29 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let got = c.read(&Content::Blob(d[0].clone()), 500_000, 4096).await.unwrap();
+    let got = c
+        .read(&Content::Blob(d[0].clone()), 500_000, 4096)
+        .await
+        .unwrap();
     assert_eq!(&got[..], &blob[500_000..504_096]);
     assert_eq!(src.bytes.load(Ordering::SeqCst), 1_000_000);
-    assert!(DiskStore::open(dir.path()).unwrap().has_complete(&d[0].digest));
+    assert!(
+        DiskStore::open(dir.path())
+            .unwrap()
+            .has_complete(&d[0].digest)
+    );
     // Warm: no more network, any offset and length, reads past the end clipped.
-    for (off, len) in [(0, 10), (65_535, 2), (999_999, 100), (1_000_000, 5), (123_456, 300_000)] {
-        let got = c.read(&Content::Blob(d[0].clone()), off, len).await.unwrap();
+    for (off, len) in [
+        (0, 10),
+        (65_535, 2),
+        (999_999, 100),
+        (1_000_000, 5),
+        (123_456, 300_000),
+    ] {
+        let got = c
+            .read(&Content::Blob(d[0].clone()), off, len)
+            .await
+            .unwrap();
         let end = ((off + len) as usize).min(blob.len());
         assert_eq!(&got[..], &blob[(off as usize).min(end)..end], "{off}+{len}");
     }
@@ -128,10 +150,20 @@ async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
     src.corrupt.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let err = c.read(&Content::Blob(d[0].clone()), 0, 10).await.unwrap_err();
+    let err = c
+        .read(&Content::Blob(d[0].clone()), 0, 10)
+        .await
+        .unwrap_err();
     assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains(&d[0].digest.to_string()));
-    assert!(DiskStore::open(dir.path()).unwrap().list().unwrap().is_empty(), "something of a bad blob stayed cached");
+    assert!(
+        DiskStore::open(dir.path())
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty(),
+        "something of a bad blob stayed cached"
+    );
     assert_eq!(c.stats().verify_failures, 1);
     // The registry is fixed: the same cache succeeds on the next read.
     src.corrupt.store(false, Ordering::SeqCst);
@@ -145,14 +177,31 @@ async fn lazy_reads_fetch_only_the_chunks_needed() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
-    let got = c.read(&Content::Blob(d[0].clone()), 2 << 20, 4096).await.unwrap();
+    let got = c
+        .read(&Content::Blob(d[0].clone()), 2 << 20, 4096)
+        .await
+        .unwrap();
     assert_eq!(&got[..], &blob[2 << 20..(2 << 20) + 4096]);
-    assert_eq!(src.bytes.load(Ordering::SeqCst), 64 * 1024, "one chunk, not more");
+    assert_eq!(
+        src.bytes.load(Ordering::SeqCst),
+        64 * 1024,
+        "one chunk, not more"
+    );
     // A read spanning 3 chunks, one present: the 2 missing ones in one request.
     let before = src.requests.load(Ordering::SeqCst);
-    let got = c.read(&Content::Blob(d[0].clone()), (2 << 20) - 100, 128 * 1024).await.unwrap();
-    assert_eq!(&got[..], &blob[(2 << 20) - 100..(2 << 20) - 100 + 128 * 1024]);
-    assert_eq!(src.requests.load(Ordering::SeqCst) - before, 2, "chunks before and after the cached one");
+    let got = c
+        .read(&Content::Blob(d[0].clone()), (2 << 20) - 100, 128 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(
+        &got[..],
+        &blob[(2 << 20) - 100..(2 << 20) - 100 + 128 * 1024]
+    );
+    assert_eq!(
+        src.requests.load(Ordering::SeqCst) - before,
+        2,
+        "chunks before and after the cached one"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +219,9 @@ async fn thirty_two_readers_of_one_missing_chunk_cause_one_request() {
     for i in 0..32u64 {
         let c = c.clone();
         let content = Content::Blob(d[0].clone());
-        tasks.push(tokio::spawn(async move { c.read(&content, 70_000 + i * 100, 100).await }));
+        tasks.push(tokio::spawn(async move {
+            c.read(&content, 70_000 + i * 100, 100).await
+        }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let got = t.await.unwrap().unwrap();
@@ -215,7 +266,12 @@ async fn a_failed_fetch_wakes_every_waiter_and_caches_nothing() {
     let (fake, d) = Fake::with(&[&data(200_000, 5)]);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-    let c = ChunkCache::new(Arc::new(Failing(fake.clone())), Some(store.clone()), options(Verify::Lazy)).unwrap();
+    let c = ChunkCache::new(
+        Arc::new(Failing(fake.clone())),
+        Some(store.clone()),
+        options(Verify::Lazy),
+    )
+    .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
@@ -238,7 +294,9 @@ async fn lazy_mode_drops_a_blob_that_fails_once_complete() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
     // Served as it arrives (that is lazy mode's contract)...
-    c.read(&Content::Blob(d[0].clone()), 0, 200_000).await.unwrap();
+    c.read(&Content::Blob(d[0].clone()), 0, 200_000)
+        .await
+        .unwrap();
     // ...and once complete, checked: later reads fail and nothing stays.
     let mut failed = false;
     for _ in 0..50 {
@@ -250,7 +308,11 @@ async fn lazy_mode_drops_a_blob_that_fails_once_complete() {
     }
     assert!(failed, "a blob that failed verification is still served");
     assert_eq!(c.stats().verify_failures, 1);
-    assert!(!DiskStore::open(dir.path()).unwrap().has_complete(&d[0].digest));
+    assert!(
+        !DiskStore::open(dir.path())
+            .unwrap()
+            .has_complete(&d[0].digest)
+    );
 }
 
 #[tokio::test]
@@ -269,10 +331,17 @@ async fn two_caches_on_one_directory_fetch_a_blob_once() {
     let a = cache(src.clone(), dir.path(), options(Verify::Strict));
     let b = cache(src.clone(), dir.path(), options(Verify::Strict));
     let content = Content::Blob(d[0].clone());
-    let (ra, rb) = tokio::join!(a.read(&content, 0, 1 << 20), b.read(&content, 1 << 20, 1 << 20));
+    let (ra, rb) = tokio::join!(
+        a.read(&content, 0, 1 << 20),
+        b.read(&content, 1 << 20, 1 << 20)
+    );
     assert_eq!(&ra.unwrap()[..], &blob[..1 << 20]);
     assert_eq!(&rb.unwrap()[..], &blob[1 << 20..]);
-    assert_eq!(src.bytes.load(Ordering::SeqCst), 2 << 20, "the blob was fetched more than once");
+    assert_eq!(
+        src.bytes.load(Ordering::SeqCst),
+        2 << 20,
+        "the blob was fetched more than once"
+    );
 }
 
 #[tokio::test]
@@ -287,14 +356,20 @@ async fn the_disk_stays_under_budget() {
     };
     let c = cache(src.clone(), dir.path(), opts);
     for (i, desc) in d.iter().enumerate() {
-        let got = c.read(&Content::Blob(desc.clone()), 0, 300_000).await.unwrap();
+        let got = c
+            .read(&Content::Blob(desc.clone()), 0, 300_000)
+            .await
+            .unwrap();
         assert_eq!(&got[..], &blobs[i][..]);
         // Let the background eviction run.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let usage = DiskStore::open(dir.path()).unwrap().usage().unwrap();
-    assert!(usage <= 1_000_000 + 300_000, "usage {usage} over budget plus one blob");
+    assert!(
+        usage <= 1_000_000 + 300_000,
+        "usage {usage} over budget plus one blob"
+    );
 }
 
 #[tokio::test]
@@ -306,14 +381,25 @@ async fn sequential_reads_read_ahead() {
     let content = Content::Blob(d[0].clone());
     for i in 0..4u64 {
         let got = c.read(&content, i * 65_536, 65_536).await.unwrap();
-        assert_eq!(&got[..], &blob[(i * 65_536) as usize..((i + 1) * 65_536) as usize]);
+        assert_eq!(
+            &got[..],
+            &blob[(i * 65_536) as usize..((i + 1) * 65_536) as usize]
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     // The window grew: chunks beyond the last read were fetched ahead.
-    assert!(src.bytes.load(Ordering::SeqCst) > 4 * 65_536, "no read-ahead: {}", src.bytes.load(Ordering::SeqCst));
+    assert!(
+        src.bytes.load(Ordering::SeqCst) > 4 * 65_536,
+        "no read-ahead: {}",
+        src.bytes.load(Ordering::SeqCst)
+    );
     let misses_before = c.stats().misses;
     c.read(&content, 4 * 65_536, 65_536).await.unwrap();
-    assert_eq!(c.stats().misses, misses_before, "the next sequential read missed");
+    assert_eq!(
+        c.stats().misses,
+        misses_before,
+        "the next sequential read missed"
+    );
 }
 
 proptest::proptest! {

@@ -34,21 +34,33 @@ impl LayoutSource {
         let marker = root.join("oci-layout");
         let text = read_bounded(&marker, 64 * 1024).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound if !root.exists() => layout_err("no such directory".into()),
-            io::ErrorKind::NotFound => layout_err("no oci-layout file (is this an OCI image layout?)".into()),
+            io::ErrorKind::NotFound => {
+                layout_err("no oci-layout file (is this an OCI image layout?)".into())
+            }
             _ => layout_err(format!("cannot read oci-layout: {e}")),
         })?;
-        let version: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| layout_err(format!("oci-layout is not JSON: {e}")))?;
+        let version: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| layout_err(format!("oci-layout is not JSON: {e}")))?;
         match version.get("imageLayoutVersion").and_then(|v| v.as_str()) {
             Some(v) if v.starts_with("1.") => {}
-            other => return Err(layout_err(format!("unsupported imageLayoutVersion {other:?} (expected 1.x)"))),
+            other => {
+                return Err(layout_err(format!(
+                    "unsupported imageLayoutVersion {other:?} (expected 1.x)"
+                )));
+            }
         }
         let index_path = root.join("index.json");
         let bytes = read_bounded(&index_path, MAX_MANIFEST_SIZE)
             .map_err(|e| layout_err(format!("cannot read index.json: {e}")))?;
-        let index = match manifest::parse(&bytes, Some(manifest::media_type::OCI_INDEX), &format!("{}", index_path.display()))? {
+        let index = match manifest::parse(
+            &bytes,
+            Some(manifest::media_type::OCI_INDEX),
+            &format!("{}", index_path.display()),
+        )? {
             manifest::Parsed::Index(i) => i,
-            manifest::Parsed::Manifest(_) => return Err(layout_err("index.json is a manifest, not an index".into())),
+            manifest::Parsed::Manifest(_) => {
+                return Err(layout_err("index.json is a manifest, not an index".into()));
+            }
         };
         Ok(LayoutSource { root, index })
     }
@@ -61,10 +73,17 @@ impl LayoutSource {
     /// The path of a blob inside the layout. The digest is validated hex, so
     /// this cannot leave `blobs/sha256`.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
+        self.root
+            .join("blobs")
+            .join(digest.algorithm())
+            .join(digest.hex())
     }
 
-    fn read_manifest_blob(&self, digest: &Digest, media_type: Option<String>) -> Result<FetchedManifest> {
+    fn read_manifest_blob(
+        &self,
+        digest: &Digest,
+        media_type: Option<String>,
+    ) -> Result<FetchedManifest> {
         let path = self.blob_path(digest);
         let bytes = read_bounded(&path, MAX_MANIFEST_SIZE).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::ManifestNotFound {
@@ -92,7 +111,10 @@ fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     File::open(path)?.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::FileTooLarge, "file over the size limit"));
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            "file over the size limit",
+        ));
     }
     Ok(buf)
 }
@@ -134,11 +156,21 @@ impl Source for LayoutSource {
     async fn manifest(&self, selector: &Selector) -> Result<FetchedManifest> {
         match selector {
             Selector::Digest(d) => {
-                let media_type = self.index.manifests.iter().find(|m| &m.digest == d).map(|m| m.media_type.clone());
+                let media_type = self
+                    .index
+                    .manifests
+                    .iter()
+                    .find(|m| &m.digest == d)
+                    .map(|m| m.media_type.clone());
                 self.read_manifest_blob(d, media_type)
             }
             Selector::Tag(tag) => {
-                let hits: Vec<&Descriptor> = self.index.manifests.iter().filter(|m| m.ref_name() == Some(tag.as_str())).collect();
+                let hits: Vec<&Descriptor> = self
+                    .index
+                    .manifests
+                    .iter()
+                    .filter(|m| m.ref_name() == Some(tag.as_str()))
+                    .collect();
                 match hits.as_slice() {
                     [one] => self.read_manifest_blob(&one.digest, Some(one.media_type.clone())),
                     [] => Err(Error::ManifestNotFound {
@@ -172,7 +204,8 @@ impl Source for LayoutSource {
                 _ => Error::io(format!("opening {}", path.display()), e),
             })?;
             let mut buf = BytesMut::zeroed(want as usize);
-            let got = read_full_at(&file, &mut buf, offset).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let got = read_full_at(&file, &mut buf, offset)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             if (got as u64) < want {
                 return Err(Error::ShortRead {
                     digest: digest.to_string(),
@@ -189,28 +222,39 @@ impl Source for LayoutSource {
 
     async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
         let path = self.blob_path(&blob.digest);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::BlobNotFound {
-                digest: blob.digest.to_string(),
-                source_name: self.name(),
-            },
-            _ => Error::io(format!("opening {}", path.display()), e),
-        })?;
-        let stream = futures_util::stream::try_unfold((file, path), |(mut file, path)| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = BytesMut::zeroed(STREAM_BUF);
-            let n = file.read(&mut buf).await.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            Ok(Some((buf.freeze(), (file, path))))
-        });
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::BlobNotFound {
+                    digest: blob.digest.to_string(),
+                    source_name: self.name(),
+                },
+                _ => Error::io(format!("opening {}", path.display()), e),
+            })?;
+        let stream =
+            futures_util::stream::try_unfold((file, path), |(mut file, path)| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = BytesMut::zeroed(STREAM_BUF);
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                Ok(Some((buf.freeze(), (file, path))))
+            });
         Ok(Box::pin(stream))
     }
 
     async fn tags(&self) -> Result<Vec<String>> {
-        let mut tags: Vec<String> = self.index.manifests.iter().filter_map(|m| m.ref_name().map(str::to_owned)).collect();
+        let mut tags: Vec<String> = self
+            .index
+            .manifests
+            .iter()
+            .filter_map(|m| m.ref_name().map(str::to_owned))
+            .collect();
         tags.sort();
         tags.dedup();
         Ok(tags)

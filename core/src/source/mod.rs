@@ -95,7 +95,9 @@ pub fn nearby_tags(wanted: &str, tags: &[String]) -> Vec<String> {
         .filter_map(|t| {
             let tl = t.to_ascii_lowercase();
             let d = edit_distance(&wanted_l, &tl);
-            let close = d <= 2.max(wanted.len() / 3) || tl.starts_with(&wanted_l) || wanted_l.starts_with(&tl);
+            let close = d <= 2.max(wanted.len() / 3)
+                || tl.starts_with(&wanted_l)
+                || wanted_l.starts_with(&tl);
             close.then_some((d, t))
         })
         .collect();
@@ -109,7 +111,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -122,7 +126,9 @@ mod tests {
 
     #[test]
     fn nearby_tags_finds_typos_and_prefixes() {
-        let tags: Vec<String> = ["v1.6.20", "v1.6.21", "latest", "v2.0.0"].map(String::from).to_vec();
+        let tags: Vec<String> = ["v1.6.20", "v1.6.21", "latest", "v2.0.0"]
+            .map(String::from)
+            .to_vec();
         assert_eq!(nearby_tags("v1.6.2", &tags), vec!["v1.6.20", "v1.6.21"]);
         assert_eq!(nearby_tags("lates", &tags), vec!["latest"]);
         assert!(nearby_tags("zzzzzzzzzz", &tags).is_empty());

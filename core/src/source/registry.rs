@@ -89,7 +89,11 @@ struct AuthHeader(Option<String>);
 
 impl fmt::Debug for AuthHeader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Some(<redacted>)" } else { "None" })
+        f.write_str(if self.0.is_some() {
+            "Some(<redacted>)"
+        } else {
+            "None"
+        })
     }
 }
 
@@ -150,7 +154,11 @@ impl RegistrySource {
         let host = oci_ref.resolve_registry().to_owned();
         let scheme = if options.plain_http { "http" } else { "https" };
         let config = ClientConfig {
-            protocol: if options.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if options.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: options.insecure,
             read_timeout: Some(options.read_timeout),
             connect_timeout: Some(options.connect_timeout),
@@ -173,7 +181,9 @@ impl RegistrySource {
             })?;
         let auth = match &options.credentials {
             None => RegistryAuth::Anonymous,
-            Some(Credentials::Basic { username, password }) => RegistryAuth::Basic(username.clone(), password.clone()),
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Some(Credentials::Token(t)) => RegistryAuth::Bearer(t.clone()),
         };
         let source = RegistrySource {
@@ -212,7 +222,10 @@ impl RegistrySource {
             (Some(token), _) => Some(format!("Bearer {token}")),
             (None, RegistryAuth::Basic(u, p)) => {
                 use base64::Engine as _;
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
             }
             (None, RegistryAuth::Bearer(t)) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Anonymous) => None,
@@ -262,8 +275,12 @@ impl RegistrySource {
 
     fn map_oci(&self, e: OciDistributionError, what: &str) -> Error {
         match e {
-            OciDistributionError::AuthenticationFailure(detail) => self.auth_error(detail.trim().to_owned()),
-            OciDistributionError::UnauthorizedError { .. } => self.auth_error("the registry answered 401 Unauthorized".into()),
+            OciDistributionError::AuthenticationFailure(detail) => {
+                self.auth_error(detail.trim().to_owned())
+            }
+            OciDistributionError::UnauthorizedError { .. } => {
+                self.auth_error("the registry answered 401 Unauthorized".into())
+            }
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 if codes.contains(&&OciErrorCode::BlobUnknown) {
@@ -271,10 +288,17 @@ impl RegistrySource {
                         digest: what.to_owned(),
                         source_name: self.reference.name(),
                     }
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
                     self.auth_error(envelope.to_string())
                 } else {
-                    let status = if codes.contains(&&OciErrorCode::Toomanyrequests) { 429 } else { 400 };
+                    let status = if codes.contains(&&OciErrorCode::Toomanyrequests) {
+                        429
+                    } else {
+                        400
+                    };
                     Error::Registry {
                         registry: self.host.clone(),
                         status,
@@ -287,7 +311,11 @@ impl RegistrySource {
                 digest: what.to_owned(),
                 source_name: self.reference.name(),
             },
-            OciDistributionError::ServerError { code: 401 | 403, message, .. } => self.auth_error(message),
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                message,
+                ..
+            } => self.auth_error(message),
             OciDistributionError::ServerError { code, message, .. } => Error::Registry {
                 registry: self.host.clone(),
                 status: code,
@@ -319,16 +347,29 @@ impl RegistrySource {
             Selector::Tag(t) => t.clone(),
             Selector::Digest(d) => d.to_string(),
         };
-        format!("{}://{}/v2/{}/manifests/{reference}", self.scheme, self.host, self.reference.repository)
+        format!(
+            "{}://{}/v2/{}/manifests/{reference}",
+            self.scheme, self.host, self.reference.repository
+        )
     }
 
-    async fn manifest_once(&self, selector: &Selector, reauthed: &mut bool) -> Result<FetchedManifest> {
+    async fn manifest_once(
+        &self,
+        selector: &Selector,
+        reauthed: &mut bool,
+    ) -> Result<FetchedManifest> {
         let what = format!("manifest {}{selector}", self.reference.name());
-        let mut request = self.http.get(self.manifest_url(selector)).header(ACCEPT, media_type::ALL_MANIFESTS.join(", "));
+        let mut request = self
+            .http
+            .get(self.manifest_url(selector))
+            .header(ACCEPT, media_type::ALL_MANIFESTS.join(", "));
         if let Some(h) = &self.auth_header.read().await.0 {
             request = request.header(AUTHORIZATION, h);
         }
-        let response = request.send().await.map_err(|e| self.map_reqwest(&e, &what))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.map_reqwest(&e, &what))?;
         let status = response.status().as_u16();
         match status {
             200 => {}
@@ -338,7 +379,9 @@ impl RegistrySource {
                 self.authenticate().await?;
                 return Box::pin(self.manifest_once(selector, reauthed)).await;
             }
-            401 | 403 => return Err(self.auth_error(format!("the registry answered {status} for {what}"))),
+            401 | 403 => {
+                return Err(self.auth_error(format!("the registry answered {status} for {what}")));
+            }
             404 => {
                 let nearby = match selector {
                     Selector::Tag(t) => nearby_tags(t, &self.tags().await.unwrap_or_default()),
@@ -350,7 +393,13 @@ impl RegistrySource {
                 });
             }
             _ => {
-                let body: String = response.text().await.unwrap_or_default().chars().take(512).collect();
+                let body: String = response
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(512)
+                    .collect();
                 return Err(Error::Registry {
                     registry: self.host.clone(),
                     status,
@@ -394,7 +443,9 @@ impl RegistrySource {
             });
         }
         // A registry that states a digest must state the true one.
-        if let Some(claimed) = headers.get("docker-content-digest").and_then(|v| v.to_str().ok())
+        if let Some(claimed) = headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
             && let Ok(claimed) = claimed.parse::<Digest>()
             && claimed != digest
         {
@@ -408,12 +459,19 @@ impl RegistrySource {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
-        Ok(FetchedManifest { bytes, digest, media_type })
+        Ok(FetchedManifest {
+            bytes,
+            digest,
+            media_type,
+        })
     }
 
     async fn read_range_once(&self, blob: &Descriptor, offset: u64, want: u64) -> Result<Bytes> {
         let digest = blob.digest.to_string();
-        let layer = LayerDescriptor { digest: &digest, urls: &None };
+        let layer = LayerDescriptor {
+            digest: &digest,
+            urls: &None,
+        };
         let response = self
             .client
             .pull_blob_stream_partial(&self.oci_ref, &layer, offset, Some(want))
@@ -483,7 +541,10 @@ impl Source for RegistrySource {
             return Ok(Bytes::new());
         }
         let what = format!("reading {want} bytes at {offset} of {}", blob.digest);
-        self.options.retry.run(&what, || self.read_range_once(blob, offset, want)).await
+        self.options
+            .retry
+            .run(&what, || self.read_range_once(blob, offset, want))
+            .await
     }
 
     async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
@@ -493,8 +554,14 @@ impl Source for RegistrySource {
             .options
             .retry
             .run(&format!("opening {what}"), || async {
-                let layer = LayerDescriptor { digest: &digest, urls: &None };
-                self.client.pull_blob_stream(&self.oci_ref, &layer).await.map_err(|e| self.map_oci(e, &digest))
+                let layer = LayerDescriptor {
+                    digest: &digest,
+                    urls: &None,
+                };
+                self.client
+                    .pull_blob_stream(&self.oci_ref, &layer)
+                    .await
+                    .map_err(|e| self.map_oci(e, &digest))
             })
             .await?;
         let host = self.host.clone();
