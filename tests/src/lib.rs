@@ -1,0 +1,52 @@
+//! The end-to-end test harness of ocifs: a real registry, real third-party
+//! clients to fill it, a counting proxy to watch the wire, and the `ocifs`
+//! binary to test.
+//!
+//! - [`Registry`] runs CNCF distribution (`/usr/bin/docker-registry`) on a
+//!   free loopback port with its own storage, optionally behind htpasswd or
+//!   token authentication ([`RegistryAuth`]); for token auth it also runs a
+//!   small token server that signs JWTs the registry accepts.
+//! - [`CountingProxy`] sits between a client and a [`Registry`] and records
+//!   every request: what was asked, the status, and how many body bytes went
+//!   back. This is where tests count network traffic.
+//! - [`oras_push`] pushes files with oras-py (from the [`PythonEnv`]
+//!   virtualenv), [`skopeo_copy`] copies images and layouts with skopeo, and
+//!   [`OciLayoutBuilder`] writes OCI image layouts (multi-platform indexes,
+//!   artifacts) that skopeo can push. ocifs itself never produces test content.
+//! - [`ocifs`] and [`run_ocifs`] run the binary under test in a hermetic
+//!   environment and give back an [`Output`] with assertion helpers.
+//!
+//! Everything binds `127.0.0.1:0` and lives in its own temp dir, so tests run
+//! in parallel without fixed ports or paths.
+//!
+//! ```
+//! use ocifs_tests::{OciLayoutBuilder, Platform};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut layout = OciLayoutBuilder::new(dir.path());
+//! let file = layout.file("hello.txt", b"hello\n");
+//! let amd64 = layout.image_manifest(&Platform::new("linux", "amd64"), &[file]);
+//! let index = layout.index(&[amd64]);
+//! layout.add(&index, Some("v1"));
+//! assert!(dir.path().join("index.json").is_file());
+//! assert!(dir.path().join("blobs/sha256").join(index.hex()).is_file());
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod layout;
+mod proxy;
+mod registry;
+mod server;
+mod token;
+mod tools;
+mod util;
+
+pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
+pub use proxy::{CountingProxy, Disposition, ProxyHook, RequestInfo, RequestRecord};
+pub use registry::{Registry, RegistryAuth};
+pub use token::TokenRequest;
+pub use tools::{
+    Output, PushFile, PushOptions, PythonEnv, ocifs, ocifs_bin, oras_push, run, run_ocifs,
+    run_with_stdin, skopeo_copy, target_dir, workspace_dir,
+};
+pub use util::{closed_port, random_bytes, sha256_digest, sha256_hex, temp_dir};

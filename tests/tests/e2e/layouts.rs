@@ -1,0 +1,175 @@
+//! OCI image layout directories: by tag, by digest, `--oci-layout`,
+//! untagged (a single nested index, platform entries), ambiguous, and one
+//! written by skopeo from a registry.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ocifs_tests::{
+    Descriptor, OciLayoutBuilder, Platform, Registry, RegistryAuth, run_ocifs, sha256_hex,
+    skopeo_copy, temp_dir,
+};
+
+use crate::support::{push_files, standard_files};
+
+const ARTIFACT_TYPE: &str = "application/vnd.ocifs.test";
+
+fn artifact(layout: &mut OciLayoutBuilder, files: &[(&str, &str)]) -> Descriptor {
+    let layers: Vec<Descriptor> = files
+        .iter()
+        .map(|(t, c)| layout.file(t, c.as_bytes()))
+        .collect();
+    layout.artifact_manifest(ARTIFACT_TYPE, &layers, &BTreeMap::new())
+}
+
+fn image(layout: &mut OciLayoutBuilder, platform: &Platform) -> Descriptor {
+    let file = layout.file("platform.txt", format!("{platform}\n").as_bytes());
+    layout.image_manifest(platform, &[file])
+}
+
+fn oci(dir: &std::path::Path, suffix: &str) -> String {
+    format!("oci:{}{suffix}", dir.display())
+}
+
+#[test]
+fn tagged_layout_by_tag_by_digest_and_oci_layout_flag() {
+    let tmp = temp_dir();
+    let dir: PathBuf = tmp.path().join("layout");
+    let mut layout = OciLayoutBuilder::new(&dir);
+    let v1 = artifact(&mut layout, &[("a.txt", "one\n"), ("sub/b.txt", "bee\n")]);
+    let v2 = artifact(&mut layout, &[("other.txt", "two\n")]);
+    layout.add(&v1, Some("v1")).add(&v2, Some("v2"));
+    let dir_s = dir.display().to_string();
+
+    for args in [
+        vec!["ls".to_owned(), oci(&dir, ":v1")],
+        vec!["ls".to_owned(), oci(&dir, &format!("@{}", v1.digest))],
+        vec![
+            "ls".to_owned(),
+            "--oci-layout".to_owned(),
+            format!("{dir_s}:v1"),
+        ],
+        vec![
+            "ls".to_owned(),
+            "--oci-layout".to_owned(),
+            format!("{dir_s}@{}", v1.digest),
+        ],
+    ] {
+        let out = run_ocifs(&args);
+        out.success().stdout_has("a.txt").stdout_has("sub");
+        assert!(!out.stdout_str().contains("other.txt"), "{out}");
+    }
+    let out = run_ocifs(["cat", &oci(&dir, ":v1"), "sub/b.txt"]);
+    out.success();
+    assert_eq!(out.stdout, b"bee\n", "{out}");
+    let out = run_ocifs(["cat", "--oci-layout", &format!("{dir_s}:v2"), "other.txt"]);
+    out.success();
+    assert_eq!(out.stdout, b"two\n", "{out}");
+}
+
+#[test]
+fn untagged_single_entry_that_is_a_nested_index() {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("layout");
+    let mut layout = OciLayoutBuilder::new(&dir);
+    let amd64 = image(&mut layout, &Platform::new("linux", "amd64"));
+    let arm64 = image(&mut layout, &Platform::new("linux", "arm64").variant("v8"));
+    let inner = layout.index(&[amd64, arm64]);
+    layout.add(&inner, None);
+
+    for (platform, expected) in [
+        ("linux/arm64", "linux/arm64/v8\n"),
+        ("linux/amd64", "linux/amd64\n"),
+    ] {
+        let out = run_ocifs([
+            "cat",
+            "--platform",
+            platform,
+            &oci(&dir, ""),
+            "platform.txt",
+        ]);
+        out.success();
+        assert_eq!(out.stdout_str(), expected, "{out}");
+        let out = run_ocifs([
+            "ls",
+            "--platform",
+            platform,
+            "--oci-layout",
+            &dir.display().to_string(),
+        ]);
+        out.success().stdout_has("platform.txt");
+    }
+}
+
+#[test]
+fn untagged_platform_entries_narrowed_by_platform() {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("layout");
+    let mut layout = OciLayoutBuilder::new(&dir);
+    for p in [
+        Platform::new("linux", "amd64"),
+        Platform::new("linux", "arm64").variant("v8"),
+    ] {
+        let m = image(&mut layout, &p);
+        layout.add(&m, None);
+    }
+    let out = run_ocifs([
+        "cat",
+        "--platform",
+        "linux/arm64/v8",
+        &oci(&dir, ""),
+        "platform.txt",
+    ]);
+    out.success();
+    assert_eq!(out.stdout, b"linux/arm64/v8\n", "{out}");
+    let out = run_ocifs([
+        "cat",
+        "--platform",
+        "linux/amd64",
+        &oci(&dir, ""),
+        "platform.txt",
+    ]);
+    out.success();
+    assert_eq!(out.stdout, b"linux/amd64\n", "{out}");
+}
+
+#[test]
+fn ambiguous_untagged_layout_lists_each_digest() {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("layout");
+    let mut layout = OciLayoutBuilder::new(&dir);
+    let a = artifact(&mut layout, &[("a.txt", "a\n")]);
+    let b = artifact(&mut layout, &[("b.txt", "b\n")]);
+    layout.add(&a, None).add(&b, None);
+    let out = run_ocifs(["ls", &oci(&dir, "")]);
+    out.code_is(3).stderr_has(&a.digest).stderr_has(&b.digest);
+}
+
+#[test]
+fn layout_written_by_skopeo_from_the_registry() {
+    let registry = Registry::start(RegistryAuth::None);
+    let tmp = temp_dir();
+    let files = standard_files();
+    let digest = push_files(&registry, tmp.path(), "copied:v1", &files);
+    let dir = tmp.path().join("layout");
+    skopeo_copy(
+        &format!("docker://{}/copied:v1", registry.host()),
+        &oci(&dir, ":v1"),
+        &["--preserve-digests", "--src-tls-verify=false"],
+    );
+    drop(registry);
+
+    let out = run_ocifs(["inspect", "--json", &oci(&dir, ":v1")]);
+    out.success();
+    assert_eq!(out.json()["digest"], digest.as_str(), "{out}");
+    for f in &files {
+        let out = run_ocifs(["cat", &oci(&dir, ":v1"), f.title]);
+        out.success();
+        assert_eq!(
+            sha256_hex(&out.stdout),
+            sha256_hex(&f.content),
+            "cat {}",
+            f.title
+        );
+    }
+}

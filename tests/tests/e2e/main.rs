@@ -1,0 +1,15 @@
+//! End-to-end tests of the `ocifs` CLI against a real registry, with content
+//! pushed by oras-py and skopeo. One binary, a module per topic; every test
+//! starts its own registry and works in its own temp dir.
+//!
+//! Needs `target/debug/ocifs` (`cargo build -p ocifs`) and the oras-py
+//! virtualenv; the README's test command, `scripts/test`, provides both.
+
+mod auth;
+mod errors;
+mod files;
+mod harness;
+mod integrity;
+mod layouts;
+mod platforms;
+mod support;
