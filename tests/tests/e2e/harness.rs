@@ -194,3 +194,61 @@ fn dropping_a_registry_stops_it_and_removes_its_storage() {
         "{host} still answers"
     );
 }
+
+#[test]
+fn oras_push_marks_directories_for_unpacking() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("creating a tree");
+    std::fs::write(tree.join("sub/a.txt"), b"a\n").expect("writing a file");
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, b"plain\n").expect("writing a file");
+    let files = [
+        ocifs_tests::PushFile::new(&tree),
+        ocifs_tests::PushFile::new(&plain),
+    ];
+    let digest = ocifs_tests::oras_push(
+        &registry.host(),
+        "dirs:v1",
+        &files,
+        &ocifs_tests::PushOptions::default(),
+    );
+
+    let (status, head, body) = http_get(
+        &registry.host(),
+        &format!("/v2/dirs/manifests/{digest}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(sha256_digest(&body), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("a JSON manifest");
+    let layers = manifest["layers"].as_array().expect("layers");
+    let tree_layer = layers
+        .iter()
+        .find(|l| l["annotations"]["org.opencontainers.image.title"] == "tree")
+        .unwrap_or_else(|| panic!("no layer titled tree: {manifest:#}"));
+    assert_eq!(
+        tree_layer["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(
+        tree_layer["annotations"]["io.deis.oras.content.unpack"],
+        "true"
+    );
+    assert!(
+        tree_layer["annotations"]["io.deis.oras.content.digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:") && d.len() == 71),
+        "{manifest:#}"
+    );
+    let plain_layer = layers
+        .iter()
+        .find(|l| l["annotations"]["org.opencontainers.image.title"] == "plain.txt")
+        .unwrap_or_else(|| panic!("no layer titled plain.txt: {manifest:#}"));
+    assert!(
+        plain_layer["annotations"]
+            .get("io.deis.oras.content.unpack")
+            .is_none()
+    );
+}
