@@ -1,0 +1,318 @@
+//! The side-by-side scenario benchmark. See the crate docs.
+//!
+//! Every figure in the table is measured in this run, on this machine, next
+//! to the reference it is divided by.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocifs_benches::{Row, table};
+use ocifs_core::cache::{CacheOptions, ChunkCache, DiskStore};
+use ocifs_core::digest::Hasher;
+use ocifs_core::view::Content;
+use ocifs_core::{Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
+use ocifs_tests::{
+    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_push, workspace_dir,
+};
+
+const MIB: u64 = 1 << 20;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    size: u64,
+    digest: String,
+}
+
+/// A file of `size` pseudo-random bytes (incompressible, fast to make).
+fn random_file(size: u64) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.bin");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    let mut hasher = Hasher::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; MIB as usize];
+    for _ in 0..size / MIB {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        hasher.update(&block);
+        out.write_all(&block).expect("write");
+    }
+    out.flush().expect("flush");
+    Fixture {
+        _dir: dir,
+        path,
+        size,
+        digest: hasher.finish().to_string(),
+    }
+}
+
+fn ocifs_bin() -> PathBuf {
+    std::env::var_os("OCIFS_BIN").map_or_else(
+        || workspace_dir().join("target/release/ocifs"),
+        PathBuf::from,
+    )
+}
+
+fn timed(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+/// Drops the page cache so that a "warm" read comes from disk; false where
+/// the machine does not allow it.
+fn drop_page_cache() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn curl_blob(host: &str, repo: &str, digest: &str) -> Duration {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sf",
+        "-o",
+        "/dev/null",
+        &format!("http://{host}/v2/{repo}/blobs/{digest}"),
+    ]);
+    timed(c)
+}
+
+fn ocifs_cat(host: &str, reference: &str, file: &str, cache: &Path, extra: &[&str]) -> Duration {
+    let mut c = Command::new(ocifs_bin());
+    c.args(["cat", "--plain-http", "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .arg(format!("{host}/{reference}"))
+        .arg(file);
+    timed(c)
+}
+
+/// Reads 4 KiB from the middle of the blob through an in-process cache and
+/// returns (time, bytes the registry sent).
+async fn random_read(
+    proxy: &CountingProxy,
+    repo: &str,
+    blob: &ocifs_core::Descriptor,
+    verify: Verify,
+) -> (Duration, u64) {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let reference = RegistryRef::parse(&format!("{}/{repo}:v1", proxy.host())).expect("reference");
+    let options = RegistryOptions {
+        plain_http: true,
+        ..RegistryOptions::default()
+    };
+    proxy.reset();
+    let start = Instant::now();
+    let source = RegistrySource::connect(&reference, options)
+        .await
+        .expect("connect");
+    let store = Arc::new(DiskStore::open(cache_dir.path()).expect("store"));
+    let cache = ChunkCache::new(
+        Arc::new(source),
+        Some(store),
+        CacheOptions {
+            verify,
+            ..CacheOptions::default()
+        },
+    )
+    .expect("cache");
+    let bytes = cache
+        .read(&Content::Blob(blob.clone()), blob.size / 2, 4096)
+        .await
+        .expect("read");
+    assert_eq!(bytes.len(), 4096);
+    (start.elapsed(), proxy.blob_bytes())
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let size = if quick { 256 * MIB } else { 1024 * MIB };
+    eprintln!("== building ocifs (release)");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", "ocifs"])
+        .current_dir(workspace_dir())
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "cargo build failed");
+
+    eprintln!(
+        "== starting a registry and pushing a {} MiB blob with oras",
+        size / MIB
+    );
+    let registry = Registry::start(RegistryAuth::None);
+    let proxy = CountingProxy::start(&registry.host());
+    let host = registry.host();
+    let fixture = random_file(size);
+    oras_push(
+        &host,
+        "bench/big:v1",
+        &[PushFile::new(&fixture.path)],
+        &PushOptions::default(),
+    );
+    let blob = ocifs_core::Descriptor {
+        media_type: "application/octet-stream".into(),
+        digest: fixture.digest.parse().expect("digest"),
+        size: fixture.size,
+        annotations: Default::default(),
+        platform: None,
+        artifact_type: None,
+        urls: vec![],
+    };
+    let label = format!("{} MiB blob", size / MIB);
+    let mut rows = Vec::new();
+
+    eprintln!("== cold sequential read");
+    let curl = (0..2)
+        .map(|_| curl_blob(&host, "bench/big", &fixture.digest))
+        .min()
+        .unwrap_or_default();
+    let curl_rate = mbps(size, curl);
+    rows.push(Row {
+        scenario: format!("cold sequential read, {label}"),
+        tool: "curl (network ceiling)".into(),
+        value: curl_rate,
+        unit: "MB/s",
+        reference: None,
+    });
+    for (tool, extra) in [
+        ("ocifs cat, strict", &[][..]),
+        ("ocifs cat, lazy", &["--verify", "lazy"][..]),
+    ] {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let d = ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), extra);
+        rows.push(Row {
+            scenario: format!("cold sequential read, {label}"),
+            tool: tool.into(),
+            value: mbps(size, d),
+            unit: "MB/s",
+            reference: Some(curl_rate),
+        });
+    }
+
+    eprintln!("== warm sequential read");
+    let cache = tempfile::tempdir().expect("tempdir");
+    ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), &[]);
+    let dropped = drop_page_cache();
+    let mut c = Command::new("cat");
+    c.arg(&fixture.path);
+    let local = mbps(size, timed(c));
+    let note = if dropped {
+        "page cache dropped"
+    } else {
+        "page cache NOT dropped (not permitted here)"
+    };
+    rows.push(Row {
+        scenario: format!("warm sequential read, {label}, {note}"),
+        tool: "cat of a local copy (disk ceiling)".into(),
+        value: local,
+        unit: "MB/s",
+        reference: None,
+    });
+    drop_page_cache();
+    let d = ocifs_cat(
+        &host,
+        "bench/big:v1",
+        "big.bin",
+        cache.path(),
+        &["--offline"],
+    );
+    rows.push(Row {
+        scenario: format!("warm sequential read, {label}, {note}"),
+        tool: "ocifs cat, cached, --offline".into(),
+        value: mbps(size, d),
+        unit: "MB/s",
+        reference: Some(local),
+    });
+
+    eprintln!("== 4 KiB at the middle of the blob");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (t_strict, b_strict) = rt.block_on(random_read(&proxy, "bench/big", &blob, Verify::Strict));
+    let (t_lazy, b_lazy) = rt.block_on(random_read(&proxy, "bench/big", &blob, Verify::Lazy));
+    let scenario = format!("bytes fetched to read 4 KiB at the middle, {label}");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "the blob's size".into(),
+        value: size as f64,
+        unit: "bytes",
+        reference: None,
+    });
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "ocifs, strict".into(),
+        value: b_strict as f64,
+        unit: "bytes",
+        reference: Some(size as f64),
+    });
+    rows.push(Row {
+        scenario,
+        tool: "ocifs, lazy".into(),
+        value: b_lazy as f64,
+        unit: "bytes",
+        reference: Some(size as f64),
+    });
+
+    let skopeo_dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new("skopeo");
+    c.args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/bench/big:v1"),
+    ])
+    .arg(format!(
+        "oci:{}:v1",
+        skopeo_dir.path().join("copy").display()
+    ));
+    let skopeo = timed(c);
+    let scenario = format!("time to the first 4 KiB at the middle, {label}");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "skopeo copy of the artifact".into(),
+        value: skopeo.as_secs_f64(),
+        unit: "s",
+        reference: None,
+    });
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "ocifs, strict".into(),
+        value: t_strict.as_secs_f64(),
+        unit: "s",
+        reference: Some(skopeo.as_secs_f64()),
+    });
+    rows.push(Row {
+        scenario,
+        tool: "ocifs, lazy".into(),
+        value: t_lazy.as_secs_f64(),
+        unit: "s",
+        reference: Some(skopeo.as_secs_f64()),
+    });
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "Measured by `cargo run --release -p ocifs-benches --bin scenarios{}` on {cpus} CPUs, Linux {}, loopback registry (CNCF distribution).\n",
+        if quick { " -- --quick" } else { "" },
+        kernel.trim()
+    );
+    print!("{}", table(&rows));
+}

@@ -1,0 +1,81 @@
+//! ocifs benchmarks.
+//!
+//! `cargo run --release -p ocifs-benches --bin scenarios -- [--quick]` starts
+//! its own loopback registry (the test harness's), pushes its own fixtures with
+//! oras, runs each scenario with ocifs and with the tool it is compared to in
+//! the same run, and prints one markdown table whose ratios are measured side
+//! by side.
+
+use std::fmt::Write as _;
+
+/// One row of the result table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The scenario.
+    pub scenario: String,
+    /// The tool measured.
+    pub tool: String,
+    /// The figure.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The figure of the scenario's reference, for the ratio (None: this row
+    /// is the reference).
+    pub reference: Option<f64>,
+}
+
+/// Renders rows as a markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | tool | figure | unit | ratio to reference |\n|---|---|---:|---|---:|\n",
+    );
+    for r in rows {
+        let ratio = match r.reference {
+            None => "1.00 (reference)".to_owned(),
+            Some(reference) if reference != 0.0 => format!("{:.2}", r.value / reference),
+            Some(_) => "n/a".to_owned(),
+        };
+        let value = if r.value >= 100.0 {
+            format!("{:.0}", r.value)
+        } else {
+            format!("{:.3}", r.value)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {value} | {} | {ratio} |",
+            r.scenario, r.tool, r.unit
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_ratios_to_the_reference() {
+        let rows = [
+            Row {
+                scenario: "s".into(),
+                tool: "curl".into(),
+                value: 200.0,
+                unit: "MB/s",
+                reference: None,
+            },
+            Row {
+                scenario: "s".into(),
+                tool: "ocifs".into(),
+                value: 100.0,
+                unit: "MB/s",
+                reference: Some(200.0),
+            },
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("| s | curl | 200 | MB/s | 1.00 (reference) |"),
+            "{t}"
+        );
+        assert!(t.contains("| s | ocifs | 100 | MB/s | 0.50 |"), "{t}");
+    }
+}
