@@ -417,9 +417,10 @@ impl Inner {
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let writing = partial.clone();
-            let written = tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes))
-                .await
-                .map_err(join_error)?;
+            let written =
+                tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
+                    .await
+                    .map_err(join_error)?;
             if let Err(e) = written {
                 // The partial blob may have been promoted by another process.
                 if self
@@ -471,22 +472,163 @@ impl Inner {
                 return Ok(());
             }
             let partial = inner.partial(&store, &b)?;
-            let p = partial.clone();
-            let missing = tokio::task::spawn_blocking(move || {
-                (0..p.size.div_ceil(p.chunk_size))
-                    .filter(|n| !p.has(*n))
-                    .collect::<Vec<u64>>()
-            })
-            .await
-            .map_err(join_error)?;
-            inner
-                .counters
-                .misses
-                .fetch_add(missing.len() as u64, Ordering::Relaxed);
-            inner.fetch_chunks(&b, &partial, missing).await?;
-            inner.promote(&store, &b).await
+            // One process streams a blob at a time; another waiting here
+            // finds it complete when it gets the lock.
+            let locking = partial.clone();
+            let lock = tokio::task::spawn_blocking(move || locking.lock_stream()).await.map_err(join_error)??;
+            let result = if store.has_complete(&b.digest) { Ok(()) } else { inner.stream_whole(&store, &b, &partial).await };
+            drop(lock);
+            inner.forget_partial(&b.digest);
+            match &result {
+                Ok(()) => Counters::bump(&inner.counters.blobs_verified),
+                Err(e @ Error::DigestMismatch { .. }) => {
+                    Counters::bump(&inner.counters.verify_failures);
+                    inner.memory.remove_blob(&b.digest);
+                    tracing::error!(digest = %b.digest, error = %e, "blob failed verification; dropped from the cache");
+                }
+                Err(_) => {}
+            }
+            inner.maybe_evict();
+            result
         })
         .await
+    }
+
+    /// Fetches the rest of a blob with one streaming request from its first
+    /// missing chunk, hashing as the bytes arrive (the present prefix is
+    /// hashed from disk first), and promotes it if the digest checks out. A
+    /// broken stream resumes from the new first missing chunk as long as
+    /// each attempt makes progress.
+    async fn stream_whole(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+    ) -> Result<()> {
+        /// Bytes written per blocking write (whole chunks).
+        const BATCH: u64 = 4 << 20;
+        let cs = partial.chunk_size;
+        let mut stalled_attempts = 0;
+        loop {
+            let p = partial.clone();
+            let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
+                Ok((start, p.hash_prefix(start)?))
+            })
+            .await
+            .map_err(join_error)??;
+            if start >= blob.size {
+                return self.finish_stream(store, blob, hasher).await;
+            }
+            Counters::bump(&self.counters.requests);
+            self.counters
+                .misses
+                .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
+            let mut stream = self.source.stream_from(blob, start).await?;
+            let mut hasher = Some(hasher);
+            let mut pos = start;
+            let mut pending = BytesMut::new();
+            let broke = loop {
+                let next = stream.next().await;
+                let end_of_stream = matches!(next, None);
+                match next {
+                    Some(Ok(bytes)) => {
+                        if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
+                            store.drop_partial(&blob.digest);
+                            return Err(Error::DigestMismatch {
+                                what: format!(
+                                    "blob {} (the registry sent more than its {} bytes; dropped)",
+                                    blob.digest, blob.size
+                                ),
+                                expected: blob.digest.to_string(),
+                                actual: "a longer blob".into(),
+                            });
+                        }
+                        self.counters
+                            .bytes_fetched
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        pending.extend_from_slice(&bytes);
+                    }
+                    Some(Err(e)) => break Some(e),
+                    None => {}
+                }
+                // Write whole chunks (and the short last one at the end).
+                let reached_end = pos + pending.len() as u64 == blob.size;
+                let whole = if reached_end {
+                    pending.len() as u64
+                } else {
+                    pending.len() as u64 / cs * cs
+                };
+                if whole > 0 && (whole >= BATCH || reached_end || end_of_stream) {
+                    let bytes = pending.split_to(whole as usize).freeze();
+                    let (p, mut h) = (partial.clone(), hasher.take().unwrap_or_default());
+                    let first = pos / cs;
+                    let (h, written) = tokio::task::spawn_blocking(move || {
+                        h.update(&bytes);
+                        let r = p.write_chunks(first, &bytes, false);
+                        (h, r)
+                    })
+                    .await
+                    .map_err(join_error)?;
+                    hasher = Some(h);
+                    written?;
+                    pos += whole;
+                    self.disk_usage.fetch_add(whole, Ordering::Relaxed);
+                }
+                if end_of_stream {
+                    break (pos < blob.size).then(|| Error::ShortRead {
+                        digest: blob.digest.to_string(),
+                        offset: start,
+                        expected: blob.size - start,
+                        got: pos - start,
+                    });
+                }
+            };
+            match broke {
+                None => {
+                    return self
+                        .finish_stream(store, blob, hasher.unwrap_or_default())
+                        .await;
+                }
+                Some(e) if pos > start => {
+                    // Progress was made: resume from where it broke.
+                    stalled_attempts = 0;
+                    tracing::debug!(digest = %blob.digest, at = pos, error = %e, "blob stream broke; resuming");
+                }
+                Some(e) if e.is_transient() && stalled_attempts < 3 => {
+                    stalled_attempts += 1;
+                    tracing::debug!(digest = %blob.digest, error = %e, "blob stream broke before any progress; retrying");
+                }
+                Some(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn finish_stream(
+        &self,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        hasher: crate::digest::Hasher,
+    ) -> Result<()> {
+        let len = hasher.len();
+        let actual = hasher.finish();
+        if len != blob.size || actual != blob.digest {
+            store.drop_partial(&blob.digest);
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "blob {} in {} ({len} bytes, {} expected; dropped from the cache)",
+                    blob.digest,
+                    self.source.name(),
+                    blob.size
+                ),
+                expected: blob.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let (s, d) = (store.clone(), blob.digest.clone());
+        tokio::task::spawn_blocking(move || s.promote_verified(&d))
+            .await
+            .map_err(join_error)?
     }
 
     async fn promote(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor) -> Result<()> {

@@ -143,6 +143,13 @@ impl Source for CachedSource {
         }
     }
 
+    async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
+        match &self.inner {
+            Some(inner) => inner.stream_from(blob, offset).await,
+            None => Err(self.no_network(format!("blob {}", blob.digest))),
+        }
+    }
+
     async fn tags(&self) -> Result<Vec<String>> {
         match &self.inner {
             Some(inner) => inner.tags().await,

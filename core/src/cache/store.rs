@@ -342,6 +342,31 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Moves a partial blob whose digest the caller computed and checked
+    /// while writing it under `blobs/`, without hashing it again.
+    pub fn promote_verified(&self, digest: &Digest) -> Result<()> {
+        let dir = self.partial_dir(digest);
+        let final_path = self.blob_path(digest);
+        if final_path.is_file() {
+            return Ok(());
+        }
+        let data_path = dir.join("data");
+        let data = File::open(&data_path)
+            .map_err(io_err(|| format!("opening {}", data_path.display())))?;
+        data.sync_all()
+            .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
+        fs::rename(&data_path, &final_path).map_err(io_err(|| {
+            format!("moving {} into place", data_path.display())
+        }))?;
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Drops a partial blob (after a failed check).
+    pub fn drop_partial(&self, digest: &Digest) {
+        let _ = fs::remove_dir_all(self.partial_dir(digest));
+    }
+
     /// Removes whatever is stored for `digest` (complete and partial).
     pub fn remove(&self, digest: &Digest) {
         let _ = fs::remove_file(self.blob_path(digest));
@@ -556,12 +581,18 @@ impl Partial {
 
     /// Writes chunks starting at chunk `first` (bytes must start at its
     /// offset and cover whole chunks, the last one possibly short at the end
-    /// of the blob), syncs, then marks them present.
-    pub fn write_chunks(&self, first: u64, bytes: &[u8]) -> Result<()> {
+    /// of the blob), then marks them present. With `sync`, the bytes reach
+    /// the disk before the markers exist (lazy mode serves chunks from here);
+    /// without, a power loss may leave a marker over lost bytes, which the
+    /// whole-blob check before promotion catches (strict mode serves nothing
+    /// before it). A process crash loses nothing either way.
+    pub fn write_chunks(&self, first: u64, bytes: &[u8], sync: bool) -> Result<()> {
         let offset = first * self.chunk_size;
         let ctx = || format!("writing {}", self.dir.join("data").display());
         write_all_at(&self.data, bytes, offset).map_err(io_err(ctx))?;
-        self.data.sync_data().map_err(io_err(ctx))?;
+        if sync {
+            self.data.sync_data().map_err(io_err(ctx))?;
+        }
         let end = offset + bytes.len() as u64;
         let mut n = first;
         while n * self.chunk_size < end {
@@ -574,6 +605,49 @@ impl Partial {
             n += 1;
         }
         Ok(())
+    }
+
+    /// The first chunk not present, if any.
+    pub fn first_missing(&self) -> Option<u64> {
+        (0..self.size.div_ceil(self.chunk_size)).find(|n| !self.has(*n))
+    }
+
+    /// Hashes `[0, end)` of the data file (chunks already present).
+    pub fn hash_prefix(&self, end: u64) -> Result<Hasher> {
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            let got = read_full_at(&self.data, &mut buf[..n], pos)
+                .map_err(io_err(|| format!("reading {}", self.dir.display())))?;
+            if got < n {
+                return Err(Error::ShortRead {
+                    digest: self.dir.display().to_string(),
+                    offset: pos,
+                    expected: n as u64,
+                    got: got as u64,
+                });
+            }
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(hasher)
+    }
+
+    /// Takes the lock that makes one process at a time stream this blob
+    /// whole. Blocking: call from a blocking context.
+    pub fn lock_stream(&self) -> Result<ChunkLock> {
+        let path = self.dir.join("stream.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(|| format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(io_err(|| format!("locking {}", path.display())))?;
+        Ok(ChunkLock { _file: file })
     }
 
     /// Reads `[offset, offset+len)`; the caller checked the chunks are present.
@@ -647,11 +721,11 @@ mod tests {
         let digest = Digest::of(&blob);
         let p = s.partial(&digest, blob.len() as u64, 4096).unwrap();
         assert!(!p.has(0));
-        p.write_chunks(1, &blob[4096..8192]).unwrap();
+        p.write_chunks(1, &blob[4096..8192], true).unwrap();
         assert!(p.has(1) && !p.has(0) && !p.is_complete());
         assert_eq!(p.read(4096, 10).unwrap(), &blob[4096..4106]);
-        p.write_chunks(2, &blob[8192..]).unwrap();
-        p.write_chunks(0, &blob[..4096]).unwrap();
+        p.write_chunks(2, &blob[8192..], false).unwrap();
+        p.write_chunks(0, &blob[..4096], true).unwrap();
         assert!(p.is_complete());
         s.promote(&digest, blob.len() as u64).unwrap();
         assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
@@ -667,7 +741,7 @@ mod tests {
         let p = s.partial(&digest, 5000, 4096).unwrap();
         let mut bad = blob.clone();
         bad[4500] ^= 1;
-        p.write_chunks(0, &bad).unwrap();
+        p.write_chunks(0, &bad, true).unwrap();
         let err = s.promote(&digest, 5000).unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
         assert!(!s.has_complete(&digest));
@@ -679,9 +753,9 @@ mod tests {
         let (_d, s) = store();
         let digest = Digest::of(b"x");
         let p = s.partial(&digest, 10_000, 4096).unwrap();
-        p.write_chunks(2, &[0u8; 100]).unwrap();
+        p.write_chunks(2, &[0u8; 100], true).unwrap();
         assert!(!p.has(2));
-        p.write_chunks(2, &[0u8; 10_000 - 8192]).unwrap();
+        p.write_chunks(2, &[0u8; 10_000 - 8192], true).unwrap();
         assert!(p.has(2));
     }
 

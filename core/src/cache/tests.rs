@@ -421,3 +421,83 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
+    /// Breaks its first stream after `cut` bytes.
+    #[derive(Debug)]
+    struct Breaking {
+        fake: Arc<Fake>,
+        cut: u64,
+        broke: AtomicBool,
+        offsets: std::sync::Mutex<Vec<u64>>,
+    }
+    #[async_trait]
+    impl Source for Breaking {
+        fn name(&self) -> String {
+            "breaking".into()
+        }
+        fn is_remote(&self) -> bool {
+            true
+        }
+        async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
+            unimplemented!()
+        }
+        async fn read_range(&self, b: &Descriptor, o: u64, l: u64) -> Result<Bytes> {
+            self.fake.read_range(b, o, l).await
+        }
+        async fn stream(&self, b: &Descriptor) -> Result<BlobStream> {
+            self.stream_from(b, 0).await
+        }
+        async fn stream_from(&self, b: &Descriptor, offset: u64) -> Result<BlobStream> {
+            self.offsets.lock().unwrap().push(offset);
+            let all = self.fake.read_range(b, offset, b.size - offset).await?;
+            let pieces: Vec<Result<Bytes>> = if self.broke.swap(true, Ordering::SeqCst) {
+                vec![Ok(all)]
+            } else {
+                vec![
+                    Ok(all.slice(..self.cut as usize)),
+                    Err(Error::Transfer {
+                        registry: "r".into(),
+                        what: "blob".into(),
+                        detail: "connection reset".into(),
+                    }),
+                ]
+            };
+            Ok(Box::pin(futures_util::stream::iter(pieces)))
+        }
+        async fn tags(&self) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+    }
+    let blob = data(10 << 20, 11);
+    let (fake, d) = Fake::with(&[&blob]);
+    let cut = (6 << 20) + 1234; // mid-chunk, past a 4 MiB write batch
+    let src = Arc::new(Breaking {
+        fake,
+        cut,
+        broke: AtomicBool::new(false),
+        offsets: Default::default(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    let opts = CacheOptions {
+        chunk_size: 1 << 20,
+        ..options(Verify::Strict)
+    };
+    let c = ChunkCache::new(src.clone(), Some(store.clone()), opts).unwrap();
+    let got = c
+        .read(&Content::Blob(d[0].clone()), 9 << 20, 100)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
+    let offsets = src.offsets.lock().unwrap().clone();
+    assert_eq!(offsets.len(), 2, "{offsets:?}");
+    assert_eq!(offsets[0], 0);
+    // Resumed at a chunk boundary at or after the last whole batch written.
+    assert!(
+        offsets[1] > 0 && offsets[1] <= cut && offsets[1] % (1 << 20) == 0,
+        "{offsets:?}"
+    );
+    assert!(store.has_complete(&d[0].digest));
+}

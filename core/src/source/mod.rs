@@ -77,6 +77,13 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// The whole blob as a stream, unverified.
     async fn stream(&self, blob: &Descriptor) -> Result<BlobStream>;
 
+    /// The blob from `offset` to its end as a stream, unverified: one
+    /// request, for fetching a whole blob or resuming one. The default
+    /// streams the whole blob and drops the first `offset` bytes.
+    async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
+        Ok(skip_bytes(self.stream(blob).await?, offset))
+    }
+
     /// The tags the source knows, for error messages and listings. Sources
     /// that cannot list return an empty list.
     async fn tags(&self) -> Result<Vec<String>>;
@@ -85,6 +92,25 @@ pub trait Source: Send + Sync + fmt::Debug {
     async fn root_index(&self) -> Result<Option<Index>> {
         Ok(None)
     }
+}
+
+/// Drops the first `n` bytes of a stream.
+pub fn skip_bytes(stream: BlobStream, mut n: u64) -> BlobStream {
+    use futures_util::TryStreamExt as _;
+    if n == 0 {
+        return stream;
+    }
+    Box::pin(stream.try_filter_map(move |chunk| {
+        let out = if n >= chunk.len() as u64 {
+            n -= chunk.len() as u64;
+            None
+        } else {
+            let rest = chunk.slice(n as usize..);
+            n = 0;
+            Some(rest)
+        };
+        futures_util::future::ready(Ok(out))
+    }))
 }
 
 /// Tags that look like `wanted`, best first, for "did you mean" hints.
@@ -123,6 +149,24 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn skip_bytes_drops_a_prefix_across_chunks() {
+        use futures_util::TryStreamExt as _;
+        let chunks = ["abc", "defg", "h"].map(|c| Ok(Bytes::from_static(c.as_bytes())));
+        for (n, want) in [
+            (0, "abcdefgh"),
+            (2, "cdefgh"),
+            (3, "defgh"),
+            (6, "gh"),
+            (8, ""),
+            (9, ""),
+        ] {
+            let s: BlobStream = Box::pin(futures_util::stream::iter(chunks.clone()));
+            let got: Vec<Bytes> = skip_bytes(s, n).try_collect().await.unwrap();
+            assert_eq!(got.concat(), want.as_bytes(), "skip {n}");
+        }
+    }
 
     #[test]
     fn nearby_tags_finds_typos_and_prefixes() {

@@ -24,7 +24,7 @@ use oci_client::{Client, RegistryOperation};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::RwLock;
 
-use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags};
+use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags, skip_bytes};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, media_type};
@@ -153,22 +153,28 @@ impl RegistrySource {
         );
         let host = oci_ref.resolve_registry().to_owned();
         let scheme = if options.plain_http { "http" } else { "https" };
-        let config = ClientConfig {
-            protocol: if options.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: options.insecure,
-            read_timeout: Some(options.read_timeout),
-            connect_timeout: Some(options.connect_timeout),
-            platform_resolver: None,
-            ..ClientConfig::default()
+        let (plain_http, insecure) = (options.plain_http, options.insecure);
+        let (read_timeout, connect_timeout) = (options.read_timeout, options.connect_timeout);
+        let client_host = host.clone();
+        let make_client = move || {
+            let config = ClientConfig {
+                protocol: if plain_http {
+                    ClientProtocol::Http
+                } else {
+                    ClientProtocol::Https
+                },
+                accept_invalid_certificates: insecure,
+                read_timeout: Some(read_timeout),
+                connect_timeout: Some(connect_timeout),
+                platform_resolver: None,
+                ..ClientConfig::default()
+            };
+            Client::try_from(config).map_err(|e| Error::Unreachable {
+                registry: client_host.clone(),
+                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            })
         };
-        let client = Client::try_from(config).map_err(|e| Error::Unreachable {
-            registry: host.clone(),
-            detail: format!("cannot set up the HTTP client: {}", chain(&e)),
-        })?;
+        let client = make_client()?;
         let http = reqwest::Client::builder()
             .danger_accept_invalid_certs(options.insecure)
             .read_timeout(options.read_timeout)
@@ -186,7 +192,7 @@ impl RegistrySource {
             }
             Some(Credentials::Token(t)) => RegistryAuth::Bearer(t.clone()),
         };
-        let source = RegistrySource {
+        let mut source = RegistrySource {
             reference: reference.clone(),
             oci_ref,
             host,
@@ -198,6 +204,11 @@ impl RegistrySource {
             options,
         };
         source.authenticate().await?;
+        if source.auth == RegistryAuth::Anonymous && source.auth_header.read().await.0.is_none() {
+            // An open registry: a client with no credentials stored skips the
+            // `GET /v2/` probe oci-client otherwise makes before every request.
+            source.client = make_client()?;
+        }
         Ok(source)
     }
 
@@ -570,6 +581,40 @@ impl Source for RegistrySource {
             what: what.clone(),
             detail: e.to_string(),
         })))
+    }
+
+    async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
+        if offset == 0 {
+            return self.stream(blob).await;
+        }
+        let digest = blob.digest.to_string();
+        let what = format!("blob {digest} from byte {offset}");
+        let response = self
+            .options
+            .retry
+            .run(&format!("opening {what}"), || async {
+                let layer = LayerDescriptor {
+                    digest: &digest,
+                    urls: &None,
+                };
+                self.client
+                    .pull_blob_stream_partial(&self.oci_ref, &layer, offset, None)
+                    .await
+                    .map_err(|e| self.map_oci(e, &digest))
+            })
+            .await?;
+        let host = self.host.clone();
+        let (stream, skip) = match response {
+            BlobResponse::Partial(s) => (s.stream, 0),
+            // The registry ignored Range: skip to the offset ourselves.
+            BlobResponse::Full(s) => (s.stream, offset),
+        };
+        let stream: BlobStream = Box::pin(stream.map_err(move |e| Error::Transfer {
+            registry: host.clone(),
+            what: what.clone(),
+            detail: e.to_string(),
+        }));
+        Ok(skip_bytes(stream, skip))
     }
 
     async fn tags(&self) -> Result<Vec<String>> {
