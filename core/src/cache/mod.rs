@@ -530,7 +530,7 @@ impl Inner {
             let mut pending = BytesMut::new();
             let broke = loop {
                 let next = stream.next().await;
-                let end_of_stream = matches!(next, None);
+                let end_of_stream = next.is_none();
                 match next {
                     Some(Ok(bytes)) => {
                         if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {

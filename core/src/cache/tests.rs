@@ -496,7 +496,7 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
     assert_eq!(offsets[0], 0);
     // Resumed at a chunk boundary at or after the last whole batch written.
     assert!(
-        offsets[1] > 0 && offsets[1] <= cut && offsets[1] % (1 << 20) == 0,
+        offsets[1] > 0 && offsets[1] <= cut && offsets[1].is_multiple_of(1 << 20),
         "{offsets:?}"
     );
     assert!(store.has_complete(&d[0].digest));
