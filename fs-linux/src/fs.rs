@@ -1,0 +1,995 @@
+//! The `fuser::Filesystem`: kernel requests answered from a `Tree` and a
+//! `Reader`, read-only.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use ocifs_core::view::{Content, Node, NodeKind};
+use ocifs_core::{Ino, Reader, Tree};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::mount::{BackingFiles, MountOptions};
+
+/// The name of the hidden statistics file at the root of every mount.
+///
+/// It is not listed by `readdir`, but `lookup` finds it (unless the artifact
+/// has a file of that name, which wins). Each `open` takes a snapshot: one
+/// JSON object holding the reader's [`Stats`](ocifs_core::Stats) fields and
+/// the [`MountStats`] fields side by side. Its size shows as 0 and it is read
+/// with direct I/O, so `cat` and `std::fs::read` see the whole snapshot.
+pub const STATS_FILE: &str = ".ocifs-stats";
+
+const BLOCK: u64 = 4096;
+/// Session requests that may wait in the kernel for a reply at once (reads
+/// and readahead among them). fuser's default of 16 is low for requests
+/// that each wait on the network.
+const MAX_BACKGROUND: u16 = 64;
+
+/// Counters of one mount, for [`Mount::stats`](crate::Mount::stats) and
+/// the [`STATS_FILE`].
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MountStats {
+    /// `lookup` requests.
+    pub lookups: u64,
+    /// Successful `open`s of files (the stats file excluded).
+    pub opens: u64,
+    /// Of those, opens handed to the kernel with FUSE passthrough, whose
+    /// reads never reach ocifs.
+    pub passthrough_opens: u64,
+    /// `read` requests.
+    pub reads: u64,
+    /// `read` requests answered with an error.
+    pub read_errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    lookups: AtomicU64,
+    opens: AtomicU64,
+    passthrough_opens: AtomicU64,
+    reads: AtomicU64,
+    read_errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> MountStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MountStats {
+            lookups: g(&self.lookups),
+            opens: g(&self.opens),
+            passthrough_opens: g(&self.passthrough_opens),
+            reads: g(&self.reads),
+            read_errors: g(&self.read_errors),
+        }
+    }
+}
+
+/// What the session and its `Mount` share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) tree: Arc<Tree>,
+    pub(crate) reader: Arc<dyn Reader>,
+    pub(crate) counters: Counters,
+    /// Set once the mount is going away: fetches in flight stop, and reads
+    /// that arrive later fail at once.
+    pub(crate) cancel: watch::Sender<bool>,
+    /// Replies of reads in flight. They live here, not in their tasks, so
+    /// that [`State::cancel_reads`] answers them from the unmounting thread
+    /// whether or not the runtime still runs the tasks.
+    pub(crate) in_flight: InFlight,
+    /// Set when the session has ended (`Filesystem::destroy`).
+    pub(crate) ended: watch::Sender<bool>,
+}
+
+impl State {
+    /// Stops serving reads: every read in flight, and every later one, is
+    /// answered `EIO` now.
+    pub(crate) fn cancel_reads(&self) {
+        self.cancel.send_replace(true);
+        let failed = self.in_flight.fail_all();
+        self.counters
+            .read_errors
+            .fetch_add(failed as u64, Ordering::Relaxed);
+        if failed > 0 {
+            tracing::info!(failed, "reads in flight failed: the mount is going away");
+        }
+    }
+}
+
+/// The replies of reads in flight, by a private id.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    next: AtomicU64,
+    replies: Mutex<HashMap<u64, ReplyData>>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ReplyData>> {
+        // A map of replies cannot be left half-changed by a panic.
+        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, reply: ReplyData) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, reply);
+        id
+    }
+
+    /// The reply of read `id`, unless it was answered already.
+    fn take(&self, id: u64) -> Option<ReplyData> {
+        self.lock().remove(&id)
+    }
+
+    fn fail_all(&self) -> usize {
+        let replies: Vec<ReplyData> = self.lock().drain().map(|(_, r)| r).collect();
+        let n = replies.len();
+        for reply in replies {
+            reply.error(Errno::EIO);
+        }
+        n
+    }
+}
+
+/// Owned by a read's task: however the task ends (finished, cancelled,
+/// dropped unpolled by a runtime shutting down), a reply still waiting is
+/// answered, so the kernel never waits forever.
+struct PendingRead {
+    state: Arc<State>,
+    id: u64,
+}
+
+impl Drop for PendingRead {
+    fn drop(&mut self) {
+        if let Some(reply) = self.state.in_flight.take(self.id) {
+            Counters::bump(&self.state.counters.read_errors);
+            reply.error(Errno::EIO);
+        }
+    }
+}
+
+/// The errno for a request that failed in core, logged with the operation,
+/// inode and path. Every core error reaches the kernel through here.
+fn errno(op: &'static str, tree: &Tree, ino: Ino, err: &ocifs_core::Error) -> Errno {
+    let code = err.errno();
+    tracing::warn!(op, ino, path = %tree.path_of(ino), errno = code, "{err}");
+    Errno::from_i32(code)
+}
+
+/// One open file handle.
+#[derive(Debug)]
+enum OpenFile {
+    /// The stats file, with the snapshot taken at open.
+    Stats(Bytes),
+    /// An artifact file; `passthrough` says in which I/O mode it was opened.
+    File { ino: Ino, passthrough: bool },
+}
+
+/// The I/O mode of the open handles of one inode. The kernel refuses (with
+/// EIO at open) to mix passthrough and cached opens of one inode, and wants
+/// every passthrough open of it to name the same backing file.
+#[derive(Debug, Default)]
+struct InodeIo {
+    cached: usize,
+    passthrough: usize,
+    backing: Option<Arc<BackingId>>,
+}
+
+#[derive(Debug, Default)]
+struct Handles {
+    next: u64,
+    open: HashMap<u64, OpenFile>,
+    inodes: HashMap<Ino, InodeIo>,
+}
+
+impl Handles {
+    fn insert(&mut self, handle: OpenFile) -> FileHandle {
+        self.next += 1;
+        self.open.insert(self.next, handle);
+        FileHandle(self.next)
+    }
+}
+
+struct Passthrough {
+    files: Arc<dyn BackingFiles>,
+    /// Cleared when the kernel refuses backing files altogether.
+    usable: AtomicBool,
+}
+
+/// How one open of a file is answered.
+enum OpenMode {
+    Cached,
+    Passthrough(Arc<BackingId>),
+}
+
+pub(crate) struct OciFs {
+    state: Arc<State>,
+    runtime: tokio::runtime::Handle,
+    ttl: Duration,
+    uid: u32,
+    gid: u32,
+    /// Inode of the stats file: one past the tree, so never a tree inode.
+    stats_ino: Ino,
+    /// Link counts by inode (directories: 2 + subdirectories).
+    nlinks: Vec<u32>,
+    /// Total size of all files, in blocks, for statfs.
+    blocks: u64,
+    passthrough: Option<Passthrough>,
+    handles: Mutex<Handles>,
+}
+
+impl OciFs {
+    pub(crate) fn new(
+        state: Arc<State>,
+        options: &MountOptions,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let tree = &state.tree;
+        let mut nlinks = vec![1; tree.len()];
+        let mut bytes = 0u64;
+        for (i, nlink) in nlinks.iter_mut().enumerate() {
+            let ino = i as Ino + 1;
+            match tree.node(ino) {
+                Some(n) if n.is_dir() => {
+                    let subdirs = tree
+                        .children(ino)
+                        .filter(|(_, c)| tree.node(*c).is_some_and(Node::is_dir))
+                        .count();
+                    *nlink = 2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2);
+                }
+                Some(n) => bytes = bytes.saturating_add(n.size()),
+                None => {}
+            }
+        }
+        let passthrough = match (&options.backing_files, options.passthrough) {
+            (Some(files), true) => Some(Passthrough {
+                files: Arc::clone(files),
+                usable: AtomicBool::new(true),
+            }),
+            (None, true) => {
+                tracing::warn!(
+                    "passthrough asked for without backing files; every read goes through ocifs"
+                );
+                None
+            }
+            _ => None,
+        };
+        OciFs {
+            stats_ino: tree.len() as Ino + 1,
+            nlinks,
+            blocks: bytes.div_ceil(BLOCK),
+            state,
+            runtime,
+            ttl: options.attr_ttl,
+            uid: options.uid,
+            gid: options.gid,
+            passthrough,
+            handles: Mutex::new(Handles::default()),
+        }
+    }
+
+    fn tree(&self) -> &Tree {
+        &self.state.tree
+    }
+
+    fn handles(&self) -> MutexGuard<'_, Handles> {
+        // Handles hold no invariant a panicking holder could break halfway.
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
+        let kind = if node.is_dir() {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        };
+        let size = node.size();
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.mtime,
+            crtime: node.mtime,
+            kind,
+            perm: (node.mode & 0o7777) as u16,
+            nlink: self.nlinks.get((ino - 1) as usize).copied().unwrap_or(1),
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLOCK as u32,
+            flags: 0,
+        }
+    }
+
+    fn stats_attr(&self) -> FileAttr {
+        let now = SystemTime::now();
+        FileAttr {
+            ino: INodeNo(self.stats_ino),
+            size: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind: FileType::RegularFile,
+            perm: 0o444,
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLOCK as u32,
+            flags: 0,
+        }
+    }
+
+    /// The attributes of any inode this mount knows.
+    fn attr_of(&self, ino: Ino) -> Option<FileAttr> {
+        if ino == self.stats_ino {
+            return Some(self.stats_attr());
+        }
+        self.tree().node(ino).map(|n| self.attr(ino, n))
+    }
+
+    fn stats_json(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Snapshot {
+            #[serde(flatten)]
+            reader: ocifs_core::Stats,
+            #[serde(flatten)]
+            mount: MountStats,
+        }
+        let snapshot = Snapshot {
+            reader: self.state.reader.stats(),
+            mount: self.state.counters.snapshot(),
+        };
+        let mut json = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
+        json.push(b'\n');
+        Bytes::from(json)
+    }
+
+    /// Decides between the page-cache path and passthrough for one open of
+    /// `ino`, keeping every inode in one mode while any handle is open.
+    fn open_mode(&self, ino: Ino, content: &Content, reply: &ReplyOpen) -> OpenMode {
+        let Some(pt) = &self.passthrough else {
+            return OpenMode::Cached;
+        };
+        {
+            let mut handles = self.handles();
+            let io = handles.inodes.entry(ino).or_default();
+            if let Some(backing) = &io.backing {
+                io.passthrough += 1;
+                return OpenMode::Passthrough(Arc::clone(backing));
+            }
+            if io.cached > 0 || !pt.usable.load(Ordering::Relaxed) {
+                io.cached += 1;
+                return OpenMode::Cached;
+            }
+        }
+        // Outside the lock: the callback may touch the disk.
+        let backing = self.backing_id(pt, ino, content, reply);
+        let mut handles = self.handles();
+        let io = handles.inodes.entry(ino).or_default();
+        // Another open of this inode may have been decided meanwhile.
+        if let Some(existing) = &io.backing {
+            io.passthrough += 1;
+            return OpenMode::Passthrough(Arc::clone(existing));
+        }
+        match backing {
+            Some(id) if io.cached == 0 => {
+                let id = Arc::new(id);
+                io.backing = Some(Arc::clone(&id));
+                io.passthrough += 1;
+                OpenMode::Passthrough(id)
+            }
+            _ => {
+                io.cached += 1;
+                OpenMode::Cached
+            }
+        }
+    }
+
+    fn backing_id(
+        &self,
+        pt: &Passthrough,
+        ino: Ino,
+        content: &Content,
+        reply: &ReplyOpen,
+    ) -> Option<BackingId> {
+        let file = pt.files.backing_file(content)?;
+        let path = self.tree().path_of(ino);
+        match file.metadata() {
+            Ok(m) if m.is_file() && m.len() == content.size() => {}
+            Ok(m) => {
+                tracing::warn!(ino, %path, size = m.len(), expected = content.size(), "backing file is not the blob; reading through ocifs");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(ino, %path, "backing file unusable: {e}; reading through ocifs");
+                return None;
+            }
+        }
+        match reply.open_backing(&file) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // EPERM: the kernel did not enable passthrough at init, or we
+                // lack CAP_SYS_ADMIN. Either holds for every file, so stop
+                // asking. Other errors (ELOOP: the backing file's filesystem
+                // is itself stacked) are about this file only.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS)
+                ) {
+                    if pt.usable.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the kernel refuses FUSE passthrough ({e}); every read goes through ocifs"
+                        );
+                    }
+                } else {
+                    tracing::info!(ino, %path, "no passthrough for this file: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn read_stats(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+        let bytes = match self.handles().open.get(&fh.0) {
+            Some(OpenFile::Stats(b)) => b.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        reply.data(&bytes[start..end]);
+    }
+}
+
+impl Filesystem for OciFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Optional capabilities: take what the kernel offers.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        if self.passthrough.is_some() {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                // Depth 1: backing files on a plain filesystem (ext4, xfs,
+                // btrfs) work and this mount can still be an overlayfs lower
+                // layer. A backing file on overlayfs gets ELOOP at open and
+                // that file is read through ocifs instead.
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(1);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "this kernel has no FUSE passthrough (Linux 6.9+); every read goes through ocifs"
+                    );
+                    self.passthrough = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.state.ended.send_replace(true);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Counters::bump(&self.state.counters.lookups);
+        let tree = self.tree();
+        let Some(parent_node) = tree.node(parent.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if !parent_node.is_dir() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let found = name.to_str().and_then(|n| tree.lookup(parent.0, n));
+        match found.and_then(|ino| Some((ino, tree.node(ino)?))) {
+            Some((ino, node)) => reply.entry(&self.ttl, &self.attr(ino, node), Generation(0)),
+            None if parent.0 == Tree::ROOT && name == STATS_FILE => {
+                reply.entry_with_ttls(
+                    &Duration::ZERO,
+                    &self.ttl,
+                    &self.stats_attr(),
+                    Generation(0),
+                );
+            }
+            // A negative entry (inode 0) that the kernel may cache as long as
+            // a positive one: the tree never changes.
+            None => {
+                let mut negative = self.stats_attr();
+                negative.ino = INodeNo(0);
+                reply.entry(&self.ttl, &negative, Generation(0));
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr_of(ino.0) {
+            Some(attr) if ino.0 == self.stats_ino => reply.attr(&Duration::ZERO, &attr),
+            Some(attr) => reply.attr(&self.ttl, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        if ino.0 == self.stats_ino {
+            let fh = self.handles().insert(OpenFile::Stats(self.stats_json()));
+            // Direct I/O: reads are not cut at the (zero) size.
+            return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let Some(node) = self.tree().node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let NodeKind::File(content) = &node.kind else {
+            return reply.error(Errno::EISDIR);
+        };
+        Counters::bump(&self.state.counters.opens);
+        if self.passthrough.is_none() {
+            // Stateless: reads need only the inode.
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        match self.open_mode(ino.0, content, &reply) {
+            OpenMode::Cached => {
+                let fh = self.handles().insert(OpenFile::File {
+                    ino: ino.0,
+                    passthrough: false,
+                });
+                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            OpenMode::Passthrough(backing) => {
+                let fh = self.handles().insert(OpenFile::File {
+                    ino: ino.0,
+                    passthrough: true,
+                });
+                Counters::bump(&self.state.counters.passthrough_opens);
+                // The kernel looks the backing id up when it reads this
+                // reply; `backing` stays in `inodes` until the last release.
+                // No FOPEN_KEEP_CACHE: the kernel fails a passthrough open
+                // with EIO for any flag beyond DIRECT_IO and NOFLUSH.
+                reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        Counters::bump(&self.state.counters.reads);
+        if ino.0 == self.stats_ino {
+            return self.read_stats(fh, offset, size, reply);
+        }
+        let file_size = match self.tree().node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::File(c)) => c.size(),
+            Some(NodeKind::Dir(_)) => return reply.error(Errno::EISDIR),
+            None => return reply.error(Errno::ENOENT),
+        };
+        if offset >= file_size {
+            return reply.data(&[]);
+        }
+        let want = u64::from(size).min(file_size - offset);
+        let state = Arc::clone(&self.state);
+        let mut cancel = state.cancel.subscribe();
+        if *cancel.borrow() {
+            Counters::bump(&state.counters.read_errors);
+            return reply.error(Errno::EIO);
+        }
+        // A fetch never holds a FUSE thread: the read continues in a task,
+        // and whoever finishes first (the task, or an unmount) replies.
+        let pending = PendingRead {
+            id: state.in_flight.insert(reply),
+            state,
+        };
+        self.runtime.spawn(async move {
+            let state = &pending.state;
+            let Some(NodeKind::File(content)) = state.tree.node(ino.0).map(|n| &n.kind) else {
+                return; // unreachable: the tree is immutable; `pending` answers EIO
+            };
+            let result = tokio::select! {
+                r = state.reader.read(content, offset, want) => r,
+                // The unmount answered (or `pending` will): drop the fetch.
+                _ = cancel.wait_for(|c| *c) => return,
+            };
+            let Some(reply) = state.in_flight.take(pending.id) else {
+                return; // answered by the unmount meanwhile
+            };
+            match result {
+                Ok(bytes) if bytes.len() as u64 == want => reply.data(&bytes),
+                Ok(bytes) => {
+                    // A short read would reach the reader as zeros.
+                    Counters::bump(&state.counters.read_errors);
+                    let err = ocifs_core::Error::ShortRead {
+                        digest: match content {
+                            Content::Blob(d) => d.digest.to_string(),
+                        },
+                        offset,
+                        expected: want,
+                        got: bytes.len() as u64,
+                    };
+                    reply.error(errno("read", &state.tree, ino.0, &err));
+                }
+                Err(e) => {
+                    Counters::bump(&state.counters.read_errors);
+                    reply.error(errno("read", &state.tree, ino.0, &e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut handles = self.handles();
+        if let Some(OpenFile::File { ino, passthrough }) = handles.open.remove(&fh.0)
+            && let Some(io) = handles.inodes.get_mut(&ino)
+        {
+            if passthrough {
+                io.passthrough = io.passthrough.saturating_sub(1);
+                if io.passthrough == 0 {
+                    // Closes the backing id; the kernel keeps the file for
+                    // handles it still has.
+                    io.backing = None;
+                }
+            } else {
+                io.cached = io.cached.saturating_sub(1);
+            }
+            if io.cached == 0 && io.passthrough == 0 {
+                handles.inodes.remove(&ino);
+            }
+        }
+        drop(handles);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.tree().node(ino.0) {
+            // The listing never changes: let the kernel keep it.
+            Some(n) if n.is_dir() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let tree = self.tree();
+        let Some(node) = tree.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if !node.is_dir() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        for (i, (name, child)) in entries(tree, ino.0, node).enumerate().skip(offset as usize) {
+            let kind = if tree.node(child).is_some_and(Node::is_dir) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let tree = self.tree();
+        let Some(node) = tree.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if !node.is_dir() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        for (i, (name, child)) in entries(tree, ino.0, node).enumerate().skip(offset as usize) {
+            let Some(attr) = tree.node(child).map(|n| self.attr(child, n)) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                name,
+                &self.ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree().len() as u64;
+        reply.statfs(self.blocks, 0, 0, files, 0, BLOCK as u32, 255, BLOCK as u32);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if self.attr_of(ino.0).is_none() {
+            reply.error(Errno::ENOENT);
+        } else if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::EINVAL);
+    }
+
+    // Everything below changes the tree: refused. With the `ro` mount flag
+    // the kernel refuses most of these itself; these answer whatever gets
+    // through (a remount rw, a future kernel).
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The destination is on this mount too, so this is a write.
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// `.`, `..` and the children of directory `ino`, in readdir order.
+fn entries<'a>(
+    tree: &'a Tree,
+    ino: Ino,
+    node: &'a Node,
+) -> impl Iterator<Item = (&'a str, Ino)> + 'a {
+    [(".", ino), ("..", node.parent)]
+        .into_iter()
+        .chain(tree.children(ino))
+}

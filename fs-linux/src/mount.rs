@@ -1,0 +1,422 @@
+//! Mounting, the background session, and unmounting.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{BackgroundSession, MountOption, SessionACL};
+use ocifs_core::view::Content;
+use ocifs_core::{Error, Reader, Result, Tree};
+use tokio::sync::watch;
+
+use crate::fs::{Counters, InFlight, MountStats, OciFs, State};
+use crate::sys;
+
+/// The filesystem subtype: mounts show as `fuse.ocifs` in the mount table,
+/// and [`unmount()`] touches nothing else.
+const SUBTYPE: &str = "ocifs";
+const FS_TYPE: &str = "fuse.ocifs";
+/// How long [`Mount::unmount`] waits for the session to end after a busy
+/// mount was detached and its reads failed, before leaving it to end on its
+/// own when the last open file is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where complete blobs are on local disk, for FUSE passthrough.
+///
+/// A cache that holds a whole, verified blob in one file returns that file,
+/// opened for reading; the kernel then reads it directly, and those reads
+/// never reach ocifs (nor its counters, nor its verification: the file must
+/// already be checked). `None` means "not complete here": the file is read
+/// through the [`Reader`] instead. A file whose length is not the blob's
+/// size is not used.
+///
+/// Any `Fn(&Content) -> Option<File> + Send + Sync` is one.
+pub trait BackingFiles: Send + Sync {
+    /// The file holding exactly the bytes of `content`, if there is one.
+    fn backing_file(&self, content: &Content) -> Option<File>;
+}
+
+impl<F> BackingFiles for F
+where
+    F: Fn(&Content) -> Option<File> + Send + Sync,
+{
+    fn backing_file(&self, content: &Content) -> Option<File> {
+        self(content)
+    }
+}
+
+/// How to mount.
+#[derive(Clone)]
+pub struct MountOptions {
+    /// Let users other than the one who mounted use the mount (`allow_other`;
+    /// for users other than root this needs `user_allow_other` in
+    /// `/etc/fuse.conf`).
+    pub allow_other: bool,
+    /// Let the kernel check permissions against the modes shown
+    /// (`default_permissions`). Without it, anyone allowed to use the mount
+    /// may read every file.
+    pub default_permissions: bool,
+    /// The source shown in the mount table (`fsname=`), e.g. the reference.
+    /// Commas become `_` (they would split the option list of fusermount3).
+    pub fs_name: String,
+    /// Hand blobs that [`backing_files`](Self::backing_files) has on disk to
+    /// the kernel (FUSE passthrough, Linux 6.9+, needs CAP_SYS_ADMIN). Falls
+    /// back to reading through ocifs, per file or altogether, wherever the
+    /// kernel refuses.
+    pub passthrough: bool,
+    /// Where complete blobs are, for [`passthrough`](Self::passthrough).
+    pub backing_files: Option<Arc<dyn BackingFiles>>,
+    /// The owner shown for every file.
+    pub uid: u32,
+    /// The group shown for every file.
+    pub gid: u32,
+    /// How long the kernel may cache attributes and names (and their
+    /// absence). The content never changes while mounted, so long is right.
+    pub attr_ttl: Duration,
+}
+
+impl Default for MountOptions {
+    /// Private to the current user, kernel permission checks, the process's
+    /// effective ids, a one-day TTL, no passthrough.
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            default_permissions: true,
+            fs_name: SUBTYPE.to_owned(),
+            passthrough: false,
+            backing_files: None,
+            uid: sys::euid(),
+            gid: sys::egid(),
+            attr_ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl fmt::Debug for MountOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MountOptions")
+            .field("allow_other", &self.allow_other)
+            .field("default_permissions", &self.default_permissions)
+            .field("fs_name", &self.fs_name)
+            .field("passthrough", &self.passthrough)
+            .field("backing_files", &self.backing_files.as_ref().map(|_| ".."))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("attr_ttl", &self.attr_ttl)
+            .finish()
+    }
+}
+
+impl MountOptions {
+    fn fuser_config(&self) -> fuser::Config {
+        let mut options = vec![
+            MountOption::RO,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            MountOption::NoAtime,
+            MountOption::FSName(self.fs_name.replace(',', "_")),
+            // Not MountOption::Subtype: fuser drops that when it mounts with
+            // mount(2) itself (as root); a plain option reaches the kernel
+            // and fusermount3 alike.
+            MountOption::CUSTOM(format!("subtype={SUBTYPE}")),
+        ];
+        if self.default_permissions {
+            options.push(MountOption::DefaultPermissions);
+        }
+        let mut config = fuser::Config::default();
+        config.mount_options = options;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        // Reads never wait on a session thread (they are answered from tokio
+        // tasks), so a few threads, each with its own /dev/fuse fd, suffice.
+        config.n_threads = Some(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8),
+        );
+        config.clone_fd = true;
+        config
+    }
+}
+
+/// A mounted artifact: a FUSE session serving it from background threads.
+///
+/// Dropping it unmounts, as [`Mount::unmount`] does.
+#[derive(Debug)]
+pub struct Mount {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    /// `st_dev` of the mount, to tell it from whatever may later be mounted
+    /// at the same path, and to find its fusectl connection.
+    dev: Option<u64>,
+    state: Arc<State>,
+}
+
+/// Mounts `tree` read-only at `mountpoint` (an existing directory) and
+/// serves it from background threads until the returned [`Mount`] is
+/// unmounted or dropped. File reads run as tasks on `runtime`, through
+/// `reader`.
+///
+/// Fails with an [`Error::Io`] naming the mount point when there is no
+/// `/dev/fuse`, the mount point is not a directory, or the kernel or
+/// `fusermount3` refuse the mount.
+pub fn mount(
+    tree: Arc<Tree>,
+    reader: Arc<dyn Reader>,
+    mountpoint: &Path,
+    options: MountOptions,
+    runtime: tokio::runtime::Handle,
+) -> Result<Mount> {
+    let context = || format!("cannot mount at {}", mountpoint.display());
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| Error::io(context(), e))?;
+    if !mountpoint.is_dir() {
+        return Err(Error::io(
+            context(),
+            io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::io(
+            format!(
+                "{}: /dev/fuse is missing (load the fuse module; in a container, pass the device in)",
+                context()
+            ),
+            io::Error::from(io::ErrorKind::NotFound),
+        ));
+    }
+    let state = Arc::new(State {
+        tree,
+        reader,
+        counters: Counters::default(),
+        cancel: watch::Sender::new(false),
+        in_flight: InFlight::default(),
+        ended: watch::Sender::new(false),
+    });
+    let config = options.fuser_config();
+    let fs = OciFs::new(Arc::clone(&state), &options, runtime);
+    let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| {
+        let hint = match (e.kind(), e.raw_os_error()) {
+            // Users other than root mount through the setuid helper.
+            (io::ErrorKind::NotFound, _) => " (is fusermount3, from the fuse3 package, installed?)",
+            // fuser opens /dev/fuse before it considers fusermount3.
+            (io::ErrorKind::PermissionDenied, Some(_)) => {
+                " (is /dev/fuse readable and writable for this user?)"
+            }
+            // fusermount3 says what is wrong itself.
+            _ => "",
+        };
+        Error::io(format!("{}{hint}", context()), e)
+    })?;
+    let session = session.spawn().map_err(|e| Error::io(context(), e))?;
+    // Answered by the session just started.
+    let dev = std::fs::metadata(&mountpoint).map(|m| m.dev()).ok();
+    tracing::debug!(mountpoint = %mountpoint.display(), ?dev, "mounted");
+    Ok(Mount {
+        session: Some(session),
+        mountpoint,
+        dev,
+        state,
+    })
+}
+
+impl Mount {
+    /// The (canonical) mount point.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The mount's counters so far.
+    pub fn stats(&self) -> MountStats {
+        self.state.counters.snapshot()
+    }
+
+    /// Whether the session still runs (false once the kernel has unmounted).
+    pub fn is_mounted(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+            && !*self.state.ended.borrow()
+    }
+
+    /// Resolves when the session has ended: the kernel unmounted the
+    /// filesystem (`umount`, `fusermount3 -u`, [`unmount()`]) and the last
+    /// file open in it was closed. For `select!` against a signal.
+    pub async fn unmounted(&self) {
+        let mut ended = self.state.ended.subscribe();
+        // An error means the session is gone with its sender: ended too.
+        let _ = ended.wait_for(|e| *e).await;
+    }
+
+    /// Waits, blocking, until the session ends (see [`Mount::unmounted`]).
+    pub fn join(mut self) -> Result<()> {
+        match self.session.take() {
+            Some(session) => session.join().map_err(|e| self.session_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Unmounts and waits for the session to end.
+    ///
+    /// A busy mount (a process has a file open or its working directory
+    /// there) is detached instead: reads in flight and later reads fail with
+    /// `EIO`, and, where fusectl is mounted, the connection is aborted so
+    /// that nothing waits on this process. The session is given a few
+    /// seconds to drain, then left to end when the last file is closed.
+    ///
+    /// This blocks (as dropping does); from async code, call it in
+    /// `spawn_blocking`. Reads in flight are answered from the calling
+    /// thread, so it works even when the runtime is busy or gone.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let mut busy = false;
+        if !session.guard.is_finished() && self.is_ours_on_top() {
+            match self.detach() {
+                Ok(b) => busy = b,
+                Err(e) => {
+                    self.session = Some(session);
+                    return Err(e);
+                }
+            }
+        }
+        self.state.cancel_reads();
+        if busy && let Some(dev) = self.dev {
+            sys::abort_connection(sys::connection_id(dev));
+        }
+        self.drain(session)
+    }
+
+    /// Whether the topmost mount at the mount point is still this one, so
+    /// that unmounting the path cannot hit a later mount there.
+    fn is_ours_on_top(&self) -> bool {
+        match (sys::find_mount(&self.mountpoint), self.dev) {
+            (Ok(Some(m)), Some(dev)) => {
+                m.dev == format!("{}:{}", libc::major(dev), libc::minor(dev))
+            }
+            (Ok(Some(m)), None) => m.fs_type == FS_TYPE,
+            (Ok(None), _) => false,
+            // No mount table to check: trust the path.
+            (Err(_), _) => true,
+        }
+    }
+
+    /// Unmounts the mount point, detaching it if busy; returns whether it was.
+    fn detach(&self) -> Result<bool> {
+        let mp = &self.mountpoint;
+        match unmount_path(mp, false) {
+            Ok(()) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::info!(mountpoint = %mp.display(), "busy: detaching it; reads in flight fail");
+                unmount_path(mp, true).map_err(|e| unmount_error(mp, e))?;
+                Ok(true)
+            }
+            // Unmounted from outside meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(unmount_error(mp, e)),
+        }
+    }
+
+    fn drain(&self, session: BackgroundSession) -> Result<()> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !session.guard.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    "files stay open in the detached mount; its session ends when they are closed"
+                );
+                // Dropping the session would try to unmount the path again,
+                // where something else may be mounted by now.
+                std::mem::forget(session);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        session.join().map_err(|e| self.session_error(e))
+    }
+
+    fn session_error(&self, e: io::Error) -> Error {
+        Error::io(format!("FUSE session of {}", self.mountpoint.display()), e)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "{e}");
+            // Leave nothing mounted behind a dropped Mount.
+            if let Some(session) = self.session.take() {
+                let _ = unmount_path(&self.mountpoint, true);
+                self.state.cancel_reads();
+                std::mem::forget(session);
+            }
+        }
+    }
+}
+
+/// Unmounts the ocifs mount at `mountpoint`, from any process (for
+/// `ocifs umount`). `lazy` detaches it even while files are open in it;
+/// they keep working until closed.
+///
+/// Refuses paths that are not ocifs mounts. A busy mount without `lazy` is
+/// an [`Error::Io`] with `EBUSY` saying so. Works on mounts whose server is
+/// gone. Users other than root go through `fusermount3 -u`.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let path = sys::absolute_mount_point(mountpoint)
+        .map_err(|e| Error::io(format!("cannot unmount {}", mountpoint.display()), e))?;
+    let entry = sys::find_mount(&path).map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    match entry {
+        Some(m) if m.fs_type == FS_TYPE => {}
+        Some(m) => {
+            return Err(Error::io(
+                format!(
+                    "{} is a {} mount, not an ocifs one; not unmounting it",
+                    path.display(),
+                    m.fs_type
+                ),
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        None => {
+            return Err(Error::io(
+                format!("{} is not a mount point", path.display()),
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+    }
+    unmount_path(&path, lazy).map_err(|e| unmount_error(&path, e))
+}
+
+/// umount2 as root, `fusermount3 -u` otherwise.
+fn unmount_path(path: &Path, lazy: bool) -> io::Result<()> {
+    match sys::umount(path, lazy) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::fusermount_unmount(path, lazy),
+        other => other,
+    }
+}
+
+fn unmount_error(path: &Path, e: io::Error) -> Error {
+    let context = match e.raw_os_error() {
+        Some(libc::EBUSY) => format!(
+            "cannot unmount {}: a process has a file open or its working directory there \
+             (close it, or unmount lazily to detach it now)",
+            path.display()
+        ),
+        Some(libc::EINVAL) => format!("cannot unmount {}: not mounted", path.display()),
+        _ => format!("cannot unmount {}", path.display()),
+    };
+    Error::io(context, e)
+}
