@@ -260,6 +260,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let actual = hasher.finish();
     print_stats(&args.source, &opened);
     if offset != blob.size || actual != blob.digest {
+        opened.cache.discard(blob);
         return Err(Error::DigestMismatch {
             what: format!("{path} (the output written is corrupt)"),
             expected: blob.digest.to_string(),

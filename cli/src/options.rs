@@ -45,11 +45,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct CacheArgs {
     /// The cache directory, shared by every ocifs process that names it
     /// [default: $OCIFS_CACHE, else $XDG_CACHE_HOME/ocifs, else ~/.cache/ocifs].
-    #[arg(long, value_name = "DIR", env = "OCIFS_CACHE")]
+    #[arg(long, value_name = "DIR", env = "OCIFS_CACHE", global = true)]
     pub cache_dir: Option<PathBuf>,
 
     /// Evict least-recently-used blobs beyond this size on disk.
-    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     pub cache_max_size: u64,
 }
 

@@ -42,7 +42,7 @@ mod tools;
 mod util;
 
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
-pub use proxy::{CountingProxy, Disposition, ProxyHook, RequestInfo, RequestRecord};
+pub use proxy::{CountingProxy, Disposition, ProxyHook, RequestInfo, RequestRecord, ThrottleBlobs};
 pub use registry::{Registry, RegistryAuth};
 pub use token::TokenRequest;
 pub use tools::{

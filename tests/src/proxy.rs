@@ -24,6 +24,28 @@ pub enum Disposition {
     /// Forward the request upstream and stream the response back unchanged.
     #[default]
     Forward,
+    /// Forward it, but send the response body no faster than this many bytes
+    /// per second (for tests that must act during a transfer).
+    Throttle {
+        /// The pace.
+        bytes_per_second: u64,
+    },
+}
+
+/// A hook that throttles every blob `GET` to `bytes_per_second`.
+#[derive(Debug)]
+pub struct ThrottleBlobs(pub u64);
+
+impl ProxyHook for ThrottleBlobs {
+    fn on_request(&self, request: &RequestInfo) -> Disposition {
+        if request.is_blob_get() {
+            Disposition::Throttle {
+                bytes_per_second: self.0,
+            }
+        } else {
+            Disposition::Forward
+        }
+    }
 }
 
 /// The request a [`ProxyHook`] decides about.
@@ -266,6 +288,19 @@ impl Handler for ProxyState {
         });
         match disposition {
             Disposition::Forward => self.forward(request, &record).await,
+            Disposition::Throttle { bytes_per_second } => {
+                use futures_util::StreamExt as _;
+                let (parts, body) = self.forward(request, &record).await.into_parts();
+                let rate = bytes_per_second.max(1);
+                let paced = http_body_util::BodyStream::new(body).then(move |frame| async move {
+                    if let Ok(data) = frame.as_ref().map(|f| f.data_ref().map_or(0, |d| d.len())) {
+                        let pause = std::time::Duration::from_secs_f64(data as f64 / rate as f64);
+                        tokio::time::sleep(pause).await;
+                    }
+                    frame
+                });
+                Response::from_parts(parts, http_body_util::StreamBody::new(paced).boxed_unsync())
+            }
         }
     }
 }

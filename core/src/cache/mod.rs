@@ -238,6 +238,16 @@ impl ChunkCache {
         }
     }
 
+    /// Drops every copy of `blob` (memory, disk): for a caller that found
+    /// it corrupt itself.
+    pub fn discard(&self, blob: &Descriptor) {
+        self.inner.memory.remove_blob(&blob.digest);
+        self.inner.forget_partial(&blob.digest);
+        if let Some(store) = &self.inner.store {
+            store.remove(&blob.digest);
+        }
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters

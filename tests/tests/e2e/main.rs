@@ -6,6 +6,7 @@
 //! virtualenv; the README's test command, `scripts/test`, provides both.
 
 mod auth;
+mod cache;
 mod errors;
 mod files;
 mod harness;

@@ -1,0 +1,477 @@
+//! The chunk cache against the real registry: random reads byte-identical
+//! cold and warm, one request however many readers wait, one download for two
+//! processes sharing a directory, tampered blobs never cached, the budget,
+//! offline use, and a `kill -9` in the middle of a fetch.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocifs_core::cache::{CacheOptions, ChunkCache, DiskStore};
+use ocifs_core::view::Content;
+use ocifs_core::{Descriptor, Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
+use ocifs_tests::{
+    CountingProxy, Registry, RegistryAuth, ThrottleBlobs, ocifs, random_bytes, run_ocifs,
+    sha256_digest, temp_dir,
+};
+use proptest::test_runner::{Config, TestRunner};
+use tempfile::TempDir;
+
+use crate::support::{FileSpec, push_files};
+
+const MIB: usize = 1 << 20;
+
+struct Fixture {
+    registry: Registry,
+    proxy: CountingProxy,
+    dir: TempDir,
+    files: Vec<FileSpec>,
+}
+
+impl Fixture {
+    /// Pushes `files` as `cache:v1` and puts a counting proxy in front.
+    fn new(files: Vec<FileSpec>) -> Self {
+        let registry = Registry::start(RegistryAuth::None);
+        let dir = temp_dir();
+        push_files(&registry, dir.path(), "cache:v1", &files);
+        let proxy = CountingProxy::start(&registry.host());
+        Fixture {
+            registry,
+            proxy,
+            dir,
+            files,
+        }
+    }
+
+    fn reference(&self) -> String {
+        format!("{}/cache:v1", self.proxy.host())
+    }
+
+    fn cache_dir(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn descriptor(&self, i: usize) -> Descriptor {
+        let f = &self.files[i];
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: sha256_digest(&f.content).parse().expect("digest"),
+            size: f.content.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+            urls: vec![],
+        }
+    }
+
+    /// An in-process cache over the real registry (through the proxy).
+    async fn cache(&self, dir: &Path, verify: Verify) -> ChunkCache {
+        let reference = RegistryRef::parse(&self.reference()).expect("reference");
+        let options = RegistryOptions {
+            plain_http: true,
+            ..RegistryOptions::default()
+        };
+        let source = RegistrySource::connect(&reference, options)
+            .await
+            .expect("connect");
+        let store = Arc::new(DiskStore::open(dir).expect("store"));
+        let options = CacheOptions {
+            verify,
+            ..CacheOptions::default()
+        };
+        ChunkCache::new(Arc::new(source), Some(store), options).expect("cache")
+    }
+}
+
+fn file(title: &'static str, len: usize, seed: u64) -> FileSpec {
+    FileSpec {
+        title,
+        content: random_bytes(len, seed),
+        media_type: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
+    let fx = Fixture::new(vec![file("big.bin", 64 * MIB, 1)]);
+    let blob = fx.descriptor(0);
+    let content = Content::Blob(blob.clone());
+    let data = fx.files[0].content.clone();
+    let rt = runtime();
+    for verify in [Verify::Strict, Verify::Lazy] {
+        let dir = fx.cache_dir(&format!("{verify:?}"));
+        fx.proxy.reset();
+        // Cold: one cache; warm: a second one on the same directory, so
+        // nothing comes from the first one's memory.
+        for pass in ["cold", "warm"] {
+            let cache = rt.block_on(fx.cache(&dir, verify));
+            let mut runner = TestRunner::new(Config {
+                cases: 48,
+                failure_persistence: None,
+                ..Config::default()
+            });
+            let strategy =
+                proptest::collection::vec((0u64..(66 * MIB) as u64, 1u64..(3 * MIB) as u64), 1..6);
+            let result = runner.run(&strategy, |reads| {
+                for (offset, len) in reads {
+                    let got = rt
+                        .block_on(cache.read(&content, offset, len))
+                        .expect("read");
+                    let end = ((offset + len) as usize).min(data.len());
+                    let start = (offset as usize).min(end);
+                    proptest::prop_assert_eq!(
+                        got.len(),
+                        end - start,
+                        "{} {:?} read {}+{}",
+                        pass,
+                        verify,
+                        offset,
+                        len
+                    );
+                    proptest::prop_assert!(
+                        got[..] == data[start..end],
+                        "{} {:?}: wrong bytes at {}+{}",
+                        pass,
+                        verify,
+                        offset,
+                        len
+                    );
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                panic!("{e}");
+            }
+            let fetched = fx.proxy.blob_bytes();
+            match (verify, pass) {
+                (Verify::Strict, "cold") => assert_eq!(
+                    fetched,
+                    data.len() as u64,
+                    "strict cold: one whole download"
+                ),
+                (Verify::Lazy, "cold") => assert!(
+                    fetched > 0 && fetched <= data.len() as u64,
+                    "lazy cold fetched {fetched}"
+                ),
+                (_, _) => {}
+            }
+            if pass == "warm" && verify == Verify::Strict {
+                assert_eq!(
+                    fetched,
+                    data.len() as u64,
+                    "strict warm fetched more: {}",
+                    fx.proxy.describe()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn thirty_two_readers_of_one_missing_chunk_make_one_request() {
+    let fx = Fixture::new(vec![file("big.bin", 16 * MIB, 2)]);
+    let content = Content::Blob(fx.descriptor(0));
+    let data = fx.files[0].content.clone();
+    let rt = runtime();
+    for verify in [Verify::Lazy, Verify::Strict] {
+        let cache = rt.block_on(fx.cache(&fx.cache_dir(&format!("{verify:?}")), verify));
+        fx.proxy.reset();
+        let got: Vec<bytes::Bytes> = rt.block_on(async {
+            let tasks: Vec<_> = (0..32)
+                .map(|_| {
+                    let (cache, content) = (cache.clone(), content.clone());
+                    tokio::spawn(
+                        async move { cache.read(&content, (5 * MIB) as u64 + 100, 4096).await },
+                    )
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("join").expect("read"));
+            }
+            out
+        });
+        for g in got {
+            assert_eq!(&g[..], &data[5 * MIB + 100..5 * MIB + 100 + 4096]);
+        }
+        assert_eq!(
+            fx.proxy.blob_gets().len(),
+            1,
+            "{verify:?}: {}",
+            fx.proxy.describe()
+        );
+    }
+}
+
+#[test]
+fn two_processes_sharing_a_cache_fetch_a_blob_once() {
+    let fx = Fixture::new(vec![file("big.bin", 32 * MIB, 3)]);
+    // Slow enough that the two downloads would overlap if both happened.
+    fx.proxy
+        .set_hook(Some(Arc::new(ThrottleBlobs(32 * MIB as u64))));
+    let cache = fx.cache_dir("shared");
+    let spawn = |out: &str| {
+        ocifs()
+            .args(["cat", "--plain-http", "--cache-dir"])
+            .arg(&cache)
+            .args([&fx.reference(), "big.bin"])
+            .stdout(std::fs::File::create(fx.dir.path().join(out)).expect("out"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ocifs")
+    };
+    let (a, b) = (spawn("a.out"), spawn("b.out"));
+    for (child, out) in [(a, "a.out"), (b, "b.out")] {
+        let o = child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got = std::fs::read(fx.dir.path().join(out)).expect("read output");
+        assert!(got == fx.files[0].content, "{out} differs");
+    }
+    let size = fx.files[0].content.len() as u64;
+    assert!(
+        fx.proxy.blob_bytes() <= size + MIB as u64,
+        "fetched {} for a {size}-byte blob: {}",
+        fx.proxy.blob_bytes(),
+        fx.proxy.describe()
+    );
+}
+
+#[test]
+fn a_tampered_blob_fails_and_leaves_nothing_cached() {
+    let fx = Fixture::new(vec![file("data.bin", 2 * MIB, 4)]);
+    let digest = sha256_digest(&fx.files[0].content);
+    let path = fx.registry.blob_data_path(&digest);
+    let mut bytes = std::fs::read(&path).expect("blob in storage");
+    bytes[MIB] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("tamper");
+    for mode in ["strict", "lazy"] {
+        let cache = fx.cache_dir(mode);
+        let out = run_ocifs(
+            ["cat", "--plain-http", "--verify", mode, "--cache-dir"]
+                .map(String::from)
+                .into_iter()
+                .chain([
+                    cache.display().to_string(),
+                    fx.reference(),
+                    "data.bin".into(),
+                ]),
+        );
+        out.code_is(6).stderr_has(&digest);
+        if mode == "strict" {
+            assert!(
+                out.stdout.is_empty(),
+                "strict mode wrote {} bytes of a bad blob",
+                out.stdout.len()
+            );
+        }
+        let ls = run_ocifs([
+            "cache",
+            "ls",
+            "--json",
+            "--cache-dir",
+            &cache.display().to_string(),
+        ]);
+        ls.success();
+        let held: Vec<String> = ls
+            .json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|b| b["present"].as_u64() > Some(0))
+            .map(|b| b["digest"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(
+            !held.contains(&digest),
+            "{mode}: the bad blob stayed cached: {held:?}"
+        );
+    }
+}
+
+#[test]
+fn the_cache_stays_under_its_budget() {
+    let files: Vec<FileSpec> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            file(
+                Box::leak(format!("{name}.bin").into_boxed_str()),
+                8 * MIB,
+                10 + i as u64,
+            )
+        })
+        .collect();
+    let fx = Fixture::new(files);
+    let cache = fx.cache_dir("budget").display().to_string();
+    for f in &fx.files {
+        run_ocifs([
+            "prefetch",
+            "--plain-http",
+            "--cache-max-size",
+            "20M",
+            "--cache-dir",
+            &cache,
+            &fx.reference(),
+            f.title,
+        ])
+        .success();
+    }
+    let du = run_ocifs(["cache", "du", "--json", "--cache-dir", &cache]);
+    let used = du.success().json()["bytes"].as_u64().expect("bytes");
+    assert!(
+        used <= 20 * MIB as u64 + 8 * MIB as u64,
+        "cache holds {used} bytes, budget 20 MiB plus one 8 MiB blob"
+    );
+    assert!(
+        used >= 8 * MIB as u64,
+        "the last blob read was evicted too: {used}"
+    );
+    // Pruning to nothing empties it; verify finds nothing wrong.
+    run_ocifs(["cache", "prune", "--all", "--cache-dir", &cache]).success();
+    let du = run_ocifs(["cache", "du", "--json", "--cache-dir", &cache]);
+    assert_eq!(du.success().json()["bytes"].as_u64(), Some(0));
+}
+
+#[test]
+fn offline_after_prefetch_makes_no_request_and_an_unreachable_registry_falls_back() {
+    let fx = Fixture::new(vec![file("one.bin", MIB, 20), file("two.bin", MIB, 21)]);
+    let cache = fx.cache_dir("offline").display().to_string();
+    run_ocifs([
+        "prefetch",
+        "--plain-http",
+        "--cache-dir",
+        &cache,
+        &fx.reference(),
+        "one.bin",
+    ])
+    .success();
+    fx.proxy.reset();
+    let ls = run_ocifs(["ls", "--offline", "--cache-dir", &cache, &fx.reference()]);
+    ls.success().stdout_has("one.bin").stdout_has("two.bin");
+    let cat = run_ocifs([
+        "cat",
+        "--offline",
+        "--cache-dir",
+        &cache,
+        &fx.reference(),
+        "one.bin",
+    ]);
+    assert!(cat.success().stdout == fx.files[0].content);
+    run_ocifs([
+        "cat",
+        "--offline",
+        "--cache-dir",
+        &cache,
+        &fx.reference(),
+        "two.bin",
+    ])
+    .code_is(5)
+    .stderr_has("not in the cache");
+    assert!(
+        fx.proxy.requests().is_empty(),
+        "--offline made requests: {}",
+        fx.proxy.describe()
+    );
+
+    // Without --offline, a registry that is gone is replaced by the cache.
+    let reference = fx.reference();
+    drop(fx.proxy);
+    let start = Instant::now();
+    let cat = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--timeout",
+        "5",
+        "--cache-dir",
+        &cache,
+        &reference,
+        "one.bin",
+    ]);
+    assert!(cat.success().stdout == fx.files[0].content);
+    assert!(
+        cat.stderr.contains("unreachable"),
+        "no warning: {}",
+        cat.stderr
+    );
+    run_ocifs([
+        "cat",
+        "--plain-http",
+        "--timeout",
+        "5",
+        "--cache-dir",
+        &cache,
+        &reference,
+        "two.bin",
+    ])
+    .code_is(5)
+    .stderr_has("not in the cache");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_crash_during_a_fetch_is_recovered_by_the_next_process() {
+    let fx = Fixture::new(vec![file("big.bin", 32 * MIB, 30)]);
+    let digest = sha256_digest(&fx.files[0].content);
+    let hex = &digest[7..];
+    let cache = fx.cache_dir("crash");
+    fx.proxy
+        .set_hook(Some(Arc::new(ThrottleBlobs(4 * MIB as u64))));
+    let mut child = ocifs()
+        .args(["prefetch", "--plain-http", "--cache-dir"])
+        .arg(&cache)
+        .args([&fx.reference(), "big.bin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let have = cache.join("partial/sha256").join(hex).join("have");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&have).map_or(0, |d| d.count()) < 8 {
+        assert!(Instant::now() < deadline, "the fetch made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(
+        !cache.join("blobs/sha256").join(hex).exists(),
+        "an incomplete blob was promoted"
+    );
+    let present = std::fs::read_dir(&have).map_or(0, |d| d.count()) as u64;
+
+    fx.proxy.set_hook(None);
+    fx.proxy.reset();
+    let cat = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--cache-dir",
+        &cache.display().to_string(),
+        &fx.reference(),
+        "big.bin",
+    ]);
+    assert!(
+        cat.success().stdout == fx.files[0].content,
+        "wrong bytes after a crash"
+    );
+    let size = fx.files[0].content.len() as u64;
+    assert!(
+        fx.proxy.blob_bytes() <= size - present * MIB as u64,
+        "the fetch started over: {} bytes after {present} chunks were present",
+        fx.proxy.blob_bytes()
+    );
+    run_ocifs([
+        "cache",
+        "verify",
+        "--cache-dir",
+        &cache.display().to_string(),
+    ])
+    .success()
+    .stdout_has("blobs verified");
+}
