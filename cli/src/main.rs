@@ -1,6 +1,7 @@
 //! `ocifs`: browse and mount OCI artifacts, fetching bytes on first read.
 
 mod commands;
+mod mount;
 mod options;
 
 use std::io::{self, Write as _};
@@ -38,9 +39,19 @@ enum Command {
     Prefetch(PrefetchArgs),
     /// Look after the cache: du, ls, prune, verify.
     Cache(CacheCmdArgs),
+    /// Mount an artifact read-only; bytes are fetched when first read.
+    Mount(mount::MountArgs),
+    /// Unmount an ocifs mount.
+    Umount(mount::UmountArgs),
+    /// Show a mount's counters: hits, misses, bytes fetched.
+    Stats(mount::StatsArgs),
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(
+    verbose: u8,
+    quiet: bool,
+    log_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     // Our own crates get the level asked for; the HTTP stack one step less,
     // so -vvv does not dump connection internals.
@@ -52,16 +63,50 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "debug,ocifs=trace,ocifs_core=trace,oci_client=debug,hyper=info,hyper_util=info,h2=info,rustls=info".to_owned(),
     };
     let filter = EnvFilter::try_from_env("OCIFS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal as _;
+    // A daemon's stderr is a pipe to a parent that has gone: a failed log
+    // write must not be reported with eprintln!, which panics on EPIPE.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
         .with_target(verbose >= 2)
-        .init();
+        .log_internal_errors(false);
+    match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .init();
+        }
+        None => builder
+            .with_writer(io::stderr)
+            .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    if let Command::Mount(args) = &cli.command
+        && args.daemon
+    {
+        return mount::daemonize().unwrap_or_else(|e| {
+            eprintln!("ocifs: {e:#}");
+            ExitCode::from(ocifs_core::error::exit_code::OTHER)
+        });
+    }
+    let log_file = match &cli.command {
+        Command::Mount(args) => args.log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = init_logging(cli.verbose, cli.quiet, log_file.as_deref()) {
+        eprintln!("ocifs: cannot open the log file: {e:#}");
+        return ExitCode::from(ocifs_core::error::exit_code::OTHER);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,6 +124,9 @@ fn main() -> ExitCode {
             Command::Cat(args) => commands::cat(args).await,
             Command::Prefetch(args) => commands::prefetch(args).await,
             Command::Cache(args) => commands::cache(args).await,
+            Command::Mount(args) => mount::mount(args).await,
+            Command::Umount(args) => mount::umount(args),
+            Command::Stats(args) => mount::stats(args),
         }
     });
     match result {
@@ -92,7 +140,8 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = io::stdout().flush();
-            eprintln!("ocifs: {e:#}");
+            // Not eprintln!: stderr may be a closed pipe (a daemon).
+            let _ = writeln!(io::stderr(), "ocifs: {e:#}");
             ExitCode::from(exit_code_of(&e))
         }
     }

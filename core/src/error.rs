@@ -384,7 +384,8 @@ impl Error {
             Error::WrongKind { .. } => ENOTDIR,
             Error::AuthFailed { .. } | Error::AuthRequired { .. } => EACCES,
             Error::Timeout { .. } => ETIMEDOUT,
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(EIO),
+            // A local I/O error (the cache's disk) is the reader's EIO: its
+            // own errno (ENOENT of a cache file, say) would mislead.
             _ => EIO,
         }
     }

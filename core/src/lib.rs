@@ -42,4 +42,4 @@ pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{Resolution, resolve};
 pub use retry::RetryPolicy;
 pub use source::{Credentials, LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
-pub use view::{Ino, Tree, ViewOptions};
+pub use view::{Content, Ino, Tree, ViewOptions};

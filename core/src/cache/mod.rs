@@ -226,15 +226,24 @@ impl ChunkCache {
         self.inner.ensure_complete(blob).await
     }
 
-    /// The path of the verified complete copy of `blob`, if there is one
-    /// (for FUSE passthrough). Local sources answer with the layout's file
-    /// once it was verified.
-    pub fn complete_path(&self, blob: &Descriptor) -> Option<PathBuf> {
+    /// An open file holding exactly the verified bytes of `blob`, if there
+    /// is one yet: the complete copy in the cache (held with a shared lock, so
+    /// no ocifs process evicts it while the file is open), or for a local
+    /// layout its own file once it was verified in place. For handing a file
+    /// to the kernel (FUSE passthrough), which then reads it without ocifs.
+    pub fn backing_file(&self, blob: &Descriptor) -> Option<File> {
         match &self.inner.store {
-            Some(store) => store
-                .has_complete(&blob.digest)
-                .then(|| store.blob_path(&blob.digest)),
-            None => None,
+            Some(store) => store.open_complete(&blob.digest).ok().flatten(),
+            None => {
+                let verified = self
+                    .inner
+                    .verified_local
+                    .lock()
+                    .is_ok_and(|v| v.contains(&blob.digest));
+                let path = self.inner.source.local_path(blob).filter(|_| verified)?;
+                let file = File::open(path).ok()?;
+                (file.metadata().ok()?.len() == blob.size).then_some(file)
+            }
         }
     }
 
@@ -440,6 +449,8 @@ impl Inner {
                 {
                     return Ok(());
                 }
+                // Its directory may have been removed: start afresh next time.
+                self.forget_partial(&blob.digest);
                 return Err(e);
             }
             self.disk_usage.fetch_add(end - offset, Ordering::Relaxed);

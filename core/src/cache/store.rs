@@ -138,12 +138,26 @@ impl DiskStore {
             .join(format!("{}-{n}-{nanos}", std::process::id()))
     }
 
+    /// Recreates the store's directories (someone removed the cache under
+    /// a running process).
+    fn ensure_dirs(&self) {
+        for sub in ["blobs/sha256", "partial/sha256", "refs", "tmp"] {
+            let _ = fs::create_dir_all(self.root.join(sub));
+        }
+    }
+
     /// Writes `bytes` to `path` atomically: temp file, sync, rename.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp_path();
         let ctx = || format!("writing {}", path.display());
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            let mut f = match File::create(&tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.ensure_dirs();
+                    File::create(&tmp)?
+                }
+                r => r?,
+            };
             io::Write::write_all(&mut f, bytes)?;
             f.sync_all()?;
             if let Some(parent) = path.parent() {
@@ -214,6 +228,7 @@ impl DiskStore {
     pub fn partial(&self, digest: &Digest, size: u64, chunk_size: u64) -> Result<Partial> {
         let dir = self.partial_dir(digest);
         let ctx = || format!("opening partial blob {}", dir.display());
+        self.ensure_dirs();
         fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
         fs::create_dir_all(dir.join("lock")).map_err(io_err(ctx))?;
         let meta_path = dir.join("meta");

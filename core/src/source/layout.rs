@@ -260,6 +260,10 @@ impl Source for LayoutSource {
         Ok(tags)
     }
 
+    fn local_path(&self, blob: &Descriptor) -> Option<PathBuf> {
+        Some(self.blob_path(&blob.digest))
+    }
+
     async fn root_index(&self) -> Result<Option<Index>> {
         Ok(Some(self.index.clone()))
     }

@@ -88,6 +88,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// that cannot list return an empty list.
     async fn tags(&self) -> Result<Vec<String>>;
 
+    /// Where the blob's bytes already sit in a local file, for sources that
+    /// have one (a layout directory); they are not verified by being there.
+    fn local_path(&self, _blob: &Descriptor) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The layout's `index.json`, for sources that have one.
     async fn root_index(&self) -> Result<Option<Index>> {
         Ok(None)

@@ -12,5 +12,6 @@ mod files;
 mod harness;
 mod integrity;
 mod layouts;
+mod mount;
 mod platforms;
 mod support;

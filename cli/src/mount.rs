@@ -1,0 +1,279 @@
+//! `ocifs mount`, `ocifs umount`, `ocifs stats`.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+#[cfg(target_os = "linux")]
+use ocifs_core::{Content, Reader as _};
+#[cfg(any(target_os = "linux", windows))]
+use {
+    ocifs_core::{Tree, ViewOptions, resolve},
+    std::io::Write as _,
+    std::path::Path,
+    std::sync::Arc,
+};
+
+use crate::options::SourceArgs;
+
+/// The line a `--daemon` child prints on stdout once its mount is live.
+const READY: &str = "ocifs-mount-ready";
+
+/// `ocifs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// REF, then the directory to mount on (with --oci-layout: only the directory).
+    #[arg(value_name = "REF MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub operands: Vec<String>,
+
+    /// Detach once the mount is live; exit non-zero, leaving nothing mounted, if it cannot be.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Mount options: allow_other (let other users in), default_permissions
+    /// (the kernel checks modes); the mount is always ro, nosuid, nodev.
+    #[arg(short = 'o', value_name = "OPT[,OPT…]", value_delimiter = ',')]
+    pub mount_options: Vec<String>,
+
+    /// Mode of files that carry none of their own (ORAS files), in octal; 0555 makes them executable.
+    #[arg(long, value_name = "MODE", default_value = "0444", value_parser = parse_mode)]
+    pub file_mode: u32,
+
+    /// Never hand complete, verified blobs to the kernel to read directly (FUSE passthrough).
+    #[arg(long)]
+    pub no_passthrough: bool,
+
+    /// Write logs to this file (the only place a daemon's logs go).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Internal: print the ready line when mounted (used by --daemon).
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode such as 0444 or 0555"))?;
+    if mode > 0o7777 {
+        return Err(format!("{s:?} is not a file mode"));
+    }
+    // Never setuid/setgid: the mount is nosuid anyway, and so is the view.
+    Ok(mode & 0o1777)
+}
+
+/// `ocifs umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Detach now even if busy; the mount goes away when its last file closes.
+    #[arg(short, long)]
+    pub lazy: bool,
+}
+
+/// `ocifs stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+}
+
+/// Runs `ocifs mount --daemon`: re-runs itself in the foreground in a new
+/// process group, relays its stderr until it is mounted or has failed, and
+/// exits as it did.
+pub fn daemonize() -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the ocifs executable")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let mut child = {
+        let mut c = Command::new(exe);
+        c.args(&args)
+            .arg("--notify-ready")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        c.spawn().context("starting the mount process")?
+    };
+    let stderr = child.stderr.take().context("child stderr")?;
+    let relay = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let stdout = child.stdout.take().context("child stdout")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line == READY {
+            // Mounted: leave the child running with its pipes closed.
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let _ = relay.join();
+    let status = child.wait().context("waiting for the mount process")?;
+    Ok(ExitCode::from(
+        status
+            .code()
+            .map_or(ocifs_core::error::exit_code::OTHER, |c| {
+                c.clamp(1, 255) as u8
+            }),
+    ))
+}
+
+/// `ocifs mount` in the foreground: until unmounted, Ctrl-C or SIGTERM.
+#[cfg(target_os = "linux")]
+pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let (reference, rest) = args.source.split(&args.operands);
+    let [mountpoint] = rest else {
+        bail!("mount takes REF and MOUNTPOINT");
+    };
+    let mountpoint = Path::new(mountpoint);
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{}: not a directory", mountpoint.display()),
+        Err(e) => return Err(e).with_context(|| format!("mount point {}", mountpoint.display())),
+    }
+    let mut options = ocifs_fs_linux::MountOptions::default();
+    for o in &args.mount_options {
+        match o.as_str() {
+            "allow_other" => options.allow_other = true,
+            "default_permissions" => options.default_permissions = true,
+            "ro" | "nosuid" | "nodev" => {}
+            other => bail!("unknown mount option {other:?} (allow_other, default_permissions)"),
+        }
+    }
+    let opened = args.source.open(reference).await?;
+    let resolution = resolve(
+        opened.source.as_ref(),
+        &opened.reference,
+        opened.platform.as_ref(),
+    )
+    .await?;
+    let view = ViewOptions {
+        file_mode: args.file_mode,
+        ..ViewOptions::default()
+    };
+    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
+    options.fs_name = format!("ocifs:{}", opened.reference);
+    options.passthrough = !args.no_passthrough;
+    let cache = opened.cache.clone();
+    options.backing_files = Some(Arc::new(move |content: &Content| match content {
+        Content::Blob(blob) => cache.backing_file(blob),
+    }));
+    let reader = Arc::new(opened.cache.clone());
+    let mount = ocifs_fs_linux::mount(
+        tree,
+        reader,
+        mountpoint,
+        options,
+        tokio::runtime::Handle::current(),
+    )?;
+    tracing::info!(reference = %opened.reference, digest = %resolution.digest, mountpoint = %mountpoint.display(), "mounted");
+    if args.notify_ready {
+        let mut out = std::io::stdout();
+        writeln!(out, "{READY}")?;
+        out.flush()?;
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: unmounting"),
+        _ = terminate.recv() => tracing::info!("terminated: unmounting"),
+        () = mount.unmounted() => tracing::info!("unmounted"),
+    }
+    let stats = mount.stats();
+    tokio::task::spawn_blocking(move || mount.unmount()).await??;
+    if args.source.stats {
+        // Not eprintln!: a daemon's stderr may be a closed pipe.
+        let mut err = std::io::stderr();
+        let _ = writeln!(err, "{}", serde_json::to_string(&opened.cache.stats())?);
+        let _ = writeln!(err, "{}", serde_json::to_string(&stats)?);
+    }
+    Ok(())
+}
+
+/// `ocifs mount` on Windows: projects the artifact into MOUNTPOINT with
+/// ProjFS until Ctrl-C.
+#[cfg(windows)]
+pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let (reference, rest) = args.source.split(&args.operands);
+    let [mountpoint] = rest else {
+        bail!("mount takes REF and MOUNTPOINT");
+    };
+    let opened = args.source.open(reference).await?;
+    let resolution = resolve(
+        opened.source.as_ref(),
+        &opened.reference,
+        opened.platform.as_ref(),
+    )
+    .await?;
+    let view = ViewOptions {
+        file_mode: args.file_mode,
+        ..ViewOptions::default()
+    };
+    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
+    let reader = Arc::new(opened.cache.clone());
+    let options = ocifs_fs_windows::MountOptions::default();
+    let mount = ocifs_fs_windows::mount(
+        tree,
+        reader,
+        Path::new(mountpoint),
+        options,
+        tokio::runtime::Handle::current(),
+    )?;
+    if args.notify_ready {
+        let mut out = std::io::stdout();
+        writeln!(out, "{READY}")?;
+        out.flush()?;
+    }
+    tokio::signal::ctrl_c().await?;
+    mount.stop()?;
+    Ok(())
+}
+
+/// `ocifs mount` where there is no backend.
+#[cfg(not(any(target_os = "linux", windows)))]
+pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let _ = args;
+    bail!("ocifs mount is not available on this platform yet")
+}
+
+/// `ocifs umount`.
+pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        ocifs_fs_linux::unmount(&args.mountpoint, args.lazy)?;
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = args;
+        bail!("ocifs umount is not available on this platform yet")
+    }
+}
+
+/// `ocifs stats`.
+pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    let name = ocifs_fs_linux::STATS_FILE;
+    #[cfg(not(target_os = "linux"))]
+    let name = ".ocifs-stats";
+    let path = args.mountpoint.join(name);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: not an ocifs mount (no {name})",
+            args.mountpoint.display()
+        )
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! `ocifs mount` against the real registry, with real FUSE mounts: boot a
+//! kernel from a mount, run CNI binaries from a mount, concurrent readers,
+//! lazy reads that fetch a few chunks, a blob the registry lost, writes,
+//! unmounting under load, and `--daemon` failures.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocifs_tests::{
+    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, ThrottleBlobs, oras_push,
+    random_bytes, run, run_ocifs, sha256_digest, temp_dir, workspace_dir,
+};
+use tempfile::TempDir;
+
+use crate::support::{FileSpec, push_files};
+
+const MIB: usize = 1 << 20;
+
+/// A live `ocifs mount --daemon`; unmounted (lazily, so it never blocks) on drop.
+struct Mounted {
+    dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Mounted {
+    fn new(reference: &str, extra: &[&str]) -> Self {
+        let tmp = temp_dir();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mount point");
+        // The mount's own cache, living as long as the mount (a run's default
+        // cache is removed when the `--daemon` parent returns).
+        let cache = tmp.path().join("cache");
+        let log = tmp.path().join("mount.log");
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            "--daemon".into(),
+            "-v".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+            "--log-file".into(),
+            log.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(reference.to_owned());
+        args.push(dir.display().to_string());
+        run_ocifs(args).success();
+        assert!(
+            is_mounted(&dir),
+            "{} is not in the mount table",
+            dir.display()
+        );
+        Mounted { dir, _tmp: tmp }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The mount process's log, for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("mount.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = run_ocifs([
+                "umount".into(),
+                "--lazy".into(),
+                self.dir.display().to_string(),
+            ]);
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let dir = dir.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A busybox initrd whose `/init` prints `marker` and powers off.
+fn busybox_initrd(dir: &Path, marker: &str) -> PathBuf {
+    let root = dir.join("initrd-root");
+    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static is installed (scripts/test installs it)");
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!("#!/bin/busybox sh\n/bin/busybox echo {marker}\n/bin/busybox poweroff -f\n"),
+    )
+    .expect("init");
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = dir.join("initrd.img");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .expect("cpio");
+    assert!(status.success(), "building the initrd failed");
+    out
+}
+
+#[test]
+fn boots_a_kernel_from_a_mount() {
+    let kernel = workspace_dir().join("target/fixtures/vmlinuz");
+    assert!(
+        kernel.is_file(),
+        "{} is missing: scripts/test extracts it from Debian's linux-image package",
+        kernel.display()
+    );
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let marker = "OCIFS-BOOTED-FROM-A-MOUNT";
+    let vmlinuz = dir.path().join("vmlinuz");
+    std::fs::copy(&kernel, &vmlinuz).expect("copy kernel");
+    let initrd = busybox_initrd(dir.path(), marker);
+    oras_push(
+        &registry.host(),
+        "boot/debian:6.1",
+        &[PushFile::new(&vmlinuz), PushFile::new(&initrd)],
+        &PushOptions::default(),
+    );
+    let mnt = Mounted::new(
+        &format!("{}/boot/debian:6.1", registry.host()),
+        &["--plain-http"],
+    );
+    let mut qemu = Command::new("timeout");
+    qemu.args(["180", "qemu-system-x86_64", "-kernel"])
+        .arg(mnt.path("vmlinuz"))
+        .arg("-initrd")
+        .arg(mnt.path("initrd.img"))
+        .args([
+            "-nographic",
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-no-reboot",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+        ]);
+    let out = run(qemu);
+    assert!(
+        out.stdout_str().contains(marker),
+        "the kernel booted from the mount did not run /init:\n{}\n{}",
+        out.stdout_str(),
+        out.stderr
+    );
+}
+
+#[test]
+fn runs_cni_binaries_from_a_mount() {
+    let registry = Registry::start(RegistryAuth::None);
+    let cni = Path::new("/usr/lib/cni");
+    let files: Vec<PushFile> = ["loopback", "bridge", "host-local"]
+        .iter()
+        .map(|n| PushFile::new(cni.join(n)))
+        .collect();
+    assert!(
+        files.iter().all(|f| f.path.is_file()),
+        "containernetworking-plugins is not installed (scripts/test installs it)"
+    );
+    oras_push(
+        &registry.host(),
+        "cni/plugins:v1",
+        &files,
+        &PushOptions::default(),
+    );
+    let mnt = Mounted::new(
+        &format!("{}/cni/plugins:v1", registry.host()),
+        &["--plain-http", "--file-mode", "0555"],
+    );
+    for name in ["loopback", "bridge", "host-local"] {
+        let meta = std::fs::metadata(mnt.path(name)).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o555, "{name}");
+        assert_eq!(
+            meta.len(),
+            std::fs::metadata(cni.join(name)).expect("stat").len(),
+            "{name} size"
+        );
+        let mut cmd = Command::new(mnt.path(name));
+        cmd.env("CNI_COMMAND", "VERSION");
+        let out = run(cmd);
+        assert!(
+            out.stdout_str().contains("cniVersion"),
+            "{name} from the mount printed: {} / {}",
+            out.stdout_str(),
+            out.stderr
+        );
+    }
+    // Bytes identical to the originals.
+    for name in ["loopback", "bridge"] {
+        let a = std::fs::read(mnt.path(name)).expect("read");
+        assert!(
+            a == std::fs::read(cni.join(name)).expect("read"),
+            "{name} differs"
+        );
+    }
+}
+
+#[test]
+fn sixteen_processes_read_many_files_concurrently() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let files: Vec<FileSpec> = (0..8)
+        .map(|i| FileSpec {
+            title: Box::leak(format!("f{i}.bin").into_boxed_str()),
+            content: random_bytes(MIB / 2 + i * 300_001, 100 + i as u64),
+            media_type: None,
+        })
+        .collect();
+    push_files(&registry, dir.path(), "many:v1", &files);
+    let mnt = Mounted::new(&format!("{}/many:v1", registry.host()), &["--plain-http"]);
+    let children: Vec<_> = (0..16)
+        .map(|p| {
+            let mut c = Command::new("sh");
+            // Each process reads every file, starting at a different one.
+            let order: Vec<String> = (0..8)
+                .map(|i| {
+                    mnt.path(&format!("f{}.bin", (i + p) % 8))
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            c.arg("-c")
+                .arg(format!(
+                    "for f in {}; do sha256sum \"$f\"; done",
+                    order.join(" ")
+                ))
+                .stdout(Stdio::piped());
+            c.spawn().expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let (sum, path) = line.split_once("  ").expect("sha256sum line");
+            let name = Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name");
+            let want = files.iter().find(|f| f.title == name).expect("known file");
+            assert_eq!(
+                format!("sha256:{sum}"),
+                sha256_digest(&want.content),
+                "{name}"
+            );
+        }
+    }
+    let stats = run_ocifs(["stats".into(), mnt.dir.display().to_string()]);
+    let json = stats.success().json();
+    assert_eq!(json["read_errors"].as_u64(), Some(0));
+    assert!(json["blobs_verified"].as_u64() >= Some(8), "{json}");
+}
+
+#[test]
+fn a_lazy_4k_read_in_the_middle_of_a_1_gib_blob_fetches_a_few_chunks() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let big = dir.path().join("big.bin");
+    {
+        // Written in pieces: a 1 GiB buffer is not needed to make a 1 GiB file.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).expect("create"));
+        for i in 0..1024 {
+            std::io::Write::write_all(&mut f, &random_bytes(MIB, 7000 + i)).expect("write");
+        }
+    }
+    oras_push(
+        &registry.host(),
+        "huge:v1",
+        &[PushFile::new(&big)],
+        &PushOptions::default(),
+    );
+    let proxy = CountingProxy::start(&registry.host());
+    let mnt = Mounted::new(
+        &format!("{}/huge:v1", proxy.host()),
+        &["--plain-http", "--verify", "lazy"],
+    );
+    assert_eq!(
+        std::fs::metadata(mnt.path("big.bin")).expect("stat").len(),
+        1 << 30,
+        "size before any byte is fetched"
+    );
+    proxy.reset();
+    let mut f = std::fs::File::open(mnt.path("big.bin")).expect("open");
+    let offset = (512 * MIB + 12_345) as u64;
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut buf = vec![0u8; 4096];
+    f.read_exact(&mut buf).expect("read");
+    assert!(
+        buf == random_bytes(MIB, 7000 + 512)[12_345..12_345 + 4096],
+        "wrong bytes"
+    );
+    let fetched = proxy.blob_bytes();
+    assert!(
+        fetched > 0 && fetched <= 4 * MIB as u64,
+        "a 4 KiB read fetched {fetched} bytes: {}",
+        proxy.describe()
+    );
+}
+
+#[test]
+fn a_blob_the_registry_lost_reads_as_eio_and_the_mount_stays_up() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let files = vec![
+        FileSpec {
+            title: "kept.txt",
+            content: b"still here\n".to_vec(),
+            media_type: None,
+        },
+        FileSpec {
+            title: "lost.bin",
+            content: random_bytes(MIB, 55),
+            media_type: None,
+        },
+    ];
+    push_files(&registry, dir.path(), "lost:v1", &files);
+    let lost = registry.blob_data_path(&sha256_digest(&files[1].content));
+    std::fs::remove_dir_all(lost.parent().expect("blob dir"))
+        .expect("removing the blob from storage");
+    let mnt = Mounted::new(
+        &format!("{}/lost:v1", registry.host()),
+        &["--plain-http", "--timeout", "10"],
+    );
+    let err = std::fs::read(mnt.path("lost.bin")).expect_err("a lost blob was read");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc_eio()),
+        "{err}\nmount log:\n{}",
+        mnt.log()
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("kept.txt")).expect("the other file"),
+        files[0].content
+    );
+    let names: Vec<String> = std::fs::read_dir(&mnt.dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Regression: a `--daemon` mount without `--log-file` died at its first
+/// warning, because its stderr was a pipe to the parent that had exited and
+/// the logger reported the failed write with a panicking `eprintln!`.
+#[test]
+fn a_daemon_keeps_serving_after_logging_to_a_closed_stderr() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let files = vec![
+        FileSpec {
+            title: "kept.txt",
+            content: b"still here\n".to_vec(),
+            media_type: None,
+        },
+        FileSpec {
+            title: "lost.bin",
+            content: random_bytes(4096, 56),
+            media_type: None,
+        },
+    ];
+    push_files(&registry, dir.path(), "quiet:v1", &files);
+    let lost = registry.blob_data_path(&sha256_digest(&files[1].content));
+    std::fs::remove_dir_all(lost.parent().expect("blob dir")).expect("removing the blob");
+    let mnt_dir = dir.path().join("mnt");
+    std::fs::create_dir(&mnt_dir).expect("mkdir");
+    let cache = dir.path().join("cache");
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        "--cache-dir",
+        &cache.display().to_string(),
+        &format!("{}/quiet:v1", registry.host()),
+        &mnt_dir.display().to_string(),
+    ])
+    .success();
+    for _ in 0..3 {
+        // Each failed read logs a warning to the daemon's dead stderr.
+        let err = std::fs::read(mnt_dir.join("lost.bin")).expect_err("lost blob read");
+        assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(mnt_dir.join("kept.txt")).expect("the daemon died"),
+        files[0].content
+    );
+    run_ocifs(["umount", &mnt_dir.display().to_string()]).success();
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+#[test]
+fn writes_fail_with_erofs_and_unmounting_under_reads_does_not_hang() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let files = vec![FileSpec {
+        title: "slow.bin",
+        content: random_bytes(16 * MIB, 66),
+        media_type: None,
+    }];
+    push_files(&registry, dir.path(), "ro:v1", &files);
+    let proxy = CountingProxy::start(&registry.host());
+    proxy.set_hook(Some(Arc::new(ThrottleBlobs(2 * MIB as u64))));
+    let mnt = Mounted::new(&format!("{}/ro:v1", proxy.host()), &["--plain-http"]);
+    for (what, r) in [
+        (
+            "create",
+            std::fs::write(mnt.path("new.txt"), b"x").map(|_| ()),
+        ),
+        (
+            "write",
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(mnt.path("slow.bin"))
+                .map(|_| ()),
+        ),
+        ("mkdir", std::fs::create_dir(mnt.path("d"))),
+        (
+            "rename",
+            std::fs::rename(mnt.path("slow.bin"), mnt.path("fast.bin")),
+        ),
+        ("unlink", std::fs::remove_file(mnt.path("slow.bin"))),
+        (
+            "chmod",
+            std::fs::set_permissions(mnt.path("slow.bin"), std::fs::Permissions::from_mode(0o777)),
+        ),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(30), "{what}: {e}"); // EROFS
+    }
+    // A read that takes seconds (throttled), then an unmount in its middle.
+    let path = mnt.path("slow.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path).map(|b| b.len()));
+    std::thread::sleep(Duration::from_millis(700));
+    let start = Instant::now();
+    run_ocifs([
+        "umount".into(),
+        "--lazy".into(),
+        mnt.dir.display().to_string(),
+    ])
+    .success();
+    wait_until("the mount to go", Duration::from_secs(30), || {
+        !is_mounted(&mnt.dir)
+    });
+    let result = reader.join().expect("reader thread");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "unmount under a read hung"
+    );
+    // Either the read finished before the unmount or it failed: it must not hang or return short data.
+    if let Ok(len) = result {
+        assert_eq!(len, 16 * MIB);
+    }
+}
+
+#[test]
+fn daemon_failures_exit_non_zero_and_leave_nothing_mounted() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    push_files(
+        &registry,
+        dir.path(),
+        "d:v1",
+        &[FileSpec {
+            title: "a.txt",
+            content: b"a".to_vec(),
+            media_type: None,
+        }],
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let m = mnt.display().to_string();
+    let host = registry.host();
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        &format!("{host}/d:nope"),
+        &m,
+    ])
+    .code_is(3)
+    .stderr_has("not found");
+    assert!(!is_mounted(&mnt));
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        &format!("{host}/d:v1"),
+        &format!("{m}/missing"),
+    ])
+    .code_is(1)
+    .stderr_has("missing");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("write");
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        &format!("{host}/d:v1"),
+        &file.display().to_string(),
+    ])
+    .code_is(1)
+    .stderr_has("not a directory");
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        "-o",
+        "rw",
+        &format!("{host}/d:v1"),
+        &m,
+    ])
+    .code_is(1)
+    .stderr_has("unknown mount option");
+    assert!(!is_mounted(&mnt));
+    // And the good one works, then `umount` of a non-ocifs directory is refused.
+    let good = Mounted::new(&format!("{host}/d:v1"), &["--plain-http"]);
+    assert_eq!(std::fs::read(good.path("a.txt")).expect("read"), b"a");
+    run_ocifs(["umount", &dir.path().display().to_string()]).code_is(1);
+}
