@@ -384,8 +384,14 @@ impl Error {
             Error::WrongKind { .. } => ENOTDIR,
             Error::AuthFailed { .. } | Error::AuthRequired { .. } => EACCES,
             Error::Timeout { .. } => ETIMEDOUT,
-            // A local I/O error (the cache's disk) is the reader's EIO: its
-            // own errno (ENOENT of a cache file, say) would mislead.
+            // A local I/O error keeps its errno (EBUSY, EACCES, ENOSPC tell
+            // the caller something), except a missing file: that is one of
+            // the cache's own files, and ENOENT would say the caller's file
+            // does not exist.
+            Error::Io { source, .. } => match source.raw_os_error() {
+                Some(ENOENT) | None => EIO,
+                Some(errno) => errno,
+            },
             _ => EIO,
         }
     }
@@ -428,6 +434,14 @@ mod tests {
             }
             .is_transient()
         );
+    }
+
+    #[test]
+    fn io_errors_keep_their_errno_but_a_missing_cache_file_is_eio() {
+        let io = |code| Error::io("x", io::Error::from_raw_os_error(code));
+        assert_eq!(io(16).errno(), 16);
+        assert_eq!(io(2).errno(), 5);
+        assert_eq!(Error::io("x", io::Error::other("no os error")).errno(), 5);
     }
 
     #[test]

@@ -145,6 +145,156 @@ async fn random_read(
     (start.elapsed(), proxy.blob_bytes())
 }
 
+/// Mounts `reference` with `ocifs mount --daemon`; returns how long it took.
+fn mount(host: &str, reference: &str, mnt: &Path, cache: &Path, extra: &[&str]) -> Duration {
+    let mut c = Command::new(ocifs_bin());
+    c.args(["mount", "--daemon", "--plain-http", "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .arg(format!("{host}/{reference}"))
+        .arg(mnt);
+    timed(c)
+}
+
+fn umount(mnt: &Path) {
+    let _ = Command::new(ocifs_bin()).arg("umount").arg(mnt).status();
+}
+
+/// The pid of the ocifs process serving `mnt`.
+fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let needle = mnt.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.iter().any(|a| *a == b"mount")
+            && args.iter().any(|a| *a == needle.as_bytes())
+            && !args.iter().any(|a| *a == b"--daemon"))
+        .then_some(pid)
+    })
+}
+
+/// Peak resident memory of `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn read_all(path: &Path) -> Duration {
+    use std::io::Read as _;
+    let start = Instant::now();
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; MIB as usize];
+    while f.read(&mut buf).expect("read") > 0 {}
+    start.elapsed()
+}
+
+fn read_4k_at(path: &Path, offset: u64) {
+    use std::io::{Read as _, Seek as _};
+    let mut f = std::fs::File::open(path).expect("open");
+    f.seek(std::io::SeekFrom::Start(offset)).expect("seek");
+    let mut buf = [0u8; 4096];
+    f.read_exact(&mut buf).expect("read");
+}
+
+fn mount_scenarios(
+    host: &str,
+    fixture: &Fixture,
+    label: &str,
+    curl_rate: f64,
+    local_rate: f64,
+    skopeo_secs: f64,
+    rows: &mut Vec<Row>,
+) {
+    let size = fixture.size;
+    let work = tempfile::tempdir().expect("tempdir");
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let file = mnt.join("big.bin");
+
+    // Time to the first 4 KiB: mount + one read in the middle, cold cache.
+    let scenario = format!("mount + first 4 KiB at the middle, {label}");
+    for (tool, extra) in [
+        ("ocifs mount, strict", &[][..]),
+        ("ocifs mount, lazy", &["--verify", "lazy"][..]),
+    ] {
+        let cache = work.path().join(format!("ttfb-{}", tool.len()));
+        let start = Instant::now();
+        mount(host, "bench/big:v1", &mnt, &cache, extra);
+        read_4k_at(&file, size / 2);
+        let secs = start.elapsed().as_secs_f64();
+        umount(&mnt);
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: tool.into(),
+            value: secs,
+            unit: "s",
+            reference: Some(skopeo_secs),
+        });
+    }
+
+    // Cold sequential read through the mount, and the daemon's peak memory.
+    let scenario = format!("cold sequential read through a mount, {label}");
+    for (tool, extra) in [
+        ("ocifs mount, strict", &[][..]),
+        ("ocifs mount, lazy", &["--verify", "lazy"][..]),
+    ] {
+        let cache = work.path().join(format!("cold-{}", tool.len()));
+        mount(host, "bench/big:v1", &mnt, &cache, extra);
+        let d = read_all(&file);
+        let rss = daemon_pid(&mnt).map(peak_rss_mib);
+        umount(&mnt);
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: tool.into(),
+            value: mbps(size, d),
+            unit: "MB/s",
+            reference: Some(curl_rate),
+        });
+        if let Some(rss) = rss {
+            rows.push(Row {
+                scenario: format!("peak RSS of the mount process streaming {label}"),
+                tool: tool.into(),
+                value: rss,
+                unit: "MiB",
+                reference: Some(size as f64 / MIB as f64),
+            });
+        }
+    }
+
+    // Warm: the blob is complete in the cache; page cache dropped before each read.
+    let cache = work.path().join("warm");
+    mount(host, "bench/big:v1", &mnt, &cache, &[]);
+    read_all(&file);
+    umount(&mnt);
+    let note = if drop_page_cache() {
+        "page cache dropped"
+    } else {
+        "page cache NOT dropped (not permitted here)"
+    };
+    let scenario = format!("warm sequential read through a mount, {label}, {note}");
+    for (tool, extra) in [
+        ("ocifs mount, passthrough", &[][..]),
+        ("ocifs mount, no passthrough", &["--no-passthrough"][..]),
+    ] {
+        mount(host, "bench/big:v1", &mnt, &cache, extra);
+        drop_page_cache();
+        let d = read_all(&file);
+        umount(&mnt);
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: tool.into(),
+            value: mbps(size, d),
+            unit: "MB/s",
+            reference: Some(local_rate),
+        });
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let size = if quick { 256 * MIB } else { 1024 * MIB };
@@ -194,6 +344,22 @@ fn main() {
         value: curl_rate,
         unit: "MB/s",
         reference: None,
+    });
+    let to_file = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new("curl");
+    c.args(["-sf", "-o"])
+        .arg(to_file.path().join("blob"))
+        .arg(format!(
+            "http://{host}/v2/bench/big/blobs/{}",
+            fixture.digest
+        ));
+    let curl_file = mbps(size, timed(c));
+    rows.push(Row {
+        scenario: format!("cold sequential read, {label}"),
+        tool: "curl -o file (network + disk write)".into(),
+        value: curl_file,
+        unit: "MB/s",
+        reference: Some(curl_rate),
     });
     for (tool, extra) in [
         ("ocifs cat, strict", &[][..]),
@@ -306,6 +472,17 @@ fn main() {
         unit: "s",
         reference: Some(skopeo.as_secs_f64()),
     });
+
+    eprintln!("== through a mount");
+    mount_scenarios(
+        &host,
+        &fixture,
+        &label,
+        curl_rate,
+        local,
+        skopeo.as_secs_f64(),
+        &mut rows,
+    );
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
