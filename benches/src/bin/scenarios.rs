@@ -168,7 +168,7 @@ fn daemon_pid(mnt: &Path) -> Option<u32> {
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         (args.iter().any(|a| *a == b"mount")
-            && args.iter().any(|a| *a == needle.as_bytes())
+            && args.contains(&needle.as_bytes())
             && !args.iter().any(|a| *a == b"--daemon"))
         .then_some(pid)
     })
