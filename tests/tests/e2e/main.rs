@@ -7,6 +7,7 @@
 
 mod auth;
 mod cache;
+mod credentials;
 mod errors;
 mod files;
 mod harness;

@@ -363,6 +363,53 @@ fn a_blob_the_registry_lost_reads_as_eio_and_the_mount_stays_up() {
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
+#[test]
+fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    push_files(
+        &registry,
+        dir.path(),
+        "fg:v1",
+        &[FileSpec {
+            title: "a.txt",
+            content: b"a".to_vec(),
+            media_type: None,
+        }],
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut child = ocifs_tests::ocifs()
+        .args(["mount", "--plain-http", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .arg(format!("{}/fg:v1", registry.host()))
+        .arg(&mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_until("the mount", Duration::from_secs(30), || is_mounted(&mnt));
+    assert_eq!(std::fs::read(mnt.join("a.txt")).expect("read"), b"a");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ocifs mount did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit {exit:?}");
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+}
+
 /// Regression: a `--daemon` mount without `--log-file` died at its first
 /// warning, because its stderr was a pipe to the parent that had exited and
 /// the logger reported the failed write with a panicking `eprintln!`.
