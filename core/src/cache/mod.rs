@@ -547,6 +547,8 @@ impl Inner {
                 .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
             let mut stream = self.source.stream_from(blob, start).await?;
             let mut hasher = Some(hasher);
+            let mut writing: Option<tokio::task::JoinHandle<(crate::digest::Hasher, Result<()>)>> =
+                None;
             let mut pos = start;
             let mut pending = BytesMut::new();
             let broke = loop {
@@ -582,17 +584,18 @@ impl Inner {
                 };
                 if whole > 0 && (whole >= BATCH || reached_end || end_of_stream) {
                     let bytes = pending.split_to(whole as usize).freeze();
+                    // One batch is hashed and written while the next one
+                    // arrives; the hasher passes from batch to batch.
+                    if let Some(previous) = writing.take() {
+                        hasher = Some(Self::batch_done(previous).await?);
+                    }
                     let (p, mut h) = (partial.clone(), hasher.take().unwrap_or_default());
                     let first = pos / cs;
-                    let (h, written) = tokio::task::spawn_blocking(move || {
+                    writing = Some(tokio::task::spawn_blocking(move || {
                         h.update(&bytes);
                         let r = p.write_chunks(first, &bytes, false);
                         (h, r)
-                    })
-                    .await
-                    .map_err(join_error)?;
-                    hasher = Some(h);
-                    written?;
+                    }));
                     pos += whole;
                     self.disk_usage.fetch_add(whole, Ordering::Relaxed);
                 }
@@ -605,6 +608,9 @@ impl Inner {
                     });
                 }
             };
+            if let Some(last) = writing.take() {
+                hasher = Some(Self::batch_done(last).await?);
+            }
             match broke {
                 None => {
                     return self
@@ -623,6 +629,14 @@ impl Inner {
                 Some(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits for a batch write; gives the hasher back.
+    async fn batch_done(
+        handle: tokio::task::JoinHandle<(crate::digest::Hasher, Result<()>)>,
+    ) -> Result<crate::digest::Hasher> {
+        let (hasher, written) = handle.await.map_err(join_error)?;
+        written.map(|()| hasher)
     }
 
     async fn finish_stream(
