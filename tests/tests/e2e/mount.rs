@@ -364,6 +364,43 @@ fn a_blob_the_registry_lost_reads_as_eio_and_the_mount_stays_up() {
 }
 
 #[test]
+fn a_title_that_escapes_the_root_fails_the_mount_naming_the_layer() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let evil = dir.path().join("evil.txt");
+    std::fs::write(&evil, b"evil").expect("write");
+    let ok = dir.path().join("ok.txt");
+    std::fs::write(&ok, b"ok").expect("write");
+    oras_push(
+        &registry.host(),
+        "evil:v1",
+        &[
+            PushFile::new(&ok),
+            PushFile::new(&evil).title("../../etc/evil"),
+        ],
+        &PushOptions::default(),
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let reference = format!("{}/evil:v1", registry.host());
+    let digest = sha256_digest(b"evil");
+    run_ocifs([
+        "mount",
+        "--daemon",
+        "--plain-http",
+        &reference,
+        &mnt.display().to_string(),
+    ])
+    .code_is(7)
+    .stderr_has(&digest)
+    .stderr_has("../../etc/evil");
+    assert!(!is_mounted(&mnt));
+    run_ocifs(["ls", "--plain-http", &reference])
+        .code_is(7)
+        .stderr_has(&digest);
+}
+
+#[test]
 fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
     let registry = Registry::start(RegistryAuth::None);
     let dir = temp_dir();
