@@ -128,6 +128,36 @@ pub fn daemonize() -> anyhow::Result<ExitCode> {
     ))
 }
 
+/// Opens the source, resolves the reference and builds the tree to mount.
+#[cfg(any(target_os = "linux", windows))]
+async fn open_view(
+    args: &MountArgs,
+    reference: Option<&str>,
+) -> anyhow::Result<(crate::options::Opened, ocifs_core::Resolution, Arc<Tree>)> {
+    let opened = args.source.open(reference).await?;
+    let resolution = resolve(
+        opened.source.as_ref(),
+        &opened.reference,
+        opened.platform.as_ref(),
+    )
+    .await?;
+    let view = ViewOptions {
+        file_mode: args.file_mode,
+        ..ViewOptions::default()
+    };
+    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
+    Ok((opened, resolution, tree))
+}
+
+/// Tells a waiting `--daemon` parent that the mount is live.
+#[cfg(any(target_os = "linux", windows))]
+fn notify_ready() -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(out, "{READY}")?;
+    out.flush()?;
+    Ok(())
+}
+
 /// `ocifs mount` in the foreground: until unmounted, Ctrl-C or SIGTERM.
 #[cfg(target_os = "linux")]
 pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -150,18 +180,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
             other => bail!("unknown mount option {other:?} (allow_other, default_permissions)"),
         }
     }
-    let opened = args.source.open(reference).await?;
-    let resolution = resolve(
-        opened.source.as_ref(),
-        &opened.reference,
-        opened.platform.as_ref(),
-    )
-    .await?;
-    let view = ViewOptions {
-        file_mode: args.file_mode,
-        ..ViewOptions::default()
-    };
-    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
+    let (opened, resolution, tree) = open_view(&args, reference).await?;
     options.fs_name = format!("ocifs:{}", opened.reference);
     options.passthrough = !args.no_passthrough;
     let cache = opened.cache.clone();
@@ -178,9 +197,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(reference = %opened.reference, digest = %resolution.digest, mountpoint = %mountpoint.display(), "mounted");
     if args.notify_ready {
-        let mut out = std::io::stdout();
-        writeln!(out, "{READY}")?;
-        out.flush()?;
+        notify_ready()?;
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -207,18 +224,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let [mountpoint] = rest else {
         bail!("mount takes REF and MOUNTPOINT");
     };
-    let opened = args.source.open(reference).await?;
-    let resolution = resolve(
-        opened.source.as_ref(),
-        &opened.reference,
-        opened.platform.as_ref(),
-    )
-    .await?;
-    let view = ViewOptions {
-        file_mode: args.file_mode,
-        ..ViewOptions::default()
-    };
-    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
+    let (opened, _, tree) = open_view(&args, reference).await?;
     let reader = Arc::new(opened.cache.clone());
     let options = ocifs_fs_windows::MountOptions::default();
     let mount = ocifs_fs_windows::mount(
@@ -229,9 +235,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
         tokio::runtime::Handle::current(),
     )?;
     if args.notify_ready {
-        let mut out = std::io::stdout();
-        writeln!(out, "{READY}")?;
-        out.flush()?;
+        notify_ready()?;
     }
     tokio::signal::ctrl_c().await?;
     mount.stop()?;

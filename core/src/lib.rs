@@ -20,6 +20,7 @@ pub mod auth;
 pub mod cache;
 pub mod digest;
 pub mod error;
+mod fsutil;
 pub mod manifest;
 pub mod platform;
 pub mod reader;

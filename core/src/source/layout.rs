@@ -3,7 +3,7 @@
 //! already local.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::fsutil::{read_bounded, read_full_at};
 use crate::manifest::{self, Descriptor, Index, MAX_MANIFEST_SIZE};
 
 const STREAM_BUF: usize = 256 * 1024;
@@ -104,43 +105,6 @@ impl LayoutSource {
             media_type,
         })
     }
-}
-
-/// Reads a whole file, refusing more than `limit` bytes (FileTooLarge).
-fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    File::open(path)?.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            "file over the size limit",
-        ));
-    }
-    Ok(buf)
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-}
-
-/// Fills `buf` from `offset`, stopping early only at end of file.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match read_at(file, &mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[async_trait]

@@ -559,34 +559,10 @@ impl Source for RegistrySource {
     }
 
     async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
-        let digest = blob.digest.to_string();
-        let what = format!("blob {digest}");
-        let sized = self
-            .options
-            .retry
-            .run(&format!("opening {what}"), || async {
-                let layer = LayerDescriptor {
-                    digest: &digest,
-                    urls: &None,
-                };
-                self.client
-                    .pull_blob_stream(&self.oci_ref, &layer)
-                    .await
-                    .map_err(|e| self.map_oci(e, &digest))
-            })
-            .await?;
-        let host = self.host.clone();
-        Ok(Box::pin(sized.stream.map_err(move |e| Error::Transfer {
-            registry: host.clone(),
-            what: what.clone(),
-            detail: e.to_string(),
-        })))
+        self.stream_from(blob, 0).await
     }
 
     async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
-        if offset == 0 {
-            return self.stream(blob).await;
-        }
         let digest = blob.digest.to_string();
         let what = format!("blob {digest} from byte {offset}");
         let response = self
