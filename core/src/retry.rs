@@ -47,9 +47,12 @@ impl RetryPolicy {
         // Full jitter in [capped/2, capped]: spreads the retries of many
         // readers that failed together.
         let nanos = capped.as_nanos() as u64;
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ (u64::from(attempt) << 32)
-            ^ std::process::id() as u64;
+        // Wall-clock nanoseconds differ between the processes and tasks that
+        // failed together, which is all the jitter needs.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed = now.as_nanos() as u64 ^ (u64::from(attempt) << 32) ^ std::process::id() as u64;
         let jitter = if nanos == 0 {
             0
         } else {
@@ -161,6 +164,27 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn delays_grow_are_capped_and_jittered() {
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        for attempt in 0..10 {
+            let full =
+                Duration::from_millis(100 * (1 << attempt.min(4))).min(Duration::from_secs(1));
+            let d = p.delay(attempt);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} outside [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+        let distinct: std::collections::HashSet<Duration> = (0..20).map(|_| p.delay(3)).collect();
+        assert!(distinct.len() > 1, "no jitter");
     }
 
     #[tokio::test]
