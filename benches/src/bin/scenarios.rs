@@ -28,12 +28,12 @@ struct Fixture {
 }
 
 /// A file of `size` pseudo-random bytes (incompressible, fast to make).
-fn random_file(size: u64) -> Fixture {
+fn random_file(size: u64, seed: u64) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("big.bin");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
     let mut hasher = Hasher::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut block = vec![0u8; MIB as usize];
     for _ in 0..size / MIB {
         for word in block.chunks_exact_mut(8) {
@@ -295,6 +295,170 @@ fn mount_scenarios(
     }
 }
 
+/// 16 files read at once, each by its own reader: curl vs a mount.
+fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for i in 0..16u64 {
+        let path = work.path().join(format!("f{i:02}.bin"));
+        let f = random_file(mib_each * MIB, i + 1);
+        std::fs::rename(&f.path, &path).expect("move");
+        files.push((path, f.digest));
+    }
+    let push: Vec<PushFile> = files.iter().map(|(p, _)| PushFile::new(p)).collect();
+    oras_push(host, "bench/many:v1", &push, &PushOptions::default());
+    let total = 16 * mib_each * MIB;
+    let scenario = format!("16 parallel readers, 16 x {mib_each} MiB, aggregate");
+    let start = Instant::now();
+    let curls: Vec<_> = files
+        .iter()
+        .map(|(_, d)| {
+            Command::new("curl")
+                .args([
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://{host}/v2/bench/many/blobs/{d}"),
+                ])
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    for mut c in curls {
+        assert!(c.wait().expect("wait").success());
+    }
+    let curl_rate = mbps(total, start.elapsed());
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "16 x curl".into(),
+        value: curl_rate,
+        unit: "MB/s",
+        reference: None,
+    });
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    for (tool, extra) in [
+        ("ocifs mount, strict", &[][..]),
+        ("ocifs mount, lazy", &["--verify", "lazy"][..]),
+    ] {
+        let cache = work.path().join(format!("cache-{}", tool.len()));
+        mount(host, "bench/many:v1", &mnt, &cache, extra);
+        let start = Instant::now();
+        let readers: Vec<_> = files
+            .iter()
+            .map(|(p, _)| {
+                let path = mnt.join(p.file_name().expect("name"));
+                std::thread::spawn(move || read_all(&path))
+            })
+            .collect();
+        for r in readers {
+            r.join().expect("reader");
+        }
+        let rate = mbps(total, start.elapsed());
+        umount(&mnt);
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: tool.into(),
+            value: rate,
+            unit: "MB/s",
+            reference: Some(curl_rate),
+        });
+    }
+}
+
+/// Boots Debian's kernel with a busybox initrd under qemu (TCG), from local
+/// files and from a mount with a cold cache. Needs `target/fixtures/vmlinuz`
+/// (made by scripts/test) and busybox-static.
+fn boot(host: &str, rows: &mut Vec<Row>) {
+    let kernel = workspace_dir().join("target/fixtures/vmlinuz");
+    if !kernel.is_file() || !Path::new("/bin/busybox").is_file() {
+        eprintln!(
+            "   skipped: needs target/fixtures/vmlinuz and busybox-static (run scripts/test once)"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    std::fs::write(
+        root.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox echo BOOTED\n/bin/busybox poweroff -f\n",
+    )
+    .expect("init");
+    let _ = Command::new("chmod")
+        .arg("755")
+        .arg(root.join("init"))
+        .status();
+    let initrd = work.path().join("initrd.img");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+            root.display(),
+            initrd.display()
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "building the initrd failed");
+    let vmlinuz = work.path().join("vmlinuz");
+    std::fs::copy(&kernel, &vmlinuz).expect("kernel");
+    oras_push(
+        host,
+        "bench/boot:v1",
+        &[PushFile::new(&vmlinuz), PushFile::new(&initrd)],
+        &PushOptions::default(),
+    );
+    let qemu = |k: &Path, i: &Path| {
+        let start = Instant::now();
+        let out = Command::new("timeout")
+            .args(["300", "qemu-system-x86_64", "-kernel"])
+            .arg(k)
+            .arg("-initrd")
+            .arg(i)
+            .args([
+                "-nographic",
+                "-append",
+                "console=ttyS0 panic=-1 quiet",
+                "-no-reboot",
+                "-m",
+                "256",
+                "-smp",
+                "1",
+            ])
+            .output()
+            .expect("qemu");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("BOOTED"),
+            "the kernel did not boot"
+        );
+        start.elapsed().as_secs_f64()
+    };
+    let scenario = "boot Debian's kernel + busybox initrd (qemu TCG)";
+    let local = qemu(&vmlinuz, &initrd);
+    rows.push(Row {
+        scenario: scenario.into(),
+        tool: "from local files".into(),
+        value: local,
+        unit: "s",
+        reference: None,
+    });
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let start = Instant::now();
+    mount(host, "bench/boot:v1", &mnt, &work.path().join("cache"), &[]);
+    qemu(&mnt.join("vmlinuz"), &mnt.join("initrd.img"));
+    let from_mount = start.elapsed().as_secs_f64();
+    umount(&mnt);
+    rows.push(Row {
+        scenario: scenario.into(),
+        tool: "ocifs mount + boot, cold cache".into(),
+        value: from_mount,
+        unit: "s",
+        reference: Some(local),
+    });
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let size = if quick { 256 * MIB } else { 1024 * MIB };
@@ -313,7 +477,7 @@ fn main() {
     let registry = Registry::start(RegistryAuth::None);
     let proxy = CountingProxy::start(&registry.host());
     let host = registry.host();
-    let fixture = random_file(size);
+    let fixture = random_file(size, 0);
     oras_push(
         &host,
         "bench/big:v1",
@@ -483,6 +647,12 @@ fn main() {
         skopeo.as_secs_f64(),
         &mut rows,
     );
+
+    eprintln!("== 16 parallel readers");
+    parallel_readers(&host, if quick { 8 } else { 32 }, &mut rows);
+
+    eprintln!("== boot from a mount");
+    boot(&host, &mut rows);
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
