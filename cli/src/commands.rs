@@ -13,6 +13,7 @@ use ocifs_core::Reader as _;
 
 use crate::options::{
     CacheCmdArgs, CacheCommand, CatArgs, InspectArgs, LsArgs, Opened, PrefetchArgs, SourceArgs,
+    ViewArgs,
 };
 
 async fn open_resolved(
@@ -32,10 +33,17 @@ async fn open_resolved(
 
 async fn open_tree(
     args: &SourceArgs,
+    view: &ViewArgs,
     reference: Option<&str>,
 ) -> anyhow::Result<(Opened, Resolution, Tree)> {
     let (opened, resolution) = open_resolved(args, reference).await?;
-    let tree = Tree::from_artifact(&resolution.manifest, &ViewOptions::default())?;
+    let tree = view
+        .tree(
+            &resolution.manifest,
+            ViewOptions::default().file_mode,
+            &opened.cache,
+        )
+        .await?;
     Ok((opened, resolution, tree))
 }
 
@@ -130,9 +138,13 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mode_string(is_dir: bool, mode: u32) -> String {
+fn mode_string(kind: &str, mode: u32) -> String {
     let mut s = String::with_capacity(10);
-    s.push(if is_dir { 'd' } else { '-' });
+    s.push(match kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        _ => '-',
+    });
     for shift in [6, 3, 0] {
         let bits = (mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
@@ -150,7 +162,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         [p] => p.as_str(),
         _ => bail!("ls takes REF and at most one PATH"),
     };
-    let (_, _, tree) = open_tree(&args.source, reference).await?;
+    let (_, _, tree) = open_tree(&args.source, &args.view, reference).await?;
     let ino = tree.resolve_path(path)?;
     let entries: Vec<(ocifs_core::Ino, ocifs_core::view::Entry)> = match tree.node(ino) {
         Some(n) if !n.is_dir() => vec![(ino, tree.entry(ino))],
@@ -190,12 +202,16 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         out.push('\n');
     } else {
         for (i, e) in &entries {
-            let suffix = if e.kind == "dir" { "/" } else { "" };
+            let suffix = match (e.kind, &e.target) {
+                ("dir", _) => "/".to_owned(),
+                (_, Some(target)) if args.long => format!(" -> {target}"),
+                _ => String::new(),
+            };
             if args.long {
                 let mtime = tree.node(*i).map_or(UNIX_EPOCH, |n| n.mtime);
                 out.push_str(&format!(
                     "{} {:>12} {} {}{suffix}\n",
-                    mode_string(e.kind == "dir", e.mode),
+                    mode_string(e.kind, e.mode),
                     e.size,
                     format_time(mtime),
                     e.path
@@ -228,8 +244,8 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let [path] = rest else {
         bail!("cat takes REF and one PATH");
     };
-    let (opened, _, tree) = open_tree(&args.source, reference).await?;
-    let ino = tree.resolve_path(path)?;
+    let (opened, _, tree) = open_tree(&args.source, &args.view, reference).await?;
+    let ino = tree.resolve_follow(path)?;
     let node = tree
         .node(ino)
         .with_context(|| format!("{path}: no such file"))?;
@@ -240,14 +256,15 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
         }
         .into());
     };
-    let Content::Blob(blob) = content;
+    let size = content.size();
     // Strict mode: the cache serves nothing before the blob checked out, so
     // the output is never wrong. Lazy mode: bytes stream as they come, and
-    // the hash here still turns a bad blob into exit status 6.
+    // the hash here still turns a bad blob into exit status 6 (a package
+    // entry is checked by the reader: a zip entry against its CRC-32).
     let mut hasher = Hasher::new();
     let mut stdout = tokio::io::stdout();
     let mut offset = 0;
-    while offset < blob.size {
+    while offset < size {
         let piece = opened.cache.read(content, offset, CAT_PIECE).await?;
         if piece.is_empty() {
             break;
@@ -259,6 +276,18 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     stdout.flush().await?;
     let actual = hasher.finish();
     print_stats(&args.source, &opened);
+    let Content::Blob(blob) = content else {
+        if offset != size {
+            return Err(Error::ShortRead {
+                digest: content.blob().digest.to_string(),
+                offset,
+                expected: size,
+                got: offset,
+            }
+            .into());
+        }
+        return Ok(());
+    };
     if offset != blob.size || actual != blob.digest {
         opened.cache.discard(blob);
         return Err(Error::DigestMismatch {
@@ -274,7 +303,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
 /// `ocifs prefetch`.
 pub async fn prefetch(args: PrefetchArgs) -> anyhow::Result<()> {
     let (reference, paths) = args.source.split(&args.operands);
-    let (opened, _, tree) = open_tree(&args.source, reference).await?;
+    let (opened, _, tree) = open_tree(&args.source, &args.view, reference).await?;
     let roots: Vec<ocifs_core::Ino> = if paths.is_empty() {
         vec![Tree::ROOT]
     } else {
@@ -292,10 +321,10 @@ pub async fn prefetch(args: PrefetchArgs) -> anyhow::Result<()> {
                 .filter_map(|e| tree.resolve_path(&e.path).ok()),
         );
         for ino in inos {
-            if let Some(NodeKind::File(Content::Blob(d))) = tree.node(ino).map(|n| &n.kind)
-                && !blobs.iter().any(|(_, b)| b.digest == d.digest)
+            if let Some(NodeKind::File(content)) = tree.node(ino).map(|n| &n.kind)
+                && !blobs.iter().any(|(_, b)| b.digest == content.blob().digest)
             {
-                blobs.push((tree.path_of(ino), d.clone()));
+                blobs.push((tree.path_of(ino), content.blob().clone()));
             }
         }
     }

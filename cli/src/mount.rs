@@ -10,13 +10,13 @@ use clap::Args;
 use ocifs_core::{Content, Reader as _};
 #[cfg(any(target_os = "linux", windows))]
 use {
-    ocifs_core::{Tree, ViewOptions, resolve},
+    ocifs_core::{Tree, resolve},
     std::io::Write as _,
     std::path::Path,
     std::sync::Arc,
 };
 
-use crate::options::SourceArgs;
+use crate::options::{SourceArgs, ViewArgs};
 
 /// The line a `--daemon` child prints on stdout once its mount is live.
 const READY: &str = "ocifs-mount-ready";
@@ -26,6 +26,9 @@ const READY: &str = "ocifs-mount-ready";
 pub struct MountArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub view: ViewArgs,
 
     /// REF, then the directory to mount on (with --oci-layout: only the directory).
     #[arg(value_name = "REF MOUNTPOINT", num_args = 1..=2, required = true)]
@@ -141,12 +144,11 @@ async fn open_view(
         opened.platform.as_ref(),
     )
     .await?;
-    let view = ViewOptions {
-        file_mode: args.file_mode,
-        ..ViewOptions::default()
-    };
-    let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &view)?);
-    Ok((opened, resolution, tree))
+    let tree = args
+        .view
+        .tree(&resolution.manifest, args.file_mode, &opened.cache)
+        .await?;
+    Ok((opened, resolution, Arc::new(tree)))
 }
 
 /// Tells a waiting `--daemon` parent that the mount is live.
@@ -184,8 +186,10 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     options.fs_name = format!("ocifs:{}", opened.reference);
     options.passthrough = !args.no_passthrough;
     let cache = opened.cache.clone();
+    // Only whole blobs: a package entry's bytes are not a file of their own.
     options.backing_files = Some(Arc::new(move |content: &Content| match content {
         Content::Blob(blob) => cache.backing_file(blob),
+        _ => None,
     }));
     let reader = Arc::new(opened.cache.clone());
     let mount = ocifs_fs_linux::mount(

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use ocifs_core::cache::{self, CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
-    Credentials, Error, LayoutRef, LayoutSource, Platform, Reference, RegistryOptions,
-    RegistrySource, RetryPolicy, Source, Verify,
+    Credentials, Error, Expand, LayoutRef, LayoutSource, Manifest, Platform, Reader, Reference,
+    RegistryOptions, RegistrySource, RetryPolicy, Source, Tree, Verify, ViewOptions,
 };
 
 /// Parses a byte size: `4096`, `512K`, `1M`, `1MiB`, `10G`, `1.5G`.
@@ -38,6 +38,55 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(v as u64)
+}
+
+/// How the artifact is shown: packages as directories, and from where.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// Show each zip, tar, tar.gz/tgz or tar.zst layer as a directory named
+    /// by its title without the extension (ORAS directory layers always
+    /// are): beside the archive file (keep, the default) or instead of it
+    /// (replace).
+    #[arg(
+        long,
+        value_name = "keep|replace",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "keep"
+    )]
+    pub expand: Option<Expand>,
+
+    /// Show only this directory of the view, as its root (e.g. a package's
+    /// bin directory); PATH operands are relative to it.
+    #[arg(long, value_name = "PATH")]
+    pub root: Option<String>,
+}
+
+impl ViewArgs {
+    /// Builds the view of `manifest`, reading packages through `reader`;
+    /// entries and packages that cannot be shown are logged as warnings.
+    pub async fn tree(
+        &self,
+        manifest: &Manifest,
+        file_mode: u32,
+        reader: &dyn Reader,
+    ) -> anyhow::Result<Tree> {
+        let options = ViewOptions {
+            file_mode,
+            expand: self.expand.unwrap_or_default(),
+            ..ViewOptions::default()
+        };
+        let tree = Tree::build(manifest, &options, reader).await?;
+        for problem in tree.problems() {
+            tracing::warn!("{problem}");
+        }
+        match &self.root {
+            Some(root) => Ok(tree
+                .subtree(root)
+                .with_context(|| format!("--root {root}"))?),
+            None => Ok(tree),
+        }
+    }
 }
 
 /// Where the cache is and how it behaves.
@@ -275,6 +324,8 @@ pub struct InspectArgs {
 pub struct LsArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// REF, then the directory or file to list (default: the root).
     #[arg(value_name = "REF [PATH]", num_args = 0..=2)]
     pub operands: Vec<String>,
@@ -294,6 +345,8 @@ pub struct LsArgs {
 pub struct PrefetchArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// REF, then the files or directories to fetch (default: everything).
     #[arg(value_name = "REF [PATH]...")]
     pub operands: Vec<String>,
@@ -341,6 +394,8 @@ pub enum CacheCommand {
 pub struct CatArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// REF, then the file to write to stdout.
     #[arg(value_name = "REF PATH", num_args = 1..=2, required = true)]
     pub operands: Vec<String>,

@@ -208,6 +208,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A package layer (zip, tar), or one entry of it, cannot be read.
+    #[error("package {package}: {}{reason}", entry_prefix(.entry))]
+    Archive {
+        /// The layer's title, or its digest.
+        package: String,
+        /// The entry, when only it is bad.
+        entry: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// No such file or directory in the artifact.
     #[error("{path}: no such file or directory in the artifact")]
     PathNotFound {
@@ -270,6 +281,13 @@ fn nearby_hint(nearby: &[String]) -> String {
     } else {
         format!(" (tags that exist: {})", nearby.join(", "))
     }
+}
+
+fn entry_prefix(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|e| format!("entry {e:?}: "))
+        .unwrap_or_default()
 }
 
 fn list_or_none(items: &[String]) -> String {
@@ -364,7 +382,8 @@ impl Error {
             | Error::Malformed { .. }
             | Error::UnsupportedMediaType { .. }
             | Error::Layout { .. }
-            | Error::InvalidTitle { .. } => INVALID_CONTENT,
+            | Error::InvalidTitle { .. }
+            | Error::Archive { .. } => INVALID_CONTENT,
             Error::Io { .. } => OTHER,
         }
     }

@@ -16,6 +16,7 @@
 //! assert!(p.matches(&"linux/aarch64/v8".parse().unwrap()));
 //! ```
 
+pub mod archive;
 pub mod auth;
 pub mod cache;
 pub mod digest;
@@ -43,4 +44,4 @@ pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{Resolution, resolve};
 pub use retry::RetryPolicy;
 pub use source::{Credentials, LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
-pub use view::{Content, Ino, Tree, ViewOptions};
+pub use view::{Content, Expand, Ino, Tree, ViewOptions};

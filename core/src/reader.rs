@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use serde::Serialize;
 
+use crate::archive::EntryReader;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
@@ -126,6 +127,7 @@ pub struct DirectReader {
     verify: Verify,
     verified: Mutex<HashSet<Digest>>,
     counters: Counters,
+    entries: EntryReader,
 }
 
 impl DirectReader {
@@ -136,6 +138,7 @@ impl DirectReader {
             verify,
             verified: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            entries: EntryReader::default(),
         }
     }
 
@@ -200,6 +203,9 @@ impl Reader for DirectReader {
                     .bytes_fetched
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(bytes)
+            }
+            Content::Zip(_) | Content::Tar(_) => {
+                self.entries.read(self, content, offset, len).await
             }
         }
     }

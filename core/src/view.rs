@@ -5,23 +5,43 @@
 //! file of that name (a `/` in a title makes directories); a layer without a
 //! title is shown as `sha256-<hex>` rather than hidden. Titles that could
 //! escape the root, clash or cannot be names fail the build, naming the layer.
+//!
+//! [`Tree::build`] also shows packages as directories, reading them through
+//! a [`Reader`] ([`crate::archive`]): an ORAS directory layer always, and
+//! with [`Expand`] a zip or tar layer as a directory named by its title
+//! without the extension, holding the package's files (with their modes,
+//! times and symlinks). Entries that cannot be shown are left out and listed
+//! in [`Tree::problems`]; a package that cannot be read at all stays a file,
+//! with a problem saying why. [`Tree::subtree`] re-roots a view at one of
+//! its directories.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::archive::{self, Compression, Format, Item, ItemKind, TarEntry, ZipEntry};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest, annotation};
+use crate::reader::Reader;
 
 /// An inode number. The root is [`Tree::ROOT`].
 pub type Ino = u64;
 
 /// What a file's bytes are.
+// `Blob` is the common case and matched on everywhere, so it stays unboxed;
+// package entries share their (larger) records through an `Arc`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     /// A whole blob.
     Blob(Descriptor),
+    /// An entry of a zip layer: its local header and data are read when
+    /// it is.
+    Zip(Arc<ZipEntry>),
+    /// An entry of a tar layer (plain, gzip or zstd).
+    Tar(Arc<TarEntry>),
 }
 
 impl Content {
@@ -29,6 +49,17 @@ impl Content {
     pub fn size(&self) -> u64 {
         match self {
             Content::Blob(d) => d.size,
+            Content::Zip(e) => e.size,
+            Content::Tar(e) => e.size,
+        }
+    }
+
+    /// The blob the bytes are in (for a package entry, the package's).
+    pub fn blob(&self) -> &Descriptor {
+        match self {
+            Content::Blob(d) => d,
+            Content::Zip(e) => &e.blob,
+            Content::Tar(e) => &e.blob,
         }
     }
 }
@@ -40,6 +71,9 @@ pub enum NodeKind {
     Dir(BTreeMap<String, Ino>),
     /// A regular file.
     File(Content),
+    /// A symbolic link (from a package) to this target, which may point
+    /// anywhere: it is only shown.
+    Symlink(String),
 }
 
 /// One inode.
@@ -58,17 +92,48 @@ pub struct Node {
 }
 
 impl Node {
-    /// Size in bytes (0 for directories).
+    /// Size in bytes (0 for directories; a symlink's is its target's length).
     pub fn size(&self) -> u64 {
         match &self.kind {
             NodeKind::File(c) => c.size(),
             NodeKind::Dir(_) => 0,
+            NodeKind::Symlink(target) => target.len() as u64,
         }
     }
 
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, NodeKind::Dir(_))
+    }
+
+    /// Whether this is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        matches!(self.kind, NodeKind::Symlink(_))
+    }
+}
+
+/// Which zip and tar layers are shown as directories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expand {
+    /// None (ORAS directory layers still are).
+    #[default]
+    Off,
+    /// Each one whose title ends in `.zip`, `.tar`, `.tar.gz`, `.tgz` or
+    /// `.tar.zst`, beside the archive file itself.
+    Keep,
+    /// The same, in place of the archive file.
+    Replace,
+}
+
+impl std::str::FromStr for Expand {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "keep" => Ok(Expand::Keep),
+            "replace" => Ok(Expand::Replace),
+            "off" | "no" => Ok(Expand::Off),
+            other => Err(format!("unknown expand mode {other:?} (keep or replace)")),
+        }
     }
 }
 
@@ -79,6 +144,8 @@ pub struct ViewOptions {
     pub file_mode: u32,
     /// Mode of directories that carry none of their own.
     pub dir_mode: u32,
+    /// Which packages are shown as directories ([`Tree::build`] only).
+    pub expand: Expand,
 }
 
 impl Default for ViewOptions {
@@ -86,6 +153,7 @@ impl Default for ViewOptions {
         ViewOptions {
             file_mode: 0o444,
             dir_mode: 0o555,
+            expand: Expand::Off,
         }
     }
 }
@@ -94,6 +162,7 @@ impl Default for ViewOptions {
 #[derive(Clone, Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
+    problems: Vec<String>,
 }
 
 /// One row of a listing, for `ls --json` and tests.
@@ -102,7 +171,7 @@ pub struct Tree {
 pub struct Entry {
     /// The path from the root, `/`-separated, without a leading `/`.
     pub path: String,
-    /// `file` or `dir`.
+    /// `file`, `dir` or `symlink`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Size in bytes.
@@ -115,6 +184,18 @@ pub struct Entry {
     /// The blob's media type, for files that are whole blobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// How a package layer is shown.
+enum Shape {
+    /// An ORAS directory: its tar holds the directory itself, named as the
+    /// title's last component.
+    Oras,
+    /// An archive shown as a directory, beside its file or not.
+    Archive { keep_file: bool },
 }
 
 impl Tree {
@@ -130,44 +211,266 @@ impl Tree {
                 mode: dir_mode,
                 mtime,
             }],
+            problems: Vec::new(),
         }
     }
 
-    /// Builds the view of an artifact manifest: one file per layer.
+    /// Builds the view of an artifact manifest without reading any blob:
+    /// one file per layer (no package is shown as a directory; see
+    /// [`Tree::build`]).
     pub fn from_artifact(manifest: &Manifest, options: &ViewOptions) -> Result<Self> {
-        let mtime = manifest
-            .annotations
-            .get(annotation::CREATED)
-            .and_then(|s| parse_rfc3339(s))
-            .unwrap_or(UNIX_EPOCH);
+        let mtime = manifest_time(manifest);
         let mut tree = Tree::empty(mtime, options.dir_mode);
         for layer in &manifest.layers {
-            let bad = |reason: &str| Error::InvalidTitle {
-                digest: layer.digest.to_string(),
-                title: layer.title().unwrap_or_default().to_owned(),
-                reason: reason.to_owned(),
+            let components = layer_components(layer)?;
+            tree.add_layer_file(layer, &components, options, mtime)?;
+        }
+        Ok(tree)
+    }
+
+    /// Builds the view of an artifact manifest, reading the packages it
+    /// shows as directories through `reader`: ORAS directory layers always,
+    /// zip and tar layers as `options.expand` says.
+    ///
+    /// An entry that cannot be shown is left out, and a package that cannot
+    /// be read at all is shown as its file; both are listed in
+    /// [`Tree::problems`]. Errors of the reader itself (network, integrity,
+    /// offline) fail the build.
+    pub async fn build(
+        manifest: &Manifest,
+        options: &ViewOptions,
+        reader: &dyn Reader,
+    ) -> Result<Self> {
+        let mtime = manifest_time(manifest);
+        let mut tree = Tree::empty(mtime, options.dir_mode);
+        for layer in &manifest.layers {
+            let components = layer_components(layer)?;
+            let Some((format, dir, shape)) = package_plan(layer, &components, options) else {
+                tree.add_layer_file(layer, &components, options, mtime)?;
+                continue;
             };
-            let components: Vec<String> = match layer.title() {
-                Some(title) => title_components(title).map_err(|r| bad(&r))?,
-                None => vec![format!("sha256-{}", layer.digest.hex())],
-            };
-            let (name, dirs) = components.split_last().ok_or_else(|| bad("empty"))?;
-            let mut parent = Self::ROOT;
-            for dir in dirs {
-                parent = tree
-                    .ensure_dir(parent, dir, mtime, options.dir_mode)
-                    .map_err(|r| bad(&r))?;
+            match archive::index(reader, layer, format).await {
+                Ok(index) => {
+                    if let Shape::Archive { keep_file: true } = shape {
+                        tree.add_layer_file(layer, &components, options, mtime)?;
+                    }
+                    tree.add_package(layer, &dir, &shape, index, options, mtime)?;
+                }
+                Err(e @ Error::Archive { .. }) => {
+                    tracing::debug!(digest = %layer.digest, "{e}");
+                    tree.problems.push(format!("{e}; shown as a file"));
+                    tree.add_layer_file(layer, &components, options, mtime)?;
+                }
+                Err(e) => return Err(e),
             }
-            tree.insert(
+        }
+        Ok(tree)
+    }
+
+    /// What could not be shown, one line each: left-out package entries,
+    /// packages shown as files.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    fn add_layer_file(
+        &mut self,
+        layer: &Descriptor,
+        components: &[String],
+        options: &ViewOptions,
+        mtime: SystemTime,
+    ) -> Result<()> {
+        let bad = |reason: &str| invalid_title(layer, reason);
+        let (name, dirs) = components.split_last().ok_or_else(|| bad("empty"))?;
+        let mut parent = Self::ROOT;
+        for dir in dirs {
+            parent = self
+                .ensure_dir(parent, dir, mtime, options.dir_mode)
+                .map_err(|r| bad(&r))?;
+        }
+        self.insert(
+            parent,
+            name,
+            NodeKind::File(Content::Blob(layer.clone())),
+            options.file_mode,
+            mtime,
+        )
+        .map_err(|r| bad(&r))?;
+        Ok(())
+    }
+
+    /// Adds the directory `dir` of package `layer` with the entries of `index`.
+    fn add_package(
+        &mut self,
+        layer: &Descriptor,
+        dir: &[String],
+        shape: &Shape,
+        index: archive::Index,
+        options: &ViewOptions,
+        mtime: SystemTime,
+    ) -> Result<()> {
+        let bad = |reason: &str| invalid_title(layer, reason);
+        let (name, parents) = dir.split_last().ok_or_else(|| bad("empty"))?;
+        let mut parent = Self::ROOT;
+        for d in parents {
+            parent = self
+                .ensure_dir(parent, d, mtime, options.dir_mode)
+                .map_err(|r| bad(&r))?;
+        }
+        let root = self
+            .insert(
                 parent,
                 name,
-                NodeKind::File(Content::Blob(layer.clone())),
-                options.file_mode,
+                NodeKind::Dir(BTreeMap::new()),
+                options.dir_mode,
                 mtime,
             )
             .map_err(|r| bad(&r))?;
+        let package = archive::package_name(layer);
+        for p in index.problems {
+            self.problems
+                .push(format!("package {package}: {p}; left out"));
         }
-        Ok(tree)
+        for item in index.items {
+            let Item {
+                mut path,
+                kind,
+                mode,
+                mtime: item_mtime,
+            } = item;
+            if let Shape::Oras = shape {
+                // The tar holds the directory itself: `name/…`.
+                if path.first() != Some(name) {
+                    self.problems.push(format!(
+                        "package {package}: entry {:?}: outside the directory {name:?} the layer is titled; left out",
+                        path.join("/")
+                    ));
+                    continue;
+                }
+                path.remove(0);
+            }
+            if let Err(reason) = self.add_item(root, &path, kind, mode, item_mtime, options, mtime)
+            {
+                self.problems.push(format!(
+                    "package {package}: entry {:?}: {reason}; left out",
+                    path.join("/")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_item(
+        &mut self,
+        root: Ino,
+        path: &[String],
+        kind: ItemKind,
+        mode: Option<u32>,
+        item_mtime: Option<SystemTime>,
+        options: &ViewOptions,
+        mtime: SystemTime,
+    ) -> Result<(), String> {
+        let Some((leaf, dirs)) = path.split_last() else {
+            // The package's directory itself.
+            return match kind {
+                ItemKind::Dir => {
+                    self.set_meta(root, mode, item_mtime);
+                    Ok(())
+                }
+                _ => Err("a file where the package's directory is".into()),
+            };
+        };
+        let mut at = root;
+        for d in dirs {
+            at = self.ensure_dir(at, d, mtime, options.dir_mode)?;
+        }
+        let taken =
+            |_| "another entry already has this name, or a parent path is a file".to_owned();
+        match kind {
+            ItemKind::Dir => {
+                let ino = self.ensure_dir(at, leaf, mtime, options.dir_mode)?;
+                self.set_meta(ino, mode, item_mtime);
+            }
+            ItemKind::File(content) => {
+                self.insert(
+                    at,
+                    leaf,
+                    NodeKind::File(content),
+                    mode.unwrap_or(options.file_mode),
+                    item_mtime.unwrap_or(mtime),
+                )
+                .map_err(taken)?;
+            }
+            ItemKind::Symlink(target) => {
+                self.insert(
+                    at,
+                    leaf,
+                    NodeKind::Symlink(target),
+                    0o777,
+                    item_mtime.unwrap_or(mtime),
+                )
+                .map_err(taken)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_meta(&mut self, ino: Ino, mode: Option<u32>, mtime: Option<SystemTime>) {
+        let node = self.node_mut(ino);
+        if let Some(m) = mode {
+            node.mode = m;
+        }
+        if let Some(t) = mtime {
+            node.mtime = t;
+        }
+    }
+
+    /// The view of directory `path` alone, as the root of a tree of its
+    /// own (`ocifs mount --root`). Symlinks on the way are followed.
+    pub fn subtree(&self, path: &str) -> Result<Tree> {
+        let top = self.resolve_follow(path)?;
+        if !self.node(top).is_some_and(Node::is_dir) {
+            return Err(Error::WrongKind {
+                path: path.to_owned(),
+                reason: "not a directory",
+            });
+        }
+        // Number the kept nodes breadth first, the new root first.
+        let mut order = vec![top];
+        let mut renumber: HashMap<Ino, Ino> = HashMap::from([(top, Self::ROOT)]);
+        let mut i = 0;
+        while i < order.len() {
+            let ino = order[i];
+            for (_, child) in self.children(ino) {
+                renumber.insert(child, order.len() as Ino + 1);
+                order.push(child);
+            }
+            i += 1;
+        }
+        let nodes = order
+            .iter()
+            .filter_map(|&old| {
+                let n = self.node(old)?;
+                let mut node = n.clone();
+                if old == top {
+                    node.name = String::new();
+                    node.parent = Self::ROOT;
+                } else {
+                    node.parent = renumber.get(&n.parent).copied().unwrap_or(Self::ROOT);
+                }
+                if let NodeKind::Dir(children) = &mut node.kind {
+                    for ino in children.values_mut() {
+                        *ino = renumber.get(ino).copied().unwrap_or(Self::ROOT);
+                    }
+                }
+                Some(node)
+            })
+            .collect();
+        Ok(Tree {
+            nodes,
+            problems: self.problems.clone(),
+        })
     }
 
     fn insert(
@@ -223,7 +526,7 @@ impl Tree {
     pub fn lookup(&self, parent: Ino, name: &str) -> Option<Ino> {
         match &self.node(parent)?.kind {
             NodeKind::Dir(children) => children.get(name).copied(),
-            NodeKind::File(_) => None,
+            _ => None,
         }
     }
 
@@ -248,25 +551,66 @@ impl Tree {
         self.nodes.len() <= 1
     }
 
-    /// The inode at `path` (`/`-separated, leading `/` optional; `""` and `/` are the root).
+    /// The inode at `path` (`/`-separated, leading `/` optional; `""` and
+    /// `/` are the root). Symlinks on the way are followed; a symlink at the
+    /// end is not (it is the inode returned).
     pub fn resolve_path(&self, path: &str) -> Result<Ino> {
-        let mut ino = Self::ROOT;
-        for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            ino = if c == ".." {
-                self.node(ino).map_or(Self::ROOT, |n| n.parent)
-            } else {
-                match self.node(ino).map(|n| &n.kind) {
-                    Some(NodeKind::File(_)) => {
+        self.resolve_from(Self::ROOT, path, false, &mut 0, path)
+    }
+
+    /// Like [`Tree::resolve_path`], but a symlink at the end is followed too.
+    /// Only relative targets that stay in the view can be.
+    pub fn resolve_follow(&self, path: &str) -> Result<Ino> {
+        self.resolve_from(Self::ROOT, path, true, &mut 0, path)
+    }
+
+    fn resolve_from(
+        &self,
+        start: Ino,
+        path: &str,
+        follow_last: bool,
+        hops: &mut u32,
+        asked: &str,
+    ) -> Result<Ino> {
+        let components: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let mut ino = start;
+        for (i, c) in components.iter().enumerate() {
+            if *c == ".." {
+                ino = self.node(ino).map_or(Self::ROOT, |n| n.parent);
+                continue;
+            }
+            if !self.node(ino).is_some_and(Node::is_dir) {
+                return Err(Error::WrongKind {
+                    path: asked.to_owned(),
+                    reason: "not a directory",
+                });
+            }
+            let child = self.lookup(ino, c).ok_or_else(|| Error::PathNotFound {
+                path: asked.to_owned(),
+            })?;
+            let last = i + 1 == components.len();
+            match self.node(child).map(|n| &n.kind) {
+                Some(NodeKind::Symlink(target)) if !last || follow_last => {
+                    *hops += 1;
+                    if *hops > 40 {
                         return Err(Error::WrongKind {
-                            path: path.to_owned(),
-                            reason: "not a directory",
+                            path: asked.to_owned(),
+                            reason: "too many levels of symbolic links",
                         });
                     }
-                    _ => self.lookup(ino, c).ok_or_else(|| Error::PathNotFound {
-                        path: path.to_owned(),
-                    })?,
+                    if target.starts_with('/') {
+                        return Err(Error::WrongKind {
+                            path: asked.to_owned(),
+                            reason: "a symbolic link to an absolute path, outside the artifact",
+                        });
+                    }
+                    ino = self.resolve_from(ino, target, true, hops, asked)?;
                 }
-            };
+                _ => ino = child,
+            }
         }
         Ok(ino)
     }
@@ -307,15 +651,19 @@ impl Tree {
                 mode: 0,
                 digest: None,
                 media_type: None,
+                target: None,
             };
         };
-        let (kind, digest, media_type) = match &n.kind {
-            NodeKind::Dir(_) => ("dir", None, None),
+        let (kind, digest, media_type, target) = match &n.kind {
+            NodeKind::Dir(_) => ("dir", None, None, None),
             NodeKind::File(Content::Blob(d)) => (
                 "file",
                 Some(d.digest.to_string()),
                 Some(d.media_type.clone()),
+                None,
             ),
+            NodeKind::File(_) => ("file", None, None, None),
+            NodeKind::Symlink(t) => ("symlink", None, None, Some(t.clone())),
         };
         Entry {
             path: self.path_of(ino),
@@ -324,8 +672,63 @@ impl Tree {
             mode: n.mode,
             digest,
             media_type,
+            target,
         }
     }
+}
+
+fn manifest_time(manifest: &Manifest) -> SystemTime {
+    manifest
+        .annotations
+        .get(annotation::CREATED)
+        .and_then(|s| parse_rfc3339(s))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+fn invalid_title(layer: &Descriptor, reason: &str) -> Error {
+    Error::InvalidTitle {
+        digest: layer.digest.to_string(),
+        title: layer.title().unwrap_or_default().to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A layer's path in the view: its title's components, else `sha256-<hex>`.
+fn layer_components(layer: &Descriptor) -> Result<Vec<String>> {
+    match layer.title() {
+        Some(title) => title_components(title).map_err(|r| invalid_title(layer, &r)),
+        None => Ok(vec![format!("sha256-{}", layer.digest.hex())]),
+    }
+}
+
+/// Whether `layer` is shown as a directory, and if so how and where.
+fn package_plan(
+    layer: &Descriptor,
+    components: &[String],
+    options: &ViewOptions,
+) -> Option<(Format, Vec<String>, Shape)> {
+    layer.title()?;
+    if archive::is_oras_directory(layer) {
+        return Some((
+            Format::Tar(Compression::Gzip),
+            components.to_vec(),
+            Shape::Oras,
+        ));
+    }
+    if options.expand == Expand::Off {
+        return None;
+    }
+    let (last, parents) = components.split_last()?;
+    let (format, stem) = Format::of_name(last)?;
+    let mut dir = parents.to_vec();
+    dir.push(stem.to_owned());
+    Some((
+        format,
+        dir,
+        Shape::Archive {
+            keep_file: options.expand == Expand::Keep,
+        },
+    ))
 }
 
 /// Splits a title into path components, refusing anything that is not a
@@ -557,6 +960,192 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    fn zip_package() -> Vec<u8> {
+        use crate::testutil::{RawEntry, RawZip};
+        let mut z = RawZip::default();
+        z.add(&RawEntry::dir("linux-amd64/", 0o750));
+        z.add(&RawEntry::file(
+            "linux-amd64/bridge",
+            b"#!bridge",
+            true,
+            0o755,
+        ));
+        z.add(&RawEntry::symlink("linux-amd64/br", "bridge"));
+        z.add(&RawEntry::symlink(
+            "linux-amd64/up",
+            "../linux-amd64/bridge",
+        ));
+        z.add(&RawEntry::symlink("linux-amd64/abs", "/usr/bin/bridge"));
+        z.add(&RawEntry::file("../evil", b"x", false, 0o644));
+        z.finish(false)
+    }
+
+    fn oras_dir() -> Vec<u8> {
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_gnu();
+        h.set_entry_type(::tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "tree", &[][..]).unwrap();
+        let mut h = ::tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, "tree/sub/a.txt", &b"a\n"[..])
+            .unwrap();
+        let mut h = ::tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, "elsewhere", &b"e"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, &tar).unwrap();
+        e.finish().unwrap()
+    }
+
+    async fn read(reader: &dyn Reader, t: &Tree, path: &str) -> Vec<u8> {
+        let ino = t.resolve_follow(path).unwrap();
+        let NodeKind::File(c) = &t.node(ino).unwrap().kind else {
+            panic!("{path} is not a file");
+        };
+        reader.read(c, 0, c.size()).await.unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn packages_become_directories() {
+        let zip = zip_package();
+        let tgz = oras_dir();
+        let (reader, mut d) = crate::testutil::MemReader::new(&[
+            ("cni-linux-amd64-v1.zip", &zip),
+            ("tree", &tgz),
+            ("notes.txt", b"plain"),
+        ]);
+        d[1].media_type = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+        d[1].annotations
+            .insert(annotation::ORAS_UNPACK.into(), "true".into());
+        let m = manifest(d.clone());
+        let listing = |t: &Tree| -> Vec<(String, &'static str)> {
+            t.walk(Tree::ROOT)
+                .into_iter()
+                .map(|e| (e.path, e.kind))
+                .collect()
+        };
+
+        // Without --expand: the zip is a file, the ORAS directory a directory.
+        let t = Tree::build(&m, &ViewOptions::default(), &reader)
+            .await
+            .unwrap();
+        assert_eq!(
+            listing(&t),
+            [
+                ("cni-linux-amd64-v1.zip".to_owned(), "file"),
+                ("notes.txt".to_owned(), "file"),
+                ("tree".to_owned(), "dir"),
+                ("tree/sub".to_owned(), "dir"),
+                ("tree/sub/a.txt".to_owned(), "file"),
+            ]
+        );
+        assert_eq!(read(&reader, &t, "tree/sub/a.txt").await, b"a\n");
+        assert!(
+            t.problems()
+                .iter()
+                .any(|p| p.contains("\"elsewhere\"") && p.contains("outside")),
+            "{:?}",
+            t.problems()
+        );
+
+        // --expand keeps the archive beside its directory.
+        let keep = ViewOptions {
+            expand: Expand::Keep,
+            ..ViewOptions::default()
+        };
+        let t = Tree::build(&m, &keep, &reader).await.unwrap();
+        let names: Vec<String> = listing(&t).into_iter().map(|(p, _)| p).collect();
+        for want in [
+            "cni-linux-amd64-v1",
+            "cni-linux-amd64-v1.zip",
+            "cni-linux-amd64-v1/linux-amd64/bridge",
+            "cni-linux-amd64-v1/linux-amd64/br",
+        ] {
+            assert!(names.contains(&want.to_owned()), "{want} not in {names:?}");
+        }
+        let dir = t.resolve_path("cni-linux-amd64-v1/linux-amd64").unwrap();
+        assert_eq!(t.node(dir).unwrap().mode, 0o750);
+        let bridge = t
+            .resolve_path("cni-linux-amd64-v1/linux-amd64/bridge")
+            .unwrap();
+        assert_eq!(t.node(bridge).unwrap().mode, 0o755);
+        assert_eq!(
+            read(&reader, &t, "cni-linux-amd64-v1/linux-amd64/br").await,
+            b"#!bridge"
+        );
+        assert_eq!(
+            read(&reader, &t, "cni-linux-amd64-v1/linux-amd64/up").await,
+            b"#!bridge"
+        );
+        let br = t.resolve_path("cni-linux-amd64-v1/linux-amd64/br").unwrap();
+        assert_eq!(t.entry(br).kind, "symlink");
+        assert_eq!(t.entry(br).target.as_deref(), Some("bridge"));
+        assert!(matches!(
+            t.resolve_follow("cni-linux-amd64-v1/linux-amd64/abs"),
+            Err(Error::WrongKind { .. })
+        ));
+        assert!(
+            t.problems()
+                .iter()
+                .any(|p| p.contains("cni-linux-amd64-v1.zip") && p.contains("\"../evil\"")),
+            "{:?}",
+            t.problems()
+        );
+
+        // --expand=replace drops the archive file.
+        let replace = ViewOptions {
+            expand: Expand::Replace,
+            ..ViewOptions::default()
+        };
+        let t = Tree::build(&m, &replace, &reader).await.unwrap();
+        assert!(t.resolve_path("cni-linux-amd64-v1.zip").is_err());
+
+        // --root: the package's directory as the root.
+        let sub = t.subtree("cni-linux-amd64-v1/linux-amd64").unwrap();
+        assert_eq!(
+            listing(&sub),
+            [
+                ("abs".to_owned(), "symlink"),
+                ("br".to_owned(), "symlink"),
+                ("bridge".to_owned(), "file"),
+                ("up".to_owned(), "symlink"),
+            ]
+        );
+        assert_eq!(sub.node(Tree::ROOT).unwrap().mode, 0o750);
+        assert_eq!(read(&reader, &sub, "br").await, b"#!bridge");
+        let ino = sub.resolve_path("bridge").unwrap();
+        assert_eq!(sub.node(ino).unwrap().parent, Tree::ROOT);
+        assert!(matches!(
+            t.subtree("notes.txt"),
+            Err(Error::WrongKind { .. })
+        ));
+        assert!(matches!(t.subtree("nope"), Err(Error::PathNotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_broken_package_stays_a_file() {
+        let (reader, d) =
+            crate::testutil::MemReader::new(&[("junk.tgz", b"not gzip"), ("ok.txt", b"ok")]);
+        let keep = ViewOptions {
+            expand: Expand::Replace,
+            ..ViewOptions::default()
+        };
+        let t = Tree::build(&manifest(d), &keep, &reader).await.unwrap();
+        assert_eq!(t.entry(t.resolve_path("junk.tgz").unwrap()).kind, "file");
+        assert!(
+            t.problems()
+                .iter()
+                .any(|p| p.contains("junk.tgz") && p.contains("shown as a file")),
+            "{:?}",
+            t.problems()
+        );
     }
 
     #[test]

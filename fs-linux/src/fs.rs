@@ -295,11 +295,7 @@ impl OciFs {
     }
 
     fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
-        let kind = if node.is_dir() {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        };
+        let kind = file_type(node);
         let size = node.size();
         FileAttr {
             ino: INodeNo(ino),
@@ -546,8 +542,11 @@ impl Filesystem for OciFs {
         let Some(node) = self.tree().node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let NodeKind::File(content) = &node.kind else {
-            return reply.error(Errno::EISDIR);
+        let content = match &node.kind {
+            NodeKind::File(content) => content,
+            NodeKind::Dir(_) => return reply.error(Errno::EISDIR),
+            // The kernel follows symlinks itself and never opens one.
+            NodeKind::Symlink(_) => return reply.error(Errno::from_i32(libc::ELOOP)),
         };
         Counters::bump(&self.state.counters.opens);
         if self.passthrough.is_none() {
@@ -595,6 +594,7 @@ impl Filesystem for OciFs {
         let file_size = match self.tree().node(ino.0).map(|n| &n.kind) {
             Some(NodeKind::File(c)) => c.size(),
             Some(NodeKind::Dir(_)) => return reply.error(Errno::EISDIR),
+            Some(NodeKind::Symlink(_)) => return reply.error(Errno::EINVAL),
             None => return reply.error(Errno::ENOENT),
         };
         if offset >= file_size {
@@ -632,9 +632,7 @@ impl Filesystem for OciFs {
                     // A short read would reach the reader as zeros.
                     Counters::bump(&state.counters.read_errors);
                     let err = ocifs_core::Error::ShortRead {
-                        digest: match content {
-                            Content::Blob(d) => d.digest.to_string(),
-                        },
+                        digest: content.blob().digest.to_string(),
                         offset,
                         expected: want,
                         got: bytes.len() as u64,
@@ -731,11 +729,7 @@ impl Filesystem for OciFs {
             return reply.error(Errno::ENOTDIR);
         }
         for (i, (name, child)) in entries(tree, ino.0, node).enumerate().skip(offset as usize) {
-            let kind = if tree.node(child).is_some_and(Node::is_dir) {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
+            let kind = tree.node(child).map_or(FileType::RegularFile, file_type);
             if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                 break;
             }
@@ -810,8 +804,12 @@ impl Filesystem for OciFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
-        reply.error(Errno::EINVAL);
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.tree().node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::Symlink(target)) => reply.data(target.as_bytes()),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
     }
 
     // Everything below changes the tree: refused. With the `ro` mount flag
@@ -980,6 +978,15 @@ impl Filesystem for OciFs {
     ) {
         // The destination is on this mount too, so this is a write.
         reply.error(Errno::EROFS);
+    }
+}
+
+/// The file type of a node.
+fn file_type(node: &Node) -> FileType {
+    match node.kind {
+        NodeKind::Dir(_) => FileType::Directory,
+        NodeKind::File(_) => FileType::RegularFile,
+        NodeKind::Symlink(_) => FileType::Symlink,
     }
 }
 

@@ -125,6 +125,11 @@ pub enum HiddenReason {
     },
     /// Windows cannot represent the name.
     InvalidName(&'static str),
+    /// A symbolic link (from a package): not projected.
+    Symlink {
+        /// Where it points.
+        target: String,
+    },
 }
 
 /// An entry of the tree that the projection does not show.
@@ -181,6 +186,9 @@ impl Projection {
                 ),
                 HiddenReason::InvalidName(why) => tracing::warn!(
                     dir = %h.dir, name = %h.name, "hidden on Windows: the name has {why}"
+                ),
+                HiddenReason::Symlink { target } => tracing::warn!(
+                    dir = %h.dir, name = %h.name, %target, "hidden on Windows: symbolic links are not projected"
                 ),
             }
         }
@@ -256,6 +264,16 @@ fn build_listing(tree: &Tree, dir: Ino, hidden: &mut Vec<Hidden>) -> Listing {
             continue;
         }
         let Some(node) = tree.node(ino) else { continue };
+        if let NodeKind::Symlink(target) = &node.kind {
+            hidden.push(Hidden {
+                dir: dir_path(),
+                name: name.to_owned(),
+                reason: HiddenReason::Symlink {
+                    target: target.clone(),
+                },
+            });
+            continue;
+        }
         entries.push(DirEntry {
             name: name.to_owned(),
             wide: names::to_wide_nul(name),

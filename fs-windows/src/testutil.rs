@@ -80,7 +80,7 @@ impl Reader for MemReader {
         if let Some(e) = &self.fail {
             return Err(e.clone());
         }
-        let Content::Blob(d) = content;
+        let d = content.blob();
         let blob = self
             .blobs
             .get(&d.digest)

@@ -41,6 +41,7 @@ pub use memory::MemoryTier;
 pub use offline::CachedSource;
 pub use store::{DiskStore, Partial, StoredBlob};
 
+use crate::archive::EntryReader;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
@@ -128,6 +129,7 @@ struct Inner {
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
+    entries: EntryReader,
 }
 
 /// The chunked read cache; a [`Reader`].
@@ -210,6 +212,7 @@ impl ChunkCache {
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
+                entries: EntryReader::default(),
             }),
         })
     }
@@ -1018,6 +1021,9 @@ impl Reader for ChunkCache {
     async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
         match content {
             Content::Blob(blob) => self.inner.read_blob(blob, offset, len).await,
+            Content::Zip(_) | Content::Tar(_) => {
+                self.inner.entries.read(self, content, offset, len).await
+            }
         }
     }
 

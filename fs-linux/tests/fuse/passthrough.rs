@@ -16,6 +16,7 @@ fn layout_blobs(layout: &Path) -> impl Fn(&Content) -> Option<File> + Send + Syn
     let blobs = layout.join("blobs/sha256");
     move |content: &Content| match content {
         Content::Blob(d) => File::open(blobs.join(d.digest.hex())).ok(),
+        _ => None,
     }
 }
 

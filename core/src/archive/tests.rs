@@ -1,0 +1,515 @@
+//! The package readers on archives made in the tests: zip written byte by
+//! byte (hostile ones too), tar by the `tar` crate's builder.
+
+use std::io::Write as _;
+use std::time::UNIX_EPOCH;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::testutil::{MemReader, RawEntry, RawZip};
+
+/// Incompressible bytes.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+fn bridge() -> Vec<u8> {
+    (0..300_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect()
+}
+
+/// A package like the CNI ones: a directory, an executable (deflated), a
+/// text file (stored), a symlink.
+fn good_zip(zip64: bool) -> Vec<u8> {
+    let mut z = RawZip::default();
+    z.add(&RawEntry::dir("linux-amd64/", 0o755));
+    z.add(&RawEntry::file(
+        "linux-amd64/bridge",
+        &bridge(),
+        true,
+        0o755,
+    ));
+    z.add(&RawEntry::file(
+        "linux-amd64/README",
+        b"plugins\n",
+        false,
+        0o644,
+    ));
+    z.add(&RawEntry::symlink("linux-amd64/br", "bridge"));
+    z.finish(zip64)
+}
+
+fn paths(index: &Index) -> Vec<String> {
+    index.items.iter().map(|i| i.path.join("/")).collect()
+}
+
+fn item<'a>(index: &'a Index, path: &str) -> &'a Item {
+    index
+        .items
+        .iter()
+        .find(|i| i.path.join("/") == path)
+        .unwrap_or_else(|| panic!("no {path} in {:?}", paths(index)))
+}
+
+fn content(item: &Item) -> &Content {
+    match &item.kind {
+        ItemKind::File(c) => c,
+        other => panic!("not a file: {other:?}"),
+    }
+}
+
+async fn read_all(reader: &MemReader, c: &Content) -> Result<Vec<u8>> {
+    reader.read(c, 0, c.size() + 10).await.map(|b| b.to_vec())
+}
+
+#[test]
+fn formats_by_name() {
+    let f = |n| Format::of_name(n);
+    assert_eq!(f("a.zip"), Some((Format::Zip, "a")));
+    assert_eq!(
+        f("cni-v1.6.20.tgz"),
+        Some((Format::Tar(Compression::Gzip), "cni-v1.6.20"))
+    );
+    assert_eq!(
+        f("x/pkg.TAR.GZ"),
+        Some((Format::Tar(Compression::Gzip), "x/pkg"))
+    );
+    assert_eq!(
+        f("pkg.tar.zst"),
+        Some((Format::Tar(Compression::Zstd), "pkg"))
+    );
+    assert_eq!(f("pkg.tar"), Some((Format::Tar(Compression::None), "pkg")));
+    assert_eq!(f(".zip"), None);
+    assert_eq!(f("pkg.gz"), None);
+    assert_eq!(f("vmlinuz"), None);
+}
+
+#[tokio::test]
+async fn zip_entries_with_modes_symlinks_and_bytes() {
+    for zip64 in [false, true] {
+        let zip = good_zip(zip64);
+        let (reader, d) = MemReader::new(&[("cni.zip", &zip)]);
+        let index = index(&reader, &d[0], Format::Zip).await.unwrap();
+        assert!(index.problems.is_empty(), "{:?}", index.problems);
+        assert_eq!(
+            paths(&index),
+            [
+                "linux-amd64",
+                "linux-amd64/bridge",
+                "linux-amd64/README",
+                "linux-amd64/br"
+            ]
+        );
+        assert_eq!(item(&index, "linux-amd64").kind, ItemKind::Dir);
+        assert_eq!(item(&index, "linux-amd64").mode, Some(0o755));
+        let bridge_item = item(&index, "linux-amd64/bridge");
+        assert_eq!(bridge_item.mode, Some(0o755));
+        assert_eq!(item(&index, "linux-amd64/README").mode, Some(0o644));
+        assert_eq!(
+            item(&index, "linux-amd64/br").kind,
+            ItemKind::Symlink("bridge".into())
+        );
+        let c = content(bridge_item);
+        assert_eq!(c.size(), bridge().len() as u64);
+        assert_eq!(read_all(&reader, c).await.unwrap(), bridge());
+        // A range, served from the decoded entry.
+        let part = reader.read(c, 1000, 5000).await.unwrap();
+        assert_eq!(&part[..], &bridge()[1000..6000]);
+        let readme = content(item(&index, "linux-amd64/README"));
+        assert_eq!(read_all(&reader, readme).await.unwrap(), b"plugins\n");
+    }
+}
+
+#[tokio::test]
+async fn lazy_reads_fetch_the_directory_and_the_entry_only() {
+    let mut z = RawZip::default();
+    let big: Vec<u8> = noise(2 << 20, 7);
+    z.add(&RawEntry::file("a", &big, true, 0o644));
+    z.add(&RawEntry::file("b", b"small one", true, 0o644));
+    z.add(&RawEntry::file("c", &big, false, 0o644));
+    let zip = z.finish(false);
+    let (reader, d) = MemReader::new(&[("p.zip", &zip)]);
+    let index = index(&reader, &d[0], Format::Zip).await.unwrap();
+    let directory = reader.read_so_far();
+    assert!(directory < 70_000, "{directory}");
+    let b = content(item(&index, "b"));
+    assert_eq!(read_all(&reader, b).await.unwrap(), b"small one");
+    let total = reader.read_so_far();
+    assert!(
+        total - directory < 1024,
+        "reading a 9-byte entry read {} bytes",
+        total - directory
+    );
+}
+
+fn hostile_zip() -> (Vec<u8>, Vec<(&'static str, &'static str)>) {
+    let mut z = RawZip::default();
+    let good = RawEntry::file("good", b"fine\n", true, 0o644);
+    z.add(&good);
+    z.add(&RawEntry::file("../evil", b"x", false, 0o644));
+    z.add(&RawEntry::file("/abs", b"x", false, 0o644));
+    z.add(&RawEntry::file("a\\..\\b", b"x", false, 0o644));
+    z.add(&RawEntry::file("dup", b"one", false, 0o644));
+    z.add(&RawEntry::file("dup", b"two", false, 0o644));
+    // Two central records for one local header.
+    let shared = RawEntry::file("overlap-1", b"shared bytes", false, 0o644);
+    let at = z.add(&shared);
+    z.central_only(
+        &RawEntry {
+            name: "overlap-2".into(),
+            ..shared
+        },
+        at,
+    );
+    // A bomb by its declared sizes: 1 KiB said to inflate to 100 MiB.
+    let zeros = RawEntry::file("bomb", &vec![0u8; 1 << 20], true, 0o644);
+    z.add(&RawEntry {
+        size: 100 << 20,
+        local_sizes: Some((100 << 20, zeros.data.len() as u64)),
+        ..zeros
+    });
+    z.add(&RawEntry {
+        flags: 1,
+        ..RawEntry::file("secret", b"x", false, 0o644)
+    });
+    z.add(&RawEntry {
+        method: 12,
+        ..RawEntry::file("bzip2", b"x", false, 0o644)
+    });
+    let problems = vec![
+        ("../evil", "escape"),
+        ("/abs", "absolute"),
+        ("a\\..\\b", "backslash"),
+        ("dup", "more than one entry"),
+        ("overlap-1", "overlaps"),
+        ("overlap-2", "overlaps"),
+        ("bomb", "ratio"),
+        ("secret", "encrypted"),
+        ("bzip2", "method 12"),
+    ];
+    (z.finish(false), problems)
+}
+
+#[tokio::test]
+async fn hostile_zip_entries_are_left_out_naming_entry_and_reason() {
+    let (zip, expected) = hostile_zip();
+    let (reader, d) = MemReader::new(&[("evil.zip", &zip)]);
+    let index = index(&reader, &d[0], Format::Zip).await.unwrap();
+    assert_eq!(paths(&index), ["good"]);
+    for (name, why) in expected {
+        assert!(
+            index
+                .problems
+                .iter()
+                .any(|p| p.contains(&format!("{name:?}")) && p.contains(why)),
+            "no problem for {name} ({why}): {:#?}",
+            index.problems
+        );
+    }
+    let good = content(item(&index, "good"));
+    assert_eq!(read_all(&reader, good).await.unwrap(), b"fine\n");
+}
+
+#[tokio::test]
+async fn entries_that_lie_fail_when_read() {
+    let mut z = RawZip::default();
+    // Sizes disagree between the central directory and the local header.
+    z.add(&RawEntry {
+        local_sizes: Some((3, 3)),
+        ..RawEntry::file("mismatch", b"hello", false, 0o644)
+    });
+    // Declares fewer bytes than it inflates to.
+    let more = RawEntry::file("more", &[7u8; 5000], true, 0o644);
+    z.add(&RawEntry {
+        size: 100,
+        local_sizes: Some((100, more.data.len() as u64)),
+        ..more
+    });
+    // A wrong CRC-32 in both headers.
+    z.add(&RawEntry {
+        crc: 1,
+        ..RawEntry::file("crc", b"payload", true, 0o644)
+    });
+    let zip = z.finish(false);
+    let (reader, d) = MemReader::new(&[("liar.zip", &zip)]);
+    let index = index(&reader, &d[0], Format::Zip).await.unwrap();
+    assert!(index.problems.is_empty(), "{:?}", index.problems);
+    let err = |name: &'static str| {
+        let c = content(item(&index, name)).clone();
+        let reader = &reader;
+        async move { read_all(reader, &c).await.unwrap_err() }
+    };
+    let e = err("mismatch").await;
+    assert!(e.to_string().contains("sizes disagree"), "{e}");
+    assert!(e.to_string().contains("\"mismatch\""), "{e}");
+    assert_eq!(e.exit_code(), crate::error::exit_code::INVALID_CONTENT);
+    let e = err("more").await;
+    assert!(e.to_string().contains("more than the 100 bytes"), "{e}");
+    let e = err("crc").await;
+    assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("CRC-32"), "{e}");
+}
+
+#[tokio::test]
+async fn not_a_zip_is_a_package_error() {
+    for bytes in [&b""[..], b"PK\x03\x04 not really", &[0u8; 100_000]] {
+        let (reader, d) = MemReader::new(&[("junk.zip", bytes)]);
+        let e = index(&reader, &d[0], Format::Zip).await.unwrap_err();
+        assert!(matches!(e, Error::Archive { .. }), "{e}");
+        assert!(e.to_string().contains("junk.zip"), "{e}");
+    }
+}
+
+fn tar_of(build: impl FnOnce(&mut ::tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = ::tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().expect("tar")
+}
+
+fn header(kind: ::tar::EntryType, size: u64, mode: u32) -> ::tar::Header {
+    let mut h = ::tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
+fn good_tar() -> Vec<u8> {
+    tar_of(|b| {
+        let mut h = header(::tar::EntryType::Directory, 0, 0o755);
+        b.append_data(&mut h, "./linux-amd64/", &[][..]).unwrap();
+        let data = bridge();
+        let mut h = header(::tar::EntryType::Regular, data.len() as u64, 0o755);
+        b.append_data(&mut h, "./linux-amd64/bridge", &data[..])
+            .unwrap();
+        let long = format!("linux-amd64/{}", "n".repeat(150));
+        let mut h = header(::tar::EntryType::Regular, 4, 0o644);
+        b.append_data(&mut h, &long, &b"long"[..]).unwrap();
+        let mut h = header(::tar::EntryType::Symlink, 0, 0o777);
+        b.append_link(&mut h, "linux-amd64/br", "bridge").unwrap();
+        let mut h = header(::tar::EntryType::Link, 0, 0o755);
+        b.append_link(&mut h, "linux-amd64/hard", "linux-amd64/bridge")
+            .unwrap();
+        b.append_pax_extensions([("path", &b"linux-amd64/pax-name"[..])])
+            .unwrap();
+        let mut h = header(::tar::EntryType::Regular, 3, 0o600);
+        b.append_data(&mut h, "ignored", &b"pax"[..]).unwrap();
+    })
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+#[tokio::test]
+async fn tar_entries_plain_gzip_and_zstd() {
+    let tar = good_tar();
+    for (compression, bytes) in [
+        (Compression::None, tar.clone()),
+        (Compression::Gzip, gzip(&tar)),
+        (Compression::Zstd, zstd(&tar)),
+    ] {
+        let (reader, d) = MemReader::new(&[("cni.tar", &bytes)]);
+        let index = index(&reader, &d[0], Format::Tar(compression))
+            .await
+            .unwrap();
+        assert!(index.problems.is_empty(), "{:?}", index.problems);
+        let long = format!("linux-amd64/{}", "n".repeat(150));
+        assert_eq!(
+            paths(&index),
+            [
+                "linux-amd64",
+                "linux-amd64/bridge",
+                long.as_str(),
+                "linux-amd64/br",
+                "linux-amd64/hard",
+                "linux-amd64/pax-name"
+            ],
+            "{compression:?}"
+        );
+        let b = item(&index, "linux-amd64/bridge");
+        assert_eq!(b.mode, Some(0o755));
+        assert_eq!(
+            b.mtime,
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(read_all(&reader, content(b)).await.unwrap(), bridge());
+        let part = reader.read(content(b), 777, 1234).await.unwrap();
+        assert_eq!(&part[..], &bridge()[777..777 + 1234]);
+        assert_eq!(
+            read_all(&reader, content(item(&index, &long)))
+                .await
+                .unwrap(),
+            b"long"
+        );
+        assert_eq!(
+            item(&index, "linux-amd64/br").kind,
+            ItemKind::Symlink("bridge".into())
+        );
+        assert_eq!(
+            content(item(&index, "linux-amd64/hard")),
+            content(b),
+            "a hard link is the same file"
+        );
+        assert_eq!(
+            read_all(&reader, content(item(&index, "linux-amd64/pax-name")))
+                .await
+                .unwrap(),
+            b"pax"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_tar_entries_are_left_out() {
+    let raw_name = |b: &mut ::tar::Builder<Vec<u8>>, name: &str| {
+        // Set the name field directly: the builder refuses `..` itself.
+        let mut h = header(::tar::EntryType::Regular, 1, 0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+    };
+    let tar = tar_of(|b| {
+        raw_name(b, "../evil");
+        raw_name(b, "/abs");
+        raw_name(b, "a\\..\\b");
+        raw_name(b, "dup");
+        raw_name(b, "dup");
+        raw_name(b, "good");
+        let mut h = header(::tar::EntryType::Char, 0, 0o644);
+        b.append_data(&mut h, "dev", &[][..]).unwrap();
+        let mut h = header(::tar::EntryType::Link, 0, 0o644);
+        b.append_link(&mut h, "dangling", "nowhere").unwrap();
+    });
+    let (reader, d) = MemReader::new(&[("evil.tar", &tar)]);
+    let index = index(&reader, &d[0], Format::Tar(Compression::None))
+        .await
+        .unwrap();
+    assert_eq!(paths(&index), ["good"]);
+    for (name, why) in [
+        ("../evil", "escape"),
+        ("/abs", "absolute"),
+        ("dup", "more than one"),
+        ("dev", "device"),
+        ("dangling", "hard link"),
+    ] {
+        assert!(
+            index
+                .problems
+                .iter()
+                .any(|p| p.contains(&format!("{name:?}")) && p.contains(why)),
+            "no problem for {name}: {:#?}",
+            index.problems
+        );
+    }
+}
+
+#[tokio::test]
+async fn broken_tars_are_package_errors() {
+    let mut bad_sum = good_tar();
+    bad_sum[10] ^= 1;
+    let truncated = good_tar()[..1500].to_vec();
+    // 60 MiB of zeros in a file: a 1000:1 gzip.
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut h = header(::tar::EntryType::Regular, 60 << 20, 0o644);
+        h.set_path("zeros").unwrap();
+        h.set_cksum();
+        e.write_all(h.as_bytes()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..60 {
+            e.write_all(&zeros).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    for (bytes, compression, why) in [
+        (bad_sum, Compression::None, "checksum"),
+        (truncated, Compression::None, "ends inside"),
+        (bomb, Compression::Gzip, "bomb"),
+        (b"not gzip at all".to_vec(), Compression::Gzip, "unreadable"),
+    ] {
+        let (reader, d) = MemReader::new(&[("bad.tgz", &bytes)]);
+        let e = index(&reader, &d[0], Format::Tar(compression))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Archive { .. }), "{e}");
+        assert!(e.to_string().contains(why), "{why}: {e}");
+    }
+}
+
+#[test]
+fn the_index_future_is_send() {
+    fn send<T: Send>(_: &T) {}
+    let (reader, d) = MemReader::new(&[("x.zip", b"")]);
+    send(&index(&reader, &d[0], Format::Zip));
+    send(&EntryReader::default().read(&reader, &Content::Blob(d[0].clone()), 0, 1));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic the index builders (errors are fine).
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let rt = runtime();
+        let (reader, d) = MemReader::new(&[("x", &bytes)]);
+        for format in [
+            Format::Zip,
+            Format::Tar(Compression::None),
+            Format::Tar(Compression::Gzip),
+            Format::Tar(Compression::Zstd),
+        ] {
+            let _ = rt.block_on(index(&reader, &d[0], format));
+        }
+    }
+
+    /// Damaged archives never panic the index builders nor the entry
+    /// readers.
+    #[test]
+    fn damaged_archives_never_panic(
+        which in 0..3usize,
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let rt = runtime();
+        let (mut bytes, format) = match which {
+            0 => (good_zip(false), Format::Zip),
+            1 => (good_zip(true), Format::Zip),
+            _ => (gzip(&good_tar()), Format::Tar(Compression::Gzip)),
+        };
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        let (reader, d) = MemReader::new(&[("x", &bytes)]);
+        if let Ok(index) = rt.block_on(index(&reader, &d[0], format)) {
+            for item in index.items {
+                if let ItemKind::File(c) = item.kind {
+                    let _ = rt.block_on(reader.read(&c, 0, c.size().min(1 << 20)));
+                }
+            }
+        }
+    }
+}
