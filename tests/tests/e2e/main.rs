@@ -14,5 +14,6 @@ mod harness;
 mod integrity;
 mod layouts;
 mod mount;
+mod packages;
 mod platforms;
 mod support;

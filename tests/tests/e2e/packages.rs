@@ -1,0 +1,691 @@
+//! Packages (zip, tar.gz, ORAS directories) shown as directories: Debian's
+//! CNI plugins in a zip (Debian's `zip`) and a tgz (`tar czf`) run from a
+//! mount with `--expand --root`; a lazy read of one zip entry counted at the
+//! registry; an `oras push` of a directory; and a hostile zip written byte by
+//! byte here, independently of ocifs.
+
+use std::os::unix::fs::{PermissionsExt as _, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ocifs_tests::{
+    CountingProxy, Output, PushFile, PushOptions, Registry, RegistryAuth, oras_push, random_bytes,
+    run, run_ocifs, temp_dir,
+};
+use tempfile::TempDir;
+
+const CNI: &[&str] = &["bridge", "host-local", "loopback"];
+const ZIP: &str = "cni-plugins-zip-v1.zip";
+const TGZ: &str = "cni-plugins-linux-amd64-v1.tgz";
+
+/// A live `ocifs mount --daemon`; unmounted (lazily, so it never blocks) on
+/// drop. (As in the mount tests.)
+struct Mounted {
+    dir: PathBuf,
+    tmp: TempDir,
+}
+
+impl Mounted {
+    fn new(reference: &str, extra: &[&str]) -> Self {
+        let tmp = temp_dir();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mount point");
+        let cache = tmp.path().join("cache");
+        let log = tmp.path().join("mount.log");
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            "--daemon".into(),
+            "-v".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+            "--log-file".into(),
+            log.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(reference.to_owned());
+        args.push(dir.display().to_string());
+        run_ocifs(args).success();
+        assert!(is_mounted(&dir), "{} is not mounted", dir.display());
+        Mounted { dir, tmp }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("mount.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = run_ocifs([
+                "umount".into(),
+                "--lazy".into(),
+                self.dir.display().to_string(),
+            ]);
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let dir = dir.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
+}
+
+fn cni_dir() -> &'static Path {
+    let cni = Path::new("/usr/lib/cni");
+    assert!(
+        CNI.iter().all(|n| cni.join(n).is_file()),
+        "containernetworking-plugins is not installed (scripts/test installs it)"
+    );
+    cni
+}
+
+fn sh(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} (scripts/test installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CNI plugins under `linux-amd64/` (with a symlink `br -> bridge`),
+/// packed by Debian's `zip` and by `tar czf`.
+struct Packages {
+    dir: TempDir,
+}
+
+impl Packages {
+    fn new() -> Self {
+        let dir = temp_dir();
+        let bin = dir.path().join("src/linux-amd64");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        for name in CNI {
+            std::fs::copy(cni_dir().join(name), bin.join(name)).expect("copy");
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        symlink("bridge", bin.join("br")).expect("symlink");
+        let src = dir.path().join("src");
+        sh(
+            &src,
+            "zip",
+            &["-q", "-r", "-y", &format!("../{ZIP}"), "linux-amd64"],
+        );
+        sh(&src, "tar", &["czf", &format!("../{TGZ}"), "linux-amd64"]);
+        Packages { dir }
+    }
+
+    fn zip(&self) -> PathBuf {
+        self.dir.path().join(ZIP)
+    }
+
+    fn tgz(&self) -> PathBuf {
+        self.dir.path().join(TGZ)
+    }
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    out.stdout_str().lines().map(str::to_owned).collect()
+}
+
+fn run_cni(path: &Path) {
+    let mut cmd = Command::new(path);
+    cmd.env("CNI_COMMAND", "VERSION");
+    let out = run(cmd);
+    assert!(
+        out.stdout_str().contains("cniVersion"),
+        "{} printed: {} / {}",
+        path.display(),
+        out.stdout_str(),
+        out.stderr
+    );
+}
+
+#[test]
+fn cni_packages_run_from_a_mount_with_expand_and_root() {
+    let registry = Registry::start(RegistryAuth::None);
+    let packages = Packages::new();
+    oras_push(
+        &registry.host(),
+        "aks/packages/cni:v1",
+        &[PushFile::new(packages.zip()), PushFile::new(packages.tgz())],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/aks/packages/cni:v1", registry.host());
+
+    // Without --expand: two files. With it: each archive beside its
+    // directory; with --expand=replace, the directories alone.
+    let out = run_ocifs(["ls", "--plain-http", &reference]);
+    assert_eq!(lines(out.success()), [TGZ, ZIP]);
+    let out = run_ocifs(["ls", "--plain-http", "--expand", &reference]);
+    assert_eq!(
+        lines(out.success()),
+        [
+            "cni-plugins-linux-amd64-v1/",
+            TGZ,
+            "cni-plugins-zip-v1/",
+            ZIP
+        ]
+    );
+    let out = run_ocifs(["ls", "--plain-http", "--expand=replace", &reference]);
+    assert_eq!(
+        lines(out.success()),
+        ["cni-plugins-linux-amd64-v1/", "cni-plugins-zip-v1/"]
+    );
+    let out = run_ocifs([
+        "ls",
+        "-l",
+        "--plain-http",
+        "--expand",
+        "--root",
+        "cni-plugins-zip-v1/linux-amd64",
+        &reference,
+    ]);
+    let listing = out.success().stdout_str();
+    assert!(listing.contains("br -> bridge"), "{listing}");
+    assert!(listing.contains("-rwxr-xr-x"), "{listing}");
+
+    // The tgz's directory mounted as the root: Debian's plugins run.
+    let tgz = Mounted::new(
+        &reference,
+        &[
+            "--plain-http",
+            "--expand",
+            "--root",
+            "cni-plugins-linux-amd64-v1/linux-amd64",
+        ],
+    );
+    let cni = cni_dir();
+    for name in CNI {
+        let meta = std::fs::metadata(tgz.path(name)).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755, "{name}");
+        assert_eq!(
+            meta.len(),
+            std::fs::metadata(cni.join(name)).expect("stat").len()
+        );
+    }
+    for name in ["bridge", "host-local"] {
+        run_cni(&tgz.path(name));
+    }
+    assert_eq!(
+        std::fs::read_link(tgz.path("br")).expect("readlink"),
+        Path::new("bridge")
+    );
+    run_cni(&tgz.path("br"));
+
+    // The zip's directory: every entry byte-identical to its original.
+    let zip = Mounted::new(
+        &reference,
+        &[
+            "--plain-http",
+            "--expand=replace",
+            "--root",
+            "cni-plugins-zip-v1/linux-amd64",
+        ],
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&zip.dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["br", "bridge", "host-local", "loopback"]);
+    for name in CNI {
+        let got = std::fs::read(zip.path(name)).expect("read");
+        assert!(
+            got == std::fs::read(cni.join(name)).expect("read"),
+            "{name} from the zip differs; log:\n{}",
+            zip.log()
+        );
+        let mode = std::fs::metadata(zip.path(name))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_link(zip.path("br")).expect("readlink"),
+        Path::new("bridge")
+    );
+    run_cni(&zip.path("bridge"));
+}
+
+/// The compressed size of entry `name` of a zip, as Python's zipfile reads it.
+fn compressed_size(zip: &Path, name: &str) -> u64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).getinfo(sys.argv[2]).compress_size)",
+        ])
+        .arg(zip)
+        .arg(name)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a size")
+}
+
+#[test]
+fn a_lazy_read_of_one_zip_entry_fetches_the_directory_and_that_entry() {
+    let registry = Registry::start(RegistryAuth::None);
+    let packages = Packages::new();
+    oras_push(
+        &registry.host(),
+        "cni/zip:v1",
+        &[PushFile::new(packages.zip())],
+        &PushOptions::default(),
+    );
+    let proxy = CountingProxy::start(&registry.host());
+    let reference = format!("{}/cni/zip:v1", proxy.host());
+    let zip_size = std::fs::metadata(packages.zip()).expect("stat").len();
+    let entry = "linux-amd64/host-local";
+    let compressed = compressed_size(&packages.zip(), entry);
+    let original = std::fs::read(cni_dir().join("host-local")).expect("read");
+    let cat = |verify: &str| {
+        proxy.reset();
+        let out = run_ocifs([
+            "cat",
+            "--plain-http",
+            "--expand",
+            "--verify",
+            verify,
+            "--chunk-size",
+            "64K",
+            &reference,
+            &format!("cni-plugins-zip-v1/{entry}"),
+        ]);
+        out.success();
+        assert!(out.stdout == original, "{verify}: host-local differs");
+        proxy.blob_bytes()
+    };
+
+    // Lazy: the end records and directory (a 64 KiB chunk or three) and the
+    // entry's chunks, not the other entries.
+    let fetched = cat("lazy");
+    assert!(
+        fetched >= compressed && fetched < compressed + 512 * 1024,
+        "lazy: fetched {fetched} bytes for an entry of {compressed} compressed, in a {zip_size}-byte zip:\n{}",
+        proxy.describe()
+    );
+    assert!(
+        fetched < zip_size * 6 / 10,
+        "lazy: fetched {fetched} of {zip_size}"
+    );
+
+    // Strict: the whole package is checked before its first entry is read.
+    let fetched = cat("strict");
+    assert!(
+        fetched >= zip_size,
+        "strict: fetched only {fetched} of {zip_size}:\n{}",
+        proxy.describe()
+    );
+}
+
+fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+        let meta = std::fs::symlink_metadata(&p).expect("lstat");
+        if meta.is_dir() {
+            out.push(format!("{rel}/"));
+            walk(&p, base, out);
+        } else {
+            out.push(rel);
+        }
+    }
+}
+
+#[test]
+fn an_oras_directory_layer_is_shown_as_that_directory() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let tree = dir.path().join("config-tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).expect("mkdir");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("a.txt"), b"a\n").expect("write");
+    std::fs::write(tree.join("sub/deeper/b.bin"), random_bytes(300_000, 6)).expect("write");
+    std::fs::write(tree.join("bin/tool"), b"#!/bin/sh\necho tool ran\n").expect("write");
+    std::fs::set_permissions(
+        tree.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    symlink("a.txt", tree.join("link")).expect("symlink");
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, b"plain\n").expect("write");
+    oras_push(
+        &registry.host(),
+        "dirs/tree:v1",
+        &[PushFile::new(&tree), PushFile::new(&plain)],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/dirs/tree:v1", registry.host());
+
+    // No --expand needed: an ORAS directory is a directory.
+    let out = run_ocifs(["ls", "-R", "--plain-http", &reference]);
+    let mut want = Vec::new();
+    walk(&tree, dir.path(), &mut want);
+    want.insert(0, "config-tree/".to_owned());
+    want.push("plain.txt".to_owned());
+    assert_eq!(lines(out.success()), want);
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &reference,
+        "config-tree/sub/deeper/b.bin",
+    ]);
+    assert!(out.success().stdout == random_bytes(300_000, 6));
+
+    // Mounted: the same tree, byte for byte, with modes and the symlink.
+    let mnt = Mounted::new(&reference, &["--plain-http"]);
+    let mut got = Vec::new();
+    walk(&mnt.path("config-tree"), &mnt.dir, &mut got);
+    let mut want = Vec::new();
+    walk(&tree, dir.path(), &mut want);
+    assert_eq!(got, want);
+    for rel in ["a.txt", "sub/deeper/b.bin", "bin/tool"] {
+        assert!(
+            std::fs::read(mnt.path("config-tree").join(rel)).expect("read")
+                == std::fs::read(tree.join(rel)).expect("read"),
+            "{rel} differs"
+        );
+    }
+    let mode = std::fs::metadata(mnt.path("config-tree/bin/tool"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let out = run(Command::new(mnt.path("config-tree/bin/tool")));
+    assert_eq!(out.stdout_str(), "tool ran\n");
+    assert_eq!(
+        std::fs::read_link(mnt.path("config-tree/link")).expect("readlink"),
+        Path::new("a.txt")
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("config-tree/link")).expect("read through the link"),
+        b"a\n"
+    );
+}
+
+/// CRC-32 (IEEE), bit by bit: the test's own, not the one ocifs uses.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Raw deflate of `data`, by Python's zlib.
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zlib; c = zlib.compressobj(9, zlib.DEFLATED, -15); \
+             sys.stdout.buffer.write(c.compress(sys.stdin.buffer.read()) + c.flush())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut stdin, &input).expect("writing to python3");
+    });
+    let out = child.wait_with_output().expect("python3");
+    writer.join().expect("writer");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// One entry of [`HostileZip`], every header field as written.
+#[derive(Clone)]
+struct Raw {
+    name: &'static str,
+    data: Vec<u8>,
+    method: u16,
+    flags: u16,
+    crc: u32,
+    size: u32,
+    local_size: u32,
+    mode: u32,
+}
+
+impl Raw {
+    fn stored(name: &'static str, contents: &[u8]) -> Self {
+        Raw {
+            name,
+            data: contents.to_vec(),
+            method: 0,
+            flags: 0,
+            crc: crc32(contents),
+            size: contents.len() as u32,
+            local_size: contents.len() as u32,
+            mode: 0o100644,
+        }
+    }
+
+    fn deflated(name: &'static str, contents: &[u8]) -> Self {
+        Raw {
+            data: deflate(contents),
+            method: 8,
+            ..Raw::stored(name, contents)
+        }
+    }
+}
+
+/// A zip writer of its own, for archives no tool would write.
+#[derive(Default)]
+struct HostileZip {
+    out: Vec<u8>,
+    central: Vec<u8>,
+    count: u16,
+}
+
+impl HostileZip {
+    fn add(&mut self, e: &Raw) -> u32 {
+        let offset = self.out.len() as u32;
+        let o = &mut self.out;
+        o.extend_from_slice(b"PK\x03\x04");
+        o.extend_from_slice(&20u16.to_le_bytes());
+        o.extend_from_slice(&e.flags.to_le_bytes());
+        o.extend_from_slice(&e.method.to_le_bytes());
+        o.extend_from_slice(&[0, 0, 0x21, 0]);
+        o.extend_from_slice(&e.crc.to_le_bytes());
+        let local_csize = if e.method == 0 {
+            e.local_size
+        } else {
+            e.data.len() as u32
+        };
+        o.extend_from_slice(&local_csize.to_le_bytes());
+        o.extend_from_slice(&e.local_size.to_le_bytes());
+        o.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+        o.extend_from_slice(&0u16.to_le_bytes());
+        o.extend_from_slice(e.name.as_bytes());
+        o.extend_from_slice(&e.data);
+        self.central(e, offset);
+        offset
+    }
+
+    fn central(&mut self, e: &Raw, offset: u32) {
+        let c = &mut self.central;
+        c.extend_from_slice(b"PK\x01\x02");
+        c.extend_from_slice(&(3u16 << 8 | 20).to_le_bytes());
+        c.extend_from_slice(&20u16.to_le_bytes());
+        c.extend_from_slice(&e.flags.to_le_bytes());
+        c.extend_from_slice(&e.method.to_le_bytes());
+        c.extend_from_slice(&[0, 0, 0x21, 0]);
+        c.extend_from_slice(&e.crc.to_le_bytes());
+        c.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+        c.extend_from_slice(&e.size.to_le_bytes());
+        c.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+        c.extend_from_slice(&[0; 8]);
+        c.extend_from_slice(&(e.mode << 16).to_le_bytes());
+        c.extend_from_slice(&offset.to_le_bytes());
+        c.extend_from_slice(e.name.as_bytes());
+        self.count += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let (cd_offset, cd_size) = (self.out.len() as u32, self.central.len() as u32);
+        self.out.extend_from_slice(&self.central);
+        let o = &mut self.out;
+        o.extend_from_slice(b"PK\x05\x06");
+        o.extend_from_slice(&[0; 4]);
+        o.extend_from_slice(&self.count.to_le_bytes());
+        o.extend_from_slice(&self.count.to_le_bytes());
+        o.extend_from_slice(&cd_size.to_le_bytes());
+        o.extend_from_slice(&cd_offset.to_le_bytes());
+        o.extend_from_slice(&0u16.to_le_bytes());
+        self.out
+    }
+}
+
+#[test]
+fn a_hostile_zip_lists_its_good_entries_and_names_the_bad_ones() {
+    let tool = random_bytes(200_000, 9);
+    let mut z = HostileZip::default();
+    z.add(&Raw::stored("good.txt", b"fine\n"));
+    z.add(&Raw {
+        mode: 0o100755,
+        ..Raw::deflated("bin/tool", &tool)
+    });
+    z.add(&Raw::stored("../evil", b"x"));
+    z.add(&Raw::stored("/abs", b"x"));
+    z.add(&Raw::stored("a\\..\\b", b"x"));
+    z.add(&Raw::stored("dup", b"one"));
+    z.add(&Raw::stored("dup", b"two"));
+    let shared = Raw::stored("overlap-1", b"shared bytes");
+    let at = z.add(&shared);
+    z.central(
+        &Raw {
+            name: "overlap-2",
+            ..shared
+        },
+        at,
+    );
+    z.add(&Raw {
+        local_size: 3,
+        ..Raw::stored("size-mismatch", b"hello")
+    });
+    z.add(&Raw::deflated("bomb", &vec![0u8; 100 << 20]));
+    z.add(&Raw {
+        flags: 1,
+        ..Raw::stored("secret", b"x")
+    });
+    z.add(&Raw {
+        method: 12,
+        ..Raw::stored("bzip2", b"x")
+    });
+    z.add(&Raw {
+        crc: 0x1234_5678,
+        ..Raw::deflated("crc-bad", b"payload payload payload")
+    });
+    let dir = temp_dir();
+    let path = dir.path().join("evil-pkg.zip");
+    std::fs::write(&path, z.finish()).expect("write");
+    let registry = Registry::start(RegistryAuth::None);
+    oras_push(
+        &registry.host(),
+        "evil:v1",
+        &[PushFile::new(&path)],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/evil:v1", registry.host());
+
+    let out = run_ocifs(["ls", "-R", "--plain-http", "--expand", &reference]);
+    assert_eq!(
+        lines(out.success()),
+        [
+            "evil-pkg/",
+            "evil-pkg/bin/",
+            "evil-pkg/bin/tool",
+            "evil-pkg/crc-bad",
+            "evil-pkg/good.txt",
+            "evil-pkg/size-mismatch",
+            "evil-pkg.zip",
+        ]
+    );
+    for (name, why) in [
+        ("../evil", "escape"),
+        ("/abs", "absolute"),
+        ("a\\\\..\\\\b", "backslash"),
+        ("dup", "more than one entry"),
+        ("overlap-1", "overlaps"),
+        ("overlap-2", "overlaps"),
+        ("bomb", "ratio over 1000:1"),
+        ("secret", "encrypted"),
+        ("bzip2", "compression method 12"),
+    ] {
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("entry \"{name}\"")))
+            .unwrap_or_else(|| panic!("no warning names {name}:\n{out}"));
+        assert!(line.contains(why), "{name}: {line}");
+        assert!(line.contains("evil-pkg.zip"), "{line}");
+    }
+    assert!(!out.stderr.contains("panicked"), "{out}");
+
+    let cat = |path: &str| {
+        run_ocifs([
+            "cat",
+            "--plain-http",
+            "--expand",
+            &reference,
+            &format!("evil-pkg/{path}"),
+        ])
+    };
+    assert_eq!(cat("good.txt").success().stdout, b"fine\n");
+    assert!(cat("bin/tool").success().stdout == tool);
+    cat("size-mismatch")
+        .code_is(7)
+        .stderr_has("\"size-mismatch\"")
+        .stderr_has("sizes disagree");
+    cat("crc-bad").code_is(6).stderr_has("CRC-32");
+    cat("../evil").code_is(3);
+
+    // Mounted: the good entries read, the bad one is EIO, the mount stays up.
+    let mnt = Mounted::new(&reference, &["--plain-http", "--expand"]);
+    assert_eq!(
+        std::fs::read(mnt.path("evil-pkg/good.txt")).expect("read"),
+        b"fine\n"
+    );
+    let err = std::fs::read(mnt.path("evil-pkg/size-mismatch")).expect_err("a lying entry");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    let start = Instant::now();
+    assert!(std::fs::read(mnt.path("evil-pkg/bin/tool")).expect("read") == tool);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(mnt.log().contains("sizes disagree"), "{}", mnt.log());
+}
