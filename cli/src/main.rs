@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Show how a reference resolves: index entries, the chosen manifest, its layers.
     Inspect(InspectArgs),
-    /// List the files of an artifact (reads only its manifest).
+    /// List the files of an artifact (reads only its manifest, and the packages shown as directories).
     Ls(LsArgs),
     /// Write a file of an artifact to stdout.
     Cat(CatArgs),
