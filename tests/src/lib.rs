@@ -8,7 +8,12 @@
 //!   small token server that signs JWTs the registry accepts.
 //! - [`CountingProxy`] sits between a client and a [`Registry`] and records
 //!   every request: what was asked, the status, and how many body bytes went
-//!   back. This is where tests count network traffic.
+//!   back. This is where tests count network traffic, and where they inject
+//!   faults: a [`ProxyHook`] gives each request a [`Disposition`] (an error
+//!   status, a reset or truncation mid-body, a stall, flipped bits, an
+//!   ignored `Range`), [`RandomFaults`] a reproducible random mix of them.
+//! - [`BlobHost`] serves blobs like the storage a registry redirects blob
+//!   downloads to, and records the headers each request carried.
 //! - [`oras_push`] pushes files with oras-py (from the [`PythonEnv`]
 //!   virtualenv), [`skopeo_copy`] copies images and layouts with skopeo, and
 //!   [`OciLayoutBuilder`] writes OCI image layouts (multi-platform indexes,
@@ -33,6 +38,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod blobs;
 mod layout;
 mod proxy;
 mod registry;
@@ -41,8 +47,12 @@ mod token;
 mod tools;
 mod util;
 
+pub use blobs::{BlobHost, HostRequest};
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
-pub use proxy::{CountingProxy, Disposition, ProxyHook, RequestInfo, RequestRecord, ThrottleBlobs};
+pub use proxy::{
+    CountingProxy, Disposition, Fault, HookFn, ProxyHook, RandomFaults, RequestInfo, RequestRecord,
+    ThrottleBlobs,
+};
 pub use registry::{Registry, RegistryAuth};
 pub use token::TokenRequest;
 pub use tools::{

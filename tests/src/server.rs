@@ -5,7 +5,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -36,6 +39,69 @@ pub(crate) fn text_response(status: StatusCode, text: impl Into<String>) -> Resp
     let mut response = Response::new(full(text.into()));
     *response.status_mut() = status;
     response
+}
+
+/// Lets a handler end the connection its request came on with a TCP reset
+/// (RST) instead of an orderly close: found in every request's extensions.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Connection {
+    reset: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// From now on, closing the connection resets it. Set this, then fail
+    /// the response body: hyper drops the connection, and the peer reads
+    /// `ECONNRESET` rather than an end of stream.
+    pub(crate) fn reset_on_close(&self) {
+        self.reset.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A served connection that closes with a reset when [`Connection`] says so.
+struct ConnectionIo {
+    io: TokioIo<tokio::net::TcpStream>,
+    reset: Arc<AtomicBool>,
+}
+
+impl hyper::rt::Read for ConnectionIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ConnectionIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.reset.load(Ordering::SeqCst) {
+            // No FIN: the reset happens when the socket is dropped.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ConnectionIo {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            // SO_LINGER 0: close() sends RST and drops unsent data.
+            let _ = self.io.inner().set_zero_linger();
+        }
+    }
 }
 
 /// Answers the requests of one server.
@@ -120,15 +186,19 @@ async fn serve<H: Handler>(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let handler = Arc::clone(&handler);
+                let connection = Connection::default();
+                let io = ConnectionIo {
+                    io: TokioIo::new(stream),
+                    reset: Arc::clone(&connection.reset),
+                };
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| {
+                    let service = service_fn(move |mut request: Request<Incoming>| {
                         let handler = Arc::clone(&handler);
+                        request.extensions_mut().insert(connection.clone());
                         async move { Ok::<_, Infallible>(handler.handle(request).await) }
                     });
                     // A client that hangs up mid-request is not our failure.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(io, service).await;
                 });
             }
         }
