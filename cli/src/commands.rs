@@ -31,10 +31,13 @@ async fn open_resolved(
     Ok((opened, resolution))
 }
 
+/// Opens, resolves and builds the view; `path` is where the caller will
+/// look (only packages on the way there are read), `None` for everywhere.
 async fn open_tree(
     args: &SourceArgs,
     view: &ViewArgs,
     reference: Option<&str>,
+    path: Option<&str>,
 ) -> anyhow::Result<(Opened, Resolution, Tree)> {
     let (opened, resolution) = open_resolved(args, reference).await?;
     let tree = view
@@ -42,6 +45,7 @@ async fn open_tree(
             &resolution.manifest,
             ViewOptions::default().file_mode,
             &opened.cache,
+            path,
         )
         .await?;
     Ok((opened, resolution, tree))
@@ -162,7 +166,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         [p] => p.as_str(),
         _ => bail!("ls takes REF and at most one PATH"),
     };
-    let (_, _, tree) = open_tree(&args.source, &args.view, reference).await?;
+    let (_, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
     let ino = tree.resolve_path(path)?;
     let entries: Vec<(ocifs_core::Ino, ocifs_core::view::Entry)> = match tree.node(ino) {
         Some(n) if !n.is_dir() => vec![(ino, tree.entry(ino))],
@@ -244,7 +248,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let [path] = rest else {
         bail!("cat takes REF and one PATH");
     };
-    let (opened, _, tree) = open_tree(&args.source, &args.view, reference).await?;
+    let (opened, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
     let ino = tree.resolve_follow(path)?;
     let node = tree
         .node(ino)
@@ -303,7 +307,11 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
 /// `ocifs prefetch`.
 pub async fn prefetch(args: PrefetchArgs) -> anyhow::Result<()> {
     let (reference, paths) = args.source.split(&args.operands);
-    let (opened, _, tree) = open_tree(&args.source, &args.view, reference).await?;
+    let only = match paths {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    let (opened, _, tree) = open_tree(&args.source, &args.view, reference, only).await?;
     let roots: Vec<ocifs_core::Ino> = if paths.is_empty() {
         vec![Tree::ROOT]
     } else {

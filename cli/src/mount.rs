@@ -146,7 +146,7 @@ async fn open_view(
     .await?;
     let tree = args
         .view
-        .tree(&resolution.manifest, args.file_mode, &opened.cache)
+        .tree(&resolution.manifest, args.file_mode, &opened.cache, None)
         .await?;
     Ok((opened, resolution, Arc::new(tree)))
 }

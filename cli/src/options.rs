@@ -65,18 +65,32 @@ pub struct ViewArgs {
 impl ViewArgs {
     /// Builds the view of `manifest`, reading packages through `reader`;
     /// entries and packages that cannot be shown are logged as warnings.
+    ///
+    /// With `--root`, or a `path` the caller will use (relative to the
+    /// root), only the packages on the way there are read; should the way
+    /// pass a symlink or not exist, every package is, so that the view is
+    /// exactly the full one.
     pub async fn tree(
         &self,
         manifest: &Manifest,
         file_mode: u32,
         reader: &dyn Reader,
+        path: Option<&str>,
     ) -> anyhow::Result<Tree> {
         let options = ViewOptions {
             file_mode,
             expand: self.expand.unwrap_or_default(),
             ..ViewOptions::default()
         };
-        let tree = Tree::build(manifest, &options, reader).await?;
+        let toward = [self.root.as_deref(), path]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut tree = Tree::build_toward(manifest, &options, reader, &toward).await?;
+        if crosses_symlink_or_missing(&tree, &toward) {
+            tree = Tree::build(manifest, &options, reader).await?;
+        }
         for problem in tree.problems() {
             tracing::warn!("{problem}");
         }
@@ -87,6 +101,20 @@ impl ViewArgs {
             None => Ok(tree),
         }
     }
+}
+
+/// Whether the way to `path` in `tree` passes a symlink, or ends nowhere.
+fn crosses_symlink_or_missing(tree: &Tree, path: &str) -> bool {
+    let mut prefix = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        prefix.push('/');
+        prefix.push_str(c);
+        match tree.resolve_path(&prefix) {
+            Ok(ino) if tree.node(ino).is_some_and(|n| !n.is_symlink()) => {}
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Where the cache is and how it behaves.

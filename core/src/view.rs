@@ -241,6 +241,32 @@ impl Tree {
         options: &ViewOptions,
         reader: &dyn Reader,
     ) -> Result<Self> {
+        Self::build_toward(manifest, options, reader, "").await
+    }
+
+    /// Like [`Tree::build`], for a view that will be used only at or under
+    /// `path` (`--root`, the file `cat` writes): only the packages on the
+    /// way to `path` or under it are read; the others are shown as empty
+    /// directories. With `""` every package is read.
+    pub async fn build_toward(
+        manifest: &Manifest,
+        options: &ViewOptions,
+        reader: &dyn Reader,
+        path: &str,
+    ) -> Result<Self> {
+        let toward: Option<Vec<&str>> = {
+            let c: Vec<&str> = path
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            // `..` could lead anywhere: read everything.
+            (!c.contains(&"..")).then_some(c)
+        };
+        let wanted = |dir: &[String]| {
+            toward
+                .as_ref()
+                .is_none_or(|t| dir.iter().zip(t.iter()).all(|(a, b)| a == b))
+        };
         let mtime = manifest_time(manifest);
         let mut tree = Tree::empty(mtime, options.dir_mode);
         for layer in &manifest.layers {
@@ -249,6 +275,14 @@ impl Tree {
                 tree.add_layer_file(layer, &components, options, mtime)?;
                 continue;
             };
+            if !wanted(&dir) {
+                if let Shape::Archive { keep_file: true } = shape {
+                    tree.add_layer_file(layer, &components, options, mtime)?;
+                }
+                let index = archive::Index::default();
+                tree.add_package(layer, &dir, &shape, index, options, mtime)?;
+                continue;
+            }
             match archive::index(reader, layer, format).await {
                 Ok(index) => {
                     if let Shape::Archive { keep_file: true } = shape {
@@ -1127,6 +1161,49 @@ mod tests {
             Err(Error::WrongKind { .. })
         ));
         assert!(matches!(t.subtree("nope"), Err(Error::PathNotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn only_the_packages_toward_a_path_are_read() {
+        let zip = zip_package();
+        // A large package, whose reading would show.
+        let big = {
+            use crate::testutil::{RawEntry, RawZip};
+            let mut z = RawZip::default();
+            z.add(&RawEntry::file(
+                "linux-amd64/bridge",
+                &[1; 1 << 20],
+                false,
+                0o755,
+            ));
+            z.finish(false)
+        };
+        let (reader, d) = crate::testutil::MemReader::new(&[
+            ("a.zip", &big),
+            ("b.zip", &zip),
+            ("dir/c.tgz", b"not even gzip"),
+        ]);
+        let m = manifest(d);
+        let keep = ViewOptions {
+            expand: Expand::Keep,
+            ..ViewOptions::default()
+        };
+        let t = Tree::build_toward(&m, &keep, &reader, "b/linux-amd64")
+            .await
+            .unwrap();
+        let read = reader.read_so_far();
+        assert!(read > 0 && read < 100_000, "{read}");
+        assert!(t.resolve_path("b/linux-amd64/bridge").is_ok());
+        assert!(t.resolve_path("a.zip").is_ok());
+        assert_eq!(t.children(t.resolve_path("a").unwrap()).count(), 0);
+        assert!(t.resolve_path("dir/c").is_ok());
+        assert!(t.problems().iter().all(|p| !p.contains("c.tgz")));
+        // Everything, and the broken one said so.
+        let t = Tree::build_toward(&m, &keep, &reader, "a/../dir")
+            .await
+            .unwrap();
+        assert!(t.resolve_path("a/linux-amd64/bridge").is_ok());
+        assert!(t.problems().iter().any(|p| p.contains("c.tgz")));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ocifs_tests::{
     CountingProxy, Output, PushFile, PushOptions, Registry, RegistryAuth, oras_push, random_bytes,
-    run, run_ocifs, temp_dir,
+    run, run_ocifs, sha256_digest, temp_dir,
 };
 use tempfile::TempDir;
 
@@ -197,6 +197,27 @@ fn cni_packages_run_from_a_mount_with_expand_and_root() {
     let listing = out.success().stdout_str();
     assert!(listing.contains("br -> bridge"), "{listing}");
     assert!(listing.contains("-rwxr-xr-x"), "{listing}");
+
+    // Only the package on the way to the file asked for is read: the zip's
+    // bytes never leave the registry.
+    let proxy = CountingProxy::start(&registry.host());
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--expand",
+        &format!("{}/aks/packages/cni:v1", proxy.host()),
+        "cni-plugins-linux-amd64-v1/linux-amd64/loopback",
+    ]);
+    assert!(out.success().stdout == std::fs::read(cni_dir().join("loopback")).expect("read"));
+    let zip_digest = sha256_digest(&std::fs::read(packages.zip()).expect("read"));
+    let tgz_digest = sha256_digest(&std::fs::read(packages.tgz()).expect("read"));
+    let gets = proxy.blob_gets();
+    assert!(
+        gets.iter().any(|r| r.path.ends_with(&tgz_digest))
+            && !gets.iter().any(|r| r.path.ends_with(&zip_digest)),
+        "{}",
+        proxy.describe()
+    );
 
     // The tgz's directory mounted as the root: Debian's plugins run.
     let tgz = Mounted::new(
