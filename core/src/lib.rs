@@ -42,6 +42,6 @@ pub use platform::Platform;
 pub use reader::{DirectReader, Reader, Stats, Verify};
 pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{Resolution, resolve};
-pub use retry::RetryPolicy;
+pub use retry::{Resumption, RetryPolicy};
 pub use source::{Credentials, LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
 pub use view::{Content, Expand, Ino, Tree, ViewOptions};

@@ -97,6 +97,79 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The retries of one transfer that resumes where it broke.
+    pub fn resumption(&self) -> Resumption {
+        Resumption {
+            policy: *self,
+            since: Instant::now(),
+            attempt: 0,
+        }
+    }
+}
+
+/// The retries of one transfer that resumes where it broke (a whole-blob
+/// stream): the policy's attempts count from the last progress and its time
+/// from the last byte, so that a download of any length goes on while it
+/// advances, and ends when it stalls for the policy's time or breaks its
+/// attempts over without advancing.
+#[derive(Debug)]
+pub struct Resumption {
+    policy: RetryPolicy,
+    since: Instant,
+    attempt: u32,
+}
+
+impl Resumption {
+    /// Bytes arrived: the time budget counts afresh (the attempts do not,
+    /// so that a transfer that keeps breaking before it gets anywhere still
+    /// ends).
+    pub fn alive(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// The transfer moved forward (the bytes that came were kept): the
+    /// attempts count afresh. The time still counts from the last
+    /// [`alive`](Self::alive), so that a transfer that stalls fails the
+    /// policy's time after its last byte, however far it got.
+    pub fn progress(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The time left before the transfer is given up without progress.
+    pub fn left(&self) -> Duration {
+        self.policy.total.saturating_sub(self.since.elapsed())
+    }
+
+    /// `op`, cut off with [`Error::Timeout`] when the time left runs out.
+    pub async fn within<T>(&self, what: &str, op: impl Future<Output = T>) -> Result<T> {
+        match tokio::time::timeout(self.left(), op).await {
+            Ok(r) => Ok(r),
+            Err(_) => Err(Error::Timeout {
+                what: what.to_owned(),
+                after: self.since.elapsed(),
+            }),
+        }
+    }
+
+    /// Whether to try again after `error` (transient, attempts and time
+    /// left); if so, waits the backoff first.
+    pub async fn again(&mut self, what: &str, error: &Error) -> bool {
+        if !error.is_transient() || self.attempt + 1 >= self.policy.max_attempts {
+            return false;
+        }
+        let delay = self.policy.delay(self.attempt);
+        if self.since.elapsed() + delay >= self.policy.total {
+            tracing::debug!(what, attempt = self.attempt, error = %error, "retry budget spent");
+            return false;
+        }
+        tracing::debug!(what, attempt = self.attempt, ?delay, error = %error, "transient error, retrying");
+        tokio::time::sleep(delay).await;
+        self.attempt += 1;
+        true
+    }
+}
+
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -185,6 +258,45 @@ mod tests {
         }
         let distinct: std::collections::HashSet<Duration> = (0..20).map(|_| p.delay(3)).collect();
         assert!(distinct.len() > 1, "no jitter");
+    }
+
+    #[tokio::test]
+    async fn a_resumption_counts_attempts_from_progress_and_time_from_the_last_byte() {
+        let policy = RetryPolicy {
+            total: Duration::from_millis(300),
+            ..fast(3)
+        };
+        let mut r = policy.resumption();
+        assert!(r.again("x", &unavailable()).await);
+        assert!(r.again("x", &unavailable()).await);
+        assert!(!r.again("x", &unavailable()).await, "3 attempts in all");
+        r.alive();
+        assert!(
+            !r.again("x", &unavailable()).await,
+            "bytes alone are no progress"
+        );
+        r.progress();
+        assert!(
+            r.again("x", &unavailable()).await,
+            "progress restarts the count"
+        );
+        // Progress without a byte for the whole time is no reprieve.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r.progress();
+        assert!(!r.again("x", &unavailable()).await);
+        r.alive();
+        let permanent = Error::PathNotFound { path: "p".into() };
+        assert!(!r.again("x", &permanent).await);
+        // Time: a stalled attempt is cut off when the budget runs out, and
+        // then nothing is tried again.
+        let start = Instant::now();
+        let stalled = r.within("stall", std::future::pending::<()>()).await;
+        assert!(matches!(stalled, Err(Error::Timeout { .. })), "{stalled:?}");
+        assert!(start.elapsed() < Duration::from_millis(400));
+        assert!(!r.again("x", &stalled.unwrap_err()).await);
+        assert_eq!(r.left(), Duration::ZERO);
+        r.alive();
+        assert!(r.left() > Duration::from_millis(200));
     }
 
     #[tokio::test]

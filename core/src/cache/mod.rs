@@ -30,6 +30,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -120,6 +121,7 @@ struct Inner {
     options: CacheOptions,
     counters: Counters,
     flights: Mutex<HashMap<(Digest, u64), Flight>>,
+    failed: Mutex<HashMap<(Digest, u64), (Instant, Error)>>,
     partials: Mutex<HashMap<Digest, Arc<Partial>>>,
     handles: Mutex<LruCache<Digest, Arc<File>>>,
     pins: Mutex<HashMap<Digest, usize>>,
@@ -173,6 +175,13 @@ impl Drop for Pin {
 /// Whole-blob flights use this key in place of a chunk number.
 const WHOLE: u64 = u64::MAX;
 
+/// How long a fetch that failed for a transient reason, its retries spent,
+/// answers a new read with the same error at once rather than being tried
+/// again. The kernel follows a failed readahead with a synchronous read of
+/// the same page straight away: without this, a read of a stalled registry
+/// would wait out the whole `--timeout` twice.
+const FAILED_FETCH_GRACE: Duration = Duration::from_secs(1);
+
 impl ChunkCache {
     /// A cache over `source`. `store` is the disk tier; it is used only for
     /// remote sources (a local layout is already on disk).
@@ -201,6 +210,7 @@ impl ChunkCache {
                 options,
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
                 partials: Mutex::new(HashMap::new()),
                 handles: Mutex::new(LruCache::new(
                     NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
@@ -292,6 +302,9 @@ impl Inner {
     where
         F: Future<Output = Result<()>> + Send + 'static,
     {
+        if let Some(e) = self.recent_failure(&key) {
+            return Err(e);
+        }
         let (mut rx, leader) = {
             let mut flights = self.flights.lock().map_err(|_| poisoned())?;
             match flights.get(&key) {
@@ -307,6 +320,17 @@ impl Inner {
             let inner = self.clone();
             tokio::spawn(async move {
                 let result = work.await;
+                if let Ok(mut failed) = inner.failed.lock() {
+                    failed.retain(|_, (at, _)| at.elapsed() < FAILED_FETCH_GRACE);
+                    match &result {
+                        Err(e) if e.is_transient() => {
+                            failed.insert(key.clone(), (Instant::now(), e.clone()));
+                        }
+                        _ => {
+                            failed.remove(&key);
+                        }
+                    }
+                }
                 if let Ok(mut flights) = inner.flights.lock() {
                     flights.remove(&key);
                 }
@@ -320,6 +344,13 @@ impl Inner {
                 std::io::Error::other("task aborted"),
             )),
         }
+    }
+
+    /// The error of a fetch of `key` that failed within the grace period.
+    fn recent_failure(&self, key: &(Digest, u64)) -> Option<Error> {
+        let failed = self.failed.lock().ok()?;
+        let (at, e) = failed.get(key)?;
+        (at.elapsed() < FAILED_FETCH_GRACE).then(|| e.clone())
     }
 
     fn partial(&self, store: &DiskStore, blob: &Descriptor) -> Result<Arc<Partial>> {
@@ -434,7 +465,21 @@ impl Inner {
             let offset = a * partial.chunk_size;
             let end = ((b + 1) * partial.chunk_size).min(blob.size);
             Counters::bump(&self.counters.requests);
-            let bytes = self.source.read_range(&blob, offset, end - offset).await?;
+            // Bounded here as well as in the source: a read must end even
+            // if a source never times out on its own.
+            let bytes = self
+                .source
+                .retry_policy()
+                .resumption()
+                .within(
+                    &format!(
+                        "reading {} bytes at {offset} of {}",
+                        end - offset,
+                        blob.digest
+                    ),
+                    self.source.read_range(&blob, offset, end - offset),
+                )
+                .await??;
             self.counters
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -521,8 +566,11 @@ impl Inner {
     /// Fetches the rest of a blob with one streaming request from its first
     /// missing chunk, hashing as the bytes arrive (the present prefix is
     /// hashed from disk first), and promotes it if the digest checks out. A
-    /// broken stream resumes from the new first missing chunk as long as
-    /// each attempt makes progress.
+    /// broken stream resumes from the new first missing chunk, under the
+    /// source's retry policy counted from the last progress: a download of
+    /// any length goes on while it advances, and fails once it went the
+    /// policy's whole time without a byte (a stall), or broke its attempts
+    /// over without a new chunk.
     async fn stream_whole(
         self: &Arc<Self>,
         store: &Arc<DiskStore>,
@@ -532,7 +580,8 @@ impl Inner {
         /// Bytes written per blocking write (whole chunks).
         const BATCH: u64 = 4 << 20;
         let cs = partial.chunk_size;
-        let mut stalled_attempts = 0;
+        let mut retry = self.source.retry_policy().resumption();
+        let what = format!("blob {} from {}", blob.digest, self.source.name());
         loop {
             let p = partial.clone();
             let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -548,17 +597,31 @@ impl Inner {
             self.counters
                 .misses
                 .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
-            let mut stream = self.source.stream_from(blob, start).await?;
+            let opened = retry
+                .within(&what, self.source.stream_from(blob, start))
+                .await
+                .and_then(|r| r);
+            let mut stream = match opened {
+                Ok(stream) => stream,
+                Err(e) if retry.again(&what, &e).await => continue,
+                Err(e) => return Err(e),
+            };
             let mut hasher = Some(hasher);
             let mut writing: Option<tokio::task::JoinHandle<(crate::digest::Hasher, Result<()>)>> =
                 None;
             let mut pos = start;
             let mut pending = BytesMut::new();
             let broke = loop {
-                let next = stream.next().await;
+                // Silence is bounded here too: not every source times out
+                // an idle stream itself.
+                let next = match retry.within(&what, stream.next()).await {
+                    Ok(next) => next,
+                    Err(e) => Some(Err(e)),
+                };
                 let end_of_stream = next.is_none();
                 match next {
                     Some(Ok(bytes)) => {
+                        retry.alive();
                         if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
                             store.drop_partial(&blob.digest);
                             return Err(Error::DigestMismatch {
@@ -620,16 +683,15 @@ impl Inner {
                         .finish_stream(store, blob, hasher.unwrap_or_default())
                         .await;
                 }
-                Some(e) if pos > start => {
-                    // Progress was made: resume from where it broke.
-                    stalled_attempts = 0;
+                Some(e) => {
+                    if pos > start {
+                        retry.progress();
+                    }
+                    if !retry.again(&what, &e).await {
+                        return Err(e);
+                    }
                     tracing::debug!(digest = %blob.digest, at = pos, error = %e, "blob stream broke; resuming");
                 }
-                Some(e) if e.is_transient() && stalled_attempts < 3 => {
-                    stalled_attempts += 1;
-                    tracing::debug!(digest = %blob.digest, error = %e, "blob stream broke before any progress; retrying");
-                }
-                Some(e) => return Err(e),
             }
         }
     }

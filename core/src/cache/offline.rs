@@ -13,6 +13,7 @@ use super::DiskStore;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE};
 use crate::reference::RegistryRef;
+use crate::retry::RetryPolicy;
 use crate::source::{BlobStream, FetchedManifest, Selector, Source};
 
 /// A registry source backed by the cache's records, or the records alone.
@@ -148,6 +149,12 @@ impl Source for CachedSource {
             Some(inner) => inner.stream_from(blob, offset).await,
             None => Err(self.no_network(format!("blob {}", blob.digest))),
         }
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.inner
+            .as_ref()
+            .map_or_else(RetryPolicy::none, |inner| inner.retry_policy())
     }
 
     async fn tags(&self) -> Result<Vec<String>> {

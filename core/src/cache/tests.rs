@@ -501,3 +501,153 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
     );
     assert!(store.has_complete(&d[0].digest));
 }
+
+/// Serves `fake`'s blobs, or while `stalled` stalls every request: the
+/// first stream after sending `prefix` bytes, every later one before any.
+/// Its retry policy gives up after 400 ms.
+#[derive(Debug)]
+struct Stalling {
+    fake: Arc<Fake>,
+    stalled: AtomicBool,
+    prefix: u64,
+    prefix_sent: AtomicBool,
+    streams: std::sync::Mutex<Vec<u64>>,
+    ranges: AtomicU64,
+}
+
+impl Stalling {
+    fn new(fake: Arc<Fake>, prefix: u64) -> Arc<Self> {
+        Arc::new(Stalling {
+            fake,
+            stalled: AtomicBool::new(true),
+            prefix,
+            prefix_sent: AtomicBool::new(false),
+            streams: Default::default(),
+            ranges: AtomicU64::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for Stalling {
+    fn name(&self) -> String {
+        "stalling".into()
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+    async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
+        unimplemented!()
+    }
+    async fn read_range(&self, b: &Descriptor, o: u64, l: u64) -> Result<Bytes> {
+        self.ranges.fetch_add(1, Ordering::SeqCst);
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.fake.read_range(b, o, l).await
+    }
+    async fn stream(&self, b: &Descriptor) -> Result<BlobStream> {
+        self.stream_from(b, 0).await
+    }
+    async fn stream_from(&self, b: &Descriptor, offset: u64) -> Result<BlobStream> {
+        self.streams.lock().unwrap().push(offset);
+        if !self.stalled.load(Ordering::SeqCst) {
+            let all = self.fake.read_range(b, offset, b.size - offset).await?;
+            return Ok(Box::pin(futures_util::stream::iter([Ok(all)])));
+        }
+        if self.prefix_sent.swap(true, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let head = self.fake.read_range(b, offset, self.prefix).await?;
+        Ok(Box::pin(
+            futures_util::stream::iter([Ok(head)]).chain(futures_util::stream::pending()),
+        ))
+    }
+    fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+            total: Duration::from_millis(400),
+        }
+    }
+    async fn tags(&self) -> Result<Vec<String>> {
+        Ok(vec![])
+    }
+}
+
+/// Regression: a whole-blob stream that stalled after some progress was
+/// resumed, and each resumption could stall for the whole timeout again
+/// (with a source that does not time out idle streams itself, forever).
+/// A stalled read now fails the policy's time after the last byte; the
+/// kernel's immediate retry of the failed read is answered at once; and
+/// once the source is back the read succeeds, resuming from what was kept.
+#[tokio::test]
+async fn a_stalled_stream_fails_in_time_and_resumes_once_the_source_is_back() {
+    let blob = data(10 << 20, 21);
+    let (fake, d) = Fake::with(&[&blob]);
+    let src = Stalling::new(fake, 5 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    let content = Content::Blob(d[0].clone());
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 9 << 20, 100))
+        .await
+        .expect("the read of a stalled blob hung");
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    // Its time ran out with the silence: no new stream to stall again.
+    assert_eq!(*src.streams.lock().unwrap(), [0]);
+    // The kernel's synchronous retry of a failed readahead: no second wait.
+    let start = std::time::Instant::now();
+    let again = c.read(&content, 9 << 20, 100).await;
+    assert!(matches!(again, Err(Error::Timeout { .. })), "{again:?}");
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert_eq!(src.streams.lock().unwrap().len(), 1);
+    // Back: the same read succeeds, and fetches only what was missing.
+    src.stalled.store(false, Ordering::SeqCst);
+    tokio::time::sleep(FAILED_FETCH_GRACE).await;
+    let got = c.read(&content, 9 << 20, 100).await.unwrap();
+    assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
+    assert_eq!(*src.streams.lock().unwrap(), [0, 5 << 20]);
+    assert!(store.has_complete(&d[0].digest));
+}
+
+/// Lazy range reads of a stalled source fail in time too, and are tried
+/// again once the grace period is over.
+#[tokio::test]
+async fn a_stalled_range_read_fails_in_time_lazy() {
+    let blob = data(1 << 20, 22);
+    let (fake, d) = Fake::with(&[&blob]);
+    let src = Stalling::new(fake, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    let c = ChunkCache::new(src.clone(), Some(store), options(Verify::Lazy)).unwrap();
+    let content = Content::Blob(d[0].clone());
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 0, 4096))
+        .await
+        .expect("a lazy read of a stalled blob hung");
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    let ranges = src.ranges.load(Ordering::SeqCst);
+    assert!(c.read(&content, 0, 4096).await.is_err());
+    assert_eq!(
+        src.ranges.load(Ordering::SeqCst),
+        ranges,
+        "tried again at once"
+    );
+    src.stalled.store(false, Ordering::SeqCst);
+    tokio::time::sleep(FAILED_FETCH_GRACE).await;
+    let got = c.read(&content, 0, 4096).await.unwrap();
+    assert_eq!(&got[..], &blob[..4096]);
+}

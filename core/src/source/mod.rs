@@ -24,6 +24,7 @@ pub use registry::{Credentials, RegistryOptions, RegistrySource};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::manifest::{Descriptor, Index};
+use crate::retry::RetryPolicy;
 
 /// A stream of blob bytes, in order, unverified.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
@@ -82,6 +83,13 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// streams the whole blob and drops the first `offset` bytes.
     async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
         Ok(skip_bytes(self.stream(blob).await?, offset))
+    }
+
+    /// How the source retries its transient failures: the budget for
+    /// callers that resume its streams themselves (a broken
+    /// [`stream_from`](Self::stream_from) opened again further on).
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
     }
 
     /// The tags the source knows, for error messages and listings. Sources

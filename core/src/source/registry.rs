@@ -593,6 +593,10 @@ impl Source for RegistrySource {
         Ok(skip_bytes(stream, skip))
     }
 
+    fn retry_policy(&self) -> RetryPolicy {
+        self.options.retry
+    }
+
     async fn tags(&self) -> Result<Vec<String>> {
         let response = self
             .options
