@@ -9,6 +9,7 @@ mod auth;
 mod cache;
 mod credentials;
 mod errors;
+mod faults;
 mod files;
 mod harness;
 mod integrity;

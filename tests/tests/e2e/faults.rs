@@ -1,0 +1,536 @@
+//! Faults between ocifs and the registry, injected by the test proxy: error
+//! statuses, resets and truncations mid-body, short bodies, ignored ranges,
+//! stalls and flipped bits. ocifs must serve the right bytes or a clear
+//! error: never a wrong byte, never a hang, never a lost or poisoned cache.
+//!
+//! The figures (reads tried, faults by kind, wrong bytes) are printed to
+//! stderr; `cargo test … faults:: -- --nocapture` shows them.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocifs_tests::{
+    CountingProxy, Disposition, Fault, HookFn, RandomFaults, Registry, RegistryAuth, random_bytes,
+    run_ocifs, temp_dir,
+};
+use tempfile::TempDir;
+
+use crate::support::{FileSpec, push_files};
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const EIO: i32 = 5;
+const ETIMEDOUT: i32 = 110;
+
+/// A live `ocifs mount --daemon` on a cache directory the test chooses;
+/// unmounted (lazily, so it never blocks) on drop.
+struct Mount {
+    dir: PathBuf,
+    log: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Mount {
+    fn new(reference: &str, cache: &Path, extra: &[&str]) -> Self {
+        let tmp = temp_dir();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mount point");
+        let log = tmp.path().join("mount.log");
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            "--daemon".into(),
+            "-vv".into(),
+            "--plain-http".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+            "--log-file".into(),
+            log.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(reference.to_owned());
+        args.push(dir.display().to_string());
+        run_ocifs(args).success();
+        assert!(is_mounted(&dir), "{} is not mounted", dir.display());
+        Mount {
+            dir,
+            log,
+            _tmp: tmp,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        run_ocifs(["stats".into(), self.dir.display().to_string()])
+            .success()
+            .json()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = run_ocifs([
+                "umount".into(),
+                "--lazy".into(),
+                self.dir.display().to_string(),
+            ]);
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let dir = dir.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
+}
+
+/// A registry with `files` pushed as `faults:v1`, and a proxy in front.
+struct Fixture {
+    _registry: Registry,
+    proxy: CountingProxy,
+    dir: TempDir,
+    files: Vec<FileSpec>,
+}
+
+impl Fixture {
+    fn new(files: Vec<FileSpec>) -> Self {
+        let registry = Registry::start(RegistryAuth::None);
+        let dir = temp_dir();
+        push_files(&registry, dir.path(), "faults:v1", &files);
+        let proxy = CountingProxy::start(&registry.host());
+        Fixture {
+            _registry: registry,
+            proxy,
+            dir,
+            files,
+        }
+    }
+
+    fn reference(&self) -> String {
+        format!("{}/faults:v1", self.proxy.host())
+    }
+
+    fn cache(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn mount(&self, cache: &str, extra: &[&str]) -> Mount {
+        Mount::new(&self.reference(), &self.cache(cache), extra)
+    }
+}
+
+fn file(title: &'static str, len: usize, seed: u64) -> FileSpec {
+    FileSpec {
+        title,
+        content: random_bytes(len, seed),
+        media_type: None,
+    }
+}
+
+/// Files of several sizes: below a chunk, a few chunks, many chunks.
+fn assorted_files() -> Vec<FileSpec> {
+    vec![
+        file("tiny.bin", 1000, 11),
+        file("small.bin", 200 * KIB, 12),
+        file("one.bin", 1536 * KIB, 13),
+        file("dir/five.bin", 5 * MIB, 14),
+        file("dir/sub/twelve.bin", 12 * MIB + 321, 15),
+    ]
+}
+
+/// splitmix64, for reproducible read patterns.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What a batch of reads came to.
+#[derive(Debug, Default)]
+struct Tally {
+    reads: u64,
+    bytes: u64,
+    wrong_bytes: u64,
+    short_reads: u64,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.reads += other.reads;
+        self.bytes += other.bytes;
+        self.wrong_bytes += other.wrong_bytes;
+        self.short_reads += other.short_reads;
+        self.errors.extend(other.errors);
+    }
+}
+
+/// `reads` random reads (file, offset, length up to 192 KiB) spread over
+/// `threads` threads, each checked byte by byte against the pushed content.
+fn random_reads(mount: &Mount, files: &[FileSpec], reads: u64, threads: u64, seed: u64) -> Tally {
+    let per_thread = reads / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let paths: Vec<PathBuf> = files.iter().map(|f| mount.path(f.title)).collect();
+            let contents: Vec<Vec<u8>> = files.iter().map(|f| f.content.clone()).collect();
+            let count = if t == threads - 1 {
+                reads - per_thread * (threads - 1)
+            } else {
+                per_thread
+            };
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ (t << 32));
+                let mut tally = Tally::default();
+                for _ in 0..count {
+                    let i = rng.below(paths.len() as u64) as usize;
+                    let data = &contents[i];
+                    let offset = rng.below(data.len() as u64);
+                    let len = 1 + rng.below(192 * KIB as u64);
+                    tally.reads += 1;
+                    let want_end = (offset + len).min(data.len() as u64) as usize;
+                    let want = &data[offset as usize..want_end];
+                    let mut buf = vec![0u8; len as usize];
+                    let result = std::fs::File::open(&paths[i]).and_then(|f| {
+                        let mut got = 0;
+                        while got < buf.len() {
+                            let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        Ok(got)
+                    });
+                    match result {
+                        Ok(got) => {
+                            tally.bytes += got as u64;
+                            if got != want.len() {
+                                tally.short_reads += 1;
+                            }
+                            tally.wrong_bytes += buf[..got.min(want.len())]
+                                .iter()
+                                .zip(want)
+                                .filter(|(a, b)| a != b)
+                                .count() as u64;
+                        }
+                        Err(e) => tally
+                            .errors
+                            .push(format!("{} at {offset}+{len}: {e}", paths[i].display())),
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for h in handles {
+        total.add(h.join().expect("reader thread"));
+    }
+    total
+}
+
+fn report(what: &str, tally: &Tally, faults: &BTreeMap<String, u64>, requests: usize) {
+    let injected: u64 = faults.values().sum();
+    eprintln!(
+        "{what}: {} reads ({} bytes), {requests} blob requests, {injected} faults injected {faults:?}, \
+         {} wrong bytes, {} short reads, {} errors",
+        tally.reads,
+        tally.bytes,
+        tally.wrong_bytes,
+        tally.short_reads,
+        tally.errors.len()
+    );
+}
+
+fn assert_all_right(what: &str, tally: &Tally, mount: &Mount, proxy: &CountingProxy) {
+    assert!(
+        tally.wrong_bytes == 0 && tally.short_reads == 0 && tally.errors.is_empty(),
+        "{what}: {} wrong bytes, {} short reads, errors: {:#?}\nmount log:\n{}\nrequests:\n{}",
+        tally.wrong_bytes,
+        tally.short_reads,
+        &tally.errors[..tally.errors.len().min(10)],
+        mount.log(),
+        proxy.describe()
+    );
+}
+
+#[test]
+fn a_thousand_random_reads_under_transient_faults_are_right_lazy() {
+    let fx = Fixture::new(assorted_files());
+    // Small chunks: more chunks to miss, more requests to fault.
+    let mount = fx.mount(
+        "lazy",
+        &["--verify", "lazy", "--chunk-size", "64K", "--timeout", "30"],
+    );
+    fx.proxy.reset();
+    fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
+        8,
+        0.10,
+        &Fault::TRANSIENT,
+    ))));
+    let tally = random_reads(&mount, &fx.files, 1000, 8, 0x1a2b);
+    fx.proxy.set_hook(None);
+    let faults = fx.proxy.faults();
+    report("lazy", &tally, &faults, fx.proxy.blob_gets().len());
+    assert_all_right("lazy", &tally, &mount, &fx.proxy);
+    assert_eq!(tally.reads, 1000);
+    assert!(
+        faults.values().sum::<u64>() >= 10 && faults.len() >= 5,
+        "too few faults fired to mean anything: {faults:?}"
+    );
+    assert_eq!(mount.stats()["read_errors"].as_u64(), Some(0));
+}
+
+#[test]
+fn a_thousand_random_reads_under_transient_faults_are_right_strict() {
+    let fx = Fixture::new(assorted_files());
+    fx.proxy.reset();
+    fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
+        9,
+        0.10,
+        &Fault::TRANSIENT,
+    ))));
+    // Strict mode fetches each blob once, whole: ten rounds, each a new
+    // mount on a new cache, so that there are fetches to fault.
+    let mut tally = Tally::default();
+    for round in 0..10u64 {
+        let mount = fx.mount(&format!("strict-{round}"), &["--timeout", "30"]);
+        let t = random_reads(&mount, &fx.files, 100, 8, 0x3c4d + round);
+        assert_all_right("strict", &t, &mount, &fx.proxy);
+        tally.add(t);
+        assert_eq!(mount.stats()["read_errors"].as_u64(), Some(0));
+    }
+    fx.proxy.set_hook(None);
+    let faults = fx.proxy.faults();
+    report("strict", &tally, &faults, fx.proxy.blob_gets().len());
+    assert_eq!(tally.reads, 1000);
+    assert!(
+        faults.values().sum::<u64>() >= 3,
+        "too few faults fired to mean anything: {faults:?}"
+    );
+}
+
+/// The errno of a failed read, and how long it took.
+fn timed_read(path: &Path) -> (Result<Vec<u8>, i32>, Duration) {
+    let start = Instant::now();
+    let r = std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(-1));
+    (r, start.elapsed())
+}
+
+#[test]
+fn flipped_bits_never_reach_a_reader_in_strict_mode() {
+    let fx = Fixture::new(assorted_files());
+    let timeout = Duration::from_secs(5);
+    let mount = fx.mount("strict", &["--timeout", "5"]);
+    // Every blob GET flipped: every read fails, at once and with EIO.
+    fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
+        21,
+        1.0,
+        &[Fault::FlipBits],
+    ))));
+    for f in &fx.files {
+        let (r, took) = timed_read(&mount.path(f.title));
+        let r = r.map(|b| b.len());
+        assert_eq!(r, Err(EIO), "{}", f.title);
+        assert!(took < timeout, "{}: the failure took {took:?}", f.title);
+    }
+    let persistent = fx.proxy.faults();
+    // Half of them flipped: a read is right or fails, never wrong; reading
+    // again fetches again, and within a few tries every file is read.
+    fx.proxy.reset();
+    fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
+        22,
+        0.5,
+        &[Fault::FlipBits],
+    ))));
+    let (mut tries, mut failed) = (0, 0);
+    for f in &fx.files {
+        let mut ok = false;
+        for _ in 0..12 {
+            tries += 1;
+            match std::fs::read(mount.path(f.title)) {
+                Ok(bytes) => {
+                    assert!(bytes == f.content, "{}: wrong bytes served", f.title);
+                    ok = true;
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(EIO), "{}: {e}", f.title);
+                    failed += 1;
+                }
+            }
+        }
+        assert!(
+            ok,
+            "{} never read right in 12 tries\n{}",
+            f.title,
+            mount.log()
+        );
+    }
+    let transient = fx.proxy.faults();
+    fx.proxy.set_hook(None);
+    eprintln!(
+        "flip-bits, strict: persistent {persistent:?} (every read EIO); \
+         transient {transient:?}: {tries} reads, {failed} EIO, 0 wrong bytes"
+    );
+    let stats = mount.stats();
+    assert!(
+        stats["verify_failures"].as_u64() >= Some(fx.files.len() as u64),
+        "{stats}"
+    );
+    drop(mount);
+    // Only verified blobs were kept.
+    run_ocifs([
+        "cache".into(),
+        "verify".into(),
+        "--cache-dir".into(),
+        fx.cache("strict").display().to_string(),
+    ])
+    .success();
+}
+
+/// How a stall shows.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// No blob request is ever answered.
+    Total,
+    /// The first blob request sends 1 MiB, then nothing; later ones are
+    /// never answered.
+    MidBody,
+}
+
+/// A registry that stalls: the read waiting on it fails within `--timeout`
+/// while cached files and listings keep answering; once the registry is
+/// back the same read succeeds, without a remount.
+fn stalled_registry(verify: &str, stall: Stall) {
+    let files = vec![
+        file("cached.txt", 100 * KIB, 31),
+        file("dir/waiting.bin", 8 * MIB, 32),
+    ];
+    let fx = Fixture::new(files);
+    let timeout = Duration::from_secs(4);
+    let mount = fx.mount("cache", &["--verify", verify, "--timeout", "4"]);
+    let cached = mount.path("cached.txt");
+    assert!(std::fs::read(&cached).expect("cached.txt") == fx.files[0].content);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = Arc::clone(&armed);
+    fx.proxy.set_hook(Some(Arc::new(HookFn(
+        move |r: &ocifs_tests::RequestInfo| {
+            if !r.is_blob_get() {
+                Disposition::Forward
+            } else if matches!(stall, Stall::MidBody)
+                && !first.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                Disposition::StallMidBody {
+                    after_bytes: MIB as u64,
+                }
+            } else {
+                Disposition::Stall
+            }
+        },
+    ))));
+    let waiting = mount.path("dir/waiting.bin");
+    let reader = {
+        let waiting = waiting.clone();
+        std::thread::spawn(move || timed_read(&waiting))
+    };
+    // Meanwhile the mount answers everything else at once.
+    let mut answered = 0;
+    let mut slowest = Duration::ZERO;
+    while !reader.is_finished() {
+        let start = Instant::now();
+        assert!(std::fs::read(&cached).expect("cached.txt") == fx.files[0].content);
+        let names: Vec<_> = std::fs::read_dir(&mount.dir)
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(
+            std::fs::metadata(&waiting).expect("stat").len(),
+            8 * MIB as u64
+        );
+        std::fs::read_dir(mount.path("dir")).expect("readdir dir");
+        slowest = slowest.max(start.elapsed());
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (result, took) = reader.join().expect("reader");
+    let errno = result.as_ref().err().copied();
+    assert!(
+        matches!(errno, Some(EIO | ETIMEDOUT)),
+        "the read of a stalled blob ended with {:?}\n{}",
+        result.map(|b| b.len()),
+        mount.log()
+    );
+    assert!(
+        took <= timeout + Duration::from_millis(1500),
+        "{verify} {stall:?}: the stalled read failed after {took:?}, --timeout is {timeout:?}\n{}\n{}",
+        fx.proxy.describe(),
+        mount.log()
+    );
+    assert!(
+        slowest < Duration::from_secs(1) && answered >= 10,
+        "{answered} rounds of other requests, the slowest took {slowest:?}"
+    );
+    eprintln!(
+        "stall ({verify}, {stall:?}): the read failed with errno {errno:?} after {took:?} \
+         (--timeout {timeout:?}); {answered} rounds of other requests meanwhile, slowest {slowest:?}"
+    );
+    // The registry is back: the same read, on the same mount (after the
+    // second in which a failed fetch answers again at once, for the
+    // kernel's immediate retry of a failed readahead).
+    fx.proxy.set_hook(None);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (again, took) = timed_read(&waiting);
+    assert!(
+        again.as_ref().is_ok_and(|b| *b == fx.files[1].content),
+        "after the stall: {:?}\n{}",
+        again.map(|b| b.len()),
+        mount.log()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn a_stalled_registry_fails_the_read_in_time_and_the_mount_keeps_answering_strict() {
+    stalled_registry("strict", Stall::Total);
+}
+
+#[test]
+fn a_stalled_registry_fails_the_read_in_time_and_the_mount_keeps_answering_lazy() {
+    stalled_registry("lazy", Stall::Total);
+}
+
+#[test]
+fn a_stall_mid_body_fails_the_read_in_time_strict() {
+    stalled_registry("strict", Stall::MidBody);
+}
+
+#[test]
+fn a_stall_mid_body_fails_the_read_in_time_lazy() {
+    stalled_registry("lazy", Stall::MidBody);
+}
