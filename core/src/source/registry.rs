@@ -1,35 +1,59 @@
-//! A repository in an OCI distribution registry.
+//! A repository in an OCI distribution registry, over its HTTP API.
 //!
-//! Authentication and blob range reads go through `oci-client`. Manifests are
-//! fetched with a direct GET that carries the same credentials, because
-//! oci-client reads a manifest body whole and unbounded: a hostile registry
-//! could answer with gigabytes. Here the body is cut off at
-//! [`MAX_MANIFEST_SIZE`], and the registry's `Content-Type` is kept.
+//! Every request is a direct GET with reqwest: the auth handshake, manifests
+//! (cut off at [`MAX_MANIFEST_SIZE`], so a hostile registry cannot answer
+//! with gigabytes; the registry's `Content-Type` is kept), blob ranges and
+//! streams, and the tag list. A `401` is answered by one new handshake with
+//! the challenge it carried (a token expired, or the resource wants another
+//! scope), then the request is tried again.
 //!
-//! Credentials are only ever sent to the registry host itself: oci-client
-//! drops them for other hosts, and reqwest strips `Authorization` and
-//! `Cookie` when a redirect leaves the origin.
+//! Where credentials go:
+//! - to the registry host itself, as HTTP Basic when it asks for it;
+//! - to the token service a `Bearer` challenge names (its *realm*) only if
+//!   that service is on the registry's own host, or is HTTPS in the
+//!   registry's own domain (`registry-1.docker.io` → `auth.docker.io`,
+//!   `registry.gitlab.com` → `gitlab.com`), or is a host listed in
+//!   `$OCIFS_TRUSTED_REALMS` (comma-separated); never over plain HTTP when
+//!   the registry is reached over HTTPS. Any other realm is asked for an
+//!   anonymous token (the scope only); a realm that is not an `http(s)` URL
+//!   is refused;
+//! - never along a redirect to another host: reqwest drops `Authorization`
+//!   and `Cookie` when a redirect leaves the origin (blob downloads are
+//!   often redirected to a storage service); `Range` is kept.
+//!
+//! Secrets never reach a log line, an error or a `Debug` output: header
+//! values holding them are marked sensitive, and the types holding them
+//! print `<redacted>`.
 
 use std::fmt;
-use std::sync::Once;
+use std::sync::{Once, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol, LayerDescriptor};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use tokio::sync::RwLock;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Response, Url};
 
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags, skip_bytes};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, media_type};
-use crate::reference::RegistryRef;
+use crate::reference::{DOCKER_HUB, RegistryRef};
 use crate::retry::RetryPolicy;
+
+/// Where Docker Hub's registry API answers.
+const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
+
+/// The environment variable listing token-service hosts that may receive
+/// credentials although they are outside the registry's domain.
+pub const TRUSTED_REALMS_ENV: &str = "OCIFS_TRUSTED_REALMS";
+
+/// The largest token-service answer or tag list read.
+const MAX_SMALL_BODY: u64 = 4 << 20;
 
 /// Credentials for one registry. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,8 +108,9 @@ impl Default for RegistryOptions {
     }
 }
 
-/// The `Authorization` value for manifest requests. `Debug` hides it.
-struct AuthHeader(Option<String>);
+/// The `Authorization` value sent to the registry. `Debug` hides it.
+#[derive(Clone, Default)]
+struct AuthHeader(Option<HeaderValue>);
 
 impl fmt::Debug for AuthHeader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,16 +122,160 @@ impl fmt::Debug for AuthHeader {
     }
 }
 
+/// A header value that holds a secret: marked sensitive, so that no
+/// `Debug` of a request or header map shows it.
+fn secret_header(value: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| Error::Credentials {
+        detail: "the credentials hold characters an HTTP header cannot carry".into(),
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// What a `WWW-Authenticate` header asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Challenge {
+    /// A token from the service at `realm`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    /// HTTP Basic credentials, sent to the registry itself.
+    Basic,
+}
+
+/// The first challenge ocifs can answer in a `WWW-Authenticate` value
+/// (`Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`).
+fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let (mut realm, mut service) = (None, None);
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (val, after) = if let Some(quoted) = after.strip_prefix('"') {
+            // A quoted string; `\` escapes the next character.
+            let mut val = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            (val, &quoted[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(val),
+            "service" => service = Some(val),
+            _ => {}
+        }
+        rest = after.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge::Bearer {
+        realm: realm?,
+        service,
+    })
+}
+
+/// Whether the registry's credentials may go to a token service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RealmTrust {
+    /// Yes.
+    Credentials,
+    /// No: the token request goes without them, for the reason given.
+    Withheld(String),
+}
+
+/// The host part of `host[:port]` (IPv6 in brackets), lowercase.
+fn host_only(host_port: &str) -> String {
+    let h = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    };
+    h.to_ascii_lowercase()
+}
+
+/// Whether `realm_host` is in the domain of `registry_host`: the registry
+/// host without its first label (`registry-1.docker.io` → `docker.io`), if
+/// that still has two labels, and the realm is it or under it.
+fn same_domain(registry_host: &str, realm_host: &str) -> bool {
+    if registry_host.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    let Some((_, parent)) = registry_host.split_once('.') else {
+        return false;
+    };
+    parent.contains('.') && (realm_host == parent || realm_host.ends_with(&format!(".{parent}")))
+}
+
+/// The credential rule for token services (see the module docs). `Err` is
+/// a realm that is refused altogether.
+fn realm_trust(
+    registry_scheme: &str,
+    registry_host: &str,
+    realm: &Url,
+    trusted: &[String],
+) -> std::result::Result<RealmTrust, String> {
+    if !matches!(realm.scheme(), "http" | "https") {
+        return Err(format!(
+            "the registry named a token service at a {}: URL; only http and https are used",
+            realm.scheme()
+        ));
+    }
+    let realm_host = realm.host_str().unwrap_or_default().to_ascii_lowercase();
+    let realm_host = realm_host.trim_start_matches('[').trim_end_matches(']');
+    let registry_host = host_only(registry_host);
+    if registry_scheme == "https" && realm.scheme() == "http" {
+        return Ok(RealmTrust::Withheld(format!(
+            "the token service {realm_host} is plain HTTP, the registry HTTPS"
+        )));
+    }
+    if realm_host == registry_host
+        || trusted.iter().any(|t| t.eq_ignore_ascii_case(realm_host))
+        || (realm.scheme() == "https" && same_domain(&registry_host, realm_host))
+    {
+        return Ok(RealmTrust::Credentials);
+    }
+    Ok(RealmTrust::Withheld(format!(
+        "the token service {realm_host} is another host than the registry {registry_host}{}; \
+         list it in ${TRUSTED_REALMS_ENV} if you trust it with these credentials",
+        if realm.scheme() == "https" {
+            ", outside its domain"
+        } else {
+            ", over plain HTTP"
+        }
+    )))
+}
+
 /// A repository in a registry.
 pub struct RegistrySource {
     reference: RegistryRef,
-    oci_ref: oci_client::Reference,
     host: String,
     scheme: &'static str,
-    client: Client,
     http: reqwest::Client,
-    auth: RegistryAuth,
-    auth_header: RwLock<AuthHeader>,
+    auth: RwLock<AuthHeader>,
+    trusted_realms: Vec<String>,
     options: RegistryOptions,
 }
 
@@ -114,6 +283,8 @@ impl fmt::Debug for RegistrySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistrySource")
             .field("reference", &self.reference.to_string())
+            .field("host", &self.host)
+            .field("auth", &self.auth_header())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -142,39 +313,42 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// At most `limit` bytes of a body; `Err` with the size seen once over.
+async fn read_bounded(response: Response, limit: u64) -> std::result::Result<Bytes, BodyError> {
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Transfer)?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+enum BodyError {
+    Transfer(reqwest::Error),
+    TooLarge(u64),
+}
+
+/// The start of a `Content-Range: bytes a-b/n` value.
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes")?.trim_start();
+    range.split('-').next()?.trim().parse().ok()
+}
+
 impl RegistrySource {
     /// Connects to the repository of `reference` and authenticates.
     pub async fn connect(reference: &RegistryRef, options: RegistryOptions) -> Result<Self> {
         install_crypto_provider();
-        let oci_ref = oci_client::Reference::with_tag(
-            reference.registry.clone(),
-            reference.repository.clone(),
-            reference.tag.clone().unwrap_or_else(|| "latest".into()),
-        );
-        let host = oci_ref.resolve_registry().to_owned();
-        let scheme = if options.plain_http { "http" } else { "https" };
-        let (plain_http, insecure) = (options.plain_http, options.insecure);
-        let (read_timeout, connect_timeout) = (options.read_timeout, options.connect_timeout);
-        let client_host = host.clone();
-        let make_client = move || {
-            let config = ClientConfig {
-                protocol: if plain_http {
-                    ClientProtocol::Http
-                } else {
-                    ClientProtocol::Https
-                },
-                accept_invalid_certificates: insecure,
-                read_timeout: Some(read_timeout),
-                connect_timeout: Some(connect_timeout),
-                platform_resolver: None,
-                ..ClientConfig::default()
-            };
-            Client::try_from(config).map_err(|e| Error::Unreachable {
-                registry: client_host.clone(),
-                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
-            })
+        let host = if reference.registry == DOCKER_HUB {
+            DOCKER_HUB_HOST.to_owned()
+        } else {
+            reference.registry.clone()
         };
-        let client = make_client()?;
+        let scheme = if options.plain_http { "http" } else { "https" };
         let http = reqwest::Client::builder()
             .danger_accept_invalid_certs(options.insecure)
             .read_timeout(options.read_timeout)
@@ -185,30 +359,28 @@ impl RegistrySource {
                 registry: host.clone(),
                 detail: format!("cannot set up the HTTP client: {}", chain(&e)),
             })?;
-        let auth = match &options.credentials {
-            None => RegistryAuth::Anonymous,
-            Some(Credentials::Basic { username, password }) => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Some(Credentials::Token(t)) => RegistryAuth::Bearer(t.clone()),
-        };
-        let mut source = RegistrySource {
+        let trusted_realms = std::env::var(TRUSTED_REALMS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let source = RegistrySource {
             reference: reference.clone(),
-            oci_ref,
             host,
             scheme,
-            client,
             http,
-            auth,
-            auth_header: RwLock::new(AuthHeader(None)),
+            auth: RwLock::new(AuthHeader::default()),
+            trusted_realms,
             options,
         };
-        source.authenticate().await?;
-        if source.auth == RegistryAuth::Anonymous && source.auth_header.read().await.0.is_none() {
-            // An open registry: a client with no credentials stored skips the
-            // `GET /v2/` probe oci-client otherwise makes before every request.
-            source.client = make_client()?;
-        }
+        source
+            .options
+            .retry
+            .run(&format!("authenticating to {}", source.host), || {
+                source.authenticate(None)
+            })
+            .await?;
         Ok(source)
     }
 
@@ -217,43 +389,218 @@ impl RegistrySource {
         &self.reference
     }
 
-    /// Runs the registry's auth handshake and remembers the header to send.
-    async fn authenticate(&self) -> Result<()> {
-        let token = self
-            .options
-            .retry
-            .run(&format!("authenticating to {}", self.host), || async {
-                self.client
-                    .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
+    fn auth_header(&self) -> AuthHeader {
+        self.auth.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn set_auth(&self, value: Option<HeaderValue>) {
+        if let Ok(mut a) = self.auth.write() {
+            *a = AuthHeader(value);
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{path}",
+            self.scheme, self.host, self.reference.repository
+        )
+    }
+
+    /// The handshake: answers `challenge` (from a `401`), or the one `GET
+    /// /v2/` brings, and remembers the `Authorization` value to send.
+    async fn authenticate(&self, challenge: Option<HeaderValue>) -> Result<()> {
+        if let Some(Credentials::Token(t)) = &self.options.credentials {
+            self.set_auth(Some(secret_header(&format!("Bearer {t}"))?));
+            return Ok(());
+        }
+        let challenge = match challenge {
+            Some(c) => c,
+            None => {
+                let what = format!("the API root of {}", self.host);
+                let response = self
+                    .http
+                    .get(format!("{}://{}/v2/", self.scheme, self.host))
+                    .send()
                     .await
-                    .map_err(|e| self.map_oci(e, "the auth handshake"))
-            })
-            .await?;
-        let header = match (token, &self.auth) {
-            (Some(token), _) => Some(format!("Bearer {token}")),
-            (None, RegistryAuth::Basic(u, p)) => {
-                use base64::Engine as _;
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-                ))
+                    .map_err(|e| self.map_reqwest(&e, &what))?;
+                let status = response.status().as_u16();
+                if (200..300).contains(&status) {
+                    // Open: no header until a 401 says otherwise.
+                    self.set_auth(None);
+                    return Ok(());
+                }
+                if status != 401 {
+                    return Err(self.status_error(status, &what, response).await);
+                }
+                match response.headers().get(WWW_AUTHENTICATE) {
+                    Some(c) => c.clone(),
+                    None => {
+                        return Err(self.auth_error("it answered 401 with no challenge".into()));
+                    }
+                }
             }
-            (None, RegistryAuth::Bearer(t)) => Some(format!("Bearer {t}")),
-            (None, RegistryAuth::Anonymous) => None,
         };
-        *self.auth_header.write().await = AuthHeader(header);
+        let text = challenge.to_str().unwrap_or_default();
+        match parse_challenge(text) {
+            Some(Challenge::Bearer { realm, service }) => {
+                let token = self.token(&realm, service.as_deref()).await?;
+                self.set_auth(Some(secret_header(&format!("Bearer {token}"))?));
+            }
+            Some(Challenge::Basic) => match &self.options.credentials {
+                Some(Credentials::Basic { username, password }) => {
+                    use base64::Engine as _;
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    self.set_auth(Some(secret_header(&format!("Basic {encoded}"))?));
+                }
+                _ => self.set_auth(None),
+            },
+            None => {
+                let scheme = text.split_whitespace().next().unwrap_or_default();
+                return Err(self.auth_error(format!(
+                    "it asks for {scheme:?} authentication, which ocifs does not speak"
+                )));
+            }
+        }
         Ok(())
     }
 
+    /// A pull token for the repository from the token service at `realm`.
+    async fn token(&self, realm: &str, service: Option<&str>) -> Result<String> {
+        let mut url = Url::parse(realm).map_err(|e| {
+            self.auth_error(format!(
+                "it named a token service that is not a URL ({realm:?}: {e})"
+            ))
+        })?;
+        let trust = realm_trust(self.scheme, &self.host, &url, &self.trusted_realms)
+            .map_err(|reason| self.auth_error(reason))?;
+        url.query_pairs_mut().append_pair(
+            "scope",
+            &format!("repository:{}:pull", self.reference.repository),
+        );
+        if let Some(service) = service {
+            url.query_pairs_mut().append_pair("service", service);
+        }
+        let origin = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        let mut request = self.http.get(url);
+        let mut withheld = None;
+        if let Some(Credentials::Basic { username, password }) = &self.options.credentials {
+            match trust {
+                RealmTrust::Credentials => request = request.basic_auth(username, Some(password)),
+                RealmTrust::Withheld(reason) => {
+                    tracing::warn!(
+                        registry = %self.host,
+                        "credentials not sent to the token service: {reason}; asking for an anonymous token"
+                    );
+                    withheld = Some(reason);
+                }
+            }
+        }
+        let what = format!("a token from {origin}");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.map_reqwest(&e, &what))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            if status == 429 || status >= 500 {
+                return Err(self.status_error(status, &what, response).await);
+            }
+            let mut detail = format!("the token service {origin} answered {status}");
+            if let Some(reason) = withheld {
+                detail.push_str(&format!(" to a request without credentials ({reason})"));
+            }
+            return Err(match &self.options.credentials {
+                None => Error::AuthRequired {
+                    registry: self.reference.registry.clone(),
+                },
+                Some(_) => Error::AuthFailed {
+                    registry: self.reference.registry.clone(),
+                    detail,
+                },
+            });
+        }
+        let body = match read_bounded(response, MAX_SMALL_BODY).await {
+            Ok(b) => b,
+            Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+            Err(BodyError::TooLarge(size)) => {
+                return Err(Error::TooLarge {
+                    what,
+                    size,
+                    limit: MAX_SMALL_BODY,
+                });
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+            what: format!("the answer of the token service {origin}"),
+            detail: e.to_string(),
+        })?;
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::Malformed {
+                what: format!("the answer of the token service {origin}"),
+                detail: "no token in it".into(),
+            })
+    }
+
+    /// A GET to the registry with its `Authorization`; a `401` brings one
+    /// new handshake with the challenge it carried, then one more try.
+    async fn get(&self, url: &str, headers: HeaderMap, what: &str) -> Result<Response> {
+        let mut reauthed = false;
+        loop {
+            let mut request = self.http.get(url).headers(headers.clone());
+            if let Some(v) = self.auth_header().0 {
+                request = request.header(AUTHORIZATION, v);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.map_reqwest(&e, what))?;
+            if response.status().as_u16() == 401 && !reauthed {
+                reauthed = true;
+                let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
+                if challenge.is_some() {
+                    self.authenticate(challenge).await?;
+                    continue;
+                }
+            }
+            return Ok(response);
+        }
+    }
+
     fn auth_error(&self, detail: String) -> Error {
-        match self.auth {
-            RegistryAuth::Anonymous => Error::AuthRequired {
+        match self.options.credentials {
+            None => Error::AuthRequired {
                 registry: self.reference.registry.clone(),
             },
-            _ => Error::AuthFailed {
+            Some(_) => Error::AuthFailed {
                 registry: self.reference.registry.clone(),
                 detail,
             },
+        }
+    }
+
+    /// The error for an unexpected status, with the start of the body.
+    async fn status_error(&self, status: u16, what: &str, response: Response) -> Error {
+        if matches!(status, 401 | 403) {
+            return self.auth_error(format!("the registry answered {status} for {what}"));
+        }
+        let detail = match read_bounded(response, 64 << 10).await {
+            Ok(body) => String::from_utf8_lossy(&body).chars().take(512).collect(),
+            Err(_) => String::new(),
+        };
+        Error::Registry {
+            registry: self.host.clone(),
+            status,
+            what: what.to_owned(),
+            detail,
         }
     }
 
@@ -284,72 +631,19 @@ impl RegistrySource {
         }
     }
 
-    fn map_oci(&self, e: OciDistributionError, what: &str) -> Error {
-        match e {
-            OciDistributionError::AuthenticationFailure(detail) => {
-                self.auth_error(detail.trim().to_owned())
+    /// An error while reading a body: it broke off, or went silent.
+    fn map_body(&self, e: &reqwest::Error, what: &str) -> Error {
+        if e.is_timeout() {
+            Error::Timeout {
+                what: format!("{what} from {}", self.host),
+                after: self.options.read_timeout,
             }
-            OciDistributionError::UnauthorizedError { .. } => {
-                self.auth_error("the registry answered 401 Unauthorized".into())
-            }
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.contains(&&OciErrorCode::BlobUnknown) {
-                    Error::BlobNotFound {
-                        digest: what.to_owned(),
-                        source_name: self.reference.name(),
-                    }
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-                {
-                    self.auth_error(envelope.to_string())
-                } else {
-                    let status = if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                        429
-                    } else {
-                        400
-                    };
-                    Error::Registry {
-                        registry: self.host.clone(),
-                        status,
-                        what: what.to_owned(),
-                        detail: envelope.to_string(),
-                    }
-                }
-            }
-            OciDistributionError::ServerError { code: 404, .. } => Error::BlobNotFound {
-                digest: what.to_owned(),
-                source_name: self.reference.name(),
-            },
-            OciDistributionError::ServerError {
-                code: 401 | 403,
-                message,
-                ..
-            } => self.auth_error(message),
-            OciDistributionError::ServerError { code, message, .. } => Error::Registry {
-                registry: self.host.clone(),
-                status: code,
-                what: what.to_owned(),
-                detail: message.chars().take(512).collect(),
-            },
-            OciDistributionError::RequestError(re) => self.map_reqwest(&re, what),
-            OciDistributionError::IoError(io) => Error::Transfer {
+        } else {
+            Error::Transfer {
                 registry: self.host.clone(),
                 what: what.to_owned(),
-                detail: io.to_string(),
-            },
-            OciDistributionError::DigestError(d) => Error::DigestMismatch {
-                what: what.to_owned(),
-                expected: what.to_owned(),
-                actual: d.to_string(),
-            },
-            other => Error::Registry {
-                registry: self.host.clone(),
-                status: 0,
-                what: what.to_owned(),
-                detail: other.to_string(),
-            },
+                detail: chain(e),
+            }
         }
     }
 
@@ -358,41 +652,21 @@ impl RegistrySource {
             Selector::Tag(t) => t.clone(),
             Selector::Digest(d) => d.to_string(),
         };
-        format!(
-            "{}://{}/v2/{}/manifests/{reference}",
-            self.scheme, self.host, self.reference.repository
-        )
+        self.url(&format!("manifests/{reference}"))
     }
 
-    async fn manifest_once(
-        &self,
-        selector: &Selector,
-        reauthed: &mut bool,
-    ) -> Result<FetchedManifest> {
+    async fn manifest_once(&self, selector: &Selector) -> Result<FetchedManifest> {
         let what = format!("manifest {}{selector}", self.reference.name());
-        let mut request = self
-            .http
-            .get(self.manifest_url(selector))
-            .header(ACCEPT, media_type::ALL_MANIFESTS.join(", "));
-        if let Some(h) = &self.auth_header.read().await.0 {
-            request = request.header(AUTHORIZATION, h);
+        let mut headers = HeaderMap::new();
+        if let Ok(accept) = HeaderValue::from_str(&media_type::ALL_MANIFESTS.join(", ")) {
+            headers.insert(ACCEPT, accept);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.map_reqwest(&e, &what))?;
+        let response = self
+            .get(&self.manifest_url(selector), headers, &what)
+            .await?;
         let status = response.status().as_u16();
         match status {
             200 => {}
-            401 if !*reauthed && !matches!(self.auth, RegistryAuth::Anonymous) => {
-                // A bearer token may have expired: one new handshake, then retry.
-                *reauthed = true;
-                self.authenticate().await?;
-                return Box::pin(self.manifest_once(selector, reauthed)).await;
-            }
-            401 | 403 => {
-                return Err(self.auth_error(format!("the registry answered {status} for {what}")));
-            }
             404 => {
                 let nearby = match selector {
                     Selector::Tag(t) => nearby_tags(t, &self.tags().await.unwrap_or_default()),
@@ -403,21 +677,7 @@ impl RegistrySource {
                     nearby,
                 });
             }
-            _ => {
-                let body: String = response
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(512)
-                    .collect();
-                return Err(Error::Registry {
-                    registry: self.host.clone(),
-                    status,
-                    what,
-                    detail: body,
-                });
-            }
+            _ => return Err(self.status_error(status, &what, response).await),
         }
         let headers = response.headers().clone();
         if let Some(len) = response.content_length()
@@ -429,20 +689,17 @@ impl RegistrySource {
                 limit: MAX_MANIFEST_SIZE,
             });
         }
-        let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.map_reqwest(&e, &what))?;
-            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+        let bytes = match read_bounded(response, MAX_MANIFEST_SIZE).await {
+            Ok(b) => b,
+            Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+            Err(BodyError::TooLarge(size)) => {
                 return Err(Error::TooLarge {
                     what,
-                    size: (body.len() + chunk.len()) as u64,
+                    size,
                     limit: MAX_MANIFEST_SIZE,
                 });
             }
-            body.extend_from_slice(&chunk);
-        }
-        let bytes = body.freeze();
+        };
         let digest = Digest::of(&bytes);
         if let Selector::Digest(expected) = selector
             && expected != &digest
@@ -477,45 +734,90 @@ impl RegistrySource {
         })
     }
 
-    async fn read_range_once(&self, blob: &Descriptor, offset: u64, want: u64) -> Result<Bytes> {
+    /// One request for `blob` from `offset` (to `offset + len` if given):
+    /// the body as a stream that starts at `offset`, whether the registry
+    /// honoured the range (`206`) or sent the whole blob (`200`).
+    async fn open_blob(
+        &self,
+        blob: &Descriptor,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<BlobStream> {
         let digest = blob.digest.to_string();
-        let layer = LayerDescriptor {
-            digest: &digest,
-            urls: &None,
+        let what = format!("blob {digest}");
+        let range = match len {
+            Some(len) => format!("bytes={offset}-{}", offset + len.max(1) - 1),
+            None => format!("bytes={offset}-"),
         };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            headers.insert(RANGE, v);
+        }
         let response = self
-            .client
-            .pull_blob_stream_partial(&self.oci_ref, &layer, offset, Some(want))
-            .await
-            .map_err(|e| self.map_oci(e, &digest))?;
-        // A server that ignores Range answers 200 with the whole blob: skip
-        // to the offset and take what was asked for, no more.
-        let (mut stream, mut skip) = match response {
-            BlobResponse::Partial(s) => (s.stream, 0u64),
-            BlobResponse::Full(s) => (s.stream, offset),
+            .get(&self.url(&format!("blobs/{digest}")), headers, &what)
+            .await?;
+        let status = response.status().as_u16();
+        let skip = match status {
+            206 => {
+                let start = content_range_start(response.headers());
+                if start != Some(offset) {
+                    return Err(Error::Transfer {
+                        registry: self.host.clone(),
+                        what,
+                        detail: format!(
+                            "asked for {range}, the answer is {}",
+                            response
+                                .headers()
+                                .get(CONTENT_RANGE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("without a Content-Range")
+                        ),
+                    });
+                }
+                0
+            }
+            // The registry ignored Range and sends the whole blob.
+            200 => offset,
+            404 => {
+                return Err(Error::BlobNotFound {
+                    digest,
+                    source_name: self.reference.name(),
+                });
+            }
+            _ => return Err(self.status_error(status, &what, response).await),
         };
+        let host = self.host.clone();
+        let timeout = self.options.read_timeout;
+        let stream: BlobStream = Box::pin(response.bytes_stream().map_err(move |e| {
+            if e.is_timeout() {
+                Error::Timeout {
+                    what: format!("{what} from {host}"),
+                    after: timeout,
+                }
+            } else {
+                Error::Transfer {
+                    registry: host.clone(),
+                    what: what.clone(),
+                    detail: chain(&e),
+                }
+            }
+        }));
+        Ok(skip_bytes(stream, skip))
+    }
+
+    async fn read_range_once(&self, blob: &Descriptor, offset: u64, want: u64) -> Result<Bytes> {
+        let mut stream = self.open_blob(blob, offset, Some(want)).await?;
         let mut out = BytesMut::with_capacity(want as usize);
         while (out.len() as u64) < want {
-            let Some(chunk) = stream.try_next().await.map_err(|e| Error::Transfer {
-                registry: self.host.clone(),
-                what: format!("blob {digest}"),
-                detail: e.to_string(),
-            })?
-            else {
+            let Some(chunk) = stream.try_next().await? else {
                 break;
             };
-            let mut chunk = chunk;
-            if skip > 0 {
-                let n = skip.min(chunk.len() as u64);
-                skip -= n;
-                chunk = chunk.slice(n as usize..);
-            }
             let room = (want - out.len() as u64) as usize;
             out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
         if (out.len() as u64) < want {
             return Err(Error::ShortRead {
-                digest,
+                digest: blob.digest.to_string(),
                 offset,
                 expected: want,
                 got: out.len() as u64,
@@ -539,10 +841,7 @@ impl Source for RegistrySource {
         let what = format!("fetching manifest {}{selector}", self.reference.name());
         self.options
             .retry
-            .run(&what, || async {
-                let mut reauthed = false;
-                self.manifest_once(selector, &mut reauthed).await
-            })
+            .run(&what, || self.manifest_once(selector))
             .await
     }
 
@@ -563,34 +862,11 @@ impl Source for RegistrySource {
     }
 
     async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
-        let digest = blob.digest.to_string();
-        let what = format!("blob {digest} from byte {offset}");
-        let response = self
-            .options
+        let what = format!("opening blob {} from byte {offset}", blob.digest);
+        self.options
             .retry
-            .run(&format!("opening {what}"), || async {
-                let layer = LayerDescriptor {
-                    digest: &digest,
-                    urls: &None,
-                };
-                self.client
-                    .pull_blob_stream_partial(&self.oci_ref, &layer, offset, None)
-                    .await
-                    .map_err(|e| self.map_oci(e, &digest))
-            })
-            .await?;
-        let host = self.host.clone();
-        let (stream, skip) = match response {
-            BlobResponse::Partial(s) => (s.stream, 0),
-            // The registry ignored Range: skip to the offset ourselves.
-            BlobResponse::Full(s) => (s.stream, offset),
-        };
-        let stream: BlobStream = Box::pin(stream.map_err(move |e| Error::Transfer {
-            registry: host.clone(),
-            what: what.clone(),
-            detail: e.to_string(),
-        }));
-        Ok(skip_bytes(stream, skip))
+            .run(&what, || self.open_blob(blob, offset, None))
+            .await
     }
 
     fn retry_policy(&self) -> RetryPolicy {
@@ -598,16 +874,208 @@ impl Source for RegistrySource {
     }
 
     async fn tags(&self) -> Result<Vec<String>> {
-        let response = self
-            .options
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let what = format!("the tag list of {}", self.reference.name());
+        self.options
             .retry
-            .run("listing tags", || async {
-                self.client
-                    .list_tags(&self.oci_ref, &self.auth, None, None)
-                    .await
-                    .map_err(|e| self.map_oci(e, "the tag list"))
+            .run(&what, || async {
+                let response = self
+                    .get(&self.url("tags/list"), HeaderMap::new(), &what)
+                    .await?;
+                let status = response.status().as_u16();
+                if status != 200 {
+                    return Err(self.status_error(status, &what, response).await);
+                }
+                let body = match read_bounded(response, MAX_SMALL_BODY).await {
+                    Ok(b) => b,
+                    Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+                    Err(BodyError::TooLarge(size)) => {
+                        return Err(Error::TooLarge {
+                            what: what.clone(),
+                            size,
+                            limit: MAX_SMALL_BODY,
+                        });
+                    }
+                };
+                let list: TagList =
+                    serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+                        what: what.clone(),
+                        detail: e.to_string(),
+                    })?;
+                Ok(list.tags.unwrap_or_default())
             })
-            .await?;
-        Ok(response.tags)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"bearer service="a,b" , realm="http://h/t\"x""#),
+            Some(Challenge::Bearer {
+                realm: "http://h/t\"x".into(),
+                service: Some("a,b".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge("Bearer realm=http://h/token"),
+            Some(Challenge::Bearer {
+                realm: "http://h/token".into(),
+                service: None,
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None);
+        assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+
+    fn trust(scheme: &str, registry: &str, realm: &str) -> std::result::Result<RealmTrust, String> {
+        realm_trust(scheme, registry, &Url::parse(realm).unwrap(), &[])
+    }
+
+    #[test]
+    fn credentials_go_to_the_registry_host_or_its_domain_over_https() {
+        use RealmTrust::Credentials as Yes;
+        for (scheme, registry, realm) in [
+            // Docker Hub, GitLab (hosted and self-hosted), a token service
+            // beside the registry, and one on the registry's host.
+            (
+                "https",
+                "registry-1.docker.io",
+                "https://auth.docker.io/token",
+            ),
+            (
+                "https",
+                "registry.gitlab.com",
+                "https://gitlab.com/jwt/auth",
+            ),
+            (
+                "https",
+                "registry.example.com",
+                "https://gitlab.example.com/jwt/auth",
+            ),
+            ("https", "ghcr.io", "https://ghcr.io/token"),
+            (
+                "https",
+                "myreg.azurecr.io",
+                "https://myreg.azurecr.io/oauth2/token",
+            ),
+            (
+                "https",
+                "Registry.Example.com:5000",
+                "https://registry.example.com/token",
+            ),
+            ("http", "127.0.0.1:5000", "http://127.0.0.1:5001/token"),
+            ("http", "[::1]:5000", "http://[::1]:5001/token"),
+        ] {
+            assert_eq!(
+                trust(scheme, registry, realm),
+                Ok(Yes),
+                "{registry} → {realm}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_withheld_from_other_hosts_and_from_cleartext() {
+        for (scheme, registry, realm) in [
+            // Another host over plain HTTP, even in the same domain.
+            ("http", "127.0.0.1:5000", "http://localhost:5001/token"),
+            (
+                "http",
+                "registry.example.com",
+                "http://auth.example.com/token",
+            ),
+            // HTTPS, but outside the registry's domain.
+            (
+                "https",
+                "registry.example.com",
+                "https://auth.evil.example.net/token",
+            ),
+            ("https", "ghcr.io", "https://evil.io/token"),
+            ("https", "10.0.0.1:5000", "https://10.0.0.2/token"),
+            ("https", "example.com", "https://com.evil/token"),
+            // The registry's own host, but the registry is HTTPS and the
+            // token service is not.
+            (
+                "https",
+                "registry.example.com",
+                "http://registry.example.com/token",
+            ),
+        ] {
+            assert!(
+                matches!(trust(scheme, registry, realm), Ok(RealmTrust::Withheld(_))),
+                "{registry} → {realm}: {:?}",
+                trust(scheme, registry, realm)
+            );
+        }
+        let trusted = ["auth.evil.example.net".to_owned()];
+        let realm = Url::parse("https://auth.evil.example.net/token").unwrap();
+        assert_eq!(
+            realm_trust("https", "registry.example.com", &realm, &trusted),
+            Ok(RealmTrust::Credentials)
+        );
+    }
+
+    #[test]
+    fn a_realm_that_is_not_http_is_refused() {
+        for realm in [
+            "file:///etc/passwd",
+            "ftp://h/token",
+            "data:,x",
+            "gopher://h/",
+        ] {
+            assert!(trust("https", "r.example.com", realm).is_err(), "{realm}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let c = Credentials::Basic {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let t = Credentials::Token("tok-secret".into());
+        assert!(!format!("{t:?}").contains("tok-secret"));
+        let h = AuthHeader(Some(secret_header("Basic aHVudGVyMg==").unwrap()));
+        assert!(!format!("{h:?}").contains("aHVudGVyMg"));
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, secret_header("Bearer tok-secret").unwrap());
+        assert!(!format!("{headers:?}").contains("tok-secret"));
+    }
+
+    #[test]
+    fn content_range_starts_parse() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-199/1000"),
+        );
+        assert_eq!(content_range_start(&h), Some(100));
+        h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes */1000"));
+        assert_eq!(content_range_start(&h), None);
+        assert_eq!(content_range_start(&HeaderMap::new()), None);
     }
 }
