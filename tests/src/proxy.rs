@@ -82,6 +82,9 @@ pub enum Disposition {
     /// Forward without the `Range` header: the registry answers `200` with
     /// the whole blob.
     IgnoreRange,
+    /// Answer `307 Temporary Redirect` to this URL without asking upstream,
+    /// as a registry does that keeps its blobs in a storage service.
+    Redirect(String),
 }
 
 impl Disposition {
@@ -101,6 +104,7 @@ impl Disposition {
             Disposition::ShortBody { .. } => "short-body".into(),
             Disposition::FlipBits { .. } => "flip-bits".into(),
             Disposition::IgnoreRange => "ignore-range".into(),
+            Disposition::Redirect(_) => "redirect".into(),
         }
     }
 }
@@ -287,6 +291,8 @@ pub struct RequestRecord {
     pub query: Option<String>,
     /// Whether the request carried an `Authorization` header.
     pub authorization: bool,
+    /// Whether the request carried a `Cookie` header.
+    pub cookie: bool,
     /// The `Range` header the client sent, if any.
     pub range: Option<String>,
     /// The status sent back (502 if the upstream could not be reached; 0 if
@@ -339,6 +345,7 @@ struct Record {
     path: String,
     query: Option<String>,
     authorization: bool,
+    cookie: bool,
     range: Option<String>,
     status: AtomicU16,
     body_bytes: AtomicU64,
@@ -352,6 +359,7 @@ impl Record {
             path: self.path.clone(),
             query: self.query.clone(),
             authorization: self.authorization,
+            cookie: self.cookie,
             range: self.range.clone(),
             status: self.status.load(Ordering::SeqCst),
             body_bytes: self.body_bytes.load(Ordering::SeqCst),
@@ -370,6 +378,8 @@ struct ProxyState {
     client: Client<HttpConnector, Incoming>,
     records: Mutex<Vec<Arc<Record>>>,
     hook: Mutex<Option<Arc<dyn ProxyHook>>>,
+    realm: Mutex<Option<String>>,
+    cookie: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for ProxyState {
@@ -467,7 +477,41 @@ impl ProxyState {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         self.rewrite_upstream_urls(&mut parts.headers);
+        if let Some(realm) = lock(&self.realm).clone() {
+            replace_realm(&mut parts.headers, &realm);
+        }
         Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+    }
+}
+
+impl ProxyState {
+    /// The response, with the cookie of [`CountingProxy::set_cookie`].
+    fn with_cookie(&self, mut response: Response<Body>) -> Response<Body> {
+        if let Some(v) = lock(&self.cookie)
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+        response
+    }
+}
+
+/// Points the realm of every `Bearer` challenge in `headers` at `realm`.
+fn replace_realm(headers: &mut HeaderMap, realm: &str) {
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::WWW_AUTHENTICATE);
+    for v in values {
+        let replaced = v.to_str().ok().and_then(|s| {
+            let start = s.find("realm=\"")? + "realm=\"".len();
+            let end = start + s[start..].find('"')?;
+            HeaderValue::from_str(&format!("{}{realm}{}", &s[..start], &s[end..])).ok()
+        });
+        headers.append(header::WWW_AUTHENTICATE, replaced.unwrap_or(v));
     }
 }
 
@@ -613,6 +657,7 @@ impl Handler for ProxyState {
             path: request.uri().path().to_owned(),
             query: request.uri().query().map(str::to_owned),
             authorization: request.headers().contains_key(header::AUTHORIZATION),
+            cookie: request.headers().contains_key(header::COOKIE),
             range: request
                 .headers()
                 .get(header::RANGE)
@@ -655,6 +700,15 @@ impl Handler for ProxyState {
             Disposition::Delay(pause) => {
                 record.fired(&disposition);
                 tokio::time::sleep(*pause).await;
+            }
+            Disposition::Redirect(location) => {
+                record.fired(&disposition);
+                record.status.store(307, Ordering::SeqCst);
+                let mut response = text_response(StatusCode::TEMPORARY_REDIRECT, "");
+                if let Ok(v) = HeaderValue::from_str(location) {
+                    response.headers_mut().insert(header::LOCATION, v);
+                }
+                return self.with_cookie(response);
             }
             Disposition::IgnoreRange if request.headers_mut().remove(header::RANGE).is_some() => {
                 record.fired(&disposition);
@@ -711,7 +765,10 @@ impl Handler for ProxyState {
             _ => {}
         }
         record.status.store(parts.status.as_u16(), Ordering::SeqCst);
-        Response::from_parts(parts, stream_body(counted(stream, &record)))
+        self.with_cookie(Response::from_parts(
+            parts,
+            stream_body(counted(stream, &record)),
+        ))
     }
 }
 
@@ -743,6 +800,8 @@ impl CountingProxy {
             client: Client::builder(TokioExecutor::new()).build_http(),
             records: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
+            realm: Mutex::new(None),
+            cookie: Mutex::new(None),
         });
         let server = BackgroundServer::start("ocifs-test-proxy", listener, Arc::clone(&state))
             .expect("starting the proxy");
@@ -777,6 +836,19 @@ impl CountingProxy {
     /// each request from now on.
     pub fn set_hook(&self, hook: Option<Arc<dyn ProxyHook>>) {
         *lock(&self.state.hook) = hook;
+    }
+
+    /// From now on, the realm of every `Bearer` challenge the registry
+    /// sends is replaced by `realm` (`None`: left alone), as a registry
+    /// would send that names a token service elsewhere.
+    pub fn set_realm(&self, realm: Option<&str>) {
+        *lock(&self.state.realm) = realm.map(str::to_owned);
+    }
+
+    /// From now on, every response carries `Set-Cookie: cookie` (`None`:
+    /// no cookie).
+    pub fn set_cookie(&self, cookie: Option<&str>) {
+        *lock(&self.state.cookie) = cookie.map(str::to_owned);
     }
 
     /// The `GET`s of blobs.
@@ -1013,6 +1085,42 @@ mod tests {
         assert!(seen.ended_by.is_some());
         assert!(s.host.requests().is_empty());
         assert_eq!(faults(&s.proxy), [("stall".into(), 1)]);
+    }
+
+    #[test]
+    fn redirect_answers_307_with_the_cookie() {
+        let s = setup(Disposition::Redirect(
+            "http://elsewhere.invalid/blob".into(),
+        ));
+        s.proxy.set_cookie(Some("session=abc"));
+        let seen = get(&s.proxy.host(), &s.path, None);
+        assert_eq!(seen.status, 307);
+        assert!(
+            seen.head
+                .contains("location: http://elsewhere.invalid/blob\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(
+            seen.head.contains("set-cookie: session=abc\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(s.host.requests().is_empty());
+    }
+
+    #[test]
+    fn realms_are_replaced_in_bearer_challenges() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="http://a/token",service="s""#),
+        );
+        replace_realm(&mut headers, "file:///etc/passwd");
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="file:///etc/passwd",service="s""#
+        );
     }
 
     #[test]

@@ -214,6 +214,12 @@ impl Registry {
         tail(&self.log(), lines)
     }
 
+    /// The realm URL of the token server (`None` unless
+    /// [`RegistryAuth::Token`]).
+    pub fn token_realm(&self) -> Option<String> {
+        self.token.as_ref().map(TokenServer::realm)
+    }
+
     /// The requests the token server answered (empty unless
     /// [`RegistryAuth::Token`]).
     pub fn token_requests(&self) -> Vec<TokenRequest> {

@@ -17,4 +17,5 @@ mod layouts;
 mod mount;
 mod packages;
 mod platforms;
+mod security;
 mod support;
