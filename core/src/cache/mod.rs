@@ -442,10 +442,17 @@ impl Inner {
             .await
             .map_err(|_| poisoned())?;
         let locking = partial.clone();
+        let store = self.store.clone();
+        let digest = blob.digest.clone();
         let (locks, missing) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut locks = Vec::new();
             for n in first..=last {
                 locks.push(locking.lock_chunk(n)?);
+            }
+            // Complete: another process promoted the file this partial
+            // writes into; not a byte more goes into it.
+            if store.is_some_and(|s| s.has_complete(&digest)) {
+                return Ok((locks, Vec::new()));
             }
             // Another process may have fetched some while we waited.
             let missing: Vec<u64> = (first..=last).filter(|n| !locking.has(*n)).collect();
@@ -607,8 +614,9 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let mut hasher = Some(hasher);
-            let mut writing: Option<tokio::task::JoinHandle<(crate::digest::Hasher, Result<()>)>> =
-                None;
+            let mut writing: Option<
+                tokio::task::JoinHandle<(crate::digest::Hasher, Result<bool>)>,
+            > = None;
             let mut pos = start;
             let mut pending = BytesMut::new();
             let broke = loop {
@@ -653,13 +661,16 @@ impl Inner {
                     // One batch is hashed and written while the next one
                     // arrives; the hasher passes from batch to batch.
                     if let Some(previous) = writing.take() {
-                        hasher = Some(Self::batch_done(previous).await?);
+                        match Self::batch_done(previous).await? {
+                            Some(h) => hasher = Some(h),
+                            None => return Ok(()),
+                        }
                     }
                     let (p, mut h) = (partial.clone(), hasher.take().unwrap_or_default());
+                    let (s, d) = (store.clone(), blob.digest.clone());
                     let first = pos / cs;
                     writing = Some(tokio::task::spawn_blocking(move || {
-                        h.update(&bytes);
-                        let r = p.write_chunks(first, &bytes, false);
+                        let r = write_batch(&s, &d, &p, first, &bytes, &mut h);
                         (h, r)
                     }));
                     pos += whole;
@@ -675,7 +686,10 @@ impl Inner {
                 }
             };
             if let Some(last) = writing.take() {
-                hasher = Some(Self::batch_done(last).await?);
+                match Self::batch_done(last).await? {
+                    Some(h) => hasher = Some(h),
+                    None => return Ok(()),
+                }
             }
             match broke {
                 None => {
@@ -696,12 +710,13 @@ impl Inner {
         }
     }
 
-    /// Waits for a batch write; gives the hasher back.
+    /// Waits for a batch write; gives the hasher back, or `None` if the
+    /// blob turned out complete already (another process promoted it).
     async fn batch_done(
-        handle: tokio::task::JoinHandle<(crate::digest::Hasher, Result<()>)>,
-    ) -> Result<crate::digest::Hasher> {
+        handle: tokio::task::JoinHandle<(crate::digest::Hasher, Result<bool>)>,
+    ) -> Result<Option<crate::digest::Hasher>> {
         let (hasher, written) = handle.await.map_err(join_error)?;
-        written.map(|()| hasher)
+        written.map(|complete| (!complete).then_some(hasher))
     }
 
     async fn finish_stream(
@@ -1065,6 +1080,46 @@ impl Inner {
             }
         });
     }
+}
+
+/// Writes a batch of whole chunks of a stream into `p`, each under its
+/// chunk lock, and hashes what the blob on disk holds for them: the
+/// streamed bytes where they are written, the bytes already there where
+/// another writer (a lazy reader of another process) was first. Nothing is
+/// written once the blob is complete: another process promoted the file
+/// this partial wrote into, and it is the verified blob now. Returns
+/// whether the blob was found complete.
+///
+/// With every writer following these rules (chunks written under their
+/// lock, present chunks never rewritten, nothing written once complete),
+/// the bytes a promotion hashed are the bytes of the blob it promotes, and
+/// stay so.
+fn write_batch(
+    store: &DiskStore,
+    digest: &Digest,
+    p: &Partial,
+    first: u64,
+    bytes: &[u8],
+    hasher: &mut crate::digest::Hasher,
+) -> Result<bool> {
+    let cs = p.chunk_size as usize;
+    let count = bytes.len().div_ceil(cs) as u64;
+    let mut locks = Vec::with_capacity(count as usize);
+    for n in first..first + count {
+        locks.push(p.lock_chunk(n)?);
+    }
+    if store.has_complete(digest) {
+        return Ok(true);
+    }
+    for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
+        if p.has(n) {
+            hasher.update(&p.read(n * p.chunk_size, chunk.len())?);
+        } else {
+            hasher.update(chunk);
+            p.write_chunks(n, chunk, false)?;
+        }
+    }
+    Ok(false)
 }
 
 fn poisoned() -> Error {

@@ -351,9 +351,7 @@ impl DiskStore {
         }
         data.sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
-        fs::rename(&data_path, &final_path).map_err(io_err(|| {
-            format!("moving {} into place", data_path.display())
-        }))?;
+        move_into_place(&data_path, &final_path)?;
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -367,13 +365,15 @@ impl DiskStore {
             return Ok(());
         }
         let data_path = dir.join("data");
-        let data = File::open(&data_path)
-            .map_err(io_err(|| format!("opening {}", data_path.display())))?;
+        let data = match File::open(&data_path) {
+            Ok(f) => f,
+            // Another process promoted it meanwhile.
+            Err(_) if final_path.is_file() => return Ok(()),
+            Err(e) => return Err(Error::io(format!("opening {}", data_path.display()), e)),
+        };
         data.sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
-        fs::rename(&data_path, &final_path).map_err(io_err(|| {
-            format!("moving {} into place", data_path.display())
-        }))?;
+        move_into_place(&data_path, &final_path)?;
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -556,6 +556,20 @@ impl DiskStore {
     /// Deletes everything (`cache prune --all`), except blobs in use.
     pub fn clear(&self) -> Result<u64> {
         self.evict_to(0, &|_| false)
+    }
+}
+
+/// Renames a partial blob's data into place; if another process promoted
+/// the same blob first (the data is gone, the blob is there), that is as
+/// good.
+fn move_into_place(data: &Path, blob: &Path) -> Result<()> {
+    match fs::rename(data, blob) {
+        Ok(()) => Ok(()),
+        Err(_) if blob.is_file() => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("moving {} into place", data.display()),
+            e,
+        )),
     }
 }
 
