@@ -598,7 +598,7 @@ impl Inner {
             .await
             .map_err(join_error)??;
             if start >= blob.size {
-                return self.finish_stream(store, blob, hasher).await;
+                return self.finish_stream(store, blob, partial, hasher).await;
             }
             Counters::bump(&self.counters.requests);
             self.counters
@@ -694,7 +694,7 @@ impl Inner {
             match broke {
                 None => {
                     return self
-                        .finish_stream(store, blob, hasher.unwrap_or_default())
+                        .finish_stream(store, blob, partial, hasher.unwrap_or_default())
                         .await;
                 }
                 Some(e) => {
@@ -723,6 +723,7 @@ impl Inner {
         &self,
         store: &Arc<DiskStore>,
         blob: &Descriptor,
+        partial: &Arc<Partial>,
         hasher: crate::digest::Hasher,
     ) -> Result<()> {
         let len = hasher.len();
@@ -740,16 +741,21 @@ impl Inner {
                 actual: actual.to_string(),
             });
         }
-        let (s, d) = (store.clone(), blob.digest.clone());
-        tokio::task::spawn_blocking(move || s.promote_verified(&d))
+        let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
+        tokio::task::spawn_blocking(move || s.promote_verified(&p, &d))
             .await
             .map_err(join_error)?
     }
 
-    async fn promote(self: &Arc<Self>, store: &Arc<DiskStore>, blob: &Descriptor) -> Result<()> {
+    async fn promote(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: Arc<Partial>,
+    ) -> Result<()> {
         let s = store.clone();
-        let (digest, size) = (blob.digest.clone(), blob.size);
-        let result = tokio::task::spawn_blocking(move || s.promote(&digest, size))
+        let digest = blob.digest.clone();
+        let result = tokio::task::spawn_blocking(move || s.promote(&partial, &digest))
             .await
             .map_err(join_error)?;
         self.forget_partial(&blob.digest);
@@ -997,7 +1003,7 @@ impl Inner {
         blob: &Descriptor,
         partial: &Arc<Partial>,
     ) {
-        let p = partial.clone();
+        let (p, p2) = (partial.clone(), partial.clone());
         let inner = self.clone();
         let store = store.clone();
         let blob = blob.clone();
@@ -1011,7 +1017,7 @@ impl Inner {
             let key = (blob.digest.clone(), WHOLE);
             let (i2, b2) = (inner.clone(), blob.clone());
             let result = inner
-                .single_flight(key, async move { i2.promote(&store, &b2).await })
+                .single_flight(key, async move { i2.promote(&store, &b2, p2).await })
                 .await;
             if let Err(e @ Error::DigestMismatch { .. }) = result
                 && let Ok(mut bad) = inner.bad.lock()

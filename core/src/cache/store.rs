@@ -3,11 +3,11 @@
 //! ```text
 //! ROOT/oci-layout                        so other tools can read ROOT as a layout
 //! ROOT/blobs/sha256/<hex>                complete blobs, verified before they got there
-//! ROOT/partial/sha256/<hex>/data         a sparse file of the blob's size
-//! ROOT/partial/sha256/<hex>/meta         {"size":…, "chunkSize":…}
-//! ROOT/partial/sha256/<hex>/have/<n>     empty marker: chunk n of data is written and synced
-//! ROOT/partial/sha256/<hex>/lock/<n>     lock file of chunk n (held while fetching it)
-//! ROOT/partial/sha256/<hex>/promote.lock held while verifying and promoting the blob
+//! ROOT/partial/sha256/<hex>/<gen>/data         a sparse file of the blob's size
+//! ROOT/partial/sha256/<hex>/<gen>/meta         {"size":…, "chunkSize":…}
+//! ROOT/partial/sha256/<hex>/<gen>/have/<n>     empty marker: chunk n of data is written and synced
+//! ROOT/partial/sha256/<hex>/<gen>/lock/<n>     lock file of chunk n (held while fetching it)
+//! ROOT/partial/sha256/<hex>/<gen>/promote.lock held while verifying and promoting the blob
 //! ROOT/refs/<registry>/<repository>/<tag>  the digest a tag last resolved to
 //! ROOT/tmp/                              temp files, renamed into place when complete
 //! ```
@@ -22,7 +22,15 @@
 //!   lock and then find the marker, so two processes fetch it once;
 //! - readers hold a shared lock on a complete blob while they use it; the
 //!   evictor takes an exclusive lock without waiting and skips what it cannot
-//!   lock.
+//!   lock;
+//! - a partial blob is a *generation*: a directory with a name never used
+//!   again, which appears whole (made in `tmp/`, renamed into place) and
+//!   whose `data` is never replaced. A process that opened a generation
+//!   keeps using its files; once the generation is dropped (promoted,
+//!   evicted, found corrupt) and a new one made, the old handle's markers
+//!   can no longer be taken for the new file's, nor the reverse. (With one
+//!   shared directory, a handle on a dropped partial read the chunks a new
+//!   one marked from its own, older file: zeros.)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _};
@@ -125,8 +133,41 @@ impl DiskStore {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// The directory of the partial generations of `digest`.
     fn partial_dir(&self, digest: &Digest) -> PathBuf {
         self.root.join("partial/sha256").join(digest.hex())
+    }
+
+    /// The usable generation of a partial blob: the first by name whose
+    /// meta is for `size` and whose data is still there.
+    fn open_generation(&self, container: &Path, size: u64) -> Option<Partial> {
+        let mut gens: Vec<PathBuf> = fs::read_dir(container)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('g'))
+            .map(|e| e.path())
+            .collect();
+        gens.sort();
+        gens.into_iter().find_map(|dir| {
+            let meta = fs::read(dir.join("meta")).ok()?;
+            let meta: PartialMeta = serde_json::from_slice(&meta).ok()?;
+            if meta.size != size || meta.chunk_size == 0 {
+                return None;
+            }
+            // Never created here: a generation whose data is gone was
+            // promoted or is being removed.
+            let data = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join("data"))
+                .ok()?;
+            (data.metadata().ok()?.len() == size).then_some(Partial {
+                dir,
+                data,
+                size,
+                chunk_size: meta.chunk_size,
+            })
+        })
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -225,50 +266,44 @@ impl DiskStore {
         Ok(Some(buf))
     }
 
-    /// Opens or creates the partial blob of `digest`.
+    /// Opens the partial blob of `digest`, making a new generation if there
+    /// is no usable one.
     pub fn partial(&self, digest: &Digest, size: u64, chunk_size: u64) -> Result<Partial> {
-        let dir = self.partial_dir(digest);
-        let ctx = || format!("opening partial blob {}", dir.display());
+        let container = self.partial_dir(digest);
+        let ctx = || format!("opening partial blob {}", container.display());
         self.ensure_dirs();
-        fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
-        fs::create_dir_all(dir.join("lock")).map_err(io_err(ctx))?;
-        let meta_path = dir.join("meta");
-        let wanted = PartialMeta { size, chunk_size };
-        let meta = match fs::read(&meta_path) {
-            Ok(bytes) => match serde_json::from_slice::<PartialMeta>(&bytes) {
-                Ok(m) if m.size == size && m.chunk_size > 0 => m,
-                // Unreadable or for another size: start over.
-                _ => {
-                    let _ = fs::remove_dir_all(dir.join("have"));
-                    fs::create_dir_all(dir.join("have")).map_err(io_err(ctx))?;
-                    self.write_atomic(
-                        &meta_path,
-                        &serde_json::to_vec(&wanted).unwrap_or_default(),
-                    )?;
-                    wanted
-                }
-            },
-            Err(_) => {
-                self.write_atomic(&meta_path, &serde_json::to_vec(&wanted).unwrap_or_default())?;
-                wanted
+        let mut last = None;
+        for _ in 0..3 {
+            if let Some(p) = self.open_generation(&container, size) {
+                return Ok(p);
             }
-        };
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join("data"))
-            .map_err(io_err(ctx))?;
-        if data.metadata().map_err(io_err(ctx))?.len() != size {
-            data.set_len(size).map_err(io_err(ctx))?;
+            // A new generation, whole before it is visible. Racing makers
+            // each add theirs; every one then takes the first by name.
+            let tmp = self.tmp_path();
+            let made = (|| -> io::Result<()> {
+                fs::create_dir_all(tmp.join("have"))?;
+                fs::create_dir_all(tmp.join("lock"))?;
+                let meta = PartialMeta { size, chunk_size };
+                fs::write(
+                    tmp.join("meta"),
+                    serde_json::to_vec(&meta).unwrap_or_default(),
+                )?;
+                File::create(tmp.join("data"))?.set_len(size)?;
+                fs::create_dir_all(&container)?;
+                let name = tmp
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                fs::rename(&tmp, container.join(format!("g{name}")))
+            })();
+            if let Err(e) = made {
+                let _ = fs::remove_dir_all(&tmp);
+                last = Some(e);
+            }
         }
-        Ok(Partial {
-            dir,
-            data,
-            size,
-            chunk_size: meta.chunk_size,
-        })
+        Err(Error::io(
+            ctx(),
+            last.unwrap_or_else(|| io::Error::other("the partial blob keeps vanishing")),
+        ))
     }
 
     /// Reads `[offset, offset+len)` of a complete blob from an open handle.
@@ -294,13 +329,12 @@ impl DiskStore {
 
     /// Verifies a complete partial blob and moves it under `blobs/`. On a
     /// mismatch the partial blob is deleted, so nothing of it stays cached.
-    pub fn promote(&self, digest: &Digest, size: u64) -> Result<()> {
-        let dir = self.partial_dir(digest);
+    pub fn promote(&self, p: &Partial, digest: &Digest) -> Result<()> {
         let final_path = self.blob_path(digest);
         if final_path.is_file() {
             return Ok(());
         }
-        let lock_path = dir.join("promote.lock");
+        let lock_path = p.dir.join("promote.lock");
         let lock = match OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -308,7 +342,7 @@ impl DiskStore {
             .open(&lock_path)
         {
             Ok(f) => f,
-            // The partial dir is gone: another process promoted (or dropped) it.
+            // The generation is gone: another process promoted (or dropped) it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return if final_path.is_file() {
                     Ok(())
@@ -323,58 +357,53 @@ impl DiskStore {
         if final_path.is_file() {
             return Ok(());
         }
-        let data_path = dir.join("data");
-        let mut data = File::open(&data_path)
-            .map_err(io_err(|| format!("opening {}", data_path.display())))?;
+        let data_path = p.dir.join("data");
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0;
         loop {
-            let n = data
-                .read(&mut buf)
+            let n = read_full_at(&p.data, &mut buf, pos)
                 .map_err(io_err(|| format!("reading {}", data_path.display())))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
+            pos += n as u64;
         }
         let len = hasher.len();
         let actual = hasher.finish();
-        if len != size || &actual != digest {
-            let _ = fs::remove_dir_all(&dir);
+        if len != p.size || &actual != digest {
+            let _ = fs::remove_dir_all(&p.dir);
             return Err(Error::DigestMismatch {
                 what: format!(
-                    "blob {digest} ({len} bytes fetched, {size} expected; dropped from the cache)"
+                    "blob {digest} ({len} bytes fetched, {} expected; dropped from the cache)",
+                    p.size
                 ),
                 expected: digest.to_string(),
                 actual: actual.to_string(),
             });
         }
-        data.sync_all()
+        p.data
+            .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
         move_into_place(&data_path, &final_path)?;
-        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
     }
 
     /// Moves a partial blob whose digest the caller computed and checked
     /// while writing it under `blobs/`, without hashing it again.
-    pub fn promote_verified(&self, digest: &Digest) -> Result<()> {
-        let dir = self.partial_dir(digest);
+    pub fn promote_verified(&self, p: &Partial, digest: &Digest) -> Result<()> {
         let final_path = self.blob_path(digest);
         if final_path.is_file() {
             return Ok(());
         }
-        let data_path = dir.join("data");
-        let data = match File::open(&data_path) {
-            Ok(f) => f,
-            // Another process promoted it meanwhile.
-            Err(_) if final_path.is_file() => return Ok(()),
-            Err(e) => return Err(Error::io(format!("opening {}", data_path.display()), e)),
-        };
-        data.sync_all()
+        let data_path = p.dir.join("data");
+        p.data
+            .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
         move_into_place(&data_path, &final_path)?;
-        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
     }
 
@@ -452,26 +481,34 @@ impl DiskStore {
             else {
                 continue;
             };
-            let dir = entry.path();
-            let Ok(meta) = fs::read(dir.join("meta"))
-                .map_err(|_| ())
-                .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ()))
-            else {
-                continue;
-            };
-            let have = fs::read_dir(dir.join("have"))
-                .map(|d| d.flatten().count() as u64)
-                .unwrap_or(0);
-            let used = fs::metadata(dir.join("data"))
-                .map(|m| secs(&m))
-                .unwrap_or(0);
-            out.push(StoredBlob {
-                digest,
-                state: "partial",
-                size: meta.size,
-                present: (have * meta.chunk_size).min(meta.size),
-                last_used: used,
-            });
+            // Every generation counts (racing makers may leave two).
+            let mut found: Option<StoredBlob> = None;
+            for generation in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                let dir = generation.path();
+                let Ok(meta) = fs::read(dir.join("meta"))
+                    .map_err(|_| ())
+                    .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ()))
+                else {
+                    continue;
+                };
+                let have = fs::read_dir(dir.join("have"))
+                    .map(|d| d.flatten().count() as u64)
+                    .unwrap_or(0);
+                let used = fs::metadata(dir.join("data"))
+                    .map(|m| secs(&m))
+                    .unwrap_or(0);
+                let present = (have * meta.chunk_size).min(meta.size);
+                let b = found.get_or_insert(StoredBlob {
+                    digest: digest.clone(),
+                    state: "partial",
+                    size: meta.size,
+                    present: 0,
+                    last_used: 0,
+                });
+                b.present += present;
+                b.last_used = b.last_used.max(used);
+            }
+            out.extend(found);
         }
         out.sort_by(|a, b| a.digest.cmp(&b.digest).then(a.state.cmp(b.state)));
         Ok(out)
@@ -709,7 +746,7 @@ mod tests {
         p.write_chunks(2, &blob[8192..], false).unwrap();
         p.write_chunks(0, &blob[..4096], true).unwrap();
         assert!(p.is_complete());
-        s.promote(&digest, blob.len() as u64).unwrap();
+        s.promote(&p, &digest).unwrap();
         assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
         assert!(!s.partial_dir(&digest).exists());
         assert_eq!(s.usage().unwrap(), blob.len() as u64);
@@ -724,10 +761,50 @@ mod tests {
         let mut bad = blob.clone();
         bad[4500] ^= 1;
         p.write_chunks(0, &bad, true).unwrap();
-        let err = s.promote(&digest, 5000).unwrap_err();
+        let err = s.promote(&p, &digest).unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
         assert!(!s.has_complete(&digest));
         assert!(s.list().unwrap().is_empty());
+    }
+
+    /// Regression: a process holding a partial blob that another process
+    /// dropped (a failed check, eviction) took the chunks a new partial
+    /// blob at the same path marked for its own, and read zeros from its
+    /// older file; and what it wrote showed as present in the new one.
+    #[test]
+    fn a_handle_on_a_dropped_partial_never_mixes_with_its_successor() {
+        let (_d, s) = store();
+        let blob: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&blob);
+        let old = s.partial(&digest, 20_000, 4096).unwrap();
+        old.write_chunks(0, &blob[..4096], true).unwrap();
+        s.drop_partial(&digest);
+        let new = s.partial(&digest, 20_000, 4096).unwrap();
+        new.write_chunks(1, &blob[4096..8192], true).unwrap();
+        assert!(
+            !old.has(1) || old.read(4096, 4096).unwrap() == blob[4096..8192],
+            "the old handle reads a chunk it does not have"
+        );
+        // Garbage through the old handle (it may fail: its directory is gone).
+        let _ = old.write_chunks(2, &[0xee; 4096], true);
+        let fresh = s.partial(&digest, 20_000, 4096).unwrap();
+        for p in [&new, &fresh] {
+            for n in 0..5u64 {
+                if p.has(n) {
+                    let (a, b) = ((n * 4096) as usize, ((n + 1) * 4096).min(20_000) as usize);
+                    assert_eq!(p.read(a as u64, b - a).unwrap(), &blob[a..b], "chunk {n}");
+                }
+            }
+        }
+        assert!(fresh.has(1) && !fresh.has(2));
+        // A stale handle cannot promote the new data either.
+        for n in 0..5u64 {
+            let (a, b) = ((n * 4096) as usize, ((n + 1) * 4096).min(20_000) as usize);
+            fresh.write_chunks(n, &blob[a..b], true).unwrap();
+        }
+        assert!(s.promote(&old, &digest).is_err() || s.has_complete(&digest));
+        s.promote(&fresh, &digest).unwrap();
+        assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
     }
 
     #[test]

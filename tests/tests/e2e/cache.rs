@@ -432,9 +432,17 @@ fn a_crash_during_a_fetch_is_recovered_by_the_next_process() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let have = cache.join("partial/sha256").join(hex).join("have");
+    // Chunk markers, in whichever generation of the partial blob.
+    let generations = cache.join("partial/sha256").join(hex);
+    let markers = || -> usize {
+        std::fs::read_dir(&generations).map_or(0, |gens| {
+            gens.flatten()
+                .map(|g| std::fs::read_dir(g.path().join("have")).map_or(0, |d| d.count()))
+                .sum()
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&have).map_or(0, |d| d.count()) < 8 {
+    while markers() < 8 {
         assert!(Instant::now() < deadline, "the fetch made no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -444,7 +452,7 @@ fn a_crash_during_a_fetch_is_recovered_by_the_next_process() {
         !cache.join("blobs/sha256").join(hex).exists(),
         "an incomplete blob was promoted"
     );
-    let present = std::fs::read_dir(&have).map_or(0, |d| d.count()) as u64;
+    let present = markers() as u64;
 
     fx.proxy.set_hook(None);
     fx.proxy.reset();
