@@ -198,6 +198,16 @@ impl ChunkCache {
         }
         let store = store.filter(|_| source.is_remote());
         let disk_usage = match &store {
+            // Over budget (processes that ended while their blobs were in
+            // use could not evict them): trimmed now, before anything of
+            // this process is in use.
+            Some(s) if s.usage()? > options.disk_budget => {
+                let target = options.disk_budget - options.disk_budget / 10;
+                if let Err(e) = s.evict_to(target, &|_| false) {
+                    tracing::warn!(error = %e, "cache eviction failed");
+                }
+                s.usage()?
+            }
             Some(s) => s.usage()?,
             None => 0,
         };
@@ -355,7 +365,9 @@ impl Inner {
 
     fn partial(&self, store: &DiskStore, blob: &Descriptor) -> Result<Arc<Partial>> {
         let mut partials = self.partials.lock().map_err(|_| poisoned())?;
-        if let Some(p) = partials.get(&blob.digest) {
+        // A generation another process dropped is of no more use: the
+        // next one is opened (or made).
+        if let Some(p) = partials.get(&blob.digest).filter(|p| !p.is_gone()) {
             return Ok(p.clone());
         }
         let p = Arc::new(store.partial(&blob.digest, blob.size, self.options.chunk_size)?);
@@ -447,7 +459,14 @@ impl Inner {
         let (locks, missing) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut locks = Vec::new();
             for n in first..=last {
-                locks.push(locking.lock_chunk(n)?);
+                match locking.lock_chunk(n) {
+                    Ok(lock) => locks.push(lock),
+                    // Dropped by another process: nothing to fetch into;
+                    // the reader looks again (complete now, or a new
+                    // generation).
+                    Err(_) if locking.is_gone() => return Ok((Vec::new(), Vec::new())),
+                    Err(e) => return Err(e),
+                }
             }
             // Complete: another process promoted the file this partial
             // writes into; not a byte more goes into it.

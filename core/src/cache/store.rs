@@ -529,11 +529,28 @@ impl DiskStore {
         if total <= budget {
             return Ok(0);
         }
+        let before = total;
+        // First what is of no use: the partial blob of a complete blob
+        // (nothing is written into it once the blob is there).
+        blobs.retain(|b| {
+            if b.state == "partial"
+                && self.has_complete(&b.digest)
+                && fs::remove_dir_all(self.partial_dir(&b.digest)).is_ok()
+            {
+                total -= b.present;
+                return false;
+            }
+            true
+        });
+        let freed_first = before - total;
+        if total <= budget {
+            return Ok(freed_first);
+        }
         blobs.sort_by_key(|b| b.last_used);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut freed = 0;
+        let mut freed = freed_first;
         for b in blobs {
             if total <= budget {
                 break;
@@ -620,6 +637,12 @@ impl Partial {
     /// Whether chunk `n` is present.
     pub fn has(&self, n: u64) -> bool {
         self.dir.join("have").join(n.to_string()).exists()
+    }
+
+    /// Whether this generation was dropped (promoted, evicted, found
+    /// corrupt): nothing more can be written or marked in it.
+    pub fn is_gone(&self) -> bool {
+        !self.dir.join("data").exists()
     }
 
     /// Whether every chunk is present.
@@ -849,6 +872,33 @@ mod tests {
         assert_eq!(freed, 2000);
         assert!(s.has_complete(&digests[0]) && s.has_complete(&digests[1]));
         assert!(!s.has_complete(&digests[2]) && !s.has_complete(&digests[3]));
+    }
+
+    #[test]
+    fn a_fresh_partial_of_a_complete_blob_is_evicted() {
+        let (_d, s) = store();
+        let blob = vec![3u8; 8192];
+        let d = Digest::of(&blob);
+        let p = s.partial(&d, 8192, 4096).unwrap();
+        p.write_chunks(0, &blob[..4096], true).unwrap();
+        let young = Digest::of(b"young");
+        s.partial(&young, 8192, 4096)
+            .unwrap()
+            .write_chunks(0, &[0; 4096], true)
+            .unwrap();
+        s.write_atomic(&s.blob_path(&d), &blob).unwrap();
+        assert_eq!(s.usage().unwrap(), 8192 + 4096 + 4096);
+        s.evict_to(8192 + 4096, &|_| false).unwrap();
+        // The young partial of an incomplete blob stays (a fetch may be
+        // writing it); the one of the complete blob goes.
+        assert!(s.has_complete(&d));
+        assert_eq!(s.usage().unwrap(), 8192 + 4096);
+        assert!(
+            s.list()
+                .unwrap()
+                .iter()
+                .all(|b| b.digest != d || b.state == "complete")
+        );
     }
 
     #[test]

@@ -759,3 +759,25 @@ async fn a_lazy_chunk_landing_after_a_strict_promotion_never_reaches_the_blob() 
         "a corrupt blob in the cache"
     );
 }
+
+/// Regression: a lazy reader kept using a partial blob another process had
+/// dropped (evicted, promoted, found corrupt), and every later read of that
+/// blob failed (its chunk locks were gone) for as long as the mount lived.
+#[tokio::test]
+async fn a_partial_blob_dropped_by_another_process_is_replaced_not_fatal() {
+    let blob = data(1 << 20, 24);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src, dir.path(), options(Verify::Lazy));
+    let content = Content::Blob(d[0].clone());
+    let got = c.read(&content, 0, 100).await.unwrap();
+    assert_eq!(&got[..], &blob[..100]);
+    // Another process drops it.
+    DiskStore::open(dir.path())
+        .unwrap()
+        .drop_partial(&d[0].digest);
+    for offset in [300_000u64, 0, 900_000] {
+        let got = c.read(&content, offset, 4096).await.unwrap();
+        assert_eq!(&got[..], &blob[offset as usize..offset as usize + 4096]);
+    }
+}
