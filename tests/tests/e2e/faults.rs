@@ -534,3 +534,240 @@ fn a_stall_mid_body_fails_the_read_in_time_strict() {
 fn a_stall_mid_body_fails_the_read_in_time_lazy() {
     stalled_registry("lazy", Stall::MidBody);
 }
+
+/// `ocifs cache du --json` of `cache`.
+fn cache_du(cache: &Path) -> serde_json::Value {
+    run_ocifs([
+        "cache".into(),
+        "du".into(),
+        "--json".into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ])
+    .success()
+    .json()
+}
+
+#[test]
+fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
+    let files: Vec<FileSpec> = (0..8u64)
+        .map(|i| {
+            file(
+                Box::leak(format!("load/f{i}.bin").into_boxed_str()),
+                512 * KIB + i as usize * 700 * KIB,
+                40 + i,
+            )
+        })
+        .collect();
+    let total: usize = files.iter().map(|f| f.content.len()).sum();
+    let fx = Fixture::new(files);
+    let budget = 12 * MIB as u64;
+    assert!(
+        total as u64 > budget + budget / 2,
+        "the budget must be tight"
+    );
+    let cache = fx.cache("shared");
+    // Two processes on one cache: one strict (with passthrough), one lazy
+    // with its own chunk size and no passthrough, so that every read of it
+    // goes through ocifs.
+    let strict = Mount::new(&fx.reference(), &cache, &["--cache-max-size", "12M"]);
+    let lazy = Mount::new(
+        &fx.reference(),
+        &cache,
+        &[
+            "--cache-max-size",
+            "12M",
+            "--verify",
+            "lazy",
+            "--chunk-size",
+            "256K",
+            "--no-passthrough",
+        ],
+    );
+    let run_for = Duration::from_secs(20);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The kernel's page cache would answer most reads itself: drop it for
+    // every file, over and over (dd's nocache is posix_fadvise DONTNEED).
+    let dropper = {
+        let stop = Arc::clone(&stop);
+        let paths: Vec<PathBuf> = fx
+            .files
+            .iter()
+            .flat_map(|f| [strict.path(f.title), lazy.path(f.title)])
+            .collect();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for p in &paths {
+                    let _ = std::process::Command::new("dd")
+                        .arg(format!("if={}", p.display()))
+                        .args(["iflag=nocache", "count=0", "status=none"])
+                        .status();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let mut most = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(cache_du(&cache)["bytes"].as_u64().unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    let readers: Vec<_> = [&strict, &lazy]
+        .iter()
+        .flat_map(|m| (0..32u64).map(move |t| (m.dir.clone(), t)))
+        .enumerate()
+        .map(|(n, (dir, t))| {
+            let files: Vec<(PathBuf, Vec<u8>)> = fx
+                .files
+                .iter()
+                .map(|f| (dir.join(f.title), f.content.clone()))
+                .collect();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x10ad ^ ((n as u64) << 20) ^ t);
+                let mut tally = Tally::default();
+                let mut slowest = Duration::ZERO;
+                while started.elapsed() < run_for {
+                    let (path, data) = &files[rng.below(files.len() as u64) as usize];
+                    let offset = rng.below(data.len() as u64);
+                    let len = 1 + rng.below(256 * KIB as u64);
+                    let want = &data[offset as usize..((offset + len) as usize).min(data.len())];
+                    let begin = Instant::now();
+                    let mut buf = vec![0u8; len as usize];
+                    let result = std::fs::File::open(path).and_then(|f| {
+                        let mut got = 0;
+                        while got < buf.len() {
+                            let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        Ok(got)
+                    });
+                    slowest = slowest.max(begin.elapsed());
+                    tally.reads += 1;
+                    match result {
+                        Ok(got) => {
+                            tally.bytes += got as u64;
+                            if got != want.len() {
+                                tally.short_reads += 1;
+                            }
+                            tally.wrong_bytes += buf[..got.min(want.len())]
+                                .iter()
+                                .zip(want)
+                                .filter(|(a, b)| a != b)
+                                .count() as u64;
+                        }
+                        Err(e) => tally
+                            .errors
+                            .push(format!("{} at {offset}+{len}: {e}", path.display())),
+                    }
+                }
+                (tally, slowest)
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let mut slowest = Duration::ZERO;
+    for r in readers {
+        let (t, s) = r.join().expect("reader");
+        tally.add(t);
+        slowest = slowest.max(s);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    dropper.join().expect("dropper");
+    let most = sampler.join().expect("sampler");
+    let took = started.elapsed();
+    let (strict_stats, lazy_stats) = (strict.stats(), lazy.stats());
+    eprintln!(
+        "shared cache under load: {} reads ({} MiB) by 2x32 readers in {took:?}, \
+         {} wrong bytes, {} short reads, {} errors, slowest read {slowest:?}; \
+         cache at most {most} bytes sampled (budget {budget}); \
+         strict mount {strict_stats}; lazy mount {lazy_stats}",
+        tally.reads,
+        tally.bytes >> 20,
+        tally.wrong_bytes,
+        tally.short_reads,
+        tally.errors.len()
+    );
+    assert!(
+        tally.wrong_bytes == 0 && tally.short_reads == 0 && tally.errors.is_empty(),
+        "{} wrong bytes, {} short reads, errors: {:#?}\nstrict:\n{}\nlazy:\n{}",
+        tally.wrong_bytes,
+        tally.short_reads,
+        &tally.errors[..tally.errors.len().min(10)],
+        strict.log(),
+        lazy.log()
+    );
+    assert!(
+        tally.reads >= 1000,
+        "only {} reads in {took:?}",
+        tally.reads
+    );
+    assert!(
+        took < run_for + Duration::from_secs(30),
+        "readers overran: {took:?}"
+    );
+    assert!(slowest < Duration::from_secs(20), "a read took {slowest:?}");
+    for (stats, mount) in [(&strict_stats, &strict), (&lazy_stats, &lazy)] {
+        assert_eq!(
+            stats["read_errors"].as_u64(),
+            Some(0),
+            "{stats}\n{}",
+            std::fs::read_to_string(&mount.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    drop(strict);
+    drop(lazy);
+    // Every complete blob the two left behind is intact.
+    run_ocifs([
+        "cache".into(),
+        "verify".into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ])
+    .success();
+    // Blobs in use are never evicted, so two busy mounts can hold more than
+    // the budget; the next process to open the cache trims it.
+    let left = cache_du(&cache)["bytes"].as_u64().unwrap_or(u64::MAX);
+    run_ocifs([
+        "ls",
+        "--plain-http",
+        "--cache-max-size",
+        "12M",
+        "--cache-dir",
+        &cache.display().to_string(),
+        &fx.reference(),
+    ])
+    .success();
+    let used = cache_du(&cache)["bytes"].as_u64().unwrap_or(u64::MAX);
+    eprintln!(
+        "shared cache: {left} bytes when the mounts ended, {used} once the next process opened it \
+         (budget {budget})"
+    );
+    assert!(
+        used <= budget,
+        "the cache holds {used} bytes, over its {budget}-byte budget"
+    );
+    run_ocifs([
+        "cache".into(),
+        "verify".into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ])
+    .success();
+}
