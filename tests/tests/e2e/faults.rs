@@ -771,3 +771,103 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
     ])
     .success();
 }
+
+/// The pid of the `ocifs mount` daemon serving `dir` (its command line
+/// names the mount point, which is unique to the test).
+fn daemon_pid(dir: &Path) -> u32 {
+    let dir = dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == dir.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no ocifs daemon serves {dir}");
+}
+
+/// Chunk markers of `digest`'s partial blob, in whichever generation.
+fn markers(cache: &Path, digest: &str) -> u64 {
+    let generations = cache.join("partial/sha256").join(&digest[7..]);
+    std::fs::read_dir(generations).map_or(0, |gens| {
+        gens.flatten()
+            .map(|g| std::fs::read_dir(g.path().join("have")).map_or(0, |d| d.count() as u64))
+            .sum()
+    })
+}
+
+/// `kill -9` of a mount in the middle of a large fetch; a new mount on the
+/// same cache serves every byte right (no chunk the dead one was writing
+/// is taken as present), fetches only what is missing, and the cache
+/// verifies.
+fn crash_during_a_fetch(verify: &str) {
+    let fx = Fixture::new(vec![file("big.bin", 48 * MIB, 60)]);
+    let digest = ocifs_tests::sha256_digest(&fx.files[0].content);
+    let size = fx.files[0].content.len() as u64;
+    let cache = fx.cache("crash");
+    fx.proxy
+        .set_hook(Some(Arc::new(ocifs_tests::ThrottleBlobs(6 * MIB as u64))));
+    let first = Mount::new(&fx.reference(), &cache, &["--verify", verify]);
+    let pid = daemon_pid(&first.dir);
+    let path = first.path("big.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path).map(|b| b.len()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while markers(&cache, &digest) < 8 {
+        assert!(Instant::now() < deadline, "the fetch made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The reader gets an error (the daemon is gone), not a hang.
+    let read = reader.join().expect("reader");
+    assert!(read.is_err(), "{read:?}");
+    drop(first);
+    assert!(
+        !cache.join("blobs/sha256").join(&digest[7..]).exists(),
+        "an incomplete blob was promoted"
+    );
+    let present = markers(&cache, &digest);
+    fx.proxy.set_hook(None);
+    fx.proxy.reset();
+    let second = Mount::new(&fx.reference(), &cache, &["--verify", verify]);
+    let got = std::fs::read(second.path("big.bin")).expect("read after the crash");
+    assert!(
+        got == fx.files[0].content,
+        "{verify}: wrong bytes after a crash"
+    );
+    let fetched = fx.proxy.blob_bytes();
+    eprintln!(
+        "crash ({verify}): killed with {present} of {} chunks present; the next mount fetched \
+         {fetched} of {size} bytes and served every byte right",
+        size.div_ceil(MIB as u64)
+    );
+    assert!(
+        fetched <= size - present * MIB as u64,
+        "{verify}: the fetch started over: {fetched} bytes after {present} chunks were present\n{}",
+        fx.proxy.describe()
+    );
+    drop(second);
+    run_ocifs([
+        "cache".into(),
+        "verify".into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ])
+    .success();
+}
+
+#[test]
+fn kill_9_of_a_mount_mid_fetch_then_a_new_mount_resumes_strict() {
+    crash_during_a_fetch("strict");
+}
+
+#[test]
+fn kill_9_of_a_mount_mid_fetch_then_a_new_mount_resumes_lazy() {
+    crash_during_a_fetch("lazy");
+}
