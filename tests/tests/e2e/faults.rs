@@ -782,7 +782,7 @@ fn daemon_pid(dir: &Path) -> u32 {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == dir.as_bytes()) {
+        if args.contains(&&b"mount"[..]) && args.contains(&dir.as_bytes()) {
             return pid;
         }
     }
