@@ -22,6 +22,7 @@ pub mod cache;
 pub mod digest;
 pub mod error;
 mod fsutil;
+pub mod image;
 pub mod manifest;
 pub mod platform;
 pub mod reader;
