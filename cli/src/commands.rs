@@ -147,13 +147,26 @@ fn mode_string(kind: &str, mode: u32) -> String {
     s.push(match kind {
         "dir" => 'd',
         "symlink" => 'l',
+        "char" => 'c',
+        "block" => 'b',
+        "fifo" => 'p',
         _ => '-',
     });
-    for shift in [6, 3, 0] {
+    // setuid, setgid, sticky: shown in the x column of user, group, other.
+    for (shift, special, marks) in [
+        (6, 0o4000, ['s', 'S']),
+        (3, 0o2000, ['s', 'S']),
+        (0, 0o1000, ['t', 'T']),
+    ] {
         let bits = (mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+        s.push(match (mode & special != 0, bits & 1 != 0) {
+            (true, true) => marks[0],
+            (true, false) => marks[1],
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
     }
     s
 }
@@ -213,10 +226,17 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
             };
             if args.long {
                 let mtime = tree.node(*i).map_or(UNIX_EPOCH, |n| n.mtime);
+                let owner = match (e.uid, e.gid) {
+                    (Some(u), Some(g)) => format!(" {u:>5} {g:>5}"),
+                    _ => String::new(),
+                };
+                let size = match (e.major, e.minor) {
+                    (Some(major), Some(minor)) => format!("{major:>5}, {minor:>5}"),
+                    _ => e.size.to_string(),
+                };
                 out.push_str(&format!(
-                    "{} {:>12} {} {}{suffix}\n",
+                    "{}{owner} {size:>12} {} {}{suffix}\n",
                     mode_string(e.kind, e.mode),
-                    e.size,
                     format_time(mtime),
                     e.path
                 ));

@@ -60,6 +60,10 @@ pub struct ViewArgs {
     /// bin directory); PATH operands are relative to it.
     #[arg(long, value_name = "PATH")]
     pub root: Option<String>,
+
+    /// Show a container image's layers as files, not its root filesystem.
+    #[arg(long)]
+    pub layers: bool,
 }
 
 impl ViewArgs {
@@ -74,9 +78,22 @@ impl ViewArgs {
         &self,
         manifest: &Manifest,
         file_mode: u32,
-        reader: &dyn Reader,
+        cache: &ChunkCache,
         path: Option<&str>,
     ) -> anyhow::Result<Tree> {
+        if ocifs_core::image::is_image(manifest) && !self.layers {
+            let tree = ocifs_core::image::build(manifest, cache).await?;
+            for problem in tree.problems() {
+                tracing::warn!("{problem}");
+            }
+            return match &self.root {
+                Some(root) => Ok(tree
+                    .subtree(root)
+                    .with_context(|| format!("--root {root}"))?),
+                None => Ok(tree),
+            };
+        }
+        let reader: &dyn Reader = cache;
         let options = ViewOptions {
             file_mode,
             expand: self.expand.unwrap_or_default(),

@@ -219,6 +219,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A layer of a container image, or one entry of it, cannot be read.
+    #[error("layer {layer}: {}{reason}", entry_prefix(.entry))]
+    Layer {
+        /// The layer's digest.
+        layer: String,
+        /// The entry, when only it is bad.
+        entry: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// No such file or directory in the artifact.
     #[error("{path}: no such file or directory in the artifact")]
     PathNotFound {
@@ -383,7 +394,8 @@ impl Error {
             | Error::UnsupportedMediaType { .. }
             | Error::Layout { .. }
             | Error::InvalidTitle { .. }
-            | Error::Archive { .. } => INVALID_CONTENT,
+            | Error::Archive { .. }
+            | Error::Layer { .. } => INVALID_CONTENT,
             Error::Io { .. } => OTHER,
         }
     }

@@ -204,7 +204,7 @@ impl Reader for DirectReader {
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(bytes)
             }
-            Content::Zip(_) | Content::Tar(_) => {
+            Content::Zip(_) | Content::Tar(_) | Content::Layer(_) => {
                 self.entries.read(self, content, offset, len).await
             }
         }

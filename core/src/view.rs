@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::archive::{self, Compression, Format, Item, ItemKind, TarEntry, ZipEntry};
 use crate::error::{Error, Result};
+use crate::image::LayerFile;
 use crate::manifest::{Descriptor, Manifest, annotation};
 use crate::reader::Reader;
 
@@ -42,6 +43,9 @@ pub enum Content {
     Zip(Arc<ZipEntry>),
     /// An entry of a tar layer (plain, gzip or zstd).
     Tar(Arc<TarEntry>),
+    /// A file of a container image's root filesystem: a range of one
+    /// layer's uncompressed tar stream.
+    Layer(LayerFile),
 }
 
 impl Content {
@@ -51,6 +55,7 @@ impl Content {
             Content::Blob(d) => d.size,
             Content::Zip(e) => e.size,
             Content::Tar(e) => e.size,
+            Content::Layer(f) => f.size,
         }
     }
 
@@ -60,6 +65,7 @@ impl Content {
             Content::Blob(d) => d,
             Content::Zip(e) => &e.blob,
             Content::Tar(e) => &e.blob,
+            Content::Layer(f) => &f.layer.blob,
         }
     }
 }
@@ -74,7 +80,31 @@ pub enum NodeKind {
     /// A symbolic link (from a package) to this target, which may point
     /// anywhere: it is only shown.
     Symlink(String),
+    /// A device or a FIFO of a container image: shown with its type and
+    /// numbers, never opened (mounts are `nodev`).
+    Special {
+        /// Which.
+        kind: SpecialKind,
+        /// The device's major number (0 for a FIFO).
+        major: u32,
+        /// The device's minor number (0 for a FIFO).
+        minor: u32,
+    },
 }
+
+/// The kind of a [`NodeKind::Special`] node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialKind {
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A FIFO.
+    Fifo,
+}
+
+/// Extended attributes: (name, value), as the archive lists them.
+pub type Xattrs = Arc<Vec<(String, Vec<u8>)>>;
 
 /// One inode.
 #[derive(Clone, Debug)]
@@ -85,10 +115,16 @@ pub struct Node {
     pub parent: Ino,
     /// What it is.
     pub kind: NodeKind,
-    /// Permission bits (without the file-type bits).
+    /// Permission bits with setuid, setgid and sticky (without the
+    /// file-type bits).
     pub mode: u32,
     /// Modification time.
     pub mtime: SystemTime,
+    /// Owner and group, as the image says; `None` (artifacts): the user
+    /// who mounts.
+    pub owner: Option<(u32, u32)>,
+    /// Extended attributes, as the image says.
+    pub xattrs: Option<Xattrs>,
 }
 
 impl Node {
@@ -98,6 +134,7 @@ impl Node {
             NodeKind::File(c) => c.size(),
             NodeKind::Dir(_) => 0,
             NodeKind::Symlink(target) => target.len() as u64,
+            NodeKind::Special { .. } => 0,
         }
     }
 
@@ -163,6 +200,8 @@ impl Default for ViewOptions {
 pub struct Tree {
     nodes: Vec<Node>,
     problems: Vec<String>,
+    /// A root filesystem: absolute symlinks resolve from the root.
+    rootfs: bool,
 }
 
 /// One row of a listing, for `ls --json` and tests.
@@ -171,7 +210,7 @@ pub struct Tree {
 pub struct Entry {
     /// The path from the root, `/`-separated, without a leading `/`.
     pub path: String,
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `char`, `block` or `fifo`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Size in bytes.
@@ -187,6 +226,18 @@ pub struct Entry {
     /// A symlink's target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The owner, in an image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group, in an image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// A device's major number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major: Option<u32>,
+    /// A device's minor number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
 }
 
 /// How a package layer is shown.
@@ -210,9 +261,27 @@ impl Tree {
                 kind: NodeKind::Dir(BTreeMap::new()),
                 mode: dir_mode,
                 mtime,
+                owner: None,
+                xattrs: None,
             }],
             problems: Vec::new(),
+            rootfs: false,
         }
+    }
+
+    /// A tree of `nodes` (the root first; inode numbers are positions from
+    /// 1; every directory's children are nodes of the tree).
+    pub(crate) fn from_nodes(nodes: Vec<Node>, problems: Vec<String>, rootfs: bool) -> Self {
+        Tree {
+            nodes,
+            problems,
+            rootfs,
+        }
+    }
+
+    /// Whether this is a container image's root filesystem.
+    pub fn is_rootfs(&self) -> bool {
+        self.rootfs
     }
 
     /// Builds the view of an artifact manifest without reading any blob:
@@ -504,6 +573,7 @@ impl Tree {
         Ok(Tree {
             nodes,
             problems: self.problems.clone(),
+            rootfs: self.rootfs,
         })
     }
 
@@ -529,6 +599,8 @@ impl Tree {
             kind,
             mode,
             mtime,
+            owner: None,
+            xattrs: None,
         });
         Ok(ino)
     }
@@ -635,6 +707,10 @@ impl Tree {
                             reason: "too many levels of symbolic links",
                         });
                     }
+                    if target.starts_with('/') && self.rootfs {
+                        ino = self.resolve_from(Self::ROOT, target, true, hops, asked)?;
+                        continue;
+                    }
                     if target.starts_with('/') {
                         return Err(Error::WrongKind {
                             path: asked.to_owned(),
@@ -686,8 +762,13 @@ impl Tree {
                 digest: None,
                 media_type: None,
                 target: None,
+                uid: None,
+                gid: None,
+                major: None,
+                minor: None,
             };
         };
+        let mut numbers = None;
         let (kind, digest, media_type, target) = match &n.kind {
             NodeKind::Dir(_) => ("dir", None, None, None),
             NodeKind::File(Content::Blob(d)) => (
@@ -698,6 +779,17 @@ impl Tree {
             ),
             NodeKind::File(_) => ("file", None, None, None),
             NodeKind::Symlink(t) => ("symlink", None, None, Some(t.clone())),
+            NodeKind::Special { kind, major, minor } => {
+                if *kind != SpecialKind::Fifo {
+                    numbers = Some((*major, *minor));
+                }
+                let name = match kind {
+                    SpecialKind::CharDevice => "char",
+                    SpecialKind::BlockDevice => "block",
+                    SpecialKind::Fifo => "fifo",
+                };
+                (name, None, None, None)
+            }
         };
         Entry {
             path: self.path_of(ino),
@@ -707,6 +799,10 @@ impl Tree {
             digest,
             media_type,
             target,
+            uid: n.owner.map(|o| o.0),
+            gid: n.owner.map(|o| o.1),
+            major: numbers.map(|d| d.0),
+            minor: numbers.map(|d| d.1),
         }
     }
 }

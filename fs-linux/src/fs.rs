@@ -17,7 +17,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use ocifs_core::view::{Content, Node, NodeKind};
+use ocifs_core::view::{Content, Node, NodeKind, SpecialKind};
 use ocifs_core::{Ino, Reader, Tree};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -308,9 +308,17 @@ impl OciFs {
             kind,
             perm: (node.mode & 0o7777) as u16,
             nlink: self.nlinks.get((ino - 1) as usize).copied().unwrap_or(1),
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
+            // An image's owners are its own; an artifact's, the mounter's.
+            uid: node.owner.map_or(self.uid, |o| o.0),
+            gid: node.owner.map_or(self.gid, |o| o.1),
+            rdev: match node.kind {
+                NodeKind::Special {
+                    kind: SpecialKind::CharDevice | SpecialKind::BlockDevice,
+                    major,
+                    minor,
+                } => libc::makedev(major, minor) as u32,
+                _ => 0,
+            },
             blksize: BLOCK as u32,
             flags: 0,
         }
@@ -547,6 +555,8 @@ impl Filesystem for OciFs {
             NodeKind::Dir(_) => return reply.error(Errno::EISDIR),
             // The kernel follows symlinks itself and never opens one.
             NodeKind::Symlink(_) => return reply.error(Errno::from_i32(libc::ELOOP)),
+            // The mount is nodev: the kernel opens neither devices nor FIFOs here.
+            NodeKind::Special { .. } => return reply.error(Errno::EACCES),
         };
         Counters::bump(&self.state.counters.opens);
         if self.passthrough.is_none() {
@@ -594,7 +604,9 @@ impl Filesystem for OciFs {
         let file_size = match self.tree().node(ino.0).map(|n| &n.kind) {
             Some(NodeKind::File(c)) => c.size(),
             Some(NodeKind::Dir(_)) => return reply.error(Errno::EISDIR),
-            Some(NodeKind::Symlink(_)) => return reply.error(Errno::EINVAL),
+            Some(NodeKind::Symlink(_) | NodeKind::Special { .. }) => {
+                return reply.error(Errno::EINVAL);
+            }
             None => return reply.error(Errno::ENOENT),
         };
         if offset >= file_size {
@@ -785,23 +797,28 @@ impl Filesystem for OciFs {
         }
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::NO_XATTR);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let tree = self.tree();
+        let value = tree
+            .node(ino.0)
+            .and_then(|n| n.xattrs.as_ref())
+            .and_then(|x| x.iter().find(|(k, _)| OsStr::new(k) == name));
+        match value {
+            Some((_, v)) => reply_xattr(reply, size, v),
+            None => reply.error(Errno::NO_XATTR),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let tree = self.tree();
+        let mut names = Vec::new();
+        if let Some(x) = tree.node(ino.0).and_then(|n| n.xattrs.as_ref()) {
+            for (k, _) in x.iter() {
+                names.extend_from_slice(k.as_bytes());
+                names.push(0);
+            }
         }
+        reply_xattr(reply, size, &names);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -987,6 +1004,23 @@ fn file_type(node: &Node) -> FileType {
         NodeKind::Dir(_) => FileType::Directory,
         NodeKind::File(_) => FileType::RegularFile,
         NodeKind::Symlink(_) => FileType::Symlink,
+        NodeKind::Special { kind, .. } => match kind {
+            SpecialKind::CharDevice => FileType::CharDevice,
+            SpecialKind::BlockDevice => FileType::BlockDevice,
+            SpecialKind::Fifo => FileType::NamedPipe,
+        },
+    }
+}
+
+/// Answers a getxattr or listxattr with `value`: its size if `size` is 0,
+/// ERANGE if it does not fit.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
     }
 }
 

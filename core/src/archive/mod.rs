@@ -35,6 +35,9 @@ mod stream;
 mod tar;
 mod zip;
 
+pub(crate) use stream::{StreamRead, with_stream};
+pub(crate) use tar::decoder;
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -343,6 +346,7 @@ impl EntryReader {
                     .await?;
                 Ok(whole.slice(offset as usize..end as usize))
             }
+            Content::Layer(f) => crate::image::read(self, blobs, f, offset, end - offset).await,
         }
     }
 
@@ -354,7 +358,7 @@ impl EntryReader {
     }
 
     /// The decoded entry `key`, decoding it with `decode` if no one has.
-    async fn whole<F, Fut>(&self, key: Key, decode: F) -> Result<Bytes>
+    pub(crate) async fn whole<F, Fut>(&self, key: Key, decode: F) -> Result<Bytes>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes>>,

@@ -88,6 +88,16 @@ pub(crate) struct StreamRead {
     current: Bytes,
 }
 
+impl StreamRead {
+    /// The reading end of a channel of pieces.
+    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        StreamRead {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
 impl Read for StreamRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {

@@ -82,7 +82,7 @@ fn io_error(blob: &Descriptor, e: io::Error) -> Error {
 }
 
 /// The decompressed stream, bounded in how far it may grow.
-fn decoder<'a, R: Read + 'a>(
+pub(crate) fn decoder<'a, R: Read + 'a>(
     r: R,
     compression: Compression,
     blob: &Descriptor,

@@ -21,6 +21,7 @@
 
 mod memory;
 mod offline;
+mod scan;
 mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -40,6 +41,7 @@ use tokio::sync::{Semaphore, watch};
 
 pub use memory::MemoryTier;
 pub use offline::CachedSource;
+pub use scan::Scanned;
 pub use store::{DiskStore, Partial, StoredBlob};
 
 use crate::archive::EntryReader;
@@ -128,6 +130,8 @@ struct Inner {
     verified_local: Mutex<HashSet<Digest>>,
     bad: Mutex<HashMap<Digest, Error>>,
     sequences: Mutex<HashMap<Digest, Sequence>>,
+    /// Chunk digest tables (`ChunkCache::set_chunk_digests`).
+    tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
@@ -229,6 +233,7 @@ impl ChunkCache {
                 verified_local: Mutex::new(HashSet::new()),
                 bad: Mutex::new(HashMap::new()),
                 sequences: Mutex::new(HashMap::new()),
+                tables: Mutex::new(HashMap::new()),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
@@ -299,6 +304,11 @@ impl Inner {
 
     fn is_pinned(&self, digest: &Digest) -> bool {
         self.pins.lock().is_ok_and(|p| p.contains_key(digest))
+    }
+
+    /// The chunk digest table of a blob, if there is one.
+    fn table(&self, digest: &Digest) -> Option<Arc<Vec<[u8; 32]>>> {
+        self.tables.lock().ok()?.get(digest).cloned()
     }
 
     fn known_bad(&self, digest: &Digest) -> Option<Error> {
@@ -509,6 +519,16 @@ impl Inner {
             self.counters
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if let Some(table) = self.table(&blob.digest)
+                && partial.chunk_size == self.options.chunk_size
+            {
+                for (i, piece) in bytes.chunks(partial.chunk_size as usize).enumerate() {
+                    if let Err(e) = check_chunk(&table, &blob, a + i as u64, piece) {
+                        Counters::bump(&self.counters.verify_failures);
+                        return Err(e);
+                    }
+                }
+            }
             let writing = partial.clone();
             let written =
                 tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
@@ -851,7 +871,8 @@ impl Inner {
                 len,
             )?)));
         }
-        if self.options.verify == Verify::Strict {
+        let table = self.table(&blob.digest);
+        if self.options.verify == Verify::Strict && table.is_none() {
             return Ok(None);
         }
         let partial = match self
@@ -867,7 +888,18 @@ impl Inner {
             .chunks_covering(offset, offset + len as u64)
             .all(|c| partial.has(c))
         {
-            return Ok(Some(Bytes::from(partial.read(offset, len)?)));
+            let bytes = partial.read(offset, len)?;
+            if let Some(table) = table
+                && let Err(e) = check_chunk(&table, blob, n, &bytes)
+            {
+                // Written unchecked (by a lazy reader of another chunk
+                // size, or damaged on disk): never served, fetched afresh.
+                Counters::bump(&self.counters.verify_failures);
+                store.drop_partial(&blob.digest);
+                self.forget_partial(&blob.digest);
+                return Err(e);
+            }
+            return Ok(Some(Bytes::from(bytes)));
         }
         Ok(None)
     }
@@ -886,7 +918,10 @@ impl Inner {
             return Err(e);
         }
         let _pin = self.pin(&blob.digest);
-        if self.options.verify == Verify::Strict {
+        // Strict without a chunk digest table: the whole blob first.
+        let whole_first =
+            self.options.verify == Verify::Strict && self.table(&blob.digest).is_none();
+        if whole_first {
             self.ensure_complete(blob).await?;
         }
         let cs = self.options.chunk_size;
@@ -927,7 +962,7 @@ impl Inner {
             let Some(store) = self.store.clone() else {
                 break;
             };
-            if self.options.verify == Verify::Strict {
+            if whole_first {
                 self.ensure_complete(blob).await?;
                 continue;
             }
@@ -961,7 +996,7 @@ impl Inner {
             let stop = ((end - n * cs) as usize).min(chunk.len());
             out.extend_from_slice(&chunk[start..stop]);
         }
-        if self.options.verify == Verify::Lazy && self.store.is_some() {
+        if !whole_first && self.store.is_some() {
             self.read_ahead(blob, offset, end);
         }
         Ok(out.freeze())
@@ -1154,6 +1189,24 @@ fn poisoned() -> Error {
     )
 }
 
+/// Checks chunk `n` of `blob` against its digest table.
+fn check_chunk(table: &[[u8; 32]], blob: &Descriptor, n: u64, bytes: &[u8]) -> Result<()> {
+    use sha2::Digest as _;
+    let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    match table.get(n as usize) {
+        Some(expected) if *expected == actual => Ok(()),
+        expected => Err(Error::DigestMismatch {
+            what: format!(
+                "chunk {n} of blob {} ({} bytes; checked against the digests taken when it was indexed)",
+                blob.digest,
+                bytes.len()
+            ),
+            expected: expected.map_or_else(|| "no such chunk".into(), hex::encode),
+            actual: hex::encode(actual),
+        }),
+    }
+}
+
 fn join_error(e: tokio::task::JoinError) -> Error {
     Error::io("a cache task failed", std::io::Error::other(e.to_string()))
 }
@@ -1163,7 +1216,7 @@ impl Reader for ChunkCache {
     async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
         match content {
             Content::Blob(blob) => self.inner.read_blob(blob, offset, len).await,
-            Content::Zip(_) | Content::Tar(_) => {
+            Content::Zip(_) | Content::Tar(_) | Content::Layer(_) => {
                 self.inner.entries.read(self, content, offset, len).await
             }
         }

@@ -230,6 +230,26 @@ impl DiskStore {
         }
     }
 
+    /// Where the index of layer `digest` lives (`index/sha256/<hex>`):
+    /// derived data, small, rebuilt if lost.
+    pub fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("index/sha256").join(digest.hex())
+    }
+
+    /// The stored index of layer `digest`, if any (at most `limit` bytes).
+    pub fn get_index(&self, digest: &Digest, limit: u64) -> Option<Vec<u8>> {
+        let f = File::open(self.index_path(digest)).ok()?;
+        let mut buf = Vec::new();
+        f.take(limit).read_to_end(&mut buf).ok()?;
+        Some(buf)
+    }
+
+    /// Stores the index of layer `digest` (atomically: a reader sees the
+    /// old file or the new one).
+    pub fn put_index(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.write_atomic(&self.index_path(digest), bytes)
+    }
+
     /// Whether a complete blob exists.
     pub fn has_complete(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
@@ -609,7 +629,10 @@ impl DiskStore {
 
     /// Deletes everything (`cache prune --all`), except blobs in use.
     pub fn clear(&self) -> Result<u64> {
-        self.evict_to(0, &|_| false)
+        let freed = self.evict_to(0, &|_| false)?;
+        // Layer indexes are derived from blobs: rebuilt when needed.
+        let _ = fs::remove_dir_all(self.root.join("index"));
+        Ok(freed)
     }
 }
 

@@ -13,13 +13,45 @@
 
 pub mod format;
 pub mod gzip;
+pub mod overlay;
+mod read;
 pub mod toc;
 pub mod zstd;
 
 pub use toc::{EntryKind, TocEntry};
 
+pub(crate) use read::read;
+
+use std::sync::Arc;
+
 use crate::archive::Compression;
 use crate::digest::Digest;
+use crate::manifest::Descriptor;
+
+/// A layer of a mounted image: what reading its files needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ImageLayer {
+    /// The layer blob.
+    pub blob: Descriptor,
+    /// How it is compressed.
+    pub compression: Compression,
+    /// The length of its uncompressed tar stream.
+    pub uncompressed_size: u64,
+    /// Where decoding can resume.
+    pub points: SeekPoints,
+}
+
+/// A file of an image's root filesystem: bytes `offset..offset + size` of
+/// a layer's uncompressed tar stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerFile {
+    /// The layer.
+    pub layer: Arc<ImageLayer>,
+    /// Where the file's data starts in the uncompressed stream.
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+}
 
 /// A point in a gzip stream where inflating can resume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,4 +115,167 @@ pub struct LayerIndex {
     /// one may be shorter), taken from verified bytes: chunks fetched later
     /// are checked against these. Empty if not recorded.
     pub chunk_digests: Vec<[u8; 32]>,
+}
+
+/// The media types of image configurations.
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// How a layer of this media type is compressed, if it is a tar layer.
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// Whether `manifest` is a container image: an image configuration and
+/// tar layers only. Its view is then its root filesystem ([`build`]).
+pub fn is_image(manifest: &crate::Manifest) -> bool {
+    CONFIG_TYPES.contains(&manifest.config.media_type.as_str())
+        && manifest
+            .layers
+            .iter()
+            .all(|l| layer_compression(&l.media_type).is_some())
+}
+
+/// The layers of a layer index file read, at most.
+const MAX_INDEX_FILE: u64 = 512 << 20;
+/// Layers indexed at once.
+const PARALLEL_LAYERS: usize = 3;
+
+/// The root filesystem of image `manifest`: each layer's index (from the
+/// cache, else built by streaming the layer once), merged.
+pub async fn build(
+    manifest: &crate::Manifest,
+    cache: &crate::ChunkCache,
+) -> crate::Result<crate::Tree> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let layers: Vec<overlay::MergeLayer> = futures_util::stream::iter(manifest.layers.iter())
+        .map(|l| layer(cache, l))
+        .buffered(PARALLEL_LAYERS)
+        .try_collect()
+        .await?;
+    Ok(overlay::merge(layers))
+}
+
+/// One layer, indexed, ready to merge.
+async fn layer(cache: &crate::ChunkCache, blob: &Descriptor) -> crate::Result<overlay::MergeLayer> {
+    let index = layer_index(cache, blob).await?;
+    let LayerIndex {
+        compression,
+        uncompressed_size,
+        entries,
+        problems,
+        points,
+        chunk_size,
+        chunk_digests,
+        ..
+    } = index;
+    if !chunk_digests.is_empty() {
+        cache.set_chunk_digests(blob, chunk_size, chunk_digests);
+    }
+    Ok(overlay::MergeLayer {
+        layer: Arc::new(ImageLayer {
+            blob: blob.clone(),
+            compression,
+            uncompressed_size,
+            points,
+        }),
+        entries,
+        problems,
+    })
+}
+
+fn layer_error(blob: &Descriptor, reason: impl Into<String>) -> crate::Error {
+    crate::Error::Layer {
+        layer: blob.digest.to_string(),
+        entry: None,
+        reason: reason.into(),
+    }
+}
+
+/// The index of layer `blob`: the cache's, else built (and stored).
+pub async fn layer_index(
+    cache: &crate::ChunkCache,
+    blob: &Descriptor,
+) -> crate::Result<LayerIndex> {
+    let compression = layer_compression(&blob.media_type).ok_or_else(|| {
+        layer_error(
+            blob,
+            format!("media type {} is not a tar layer", blob.media_type),
+        )
+    })?;
+    let store = cache.store().cloned();
+    if let Some(store) = &store
+        && let Some(bytes) = store.get_index(&blob.digest, MAX_INDEX_FILE)
+    {
+        match format::decode(&bytes) {
+            Ok(ix)
+                if ix.digest == blob.digest
+                    && ix.size == blob.size
+                    && ix.compression == compression =>
+            {
+                return Ok(ix);
+            }
+            Ok(_) => {
+                tracing::warn!(layer = %blob.digest, "the stored index is of another layer; rebuilding it")
+            }
+            Err(e) => {
+                tracing::warn!(layer = %blob.digest, "the stored index is unreadable ({e}); rebuilding it")
+            }
+        }
+    }
+    let b = blob.clone();
+    let scanned = cache
+        .scan(blob, move |r| index_stream(r, &b, compression))
+        .await?;
+    let (toc, points, uncompressed_size) = scanned.value;
+    let index = LayerIndex {
+        digest: blob.digest.clone(),
+        size: blob.size,
+        compression,
+        uncompressed_size,
+        entries: toc.entries,
+        problems: toc.problems,
+        points,
+        chunk_size: scanned.chunk_size,
+        chunk_digests: scanned.chunk_digests,
+    };
+    if let Some(store) = store {
+        let bytes = format::encode(&index);
+        let digest = blob.digest.clone();
+        let stored = tokio::task::spawn_blocking(move || store.put_index(&digest, &bytes)).await;
+        if let Ok(Err(e)) = stored {
+            tracing::warn!(layer = %blob.digest, error = %e, "storing the layer index failed");
+        }
+    }
+    Ok(index)
+}
+
+/// Walks a layer's stream (on a blocking thread): its table of contents,
+/// its seek points and its uncompressed length.
+fn index_stream(
+    r: &mut dyn std::io::Read,
+    blob: &Descriptor,
+    compression: Compression,
+) -> crate::Result<(toc::Toc, SeekPoints, u64)> {
+    let walk_error = |e: toc::WalkError| layer_error(blob, e.to_string());
+    let mut d = crate::archive::decoder(r, compression, blob)?;
+    let toc = toc::walk(&mut toc::Stream(&mut d)).map_err(walk_error)?;
+    // The rest (the end-of-archive padding) counts in the stream's length.
+    let rest = std::io::copy(&mut d, &mut std::io::sink())
+        .map_err(|e| layer_error(blob, format!("unreadable stream: {e}")))?;
+    let len = toc.len + rest;
+    Ok((toc, SeekPoints::None, len))
 }

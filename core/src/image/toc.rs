@@ -225,9 +225,7 @@ pub fn normalize(name: &str) -> Result<String, String> {
                 }
             }
             c if c.len() > NAME_MAX => {
-                return Err(format!(
-                    "a path component is longer than {NAME_MAX} bytes"
-                ));
+                return Err(format!("a path component is longer than {NAME_MAX} bytes"));
             }
             c => out.push(c),
         }
@@ -347,7 +345,10 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I) -> Result<Toc, WalkError> {
             } else if kind.is_gnu_sparse() {
                 return Err("a GNU sparse file (not supported)".into());
             } else {
-                return Err(format!("unsupported entry type {:?}", char::from(kind_byte)));
+                return Err(format!(
+                    "unsupported entry type {:?}",
+                    char::from(kind_byte)
+                ));
             };
             if path.is_empty() && kind != EntryKind::Dir {
                 return Err("the root is not a directory".into());
@@ -375,8 +376,16 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I) -> Result<Toc, WalkError> {
                 size: if is_file { stored } else { 0 },
                 offset: if is_file { data_at } else { 0 },
                 link,
-                major: if device { number(header.device_major()) } else { 0 },
-                minor: if device { number(header.device_minor()) } else { 0 },
+                major: if device {
+                    number(header.device_major())
+                } else {
+                    0
+                },
+                minor: if device {
+                    number(header.device_minor())
+                } else {
+                    0
+                },
                 xattrs: p.xattrs,
             })
         })();
@@ -499,8 +508,11 @@ mod tests {
         });
         let toc = walk_bytes(&tar).unwrap();
         assert!(toc.problems.is_empty(), "{:?}", toc.problems);
-        let kinds: Vec<(&str, EntryKind)> =
-            toc.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let kinds: Vec<(&str, EntryKind)> = toc
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind))
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -546,11 +558,17 @@ mod tests {
         let toc = walk_bytes(&tar).unwrap();
         let e = &toc.entries[0];
         assert_eq!(e.path, format!("x/{}", "p".repeat(150)));
-        assert_eq!((e.uid, e.gid, e.mtime), (4_294_967_294, 70000, 1_600_000_000));
+        assert_eq!(
+            (e.uid, e.gid, e.mtime),
+            (4_294_967_294, 70000, 1_600_000_000)
+        );
         assert_eq!(
             e.xattrs,
             [
-                ("security.capability".to_owned(), b"\x01\x00\x00\x02".to_vec()),
+                (
+                    "security.capability".to_owned(),
+                    b"\x01\x00\x00\x02".to_vec()
+                ),
                 ("user.note".to_owned(), b"hi".to_vec())
             ]
         );
@@ -563,8 +581,16 @@ mod tests {
         assert_eq!(normalize("./").unwrap(), "");
         assert!(normalize("../etc/passwd").unwrap_err().contains(".."));
         assert!(normalize("a/../../b").is_err());
-        assert!(normalize(&"a/".repeat(3000)).unwrap_err().contains("longer"));
-        assert!(normalize(&"n".repeat(256)).unwrap_err().contains("component"));
+        assert!(
+            normalize(&"a/".repeat(3000))
+                .unwrap_err()
+                .contains("longer")
+        );
+        assert!(
+            normalize(&"n".repeat(256))
+                .unwrap_err()
+                .contains("component")
+        );
 
         let mut raw = Vec::new();
         for name in ["../escape", "ok"] {
@@ -606,7 +632,12 @@ mod tests {
         // A corrupt header.
         let mut bad = tar.clone();
         bad[10] ^= 0x55;
-        assert!(walk_bytes(&bad).unwrap_err().to_string().contains("checksum"));
+        assert!(
+            walk_bytes(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
     }
 
     proptest::proptest! {

@@ -1,0 +1,242 @@
+//! Streaming a whole blob once, verified, to a consumer (the layer indexer),
+//! without keeping it; and the chunk digest tables taken on the way, which
+//! let strict mode serve chunks of that blob without fetching all of it.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::{ChunkCache, Inner, join_error};
+use crate::archive::StreamRead;
+use crate::digest::Hasher;
+use crate::error::{Error, Result};
+use crate::manifest::Descriptor;
+use crate::reader::{Counters, Reader as _};
+use crate::view::Content;
+
+/// What [`ChunkCache::scan`] gives back.
+#[derive(Debug)]
+pub struct Scanned<T> {
+    /// The consumer's result.
+    pub value: T,
+    /// The size of the chunks `chunk_digests` are of (the cache's).
+    pub chunk_size: u64,
+    /// The sha256 of each chunk of the blob.
+    pub chunk_digests: Vec<[u8; 32]>,
+}
+
+/// A `Read` that hashes what passes: the whole, and each chunk.
+struct Hashing<R> {
+    inner: R,
+    whole: Hasher,
+    chunk: Sha256,
+    in_chunk: u64,
+    chunk_size: u64,
+    chunks: Vec<[u8; 32]>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut rest = &buf[..n];
+        self.whole.update(rest);
+        while !rest.is_empty() {
+            let take = ((self.chunk_size - self.in_chunk) as usize).min(rest.len());
+            self.chunk.update(&rest[..take]);
+            self.in_chunk += take as u64;
+            rest = &rest[take..];
+            if self.in_chunk == self.chunk_size {
+                self.chunks
+                    .push(std::mem::take(&mut self.chunk).finalize().into());
+                self.in_chunk = 0;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Hashing<R> {
+    fn finish(mut self) -> (Hasher, Vec<[u8; 32]>) {
+        if self.in_chunk > 0 {
+            self.chunks.push(self.chunk.finalize().into());
+        }
+        (self.whole, self.chunks)
+    }
+}
+
+impl ChunkCache {
+    /// Streams the whole of `blob` once through `consume` (on a blocking
+    /// thread), checking its digest, and takes the digest of each chunk.
+    /// The bytes are not kept: a complete copy already in the cache is
+    /// read, else the source is streamed (resumed where it breaks).
+    ///
+    /// If the blob fails its digest, that is the error, whatever `consume`
+    /// made of the bytes (so a stream that stops early is still read to
+    /// its end). With strict verification, nothing `consume` returns was
+    /// made of unverified bytes that reach the caller: the value is
+    /// returned only once the whole blob checked out.
+    pub async fn scan<T, F>(&self, blob: &Descriptor, consume: F) -> Result<Scanned<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+    {
+        let chunk_size = self.inner.options.chunk_size;
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let consumer = tokio::task::spawn_blocking(move || {
+            let mut r = Hashing {
+                inner: StreamRead::new(rx),
+                whole: Hasher::new(),
+                chunk: Sha256::new(),
+                in_chunk: 0,
+                chunk_size,
+                chunks: Vec::new(),
+            };
+            let value = consume(&mut r);
+            // The digest is of the whole blob, whatever the consumer read.
+            let _ = io::copy(&mut r, &mut io::sink());
+            (value, r.finish())
+        });
+        let produced = self.inner.clone().produce(blob, tx).await;
+        let (value, (hasher, chunk_digests)) = consumer.await.map_err(join_error)?;
+        produced?;
+        let (len, actual) = (hasher.len(), hasher.finish());
+        if len != blob.size || actual != blob.digest {
+            Counters::bump(&self.inner.counters.verify_failures);
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "blob {} in {} ({len} bytes read, {} expected)",
+                    blob.digest,
+                    self.inner.source.name(),
+                    blob.size
+                ),
+                expected: blob.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Counters::bump(&self.inner.counters.blobs_verified);
+        if self.inner.store.is_none()
+            && let Ok(mut v) = self.inner.verified_local.lock()
+        {
+            // A local layout's blob, hashed in place just now.
+            v.insert(blob.digest.clone());
+        }
+        Ok(Scanned {
+            value: value?,
+            chunk_size,
+            chunk_digests,
+        })
+    }
+
+    /// Gives the cache the digest of each `chunk_size` chunk of `blob`,
+    /// taken from verified bytes: from now on its chunks are checked
+    /// against them when fetched, and strict mode serves a chunk once it
+    /// checked out rather than after the whole blob did. A table of
+    /// another chunk size, or of the wrong length, is not used.
+    pub fn set_chunk_digests(&self, blob: &Descriptor, chunk_size: u64, digests: Vec<[u8; 32]>) {
+        let cs = self.inner.options.chunk_size;
+        if chunk_size != cs || digests.len() as u64 != blob.size.div_ceil(cs) {
+            tracing::debug!(digest = %blob.digest, chunk_size, "chunk digest table not used");
+            return;
+        }
+        if let Ok(mut t) = self.inner.tables.lock() {
+            t.insert(blob.digest.clone(), Arc::new(digests));
+        }
+    }
+
+    /// The disk tier, for a remote source.
+    pub fn store(&self) -> Option<&Arc<super::DiskStore>> {
+        self.inner.store.as_ref()
+    }
+
+    /// The cache's chunk size.
+    pub fn chunk_size(&self) -> u64 {
+        self.inner.options.chunk_size
+    }
+}
+
+impl Inner {
+    /// Sends the bytes of `blob` down `tx` until the end or until the
+    /// receiver is gone.
+    async fn produce(self: Arc<Self>, blob: &Descriptor, tx: mpsc::Sender<Bytes>) -> Result<()> {
+        const PIECE: u64 = 1 << 20;
+        if self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.has_complete(&blob.digest))
+        {
+            let cache = ChunkCache {
+                inner: self.clone(),
+            };
+            let content = Content::Blob(blob.clone());
+            let mut offset = 0;
+            while offset < blob.size {
+                let bytes = cache.read(&content, offset, PIECE).await?;
+                if bytes.is_empty() {
+                    break;
+                }
+                offset += bytes.len() as u64;
+                if tx.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let mut retry = self.source.retry_policy().resumption();
+        let what = format!("blob {} from {}", blob.digest, self.source.name());
+        let mut pos = 0u64;
+        loop {
+            Counters::bump(&self.counters.requests);
+            let opened = retry
+                .within(&what, self.source.stream_from(blob, pos))
+                .await
+                .and_then(|r| r);
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(e) if retry.again(&what, &e).await => continue,
+                Err(e) => return Err(e),
+            };
+            let start = pos;
+            let broke = loop {
+                let next = match retry.within(&what, stream.next()).await {
+                    Ok(next) => next,
+                    Err(e) => Some(Err(e)),
+                };
+                match next {
+                    Some(Ok(bytes)) => {
+                        retry.alive();
+                        self.counters
+                            .bytes_fetched
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        pos += bytes.len() as u64;
+                        if tx.send(bytes).await.is_err() {
+                            return Ok(());
+                        }
+                        if pos > blob.size {
+                            // The digest check fails it.
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            match broke {
+                None => return Ok(()),
+                Some(e) => {
+                    if pos > start {
+                        retry.progress();
+                    }
+                    if pos >= blob.size || !retry.again(&what, &e).await {
+                        return Err(e);
+                    }
+                    tracing::debug!(digest = %blob.digest, at = pos, error = %e, "blob stream broke; resuming");
+                }
+            }
+        }
+    }
+}

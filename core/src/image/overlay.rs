@@ -1,0 +1,338 @@
+//! Layers merged bottom-up into one root filesystem, as a runtime unpacks
+//! them (the OCI image spec's changeset rules).
+//!
+//! For each layer, its whiteouts are applied first, to what the lower
+//! layers made: `.wh.NAME` removes `NAME`, `.wh..wh..opq` empties its
+//! directory. Then its entries are added in archive order: missing parents
+//! are made (0755, root), a directory over a directory keeps the lower
+//! one's entries and takes the new metadata, anything else replaces what
+//! was there (a file over a directory and the reverse). Parents that are
+//! symlinks are followed, inside the root, as a runtime resolving a path
+//! in its rootfs would. A hard link becomes a second name for what its
+//! target is at that moment (same content, mode and owner). An entry that
+//! cannot be placed (a parent that is a file, a hard link to nothing or to
+//! a directory) is left out with a problem naming layer and entry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{EntryKind, ImageLayer, LayerFile, TocEntry};
+use crate::view::{Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
+
+/// Symlinks followed on the way to one entry, at most (Linux's limit).
+const MAX_HOPS: u32 = 40;
+
+#[derive(Clone)]
+enum Kind {
+    Dir(BTreeMap<String, usize>),
+    File(LayerFile),
+    Symlink(String),
+    Special(SpecialKind, u32, u32),
+}
+
+#[derive(Clone)]
+struct MNode {
+    kind: Kind,
+    mode: u32,
+    owner: (u32, u32),
+    mtime: i64,
+    xattrs: Option<Xattrs>,
+}
+
+/// The merge in progress: an arena of nodes, the root at 0. Removed
+/// subtrees are unlinked and left behind; [`Merge::into_tree`] keeps what
+/// the root reaches.
+struct Merge {
+    nodes: Vec<MNode>,
+    problems: Vec<String>,
+}
+
+/// One layer to merge: what reading its files needs, and its entries.
+#[derive(Debug)]
+pub struct MergeLayer {
+    /// The layer.
+    pub layer: Arc<ImageLayer>,
+    /// Its table of contents, in archive order.
+    pub entries: Vec<TocEntry>,
+    /// Entries its indexer already left out.
+    pub problems: Vec<String>,
+}
+
+/// Merges `layers`, the bottom one first, into one tree.
+pub fn merge(layers: Vec<MergeLayer>) -> Tree {
+    let mut m = Merge {
+        nodes: vec![MNode {
+            kind: Kind::Dir(BTreeMap::new()),
+            mode: 0o755,
+            owner: (0, 0),
+            mtime: 0,
+            xattrs: None,
+        }],
+        problems: Vec::new(),
+    };
+    for l in layers {
+        let name = l.layer.blob.digest.to_string();
+        for p in l.problems {
+            m.problems.push(format!("layer {name}: {p}; left out"));
+        }
+        for e in l.entries.iter().filter(|e| is_whiteout(&e.path)) {
+            if let Err(reason) = m.whiteout(&e.path) {
+                m.problems.push(format!(
+                    "layer {name}: entry {:?}: {reason}; left out",
+                    e.path
+                ));
+            }
+        }
+        for e in l.entries {
+            if is_whiteout(&e.path) {
+                continue;
+            }
+            if let Err(reason) = m.add(&l.layer, &e) {
+                m.problems.push(format!(
+                    "layer {name}: entry {:?}: {reason}; left out",
+                    e.path
+                ));
+            }
+        }
+    }
+    m.into_tree()
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", path),
+    }
+}
+
+fn is_whiteout(path: &str) -> bool {
+    split(path).1.starts_with(".wh.")
+}
+
+fn time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+impl Merge {
+    fn children(&self, i: usize) -> Option<&BTreeMap<String, usize>> {
+        match &self.nodes[i].kind {
+            Kind::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn children_mut(&mut self, i: usize) -> Option<&mut BTreeMap<String, usize>> {
+        match &mut self.nodes[i].kind {
+            Kind::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn push(&mut self, node: MNode) -> usize {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// The directory at `path` from `start`, following symlinks (inside
+    /// the root: `..` stops there, absolute targets start there); with
+    /// `create`, missing directories are made.
+    fn dir(
+        &mut self,
+        start: usize,
+        path: &str,
+        create: bool,
+        hops: &mut u32,
+    ) -> Result<usize, String> {
+        let mut at = start;
+        let mut trail: Vec<usize> = Vec::new();
+        for c in path.split('/') {
+            match c {
+                "" | "." => continue,
+                ".." => {
+                    at = trail.pop().unwrap_or(0);
+                    continue;
+                }
+                _ => {}
+            }
+            let child = self.children(at).and_then(|ch| ch.get(c).copied());
+            let next = match child {
+                Some(i) => match &self.nodes[i].kind {
+                    Kind::Dir(_) => i,
+                    Kind::Symlink(target) => {
+                        *hops += 1;
+                        if *hops > MAX_HOPS {
+                            return Err("too many levels of symbolic links on the way".into());
+                        }
+                        let target = target.clone();
+                        let from = if target.starts_with('/') { 0 } else { at };
+                        self.dir(from, &target, create, hops)?
+                    }
+                    _ => return Err(format!("{c:?} on the way is not a directory")),
+                },
+                None if create => {
+                    let i = self.push(MNode {
+                        kind: Kind::Dir(BTreeMap::new()),
+                        mode: 0o755,
+                        owner: (0, 0),
+                        mtime: 0,
+                        xattrs: None,
+                    });
+                    if let Some(ch) = self.children_mut(at) {
+                        ch.insert(c.to_owned(), i);
+                    }
+                    i
+                }
+                None => return Err(format!("{c:?} on the way does not exist")),
+            };
+            trail.push(at);
+            at = next;
+        }
+        Ok(at)
+    }
+
+    fn whiteout(&mut self, path: &str) -> Result<(), String> {
+        let (dir, name) = split(path);
+        // Nothing below to hide: fine.
+        let Ok(d) = self.dir(0, dir, false, &mut 0) else {
+            return Ok(());
+        };
+        let Some(children) = self.children_mut(d) else {
+            return Ok(());
+        };
+        if name == ".wh..wh..opq" {
+            children.clear();
+        } else if let Some(hidden) = name.strip_prefix(".wh.") {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err("a whiteout of nothing".into());
+            }
+            children.remove(hidden);
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, layer: &Arc<ImageLayer>, e: &TocEntry) -> Result<(), String> {
+        let xattrs = (!e.xattrs.is_empty()).then(|| Arc::new(e.xattrs.clone()));
+        if e.path.is_empty() {
+            // The layer's root directory: its metadata.
+            let root = &mut self.nodes[0];
+            (root.mode, root.owner, root.mtime, root.xattrs) =
+                (e.mode, (e.uid, e.gid), e.mtime, xattrs);
+            return Ok(());
+        }
+        let (dir, name) = split(&e.path);
+        let parent = self.dir(0, dir, true, &mut 0)?;
+        let existing = self.children(parent).and_then(|c| c.get(name).copied());
+        let node = match e.kind {
+            EntryKind::Hardlink => {
+                let (tdir, tname) = split(&e.link);
+                let target = self
+                    .dir(0, tdir, false, &mut 0)
+                    .ok()
+                    .and_then(|d| self.children(d)?.get(tname).copied())
+                    .ok_or_else(|| format!("a hard link to {:?}, which does not exist", e.link))?;
+                let t = self.nodes[target].clone();
+                if matches!(t.kind, Kind::Dir(_)) {
+                    return Err(format!("a hard link to {:?}, a directory", e.link));
+                }
+                if existing == Some(target) {
+                    return Ok(()); // a link to itself: nothing changes
+                }
+                t
+            }
+            _ => MNode {
+                kind: match e.kind {
+                    EntryKind::Dir => Kind::Dir(BTreeMap::new()),
+                    EntryKind::File => Kind::File(LayerFile {
+                        layer: layer.clone(),
+                        offset: e.offset,
+                        size: e.size,
+                    }),
+                    EntryKind::Symlink => Kind::Symlink(e.link.clone()),
+                    EntryKind::CharDevice => {
+                        Kind::Special(SpecialKind::CharDevice, e.major, e.minor)
+                    }
+                    EntryKind::BlockDevice => {
+                        Kind::Special(SpecialKind::BlockDevice, e.major, e.minor)
+                    }
+                    EntryKind::Fifo => Kind::Special(SpecialKind::Fifo, 0, 0),
+                    EntryKind::Hardlink => unreachable!("handled above"),
+                },
+                mode: e.mode,
+                owner: (e.uid, e.gid),
+                mtime: e.mtime,
+                xattrs,
+            },
+        };
+        if let Some(i) = existing
+            && matches!(self.nodes[i].kind, Kind::Dir(_))
+            && matches!(node.kind, Kind::Dir(_))
+        {
+            // A directory over a directory: merged.
+            let old = &mut self.nodes[i];
+            (old.mode, old.owner, old.mtime, old.xattrs) =
+                (node.mode, node.owner, node.mtime, node.xattrs);
+            return Ok(());
+        }
+        let i = self.push(node);
+        if let Some(children) = self.children_mut(parent) {
+            children.insert(name.to_owned(), i);
+        }
+        Ok(())
+    }
+
+    /// The tree of what the root reaches, numbered breadth first.
+    fn into_tree(self) -> Tree {
+        let Merge { nodes, problems } = self;
+        let mut order: Vec<(usize, String, Ino)> = vec![(0, String::new(), Tree::ROOT)];
+        let mut i = 0;
+        while i < order.len() {
+            let (at, _, _) = &order[i];
+            if let Kind::Dir(children) = &nodes[*at].kind {
+                let parent_ino = i as Ino + 1;
+                for (name, &child) in children {
+                    order.push((child, name.clone(), parent_ino));
+                }
+            }
+            i += 1;
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for (at, name, parent) in &order {
+            let m = &nodes[*at];
+            let kind = match &m.kind {
+                Kind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
+                Kind::File(f) => NodeKind::File(crate::view::Content::Layer(f.clone())),
+                Kind::Symlink(t) => NodeKind::Symlink(t.clone()),
+                Kind::Special(kind, major, minor) => NodeKind::Special {
+                    kind: *kind,
+                    major: *major,
+                    minor: *minor,
+                },
+            };
+            out.push(Node {
+                name: name.clone(),
+                parent: *parent,
+                kind,
+                mode: m.mode,
+                mtime: time(m.mtime),
+                owner: Some(m.owner),
+                xattrs: m.xattrs.clone(),
+            });
+        }
+        // Each node's children, by their new numbers.
+        for (n, (_, name, parent)) in order.iter().enumerate().skip(1) {
+            if let Some(Node {
+                kind: NodeKind::Dir(children),
+                ..
+            }) = out.get_mut((*parent - 1) as usize)
+            {
+                children.insert(name.clone(), n as Ino + 1);
+            }
+        }
+        Tree::from_nodes(out, problems, true)
+    }
+}
