@@ -336,3 +336,272 @@ impl Merge {
         Tree::from_nodes(out, problems, true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Compression;
+    use crate::manifest::Descriptor;
+    use crate::view::Content;
+
+    fn layer(n: u8) -> Arc<ImageLayer> {
+        Arc::new(ImageLayer {
+            blob: Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest: crate::Digest::of(&[n]),
+                size: 1,
+                annotations: Default::default(),
+                platform: None,
+                artifact_type: None,
+                urls: Vec::new(),
+            },
+            compression: Compression::None,
+            uncompressed_size: 0,
+            points: Default::default(),
+        })
+    }
+
+    fn entry(path: &str, kind: EntryKind) -> TocEntry {
+        TocEntry {
+            path: path.into(),
+            kind,
+            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            size: 0,
+            offset: 0,
+            link: String::new(),
+            major: 0,
+            minor: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn file(path: &str, offset: u64) -> TocEntry {
+        TocEntry {
+            offset,
+            size: 10,
+            ..entry(path, EntryKind::File)
+        }
+    }
+
+    fn link(path: &str, kind: EntryKind, to: &str) -> TocEntry {
+        TocEntry {
+            link: to.into(),
+            ..entry(path, kind)
+        }
+    }
+
+    fn merged(layers: Vec<Vec<TocEntry>>) -> Tree {
+        merge(
+            layers
+                .into_iter()
+                .enumerate()
+                .map(|(i, entries)| MergeLayer {
+                    layer: layer(i as u8),
+                    entries,
+                    problems: Vec::new(),
+                })
+                .collect(),
+        )
+    }
+
+    /// `path kind [layer:offset | -> target]`, sorted.
+    fn listing(tree: &Tree) -> Vec<String> {
+        tree.walk(Tree::ROOT)
+            .into_iter()
+            .map(|e| {
+                let ino = tree.resolve_path(&e.path).unwrap();
+                let what = match &tree.node(ino).unwrap().kind {
+                    NodeKind::File(Content::Layer(f)) => format!(
+                        " {}:{}",
+                        f.layer.blob.digest.hex().get(..4).unwrap_or_default(),
+                        f.offset
+                    ),
+                    NodeKind::Symlink(t) => format!(" -> {t}"),
+                    _ => String::new(),
+                };
+                format!("{} {}{what}", e.path, e.kind)
+            })
+            .collect()
+    }
+
+    fn layer_tag(n: u8) -> String {
+        layer(n).blob.digest.hex()[..4].to_owned()
+    }
+
+    #[test]
+    fn whiteouts_opaque_directories_and_replacements() {
+        let base = vec![
+            entry("etc", EntryKind::Dir),
+            file("etc/passwd", 100),
+            file("etc/gone", 200),
+            entry("var", EntryKind::Dir),
+            entry("var/cache", EntryKind::Dir),
+            file("var/cache/a", 300),
+            entry("var/cache/sub", EntryKind::Dir),
+            file("var/cache/sub/b", 400),
+            entry("old", EntryKind::Dir),
+            file("old/x", 500),
+            entry("dir-to-file", EntryKind::Dir),
+            file("dir-to-file/inner", 600),
+            file("file-to-dir", 700),
+        ];
+        let upper = vec![
+            file("etc/.wh.gone", 0),
+            file("var/cache/.wh..wh..opq", 0),
+            file("var/cache/new", 10),
+            file(".wh.old", 0),
+            file("etc/passwd", 20),
+            file("dir-to-file", 30),
+            entry("file-to-dir", EntryKind::Dir),
+            file("file-to-dir/y", 40),
+        ];
+        let tree = merged(vec![base, upper]);
+        let (a, b) = (layer_tag(0), layer_tag(1));
+        assert_eq!(
+            listing(&tree),
+            [
+                format!("dir-to-file file {b}:30"),
+                "etc dir".into(),
+                format!("etc/passwd file {b}:20"),
+                "file-to-dir dir".into(),
+                format!("file-to-dir/y file {b}:40"),
+                "var dir".into(),
+                "var/cache dir".into(),
+                format!("var/cache/new file {b}:10"),
+            ],
+            "{a}"
+        );
+        assert!(tree.problems().is_empty(), "{:?}", tree.problems());
+    }
+
+    #[test]
+    fn an_opaque_directory_keeps_its_own_layers_entries() {
+        // Whiteouts apply to lower layers only, wherever the marker is in
+        // the archive.
+        let tree = merged(vec![
+            vec![entry("d", EntryKind::Dir), file("d/lower", 1)],
+            vec![
+                entry("d", EntryKind::Dir),
+                file("d/upper", 2),
+                file("d/.wh..wh..opq", 0),
+            ],
+        ]);
+        let b = layer_tag(1);
+        assert_eq!(
+            listing(&tree),
+            ["d dir".to_owned(), format!("d/upper file {b}:2")]
+        );
+    }
+
+    #[test]
+    fn hard_links_take_their_targets_content_and_metadata() {
+        let mut suid = file("bin/su", 7);
+        suid.mode = 0o4755;
+        suid.uid = 0;
+        let tree = merged(vec![
+            vec![entry("bin", EntryKind::Dir), suid, file("bin/lower", 9)],
+            vec![
+                link("bin/su2", EntryKind::Hardlink, "bin/su"),
+                link("bin/lower2", EntryKind::Hardlink, "bin/lower"),
+                link("bin/self", EntryKind::Hardlink, "bin/self"),
+                link("bin/nothing", EntryKind::Hardlink, "no/such"),
+                link("bin/dir", EntryKind::Hardlink, "bin"),
+                // Replacing the target afterwards leaves the link alone.
+                file("bin/su", 99),
+            ],
+        ]);
+        let a = layer_tag(0);
+        let b = layer_tag(1);
+        assert_eq!(
+            listing(&tree),
+            [
+                "bin dir".to_owned(),
+                format!("bin/lower file {a}:9"),
+                format!("bin/lower2 file {a}:9"),
+                format!("bin/su file {b}:99"),
+                format!("bin/su2 file {a}:7"),
+            ]
+        );
+        let su2 = tree.resolve_path("bin/su2").unwrap();
+        assert_eq!(tree.node(su2).unwrap().mode, 0o4755);
+        let problems = tree.problems().join("\n");
+        for bad in ["bin/self", "bin/nothing", "bin/dir"] {
+            assert!(problems.contains(bad), "{bad}: {problems}");
+        }
+        assert!(
+            problems.contains(&layer(1).blob.digest.to_string()),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn parents_are_made_and_followed_through_symlinks() {
+        let tree = merged(vec![
+            vec![
+                entry("usr", EntryKind::Dir),
+                entry("usr/lib", EntryKind::Dir),
+                link("lib", EntryKind::Symlink, "usr/lib"),
+                link("abs", EntryKind::Symlink, "/usr/lib"),
+                file("plain", 1),
+            ],
+            vec![
+                file("lib/a.so", 2),
+                file("abs/b.so", 3),
+                file("made/on/the/way", 4),
+                file("plain/under-a-file", 5),
+            ],
+        ]);
+        let b = layer_tag(1);
+        let l = listing(&tree);
+        assert!(l.contains(&format!("usr/lib/a.so file {b}:2")), "{l:?}");
+        assert!(l.contains(&format!("usr/lib/b.so file {b}:3")), "{l:?}");
+        assert!(l.contains(&format!("made/on/the/way file {b}:4")), "{l:?}");
+        let made = tree.resolve_path("made/on").unwrap();
+        assert_eq!(tree.node(made).unwrap().mode, 0o755);
+        assert!(tree.problems().join("\n").contains("plain/under-a-file"));
+        // Absolute symlinks resolve inside the root filesystem.
+        let ino = tree.resolve_follow("abs/b.so").unwrap();
+        assert_eq!(tree.path_of(ino), "usr/lib/b.so");
+    }
+
+    #[test]
+    fn a_symlink_loop_on_the_way_is_a_problem_not_a_hang() {
+        let tree = merged(vec![
+            vec![
+                link("a", EntryKind::Symlink, "b"),
+                link("b", EntryKind::Symlink, "a"),
+            ],
+            vec![file("a/x", 1)],
+        ]);
+        assert!(tree.problems().join("\n").contains("too many levels"));
+    }
+
+    #[test]
+    fn devices_owners_and_xattrs_are_kept() {
+        let mut null = entry("dev/null", EntryKind::CharDevice);
+        (null.major, null.minor, null.mode) = (1, 3, 0o666);
+        let mut f = file("home/u/f", 1);
+        (f.uid, f.gid) = (1000, 100);
+        f.xattrs = vec![("user.k".into(), b"v".to_vec())];
+        let tree = merged(vec![vec![null, entry("run/fifo", EntryKind::Fifo), f]]);
+        let e = tree.entry(tree.resolve_path("dev/null").unwrap());
+        assert_eq!(
+            (e.kind, e.major, e.minor, e.mode),
+            ("char", Some(1), Some(3), 0o666)
+        );
+        assert_eq!(
+            tree.entry(tree.resolve_path("run/fifo").unwrap()).kind,
+            "fifo"
+        );
+        let n = tree.node(tree.resolve_path("home/u/f").unwrap()).unwrap();
+        assert_eq!(n.owner, Some((1000, 100)));
+        assert_eq!(
+            n.xattrs.as_deref().map(Vec::as_slice),
+            Some(&[("user.k".to_owned(), b"v".to_vec())][..])
+        );
+        assert!(tree.is_rootfs());
+    }
+}
