@@ -781,3 +781,105 @@ async fn a_partial_blob_dropped_by_another_process_is_replaced_not_fatal() {
         assert_eq!(&got[..], &blob[offset as usize..offset as usize + 4096]);
     }
 }
+
+#[tokio::test]
+async fn a_scan_checks_the_digest_and_keeps_nothing() {
+    let blob = data(700_000, 40);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let scanned = c
+        .scan(&d[0], |r| {
+            let mut first = [0u8; 10];
+            r.read_exact(&mut first).map_err(|e| Error::io("test", e))?;
+            Ok(first)
+        })
+        .await
+        .unwrap();
+    // The consumer read 10 bytes; the whole blob was still hashed.
+    assert_eq!(&scanned.value[..], &blob[..10]);
+    assert_eq!(
+        scanned.chunk_digests.len(),
+        700_000usize.div_ceil(64 * 1024)
+    );
+    assert_eq!(
+        scanned.chunk_digests[3],
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(
+            &blob[3 * 65536..4 * 65536]
+        ))
+    );
+    assert!(
+        DiskStore::open(dir.path())
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+    // A lying source: the digest is the error, whatever the consumer made.
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = c.scan(&d[0], |_| Ok(())).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each() {
+    let blob = data(2_000_000, 41);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let table = c.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
+    let scanned_bytes = src.bytes.load(Ordering::SeqCst);
+    c.set_chunk_digests(&d[0], 64 * 1024, table.clone());
+    let content = Content::Blob(d[0].clone());
+    let got = c.read(&content, 1_000_000, 4096).await.unwrap();
+    assert_eq!(&got[..], &blob[1_000_000..1_004_096]);
+    let fetched = src.bytes.load(Ordering::SeqCst) - scanned_bytes;
+    assert!(
+        fetched <= 2 * 64 * 1024,
+        "fetched {fetched} bytes for 4 KiB"
+    );
+
+    // A corrupt chunk is refused, not served, and not kept.
+    let c2dir = tempfile::tempdir().unwrap();
+    let c2 = cache(src.clone(), c2dir.path(), options(Verify::Strict));
+    c2.set_chunk_digests(&d[0], 64 * 1024, table.clone());
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = c2.read(&content, 300_000, 10).await.unwrap_err();
+    assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("chunk 4"), "{err}");
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = c2.read(&content, 300_000, 10).await.unwrap();
+    assert_eq!(&got[..], &blob[300_000..300_010]);
+
+    // A table of another chunk size, or of the wrong length, is not used:
+    // strict mode then fetches the whole blob first.
+    let c3dir = tempfile::tempdir().unwrap();
+    let c3 = cache(src.clone(), c3dir.path(), options(Verify::Strict));
+    c3.set_chunk_digests(&d[0], 128 * 1024, table.clone());
+    c3.set_chunk_digests(&d[0], 64 * 1024, table[1..].to_vec());
+    let before = src.bytes.load(Ordering::SeqCst);
+    c3.read(&content, 0, 10).await.unwrap();
+    assert_eq!(src.bytes.load(Ordering::SeqCst) - before, 2_000_000);
+}
+
+#[tokio::test]
+async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() {
+    let blob = data(500_000, 42);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let content = Content::Blob(d[0].clone());
+    // A lazy process without digests caches a corrupt chunk.
+    src.corrupt.store(true, Ordering::SeqCst);
+    let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    lazy.read(&content, 70_000, 10).await.unwrap();
+    src.corrupt.store(false, Ordering::SeqCst);
+    // A strict one with digests never serves it, drops it, then fetches
+    // it afresh.
+    let strict = cache(src.clone(), dir.path(), options(Verify::Strict));
+    let table = strict.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
+    strict.set_chunk_digests(&d[0], 64 * 1024, table);
+    let err = strict.read(&content, 70_000, 10).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    let got = strict.read(&content, 70_000, 10).await.unwrap();
+    assert_eq!(&got[..], &blob[70_000..70_010]);
+}
