@@ -153,6 +153,11 @@ impl ChunkCache {
         self.inner.store.as_ref()
     }
 
+    /// When bytes are checked.
+    pub fn verify(&self) -> crate::reader::Verify {
+        self.inner.options.verify
+    }
+
     /// The cache's chunk size.
     pub fn chunk_size(&self) -> u64 {
         self.inner.options.chunk_size

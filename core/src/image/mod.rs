@@ -217,10 +217,14 @@ pub async fn layer_index(
         )
     })?;
     let store = cache.store().cloned();
+    let strict = cache.verify() == crate::Verify::Strict;
     if let Some(store) = &store
         && let Some(bytes) = store.get_index(&blob.digest, MAX_INDEX_FILE)
     {
         match format::decode(&bytes) {
+            // Strict mode trusts only an index made from verified bytes
+            // (one that has chunk digests).
+            Ok(ix) if strict && ix.chunk_digests.is_empty() => {}
             Ok(ix)
                 if ix.digest == blob.digest
                     && ix.size == blob.size
@@ -236,21 +240,54 @@ pub async fn layer_index(
             }
         }
     }
-    let b = blob.clone();
-    let scanned = cache
-        .scan(blob, move |r| index_stream(r, &b, compression))
-        .await?;
-    let (toc, points, uncompressed_size) = scanned.value;
-    let index = LayerIndex {
-        digest: blob.digest.clone(),
-        size: blob.size,
-        compression,
-        uncompressed_size,
-        entries: toc.entries,
-        problems: toc.problems,
-        points,
-        chunk_size: scanned.chunk_size,
-        chunk_digests: scanned.chunk_digests,
+    let index = if compression == Compression::None && !strict {
+        // Lazy, uncompressed: the headers alone, read in place.
+        let (c, b) = (cache.clone(), blob.clone());
+        let handle = tokio::runtime::Handle::current();
+        let toc = tokio::task::spawn_blocking(move || {
+            let mut input = RangeInput {
+                cache: c,
+                content: crate::Content::Blob(b.clone()),
+                size: b.size,
+                pos: 0,
+                buf: bytes::Bytes::new(),
+                handle,
+            };
+            toc::walk(&mut input).map_err(|e| match e {
+                toc::WalkError::Io(e) => input_error(e).unwrap_or_else(|e| layer_error(&b, e.to_string())),
+                e => layer_error(&b, e.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| crate::Error::io("indexing a layer", std::io::Error::other(e.to_string())))??;
+        LayerIndex {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            compression,
+            uncompressed_size: blob.size,
+            entries: toc.entries,
+            problems: toc.problems,
+            points: SeekPoints::None,
+            chunk_size: cache.chunk_size(),
+            chunk_digests: Vec::new(),
+        }
+    } else {
+        let b = blob.clone();
+        let scanned = cache
+            .scan(blob, move |r| index_stream(r, &b, compression))
+            .await?;
+        let (toc, points, uncompressed_size) = scanned.value;
+        LayerIndex {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            compression,
+            uncompressed_size,
+            entries: toc.entries,
+            problems: toc.problems,
+            points,
+            chunk_size: scanned.chunk_size,
+            chunk_digests: scanned.chunk_digests,
+        }
     };
     if let Some(store) = store {
         let bytes = format::encode(&index);
@@ -278,4 +315,65 @@ fn index_stream(
         .map_err(|e| layer_error(blob, format!("unreadable stream: {e}")))?;
     let len = toc.len + rest;
     Ok((toc, SeekPoints::None, len))
+}
+
+/// An uncompressed layer read in place through the cache, for walking its
+/// headers: data is skipped, not read (on a blocking thread).
+struct RangeInput {
+    cache: crate::ChunkCache,
+    content: crate::Content,
+    size: u64,
+    pos: u64,
+    buf: bytes::Bytes,
+    handle: tokio::runtime::Handle,
+}
+
+/// Bytes read through the cache at a time while walking headers.
+const HEADER_READ: u64 = 64 << 10;
+
+impl toc::TarInput for RangeInput {
+    fn read_full(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use crate::Reader as _;
+        let mut got = 0;
+        while got < out.len() {
+            if self.buf.is_empty() {
+                if self.pos >= self.size {
+                    break;
+                }
+                let read = self.cache.read(&self.content, self.pos, HEADER_READ);
+                self.buf = self.handle.block_on(read).map_err(std::io::Error::other)?;
+                if self.buf.is_empty() {
+                    break;
+                }
+            }
+            let n = self.buf.len().min(out.len() - got);
+            out[got..got + n].copy_from_slice(&self.buf[..n]);
+            self.buf = self.buf.slice(n..);
+            self.pos += n as u64;
+            got += n;
+        }
+        Ok(got)
+    }
+
+    fn skip(&mut self, n: u64) -> std::io::Result<u64> {
+        let n = n.min(self.size - self.pos);
+        if n as usize <= self.buf.len() {
+            self.buf = self.buf.slice(n as usize..);
+        } else {
+            self.buf = bytes::Bytes::new();
+        }
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The cache's own error, if an I/O error carries one.
+fn input_error(e: std::io::Error) -> Result<crate::Error, std::io::Error> {
+    match e.into_inner() {
+        Some(inner) => match inner.downcast::<crate::Error>() {
+            Ok(e) => Ok(*e),
+            Err(other) => Err(std::io::Error::other(other)),
+        },
+        None => Err(std::io::Error::other("read failed")),
+    }
 }
