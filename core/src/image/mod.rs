@@ -254,12 +254,16 @@ pub async fn layer_index(
                 handle,
             };
             toc::walk(&mut input).map_err(|e| match e {
-                toc::WalkError::Io(e) => input_error(e).unwrap_or_else(|e| layer_error(&b, e.to_string())),
+                toc::WalkError::Io(e) => {
+                    input_error(e).unwrap_or_else(|e| layer_error(&b, e.to_string()))
+                }
                 e => layer_error(&b, e.to_string()),
             })
         })
         .await
-        .map_err(|e| crate::Error::io("indexing a layer", std::io::Error::other(e.to_string())))??;
+        .map_err(|e| {
+            crate::Error::io("indexing a layer", std::io::Error::other(e.to_string()))
+        })??;
         LayerIndex {
             digest: blob.digest.clone(),
             size: blob.size,
