@@ -64,6 +64,10 @@ pub struct ViewArgs {
     /// Show a container image's layers as files, not its root filesystem.
     #[arg(long)]
     pub layers: bool,
+
+    /// Refuse an image layer with more entries than this.
+    #[arg(long, value_name = "N", default_value_t = ocifs_core::image::toc::MAX_LAYER_ENTRIES)]
+    pub max_layer_entries: usize,
 }
 
 impl ViewArgs {
@@ -82,7 +86,10 @@ impl ViewArgs {
         path: Option<&str>,
     ) -> anyhow::Result<Tree> {
         if ocifs_core::image::is_image(manifest) && !self.layers {
-            let tree = ocifs_core::image::build(manifest, cache).await?;
+            let options = ocifs_core::image::ImageOptions {
+                max_entries: self.max_layer_entries,
+            };
+            let tree = ocifs_core::image::build(manifest, cache, &options).await?;
             for problem in tree.problems() {
                 tracing::warn!("{problem}");
             }

@@ -154,15 +154,31 @@ const MAX_INDEX_FILE: u64 = 512 << 20;
 /// Layers indexed at once.
 const PARALLEL_LAYERS: usize = 3;
 
+/// Limits on the images ocifs shows.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageOptions {
+    /// The most entries one layer may have.
+    pub max_entries: usize,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            max_entries: toc::MAX_LAYER_ENTRIES,
+        }
+    }
+}
+
 /// The root filesystem of image `manifest`: each layer's index (from the
 /// cache, else built by streaming the layer once), merged.
 pub async fn build(
     manifest: &crate::Manifest,
     cache: &crate::ChunkCache,
+    options: &ImageOptions,
 ) -> crate::Result<crate::Tree> {
     use futures_util::{StreamExt as _, TryStreamExt as _};
     let layers: Vec<overlay::MergeLayer> = futures_util::stream::iter(manifest.layers.iter())
-        .map(|l| layer(cache, l))
+        .map(|l| layer(cache, l, options))
         .buffered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
@@ -170,8 +186,12 @@ pub async fn build(
 }
 
 /// One layer, indexed, ready to merge.
-async fn layer(cache: &crate::ChunkCache, blob: &Descriptor) -> crate::Result<overlay::MergeLayer> {
-    let index = layer_index(cache, blob).await?;
+async fn layer(
+    cache: &crate::ChunkCache,
+    blob: &Descriptor,
+    options: &ImageOptions,
+) -> crate::Result<overlay::MergeLayer> {
+    let index = layer_index(cache, blob, options).await?;
     let LayerIndex {
         compression,
         uncompressed_size,
@@ -209,7 +229,9 @@ fn layer_error(blob: &Descriptor, reason: impl Into<String>) -> crate::Error {
 pub async fn layer_index(
     cache: &crate::ChunkCache,
     blob: &Descriptor,
+    options: &ImageOptions,
 ) -> crate::Result<LayerIndex> {
+    let max_entries = options.max_entries;
     let compression = layer_compression(&blob.media_type).ok_or_else(|| {
         layer_error(
             blob,
@@ -253,7 +275,7 @@ pub async fn layer_index(
                 buf: bytes::Bytes::new(),
                 handle,
             };
-            toc::walk(&mut input).map_err(|e| match e {
+            toc::walk(&mut input, max_entries).map_err(|e| match e {
                 toc::WalkError::Io(e) => {
                     input_error(e).unwrap_or_else(|e| layer_error(&b, e.to_string()))
                 }
@@ -278,7 +300,7 @@ pub async fn layer_index(
     } else {
         let b = blob.clone();
         let scanned = cache
-            .scan(blob, move |r| index_stream(r, &b, compression))
+            .scan(blob, move |r| index_stream(r, &b, compression, max_entries))
             .await?;
         let (toc, points, uncompressed_size) = scanned.value;
         LayerIndex {
@@ -310,10 +332,11 @@ fn index_stream(
     r: &mut dyn std::io::Read,
     blob: &Descriptor,
     compression: Compression,
+    max_entries: usize,
 ) -> crate::Result<(toc::Toc, SeekPoints, u64)> {
     let walk_error = |e: toc::WalkError| layer_error(blob, e.to_string());
     let mut d = crate::archive::decoder(r, compression, blob)?;
-    let toc = toc::walk(&mut toc::Stream(&mut d)).map_err(walk_error)?;
+    let toc = toc::walk(&mut toc::Stream(&mut d), max_entries).map_err(walk_error)?;
     // The rest (the end-of-archive padding) counts in the stream's length.
     let rest = std::io::copy(&mut d, &mut std::io::sink())
         .map_err(|e| layer_error(blob, format!("unreadable stream: {e}")))?;

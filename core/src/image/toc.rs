@@ -57,7 +57,7 @@ pub struct TocEntry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
-/// The most entries (headers) one layer may have.
+/// The most entries one layer may have, by default.
 pub const MAX_LAYER_ENTRIES: usize = 1_000_000;
 /// The longest path (Linux's `PATH_MAX`, with its NUL).
 pub const PATH_MAX: usize = 4095;
@@ -239,7 +239,7 @@ pub fn normalize(name: &str) -> Result<String, String> {
 /// too long, a GNU sparse file, an unknown type) are left out with a
 /// problem; a stream that cannot be walked (a bad header checksum, a size
 /// past the end, too many entries, a read error) is an error.
-pub fn walk<I: TarInput + ?Sized>(input: &mut I) -> Result<Toc, WalkError> {
+pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<Toc, WalkError> {
     let mut w = Walker { input, pos: 0 };
     let mut toc = Toc::default();
     let mut pending = Pending::default();
@@ -249,9 +249,10 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I) -> Result<Toc, WalkError> {
             break; // the end-of-archive marker
         }
         headers += 1;
-        if headers > MAX_LAYER_ENTRIES * 2 {
+        // Extension headers count too: each entry has a few at most.
+        if headers > max_entries.saturating_mul(4) {
             return Err(WalkError::Bad(format!(
-                "more than {MAX_LAYER_ENTRIES} entries"
+                "more than {max_entries} entries (the limit)"
             )));
         }
         let header_at = w.pos - BLOCK;
@@ -393,6 +394,11 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I) -> Result<Toc, WalkError> {
             Ok(e) => toc.entries.push(e),
             Err(reason) => toc.problems.push(format!("entry {shown:?}: {reason}")),
         }
+        if toc.entries.len() + toc.problems.len() > max_entries {
+            return Err(WalkError::Bad(format!(
+                "more than {max_entries} entries (the limit)"
+            )));
+        }
     }
     toc.len = w.pos;
     Ok(toc)
@@ -478,7 +484,7 @@ mod tests {
     }
 
     fn walk_bytes(b: &[u8]) -> Result<Toc, WalkError> {
-        walk(&mut Stream(b))
+        walk(&mut Stream(b), MAX_LAYER_ENTRIES)
     }
 
     #[test]
@@ -638,6 +644,19 @@ mod tests {
                 .to_string()
                 .contains("checksum")
         );
+    }
+
+    #[test]
+    fn more_entries_than_the_limit_is_an_error() {
+        let tar = build(|b| {
+            for i in 0..11 {
+                let mut h = header(tar::EntryType::Regular, 0, 0o644);
+                b.append_data(&mut h, format!("f{i}"), &[][..]).unwrap();
+            }
+        });
+        assert_eq!(walk(&mut Stream(&tar[..]), 11).unwrap().entries.len(), 11);
+        let e = walk(&mut Stream(&tar[..]), 10).unwrap_err().to_string();
+        assert!(e.contains("more than 10 entries"), "{e}");
     }
 
     proptest::proptest! {
