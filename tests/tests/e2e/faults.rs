@@ -341,12 +341,65 @@ fn timed_read(path: &Path) -> (Result<Vec<u8>, i32>, Duration) {
     (r, start.elapsed())
 }
 
+/// A counter of the mount's `ocifs stats`.
+fn counter(mount: &Mount, name: &str) -> u64 {
+    let stats = mount.stats();
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+/// Waits until every blob `GET` the proxy saw was answered and each one
+/// ended in a verification failure in the mount (a kernel readahead may
+/// still be fetching when the read that caused it returned). Returns the
+/// `GET`s.
+fn settled_flipped_gets(mount: &Mount, proxy: &CountingProxy, failures_before: u64) -> usize {
+    // Generous: only a hang runs into it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let gets = proxy.blob_gets();
+        let failures = counter(mount, "verify_failures") - failures_before;
+        if gets.iter().all(|r| r.status != 0) && failures == gets.len() as u64 {
+            return gets.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} blob GETs, {failures} verification failures\n{}\n{}",
+            gets.len(),
+            proxy.describe(),
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Strict mode never serves a byte of a blob that failed its digest. No
+/// wall-clock bound: the cost of a failure is counted in fetches (one
+/// whole-blob `GET` per verification failure, never retried by ocifs
+/// itself), and `--timeout` is generous, so a hang shows as `ETIMEDOUT`
+/// and a slow machine as nothing at all.
 #[test]
 fn flipped_bits_never_reach_a_reader_in_strict_mode() {
     let fx = Fixture::new(assorted_files());
-    let timeout = Duration::from_secs(5);
-    let mount = fx.mount("strict", &["--timeout", "5"]);
-    // Every blob GET flipped: every read fails, at once and with EIO.
+    let mount = fx.mount("strict", &["--timeout", "60"]);
+    let digests: Vec<String> = fx
+        .files
+        .iter()
+        .map(|f| ocifs_tests::sha256_digest(&f.content))
+        .collect();
+    let gets_of = |digest: &str| -> Vec<ocifs_tests::RequestRecord> {
+        fx.proxy
+            .blob_gets()
+            .into_iter()
+            .filter(|r| r.path.ends_with(digest))
+            .collect()
+    };
+    // Every blob GET flipped: every read fails with EIO (a verification
+    // failure, not a timeout), and every GET was the whole blob, fetched
+    // once per verification failure.
+    fx.proxy.reset();
+    let verified_before = counter(&mount, "blobs_verified");
+    let failures_before = counter(&mount, "verify_failures");
     fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
         21,
         1.0,
@@ -355,52 +408,111 @@ fn flipped_bits_never_reach_a_reader_in_strict_mode() {
     for f in &fx.files {
         let (r, took) = timed_read(&mount.path(f.title));
         let r = r.map(|b| b.len());
-        assert_eq!(r, Err(EIO), "{}", f.title);
-        assert!(took < timeout, "{}: the failure took {took:?}", f.title);
+        assert_eq!(r, Err(EIO), "{} (after {took:?})\n{}", f.title, mount.log());
     }
-    let persistent = fx.proxy.faults();
-    // Half of them flipped: a read is right or fails, never wrong; reading
-    // again fetches again, and within a few tries every file is read.
+    let persistent = settled_flipped_gets(&mount, &fx.proxy, failures_before);
+    fx.proxy.set_hook(None);
+    for (f, digest) in fx.files.iter().zip(&digests) {
+        let gets = gets_of(digest);
+        assert!(!gets.is_empty(), "{}: no fetch", f.title);
+        for get in &gets {
+            assert!(
+                get.fault.as_deref() == Some("flip-bits")
+                    && get.body_bytes == f.content.len() as u64,
+                "{}: {get}",
+                f.title
+            );
+        }
+    }
+    assert_eq!(counter(&mount, "blobs_verified"), verified_before);
+
+    // The first two GETs of each blob flipped (its last byte, then its
+    // first), the later ones not: a read is right or EIO, never wrong;
+    // each failed read cost at least one flipped GET, so the third read
+    // is right at the latest, and the blob took exactly three whole GETs.
     fx.proxy.reset();
-    fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(
-        22,
-        0.5,
-        &[Fault::FlipBits],
+    let failures_before = counter(&mount, "verify_failures");
+    let sizes: std::collections::HashMap<String, u64> = digests
+        .iter()
+        .cloned()
+        .zip(fx.files.iter().map(|f| f.content.len() as u64))
+        .collect();
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+    fx.proxy.set_hook(Some(Arc::new(HookFn(
+        move |r: &ocifs_tests::RequestInfo| {
+            let Some((digest, size)) = sizes
+                .iter()
+                .find(|(d, _)| r.is_blob_get() && r.path.ends_with(d.as_str()))
+            else {
+                return Disposition::Forward;
+            };
+            let mut seen = seen.lock().expect("hook state");
+            let n = seen.entry(digest.clone()).or_default();
+            *n += 1;
+            match *n {
+                1 => Disposition::FlipBits {
+                    at: size - 1,
+                    mask: 0x80,
+                },
+                2 => Disposition::FlipBits { at: 0, mask: 0x01 },
+                _ => Disposition::Forward,
+            }
+        },
     ))));
     let (mut tries, mut failed) = (0, 0);
-    for f in &fx.files {
-        let mut ok = false;
-        for _ in 0..12 {
+    for (f, digest) in fx.files.iter().zip(&digests) {
+        for attempt in 1.. {
             tries += 1;
             match std::fs::read(mount.path(f.title)) {
                 Ok(bytes) => {
                     assert!(bytes == f.content, "{}: wrong bytes served", f.title);
-                    ok = true;
                     break;
                 }
                 Err(e) => {
                     assert_eq!(e.raw_os_error(), Some(EIO), "{}: {e}", f.title);
+                    assert!(
+                        attempt < 3,
+                        "{}: read {attempt} failed after two flipped fetches\n{}\n{}",
+                        f.title,
+                        fx.proxy.describe(),
+                        mount.log()
+                    );
                     failed += 1;
                 }
             }
         }
-        assert!(
-            ok,
-            "{} never read right in 12 tries\n{}",
+        // Read again: from the verified blob, no fetch.
+        assert!(std::fs::read(mount.path(f.title)).expect("read again") == f.content);
+        let gets = gets_of(digest);
+        let faults: Vec<Option<&str>> = gets.iter().map(|r| r.fault.as_deref()).collect();
+        assert_eq!(
+            faults,
+            [Some("flip-bits"), Some("flip-bits"), None],
+            "{}\n{}",
             f.title,
-            mount.log()
+            fx.proxy.describe()
+        );
+        assert!(
+            gets.iter().all(|r| r.body_bytes == f.content.len() as u64),
+            "{}: not whole-blob fetches\n{}",
+            f.title,
+            fx.proxy.describe()
         );
     }
-    let transient = fx.proxy.faults();
     fx.proxy.set_hook(None);
-    eprintln!(
-        "flip-bits, strict: persistent {persistent:?} (every read EIO); \
-         transient {transient:?}: {tries} reads, {failed} EIO, 0 wrong bytes"
+    assert_eq!(
+        counter(&mount, "verify_failures") - failures_before,
+        2 * fx.files.len() as u64
     );
-    let stats = mount.stats();
-    assert!(
-        stats["verify_failures"].as_u64() >= Some(fx.files.len() as u64),
-        "{stats}"
+    assert_eq!(
+        counter(&mount, "blobs_verified") - verified_before,
+        fx.files.len() as u64
+    );
+    eprintln!(
+        "flip-bits, strict: every GET flipped: {} reads, all EIO, {persistent} whole-blob GETs; \
+         first two GETs of each blob flipped: {tries} reads, {failed} EIO, 0 wrong bytes, \
+         3 GETs a blob",
+        fx.files.len()
     );
     drop(mount);
     // Only verified blobs were kept.
