@@ -335,13 +335,35 @@ fn index_stream(
     max_entries: usize,
 ) -> crate::Result<(toc::Toc, SeekPoints, u64)> {
     let walk_error = |e: toc::WalkError| layer_error(blob, e.to_string());
-    let mut d = crate::archive::decoder(r, compression, blob)?;
-    let toc = toc::walk(&mut toc::Stream(&mut d), max_entries).map_err(walk_error)?;
-    // The rest (the end-of-archive padding) counts in the stream's length.
-    let rest = std::io::copy(&mut d, &mut std::io::sink())
-        .map_err(|e| layer_error(blob, format!("unreadable stream: {e}")))?;
-    let len = toc.len + rest;
-    Ok((toc, SeekPoints::None, len))
+    let io_error = |e: std::io::Error| layer_error(blob, format!("unreadable stream: {e}"));
+    let limit = blob
+        .size
+        .saturating_mul(crate::archive::MAX_RATIO)
+        .max(1 << 20);
+    match compression {
+        Compression::None => {
+            let toc = toc::walk(&mut toc::Stream(&mut *r), max_entries).map_err(walk_error)?;
+            // The rest (end-of-archive padding) counts in the length.
+            let rest = std::io::copy(r, &mut std::io::sink()).map_err(io_error)?;
+            let len = toc.len + rest;
+            Ok((toc, SeekPoints::None, len))
+        }
+        Compression::Gzip => {
+            let mut g =
+                gzip::GzipIndexer::new(r, gzip::DEFAULT_SPACING, limit).map_err(io_error)?;
+            let toc = toc::walk(&mut toc::Stream(&mut g), max_entries).map_err(walk_error)?;
+            let (points, len) = g.finish().map_err(io_error)?;
+            // Windows beyond a twentieth of the layer are thinned out.
+            let points = gzip::thin(points, (blob.size / 20).max(256 << 10));
+            Ok((toc, SeekPoints::Gzip(points), len))
+        }
+        Compression::Zstd => {
+            let mut z = zstd::ZstdIndexer::new(r, zstd::DEFAULT_SPACING, limit);
+            let toc = toc::walk(&mut toc::Stream(&mut z), max_entries).map_err(walk_error)?;
+            let (points, len) = z.finish().map_err(io_error)?;
+            Ok((toc, SeekPoints::Zstd(points), len))
+        }
+    }
 }
 
 /// An uncompressed layer read in place through the cache, for walking its
