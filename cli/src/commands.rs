@@ -179,7 +179,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         [p] => p.as_str(),
         _ => bail!("ls takes REF and at most one PATH"),
     };
-    let (_, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
+    let (opened, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
     let ino = tree.resolve_path(path)?;
     let entries: Vec<(ocifs_core::Ino, ocifs_core::view::Entry)> = match tree.node(ino) {
         Some(n) if !n.is_dir() => vec![(ino, tree.entry(ino))],
@@ -248,6 +248,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();
     stdout.write_all(out.as_bytes()).await?;
     stdout.flush().await?;
+    print_stats(&args.source, &opened);
     Ok(())
 }
 
