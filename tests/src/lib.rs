@@ -19,7 +19,13 @@
 //!   [`OciLayoutBuilder`] writes OCI image layouts (multi-platform indexes,
 //!   artifacts) that skopeo can push. ocifs itself never produces test content.
 //! - [`ocifs`] and [`run_ocifs`] run the binary under test in a hermetic
-//!   environment and give back an [`Output`] with assertion helpers.
+//!   environment and give back an [`Output`] with assertion helpers;
+//!   [`Mounted`] is a live `ocifs mount --daemon`.
+//! - [`rootfs_image`] is the container-image fixture: a Debian minbase
+//!   root filesystem (debootstrap) under two crafted layers, assembled by
+//!   umoci and pushed by skopeo (gzip or zstd); [`walk()`] rows a tree (a
+//!   mount, or `umoci unpack`'s) and [`walk::diff`] compares two walks.
+//!   [`TarWriter`] writes tar streams byte by byte, hostile ones too.
 //!
 //! Everything binds `127.0.0.1:0` and lives in its own temp dir, so tests run
 //! in parallel without fixed ports or paths.
@@ -40,23 +46,31 @@
 
 mod blobs;
 mod layout;
+mod mounts;
 mod proxy;
 mod registry;
+pub mod rootfs;
 mod server;
+pub mod tarfile;
 mod token;
 mod tools;
 mod util;
+pub mod walk;
 
 pub use blobs::{BlobHost, HostRequest};
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
+pub use mounts::{Mounted, is_mounted, mount_options};
 pub use proxy::{
     CountingProxy, Disposition, Fault, HookFn, ProxyHook, RandomFaults, RequestInfo, RequestRecord,
     ThrottleBlobs,
 };
 pub use registry::{Registry, RegistryAuth};
+pub use rootfs::{LayerCompression, RootfsImage, rootfs_image};
+pub use tarfile::{TarHeader, TarKind, TarWriter};
 pub use token::TokenRequest;
 pub use tools::{
     Output, PushFile, PushOptions, PythonEnv, ocifs, ocifs_bin, oras_push, run, run_ocifs,
     run_with_stdin, skopeo_copy, target_dir, workspace_dir,
 };
 pub use util::{closed_port, random_bytes, sha256_digest, sha256_hex, temp_dir};
+pub use walk::walk;

@@ -17,5 +17,6 @@ mod layouts;
 mod mount;
 mod packages;
 mod platforms;
+mod rootfs;
 mod security;
 mod support;

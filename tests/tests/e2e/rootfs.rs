@@ -1,0 +1,939 @@
+//! Container images shown as their root filesystem: a Debian minbase
+//! (debootstrap) under two crafted layers, built by umoci and pushed by
+//! skopeo as gzip and as zstd, mounted and compared with `umoci unpack` of
+//! the same image; a second mount that lists from the stored layer indexes
+//! and reads one file with one seek span of the big gzip layer; and a
+//! corpus of malformed layers written byte by byte here.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ocifs_tests::rootfs::{
+    LayerCompression, RANDOM_SEED, gzip_compressed_offsets, registry_manifest,
+};
+use ocifs_tests::tarfile::{TarHeader, TarKind, TarWriter, gzip, zstd};
+use ocifs_tests::walk::{Kind, Row, diff, file_sha256};
+use ocifs_tests::{
+    CountingProxy, Mounted, OciLayoutBuilder, Output, Platform, Registry, RegistryAuth,
+    mount_options, random_bytes, rootfs_image, run_ocifs, sha256_hex, skopeo_copy, temp_dir, walk,
+};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+/// ocifs's default read and cache granularity.
+const CHUNK: u64 = MIB;
+/// How much uncompressed output a gzip seek point covers (the issue's
+/// figure), and the slack for points landing on deflate block boundaries.
+const SEEK_SPACING: u64 = 4 * MIB;
+const BLOCK_SLACK: u64 = 128 << 10;
+/// How long one malformed case may take before it counts as a hang.
+const CASE_LIMIT: Duration = Duration::from_secs(60);
+
+const REPO: &str = "rootfs/debian:minbase";
+
+/// Panics with the walk diff if `got` differs from `want`.
+#[track_caller]
+fn assert_same_tree(want_name: &str, want: &[Row], got_name: &str, got: &[Row]) {
+    if let Some(d) = diff(want_name, want, got_name, got, 40) {
+        panic!("{d}");
+    }
+}
+
+fn by_path(rows: &[Row]) -> BTreeMap<&str, &Row> {
+    rows.iter().map(|r| (r.path.as_str(), r)).collect()
+}
+
+/// The fixture's corners are really in `rows`, so that two equal walks
+/// are not equal by missing them both.
+#[track_caller]
+fn assert_corners(what: &str, rows: &[Row]) {
+    let m = by_path(rows);
+    let row = |p: &str| -> &Row {
+        m.get(p)
+            .copied()
+            .unwrap_or_else(|| panic!("{what}: no {p}"))
+    };
+    let absent = |p: &str| assert!(!m.contains_key(p), "{what}: {p} should be gone");
+    let o = "opt/ocifs";
+    // Whiteouts, a whiteout and a new file of the same name.
+    absent("etc/motd");
+    absent("usr/share/doc/apt");
+    absent("usr/share/doc/apt/copyright");
+    absent(&format!("{o}/to-delete"));
+    assert!(
+        !rows.iter().any(|r| r.path.contains(".wh.")),
+        "{what}: a whiteout is shown"
+    );
+    assert_eq!(
+        row("etc/issue").sha256.as_deref(),
+        Some(sha256_hex(b"ocifs test image \\n \\l\n").as_str()),
+        "{what}: etc/issue"
+    );
+    // Opaque directories: only their own layer's entries, with its mode.
+    let default: Vec<&str> = m
+        .keys()
+        .filter(|p| p.starts_with("etc/default/"))
+        .copied()
+        .collect();
+    assert_eq!(default, ["etc/default/ocifs"], "{what}");
+    assert_eq!(row("etc/default").mode, 0o750, "{what}");
+    let opaque: Vec<&str> = m
+        .keys()
+        .filter(|p| p.starts_with(&format!("{o}/will-be-opaque/")))
+        .copied()
+        .collect();
+    assert_eq!(opaque, [format!("{o}/will-be-opaque/c")], "{what}");
+    // Replacements both ways.
+    assert_eq!(row("usr/share/doc/bash").kind, Kind::File, "{what}");
+    absent("usr/share/doc/bash/copyright");
+    assert_eq!(row("etc/host.conf").kind, Kind::Dir, "{what}");
+    assert_eq!(row("etc/host.conf").mode, 0o700, "{what}");
+    assert_eq!(row("etc/host.conf/inner").kind, Kind::File, "{what}");
+    assert_eq!(row("etc/os-release").kind, Kind::File, "{what}");
+    assert_eq!(row("etc/debian_version").size, Some(11), "{what}");
+    // Hard links: the same bytes as their targets, in this layer and below.
+    let data = row(&format!("{o}/data.txt"));
+    for l in ["data-hardlink", "data-hardlink-2"] {
+        let r = row(&format!("{o}/{l}"));
+        assert_eq!(
+            (r.kind, &r.sha256),
+            (Kind::File, &data.sha256),
+            "{what}: {l}"
+        );
+        assert_eq!((r.uid, r.gid, r.mode), (1000, 1000, 0o640), "{what}: {l}");
+    }
+    assert_eq!(
+        row(&format!("{o}/os-release-hardlink")).sha256,
+        row("usr/lib/os-release").sha256,
+        "{what}"
+    );
+    // Symlinks.
+    for (l, t) in [
+        ("rel-link", "../../etc/os-release".to_owned()),
+        ("abs-link", "/usr/lib/os-release".to_owned()),
+        ("dangling", "/no/such/file".to_owned()),
+        ("long-target", format!("/{}/target", "t".repeat(120))),
+    ] {
+        let r = row(&format!("{o}/{l}"));
+        assert_eq!(
+            (r.kind, r.target.as_deref()),
+            (Kind::Symlink, Some(t.as_str())),
+            "{what}"
+        );
+    }
+    // Devices and FIFOs, the base layer's too.
+    for (p, kind, dev) in [
+        (format!("{o}/null"), Kind::Char, Some((1, 3))),
+        (format!("{o}/loop7"), Kind::Block, Some((7, 7))),
+        (format!("{o}/bigdev"), Kind::Char, Some((259, 70000))),
+        (format!("{o}/fifo"), Kind::Fifo, None),
+        ("dev/null".to_owned(), Kind::Char, Some((1, 3))),
+        ("dev/tty".to_owned(), Kind::Char, Some((5, 0))),
+    ] {
+        let r = row(&p);
+        assert_eq!((r.kind, r.device), (kind, dev), "{what}: {p}");
+    }
+    // Special bits and owners.
+    for (p, mode, uid, gid) in [
+        ("setuid-tool", 0o4755, 0, 0),
+        ("setgid-tool", 0o2755, 0, 50),
+        ("shared", 0o2775, 0, 100),
+        ("tmp", 0o1777, 0, 0),
+        ("owned-by-1000", 0o600, 1000, 1000),
+        ("nobody", 0o644, 65534, 65534),
+        ("big-uid", 0o644, 100_000, 100_000),
+    ] {
+        let r = row(&format!("{o}/{p}"));
+        assert_eq!((r.mode, r.uid, r.gid), (mode, uid, gid), "{what}: {p}");
+    }
+    assert_eq!(row("var/mail").mode, 0o2775, "{what}: var/mail");
+    assert_eq!(row("var/mail").gid, 8, "{what}: var/mail");
+    // Long names, xattrs (the file, at least), implicit parents.
+    row(&format!("{o}/{}", "long-name-".repeat(15)));
+    row(&format!("{o}/with-xattr"));
+    assert_eq!(row(&format!("{o}/implicit/deep")).kind, Kind::Dir, "{what}");
+    row(&format!("{o}/implicit/deep/file"));
+    assert_eq!(
+        row(&format!("{o}/random.bin")).sha256.as_deref(),
+        Some(sha256_hex(&random_bytes(3 << 20, RANDOM_SEED)).as_str()),
+        "{what}"
+    );
+}
+
+/// Pushes the fixture, mounts it and compares the walk of the mount with
+/// the walk of `umoci unpack`.
+fn mount_equals_umoci_unpack(compression: LayerCompression) {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    let manifest = image.push(&registry.host(), REPO, compression);
+    if compression == LayerCompression::Zstd {
+        // umoci 0.4.7 cannot unpack zstd layers ("blob is not correct
+        // mediatype"), so the reference is the unpack of the gzip layout
+        // skopeo recompressed from: the same uncompressed tar streams, as
+        // the configs' diff_ids (digests of the uncompressed layers) show.
+        let config = |digest: &str| -> Value {
+            let p = image
+                .layout()
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"));
+            serde_json::from_slice(&std::fs::read(p).expect("the layout's config")).expect("JSON")
+        };
+        let layout_manifest: Value = {
+            let index: Value = serde_json::from_slice(
+                &std::fs::read(image.layout().join("index.json")).expect("index.json"),
+            )
+            .expect("JSON");
+            // A manifest is a JSON blob like a config.
+            config(index["manifests"][0]["digest"].as_str().expect("digest"))
+        };
+        let want = config(
+            layout_manifest["config"]["digest"]
+                .as_str()
+                .expect("config"),
+        );
+        let out = Command::new("skopeo")
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/{REPO}", registry.host()))
+            .output()
+            .expect("skopeo");
+        let got: Value = serde_json::from_slice(&out.stdout).expect("the pushed config");
+        assert_eq!(
+            got["rootfs"]["diff_ids"], want["rootfs"]["diff_ids"],
+            "skopeo changed the uncompressed layers: {manifest:#}"
+        );
+    }
+    let work = temp_dir();
+    let reference = image.unpack(&work.path().join("bundle"));
+    let want = walk(&reference, true);
+    assert_corners("umoci unpack", &want);
+
+    let mnt = Mounted::new(&format!("{}/{REPO}", registry.host()), &["--plain-http"]);
+    let options = mount_options(mnt.dir()).expect("the mount's options");
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(
+            options.split(',').any(|x| x == o),
+            "the mount is not {o}: {options}"
+        );
+    }
+    let start = Instant::now();
+    let got = walk(mnt.dir(), true);
+    let walked = start.elapsed();
+    if let Some(d) = diff("umoci unpack", &want, "ocifs mount", &got, 40) {
+        panic!("{d}\nmount log (tail):\n{}", tail(&mnt.log(), 30));
+    }
+    assert_corners("ocifs mount", &got);
+    // nodev: a device node of the image never reaches the host's device.
+    let err = std::fs::File::open(mnt.path("opt/ocifs/null")).expect_err("opened a device");
+    assert_eq!(err.raw_os_error(), Some(13), "{err}"); // EACCES
+    // Writes are refused.
+    let err = std::fs::write(mnt.path("etc/new"), b"x").expect_err("a write");
+    assert_eq!(err.raw_os_error(), Some(30), "{err}"); // EROFS
+    eprintln!(
+        "{compression:?}: walked and hashed {} entries through the mount in {:.1}s",
+        got.len(),
+        walked.as_secs_f64()
+    );
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn gzip_image_mount_equals_umoci_unpack() {
+    mount_equals_umoci_unpack(LayerCompression::Gzip);
+}
+
+#[test]
+fn zstd_image_mount_equals_umoci_unpack() {
+    mount_equals_umoci_unpack(LayerCompression::Zstd);
+}
+
+/// `ls -R --json` rows as walk rows (no contents), the root left out.
+fn json_rows(json: &Value) -> Vec<Row> {
+    let mut rows: Vec<Row> = json
+        .as_array()
+        .unwrap_or_else(|| panic!("ls --json is not an array: {json}"))
+        .iter()
+        .map(|r| {
+            let num = |k: &str| {
+                r[k].as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or_else(|| panic!("{k} of {r}"))
+            };
+            let kind = match r["type"].as_str() {
+                Some("file") => Kind::File,
+                Some("dir") => Kind::Dir,
+                Some("symlink") => Kind::Symlink,
+                Some("char") => Kind::Char,
+                Some("block") => Kind::Block,
+                Some("fifo") => Kind::Fifo,
+                other => panic!("type {other:?} in {r}"),
+            };
+            Row {
+                path: r["path"].as_str().expect("path").to_owned(),
+                kind,
+                mode: num("mode") & 0o7777,
+                uid: num("uid"),
+                gid: num("gid"),
+                size: (kind == Kind::File).then(|| r["size"].as_u64().expect("size")),
+                sha256: None,
+                target: (kind == Kind::Symlink)
+                    .then(|| r["target"].as_str().expect("target").to_owned()),
+                device: matches!(kind, Kind::Char | Kind::Block)
+                    .then(|| (num("major"), num("minor"))),
+            }
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn ls_json_of_an_image_has_types_owners_and_devices() {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    image.push(&registry.host(), REPO, LayerCompression::Gzip);
+    let reference = format!("{}/{REPO}", registry.host());
+    let work = temp_dir();
+    let unpacked = image.unpack(&work.path().join("bundle"));
+    let want: Vec<Row> = walk(&unpacked, false)
+        .into_iter()
+        .filter(|r| r.path != ".")
+        .collect();
+
+    // One cache for the runs below: the layers are indexed once (a debug
+    // build inflates the 200 MB base layer in seconds, not instantly).
+    let cache = work.path().join("cache").display().to_string();
+    let ls = |args: &[&str]| {
+        let mut all = vec!["ls", "--plain-http", "--cache-dir", &cache];
+        all.extend_from_slice(args);
+        run_ocifs(all)
+    };
+    let out = ls(&["-R", "--json", &reference]);
+    let got = json_rows(&out.success().json());
+    assert_same_tree("umoci unpack", &want, "ocifs ls -R --json", &got);
+    // The same from the layout, read in place.
+    let out = run_ocifs(["ls", "-R", "--json", &image.oci_ref()]);
+    let from_layout = json_rows(&out.success().json());
+    assert_same_tree("ls of the registry", &got, "ls of the layout", &from_layout);
+
+    let raw = out.json();
+    let find = |p: &str| -> &Value {
+        raw.as_array()
+            .and_then(|a| a.iter().find(|r| r["path"] == p))
+            .unwrap_or_else(|| panic!("ls --json has no {p}"))
+    };
+    let null = find("opt/ocifs/null");
+    assert_eq!(
+        (&null["type"], &null["major"], &null["minor"]),
+        (&"char".into(), &1.into(), &3.into())
+    );
+    let block = find("opt/ocifs/loop7");
+    assert_eq!(
+        (&block["type"], &block["major"], &block["minor"]),
+        (&"block".into(), &7.into(), &7.into())
+    );
+    assert_eq!(find("opt/ocifs/fifo")["type"], "fifo");
+    assert_eq!(find("opt/ocifs/setuid-tool")["mode"].as_u64(), Some(0o4755));
+    assert_eq!(
+        find("opt/ocifs/tmp")["mode"].as_u64().map(|m| m & 0o7777),
+        Some(0o1777)
+    );
+    let owned = find("opt/ocifs/owned-by-1000");
+    assert_eq!((&owned["uid"], &owned["gid"]), (&1000.into(), &1000.into()));
+    assert_eq!(find("opt/ocifs/abs-link")["target"], "/usr/lib/os-release");
+
+    // ls -l shows the same: type letters, special bits, owners, device numbers.
+    let out = ls(&["-l", &reference, "opt/ocifs"]);
+    let long = out.success().stdout_str();
+    for (name, needle) in [
+        ("null", "crw-rw-rw-"),
+        ("loop7", "brw-rw----"),
+        ("fifo", "prw-r--r--"),
+        ("setuid-tool", "-rwsr-xr-x"),
+        ("tmp", "drwxrwxrwt"),
+        ("shared", "drwxrwsr-x"),
+    ] {
+        let line = long
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")) || l.ends_with(&format!(" {name}/")))
+            .unwrap_or_else(|| panic!("ls -l has no {name}:\n{long}"));
+        assert!(line.starts_with(needle), "{name}: {line}");
+    }
+
+    // cat: through hard links and a relative symlink; whiteouts are gone.
+    let cat = |p: &str| run_ocifs(["cat", "--plain-http", "--cache-dir", &cache, &reference, p]);
+    assert_eq!(
+        cat("opt/ocifs/data-hardlink-2").success().stdout,
+        b"hard-linked data\n"
+    );
+    assert_eq!(
+        cat("opt/ocifs/rel-link").success().stdout,
+        b"NAME=\"ocifs test\"\n"
+    );
+    let middle = image.middle_file();
+    assert_eq!(
+        sha256_hex(&cat(&middle.path).success().stdout),
+        middle.sha256,
+        "{}",
+        middle.path
+    );
+    cat("etc/motd").code_is(3);
+    cat("opt/ocifs/.wh.to-delete").code_is(3);
+}
+
+/// The bytes the proxy sent back for GETs of `digests`.
+fn layer_bytes(proxy: &CountingProxy, digests: &[String]) -> u64 {
+    proxy
+        .blob_gets()
+        .iter()
+        .filter(|r| digests.iter().any(|d| r.path.ends_with(d.as_str())))
+        .map(|r| r.body_bytes)
+        .sum()
+}
+
+/// Removes the layer blobs (complete or partial) from `cache`, as an
+/// eviction would, keeping manifests, configs and the layer indexes: what
+/// the next mount fetches is then what it needs, not what the first mount
+/// happened to leave.
+fn evict_layers(cache: &Path, digests: &[String]) {
+    for d in digests {
+        let hex = d.trim_start_matches("sha256:");
+        let _ = std::fs::remove_file(cache.join("blobs/sha256").join(hex));
+        let _ = std::fs::remove_dir_all(cache.join("partial/sha256").join(hex));
+    }
+}
+
+#[test]
+fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    image.push(&registry.host(), REPO, LayerCompression::Gzip);
+    let proxy = CountingProxy::start(&registry.host());
+    let reference = format!("{}/{REPO}", proxy.host());
+    let digests: Vec<String> = image.layers().iter().map(|l| l.digest.clone()).collect();
+    let work = temp_dir();
+    let cache = work.path().join("cache");
+    let cache_arg = cache.display().to_string();
+
+    // First mount: lists everything (indexing every layer), then goes.
+    let first = Mounted::new(&reference, &["--plain-http", "--cache-dir", &cache_arg]);
+    let listed = walk(first.dir(), false);
+    first.unmount();
+    for d in &digests {
+        let index = cache
+            .join("index/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        assert!(index.is_file(), "no layer index at {}", index.display());
+    }
+
+    let middle = image.middle_file();
+    let big = &image.layers()[0];
+    // The compressed bytes of one seek span around the file: from 4 MiB
+    // of output before it (plus a deflate block of slack, as seek points
+    // sit on block boundaries) to its end (plus the same slack).
+    let at = gzip_compressed_offsets(
+        &big.path,
+        &[
+            middle.offset.saturating_sub(SEEK_SPACING + BLOCK_SLACK),
+            middle.offset + middle.size + BLOCK_SLACK,
+        ],
+    );
+    let span = at[1] - at[0];
+    // A range of `span` bytes touches at most ceil(span / chunk) + 1 chunks.
+    let bound = span.div_ceil(CHUNK) * CHUNK + CHUNK;
+    assert!(
+        at[0] > 8 * bound,
+        "the middle file is not far enough into the layer for the test to mean anything ({at:?})"
+    );
+
+    for verify in ["strict", "lazy"] {
+        evict_layers(&cache, &digests);
+        proxy.reset();
+        let second = Mounted::new(
+            &reference,
+            &[
+                "--plain-http",
+                "--verify",
+                verify,
+                "--cache-dir",
+                &cache_arg,
+            ],
+        );
+        let again = walk(second.dir(), false);
+        assert_same_tree("the first mount", &listed, "the second mount", &again);
+        assert_eq!(
+            layer_bytes(&proxy, &digests),
+            0,
+            "{verify}: listing the whole tree again fetched layer bytes:\n{}",
+            proxy.describe()
+        );
+        proxy.reset();
+        assert_eq!(
+            file_sha256(&second.path(&middle.path)),
+            middle.sha256,
+            "{verify}: {} read wrong",
+            middle.path
+        );
+        let fetched = layer_bytes(&proxy, &digests);
+        eprintln!(
+            "{verify}: reading {} ({} bytes at {} of a {}-byte stream, {}-byte layer) fetched {fetched} bytes; \
+             the bound is {bound} (a {span}-byte span)",
+            middle.path,
+            middle.size,
+            middle.offset,
+            image.base_uncompressed_size(),
+            big.size
+        );
+        assert!(
+            fetched > 0 && fetched <= bound,
+            "{verify}: reading {} fetched {fetched} bytes, over one seek span ({span} bytes) \
+             plus one chunk ({bound} in chunks):\n{}\nmount log (tail):\n{}",
+            middle.path,
+            proxy.describe(),
+            tail(&second.log(), 20)
+        );
+        second.unmount();
+    }
+}
+
+/// What a malformed layer must do.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// Exit 7, naming the layer digest and (if given) the entry.
+    Fails(Option<String>),
+    /// Exit 0: `dropped` are left out, each named in a warning with the
+    /// layer digest; the listing is exactly `listed`.
+    Drops {
+        dropped: Vec<String>,
+        listed: Vec<&'static str>,
+    },
+}
+
+struct Case {
+    tag: &'static str,
+    media_type: &'static str,
+    layer: Vec<u8>,
+    expect: Expect,
+    /// Extra options for `ocifs ls`.
+    options: &'static [&'static str],
+    /// Pushed with skopeo and read from the registry; otherwise read from
+    /// the layout (skopeo would recompress an uncompressed layer, or
+    /// "fix" a gzip media type on a plain tar).
+    push: bool,
+}
+
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+fn ok_file(t: &mut TarWriter) {
+    t.file("ok.txt", 0o644, (0, 0), b"fine\n");
+}
+
+/// `data` gzip-compressed by Debian's `gzip` (fast, for big inputs).
+fn gzip_cli(data: &[u8], level: u32) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg(format!("-{level}"))
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("gzip");
+    writer.join().expect("writer").expect("writing to gzip");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// A gzip bomb: two 4 GiB files of zeros in about 8 MiB, as concatenated
+/// gzip members (each 64 MiB of zeros at deflate's best ratio, ~1030:1).
+fn gzip_bomb() -> Vec<u8> {
+    const FILE: u64 = 4 << 30;
+    let zeros = gzip_cli(&vec![0u8; 64 << 20], 9);
+    let mut out = Vec::new();
+    for name in ["bomb-1", "bomb-2"] {
+        let mut h = TarHeader::new(TarKind::File, name);
+        h.size = FILE;
+        out.extend(gzip(&h.block(), 6));
+        for _ in 0..FILE / (64 << 20) {
+            out.extend_from_slice(&zeros);
+        }
+    }
+    out.extend(gzip(&[0u8; 1024], 6));
+    out
+}
+
+fn malformed_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let gz = |t: TarWriter| gzip(&t.finish(), 6);
+
+    // A path over PATH_MAX (4096), and a component over NAME_MAX (255).
+    let long_path = format!("{}/file", vec!["d".repeat(200); 21].join("/"));
+    let long_name = format!("dir/{}", "n".repeat(300));
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    t.file(&long_path, 0o644, (0, 0), b"too long\n");
+    t.file(&long_name, 0o644, (0, 0), b"too long\n");
+    cases.push(Case {
+        tag: "path-max",
+        media_type: TAR_GZIP,
+        layer: gz(t),
+        expect: Expect::Drops {
+            dropped: vec![long_path[..64].to_owned(), "n".repeat(64)],
+            listed: vec!["ok.txt"],
+        },
+        options: &[],
+        push: true,
+    });
+
+    // `..` climbing out of the root is dropped; inside it, resolved; an
+    // absolute name is taken from the root, as runtimes do.
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    t.file("../../etc/evil", 0o644, (0, 0), b"evil\n")
+        .file("a/../../b", 0o644, (0, 0), b"evil\n")
+        .file("sub/../inside.txt", 0o644, (0, 0), b"inside\n")
+        .file("/abs/file.txt", 0o644, (0, 0), b"absolute\n");
+    cases.push(Case {
+        tag: "dotdot-and-absolute",
+        media_type: TAR_GZIP,
+        layer: gz(t),
+        expect: Expect::Drops {
+            dropped: vec!["../../etc/evil".into(), "a/../../b".into()],
+            listed: vec!["abs", "abs/file.txt", "inside.txt", "ok.txt"],
+        },
+        options: &[],
+        push: true,
+    });
+
+    // Hard links to a missing target and to themselves.
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    t.hardlink("to-nowhere", "no/such/file")
+        .hardlink("self", "self")
+        .hardlink("good-link", "ok.txt");
+    cases.push(Case {
+        tag: "hardlinks",
+        media_type: TAR_GZIP,
+        layer: gz(t),
+        expect: Expect::Drops {
+            dropped: vec!["to-nowhere".into(), "self".into()],
+            listed: vec!["good-link", "ok.txt"],
+        },
+        options: &[],
+        push: true,
+    });
+
+    // A header whose size runs past the end of the layer.
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    let mut h = TarHeader::new(TarKind::File, "huge.bin");
+    h.size = 1 << 30;
+    t.entry(&h, &random_bytes(100, 1));
+    cases.push(Case {
+        tag: "size-past-the-end",
+        media_type: TAR_GZIP,
+        layer: gzip(t.bytes(), 6),
+        expect: Expect::Fails(Some("huge.bin".into())),
+        options: &[],
+        push: true,
+    });
+
+    // More entries than the limit (set low; the default is 1,000,000).
+    let mut t = TarWriter::new();
+    for i in 0..1001 {
+        t.file(&format!("f/{i:05}"), 0o644, (0, 0), b"");
+    }
+    let many = gz(t);
+    cases.push(Case {
+        tag: "too-many-entries",
+        media_type: TAR_GZIP,
+        layer: many.clone(),
+        expect: Expect::Fails(None),
+        options: &["--max-layer-entries", "1000"],
+        push: true,
+    });
+
+    // A gzip bomb.
+    cases.push(Case {
+        tag: "gzip-bomb",
+        media_type: TAR_GZIP,
+        layer: gzip_bomb(),
+        expect: Expect::Fails(None),
+        options: &[],
+        push: true,
+    });
+
+    // Truncated layers: gzip and zstd cut in the middle of a file's data,
+    // a plain tar cut in the middle of a header.
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    t.file("big.bin", 0o644, (0, 0), &random_bytes(2 << 20, 2));
+    t.file("after.txt", 0o644, (0, 0), b"after\n");
+    let whole = t.finish();
+    let g = gzip(&whole, 6);
+    cases.push(Case {
+        tag: "truncated-gzip",
+        media_type: TAR_GZIP,
+        layer: g[..g.len() / 2].to_vec(),
+        expect: Expect::Fails(Some("big.bin".into())),
+        options: &[],
+        push: true,
+    });
+    let z = zstd(&whole);
+    cases.push(Case {
+        tag: "truncated-zstd",
+        media_type: TAR_ZSTD,
+        layer: z[..z.len() / 2].to_vec(),
+        expect: Expect::Fails(Some("big.bin".into())),
+        options: &[],
+        push: true,
+    });
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    let second = TarHeader::new(TarKind::File, "cut.txt").block();
+    t.raw(&second[..300]);
+    cases.push(Case {
+        tag: "truncated-tar",
+        media_type: TAR,
+        layer: t.bytes().to_vec(),
+        expect: Expect::Fails(None),
+        options: &[],
+        push: false,
+    });
+
+    // A header with a wrong checksum; a gzip media type on a plain tar.
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    let mut bad = TarHeader::new(TarKind::File, "bad-sum.txt").block();
+    bad[0] ^= 0x20;
+    t.raw(&bad);
+    cases.push(Case {
+        tag: "bad-checksum",
+        media_type: TAR_GZIP,
+        layer: gz(t),
+        expect: Expect::Fails(None),
+        options: &[],
+        push: true,
+    });
+    let mut t = TarWriter::new();
+    ok_file(&mut t);
+    cases.push(Case {
+        tag: "not-gzip",
+        media_type: TAR_GZIP,
+        layer: t.finish(),
+        expect: Expect::Fails(None),
+        options: &[],
+        push: false,
+    });
+    cases
+}
+
+/// The layer digests of `tag` as the registry has it (skopeo may have
+/// compressed an uncompressed layer on the way).
+fn pushed_layer(host: &str, tag: &str) -> String {
+    let m = registry_manifest(host, &format!("malformed:{tag}"));
+    m["layers"][0]["digest"]
+        .as_str()
+        .expect("a layer digest")
+        .to_owned()
+}
+
+/// Checks one run against `expect`; `digest` is the layer's. The first
+/// thing wrong, with the run's output.
+fn check_case(
+    tag: &str,
+    where_: &str,
+    out: &Output,
+    digest: &str,
+    expect: &Expect,
+) -> Result<(), String> {
+    let context = format!("case {tag} ({where_})");
+    let fail = |what: String| Err(format!("{context}: {what}:\n{out}"));
+    if out.stderr.contains("panicked") {
+        return fail("ocifs panicked".into());
+    }
+    if out.code().is_none() {
+        return fail("ocifs died of a signal".into());
+    }
+    if out.elapsed > CASE_LIMIT {
+        return fail(format!("took {:.0}s", out.elapsed.as_secs_f64()));
+    }
+    match expect {
+        Expect::Fails(entry) => {
+            if out.code() != Some(7) {
+                return fail(format!("exit {:?}, not 7", out.code()));
+            }
+            if !out.stderr.contains(digest) {
+                return fail(format!("the error does not name the layer {digest}"));
+            }
+            if let Some(entry) = entry
+                && !out.stderr.contains(entry.as_str())
+            {
+                return fail(format!("the error does not name the entry {entry:?}"));
+            }
+        }
+        Expect::Drops { dropped, listed } => {
+            if out.code() != Some(0) {
+                return fail(format!("exit {:?}, not 0", out.code()));
+            }
+            for d in dropped {
+                if !out
+                    .stderr
+                    .lines()
+                    .any(|l| l.contains(d.as_str()) && l.contains(digest))
+                {
+                    return fail(format!(
+                        "no warning names the layer {digest} and the entry {d:?}"
+                    ));
+                }
+            }
+            let got: Vec<String> = out
+                .stdout_str()
+                .lines()
+                .map(|l| l.trim_end_matches('/').to_owned())
+                .collect();
+            if got != *listed {
+                return fail(format!("listed {got:?}, not {listed:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn malformed_layers_get_clear_errors() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let mut layout = OciLayoutBuilder::new(dir.path().join("layout"));
+    let cases = malformed_cases();
+    let mut digests = Vec::new();
+    for c in &cases {
+        let layer = layout.blob(c.media_type, &c.layer);
+        digests.push(layer.digest.clone());
+        let m = layout.image_manifest(&Platform::new("linux", "amd64"), &[layer]);
+        layout.add(&m, Some(c.tag));
+    }
+    let layout_dir = layout.dir().display().to_string();
+    // Every case runs; the failures are reported together at the end.
+    let mut failures = Vec::new();
+    for (c, layout_digest) in cases.iter().zip(&digests) {
+        let (reference, digest, where_) = if c.push {
+            skopeo_copy(
+                &format!("oci:{layout_dir}:{}", c.tag),
+                &format!("docker://{}/malformed:{}", registry.host(), c.tag),
+                &["--dest-tls-verify=false"],
+            );
+            let digest = pushed_layer(&registry.host(), c.tag);
+            (
+                format!("{}/malformed:{}", registry.host(), c.tag),
+                digest,
+                "registry",
+            )
+        } else {
+            (
+                format!("oci:{layout_dir}:{}", c.tag),
+                layout_digest.clone(),
+                "layout",
+            )
+        };
+        let mut args = vec!["ls", "-R", "--plain-http"];
+        args.extend_from_slice(c.options);
+        args.push(&reference);
+        let out = run_ocifs(&args);
+        if let Err(e) = check_case(c.tag, where_, &out, &digest, &c.expect) {
+            failures.push(e);
+        }
+        eprintln!(
+            "case {}: exit {:?} in {:.1}s: {}",
+            c.tag,
+            out.code(),
+            out.elapsed.as_secs_f64(),
+            out.stderr
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(240)
+                .collect::<String>()
+        );
+    }
+
+    // The default entry limit takes the 1,001-entry layer.
+    let reference = format!("{}/malformed:too-many-entries", registry.host());
+    let out = run_ocifs(["ls", "-R", "--plain-http", &reference]);
+    assert_eq!(out.success().stdout_str().lines().count(), 1002, "{out}");
+    run_ocifs([
+        "ls",
+        "--plain-http",
+        "--max-layer-entries",
+        "1000",
+        &reference,
+    ])
+    .code_is(7)
+    .stderr_has("1000");
+
+    // Mounts: a failing layer fails the mount (nothing mounted); a layer
+    // with dropped entries mounts without them.
+    let failing = format!("{}/malformed:size-past-the-end", registry.host());
+    match Mounted::try_new(&failing, &["--plain-http"]) {
+        Ok(_) => panic!("a layer whose entry runs past its end was mounted"),
+        Err(out) => {
+            out.code_is(7).stderr_has("huge.bin");
+        }
+    }
+    let mnt = Mounted::new(
+        &format!("{}/malformed:dotdot-and-absolute", registry.host()),
+        &["--plain-http"],
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("ok.txt")).expect("ok.txt"),
+        b"fine\n"
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("inside.txt")).expect("inside.txt"),
+        b"inside\n"
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("abs/file.txt")).expect("abs/file.txt"),
+        b"absolute\n"
+    );
+    let names: Vec<String> = std::fs::read_dir(mnt.dir())
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n == "etc" || n == "b"), "{names:?}");
+    // The truncated layers' good entries are not served as if whole: cat
+    // of a file before the cut fails like the listing (the layer cannot be
+    // indexed), never with wrong bytes.
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &format!("{}/malformed:truncated-gzip", registry.host()),
+        "ok.txt",
+    ]);
+    if let Err(e) = check_case(
+        "truncated-gzip",
+        "cat",
+        &out,
+        &pushed_layer(&registry.host(), "truncated-gzip"),
+        &Expect::Fails(None),
+    ) {
+        failures.push(e);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} malformed cases went wrong:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
