@@ -115,6 +115,17 @@ pub trait Reader: Send + Sync + fmt::Debug {
 
     /// The counters so far.
     fn stats(&self) -> Stats;
+
+    /// An owned handle on this reader, for work that outlives a call (a
+    /// decoder kept between reads); `None` if it has none.
+    fn shared(&self) -> Option<Arc<dyn Reader>> {
+        None
+    }
+
+    /// This reader as the chunk cache, if it is one.
+    fn as_cache(&self) -> Option<&crate::ChunkCache> {
+        None
+    }
 }
 
 /// Reads straight from a source, without caching. In strict mode the whole

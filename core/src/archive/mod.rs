@@ -35,8 +35,8 @@ mod stream;
 mod tar;
 mod zip;
 
-pub(crate) use stream::{StreamRead, with_stream};
-pub(crate) use tar::decoder;
+pub(crate) use stream::{Bounded, StreamRead, with_stream};
+pub(crate) use tar::{Zstd, decoder};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -263,6 +263,8 @@ pub struct EntryReader {
     decoded: Mutex<Decoded>,
     /// One decode per entry at a time: later readers wait and find it done.
     decoding: Mutex<std::collections::HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Decoders of image layers parked between reads.
+    pub(crate) cursors: crate::image::Cursors,
 }
 
 struct Decoded {
@@ -300,6 +302,7 @@ impl EntryReader {
                 budget,
             }),
             decoding: Mutex::new(std::collections::HashMap::new()),
+            cursors: crate::image::Cursors::default(),
         }
     }
 

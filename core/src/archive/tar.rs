@@ -100,7 +100,7 @@ pub(crate) fn decoder<'a, R: Read + 'a>(
 }
 
 /// A zstd stream of one or more frames.
-struct Zstd<R: Read> {
+pub(crate) struct Zstd<R: Read> {
     state: ZstdState<R>,
 }
 
@@ -111,7 +111,7 @@ enum ZstdState<R: Read> {
 }
 
 impl<R: Read> Zstd<R> {
-    fn new(r: R) -> Self {
+    pub(crate) fn new(r: R) -> Self {
         Zstd {
             state: ZstdState::Between(BufReader::new(r)),
         }

@@ -1225,6 +1225,14 @@ impl Reader for ChunkCache {
     fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
     }
+
+    fn shared(&self) -> Option<Arc<dyn Reader>> {
+        Some(Arc::new(self.clone()))
+    }
+
+    fn as_cache(&self) -> Option<&ChunkCache> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

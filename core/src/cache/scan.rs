@@ -153,6 +153,20 @@ impl ChunkCache {
         self.inner.store.as_ref()
     }
 
+    /// Adopts `tmp`, a temporary file of the store holding `size` bytes
+    /// the caller hashed to `digest`, as that complete blob (counted in the
+    /// budget like any other).
+    pub fn adopt(&self, tmp: &std::path::Path, digest: &crate::Digest, size: u64) -> Result<()> {
+        let Some(store) = &self.inner.store else {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
+        };
+        store.adopt(tmp, digest)?;
+        self.inner.disk_usage.fetch_add(size, Ordering::Relaxed);
+        self.inner.maybe_evict();
+        Ok(())
+    }
+
     /// When bytes are checked.
     pub fn verify(&self) -> crate::reader::Verify {
         self.inner.options.verify

@@ -250,6 +250,28 @@ impl DiskStore {
         self.write_atomic(&self.index_path(digest), bytes)
     }
 
+    /// A new temporary file in the store, for a blob made here (a layer's
+    /// decoded stream): hand it to [`DiskStore::adopt`] once its digest is
+    /// known, or remove it.
+    pub fn temp_file(&self) -> Result<(PathBuf, File)> {
+        let path = self.tmp_path();
+        let file = match File::create(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_dirs();
+                File::create(&path)
+            }
+            r => r,
+        }
+        .map_err(io_err(|| format!("creating {}", path.display())))?;
+        Ok((path, file))
+    }
+
+    /// Renames a temporary file whose content the caller hashed to
+    /// `digest` into place as that complete blob.
+    pub fn adopt(&self, tmp: &Path, digest: &Digest) -> Result<()> {
+        move_into_place(tmp, &self.blob_path(digest))
+    }
+
     /// Whether a complete blob exists.
     pub fn has_complete(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()

@@ -20,7 +20,7 @@ pub mod zstd;
 
 pub use toc::{EntryKind, TocEntry};
 
-pub(crate) use read::read;
+pub(crate) use read::{Cursors, read};
 
 use std::sync::Arc;
 
@@ -39,6 +39,11 @@ pub struct ImageLayer {
     pub uncompressed_size: u64,
     /// Where decoding can resume.
     pub points: SeekPoints,
+    /// For a zstd layer read from a registry: its decoded stream, kept in
+    /// the cache as a blob of its own (named by the layer's diff ID), since
+    /// a zstd stream can only be decoded from the start of a frame and
+    /// most zstd layers are a single frame.
+    pub decoded: Option<Descriptor>,
 }
 
 /// A file of an image's root filesystem: bytes `offset..offset + size` of
@@ -177,8 +182,10 @@ pub async fn build(
     options: &ImageOptions,
 ) -> crate::Result<crate::Tree> {
     use futures_util::{StreamExt as _, TryStreamExt as _};
+    let diff_ids = diff_ids(manifest, cache).await;
     let layers: Vec<overlay::MergeLayer> = futures_util::stream::iter(manifest.layers.iter())
-        .map(|l| layer(cache, l, options))
+        .enumerate()
+        .map(|(i, l)| layer(cache, l, options, diff_ids.get(i).cloned()))
         .buffered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
@@ -190,8 +197,13 @@ async fn layer(
     cache: &crate::ChunkCache,
     blob: &Descriptor,
     options: &ImageOptions,
+    diff_id: Option<crate::Digest>,
 ) -> crate::Result<overlay::MergeLayer> {
-    let index = layer_index(cache, blob, options).await?;
+    // A zstd layer's decoded copy, where there is a cache to keep it.
+    let diff_id = diff_id.filter(|_| {
+        layer_compression(&blob.media_type) == Some(Compression::Zstd) && cache.store().is_some()
+    });
+    let index = layer_index(cache, blob, options, diff_id.as_ref()).await?;
     let LayerIndex {
         compression,
         uncompressed_size,
@@ -211,6 +223,15 @@ async fn layer(
             compression,
             uncompressed_size,
             points,
+            decoded: diff_id.map(|digest| Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest,
+                size: uncompressed_size,
+                annotations: Default::default(),
+                platform: None,
+                artifact_type: None,
+                urls: Vec::new(),
+            }),
         }),
         entries,
         problems,
@@ -230,6 +251,7 @@ pub async fn layer_index(
     cache: &crate::ChunkCache,
     blob: &Descriptor,
     options: &ImageOptions,
+    keep_decoded: Option<&crate::Digest>,
 ) -> crate::Result<LayerIndex> {
     let max_entries = options.max_entries;
     let compression = layer_compression(&blob.media_type).ok_or_else(|| {
@@ -299,10 +321,42 @@ pub async fn layer_index(
         }
     } else {
         let b = blob.clone();
+        // The decoded stream of a zstd layer goes to a temporary file as
+        // it passes, adopted once it hashed to the layer's diff ID.
+        let copy = match (keep_decoded, cache.store()) {
+            (Some(_), Some(store)) => Some(store.temp_file()?),
+            _ => None,
+        };
+        let (tmp, file) = copy.map_or((None, None), |(p, f)| (Some(p), Some(f)));
         let scanned = cache
-            .scan(blob, move |r| index_stream(r, &b, compression, max_entries))
-            .await?;
-        let (toc, points, uncompressed_size) = scanned.value;
+            .scan(blob, move |r| {
+                index_stream(r, &b, compression, max_entries, file)
+            })
+            .await;
+        let scanned = match scanned {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(tmp) = &tmp {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        };
+        let (toc, points, uncompressed_size, decoded) = scanned.value;
+        if let (Some(tmp), Some(want)) = (&tmp, keep_decoded) {
+            match decoded {
+                Some((digest, len)) if digest == *want => {
+                    if let Err(e) = cache.adopt(tmp, want, len) {
+                        tracing::warn!(layer = %blob.digest, error = %e, "keeping the decoded layer failed");
+                    }
+                }
+                other => {
+                    let _ = std::fs::remove_file(tmp);
+                    tracing::warn!(layer = %blob.digest, decoded = ?other.map(|o| o.0.to_string()), diff_id = %want,
+                        "the decoded layer is not the diff ID the image config names; not kept");
+                }
+            }
+        }
         LayerIndex {
             digest: blob.digest.clone(),
             size: blob.size,
@@ -326,6 +380,11 @@ pub async fn layer_index(
     Ok(index)
 }
 
+/// What walking a layer's stream gives: its table of contents, its seek
+/// points, its uncompressed length, and the digest and length of the
+/// decoded copy made on the way, if one was.
+type Indexed = (toc::Toc, SeekPoints, u64, Option<(crate::Digest, u64)>);
+
 /// Walks a layer's stream (on a blocking thread): its table of contents,
 /// its seek points and its uncompressed length.
 fn index_stream(
@@ -333,7 +392,8 @@ fn index_stream(
     blob: &Descriptor,
     compression: Compression,
     max_entries: usize,
-) -> crate::Result<(toc::Toc, SeekPoints, u64)> {
+    copy: Option<std::fs::File>,
+) -> crate::Result<Indexed> {
     let walk_error = |e: toc::WalkError| layer_error(blob, e.to_string());
     let io_error = |e: std::io::Error| layer_error(blob, format!("unreadable stream: {e}"));
     let limit = blob
@@ -346,7 +406,7 @@ fn index_stream(
             // The rest (end-of-archive padding) counts in the length.
             let rest = std::io::copy(r, &mut std::io::sink()).map_err(io_error)?;
             let len = toc.len + rest;
-            Ok((toc, SeekPoints::None, len))
+            Ok((toc, SeekPoints::None, len, None))
         }
         Compression::Gzip => {
             let mut g =
@@ -355,13 +415,25 @@ fn index_stream(
             let (points, len) = g.finish().map_err(io_error)?;
             // Windows beyond a twentieth of the layer are thinned out.
             let points = gzip::thin(points, (blob.size / 20).max(256 << 10));
-            Ok((toc, SeekPoints::Gzip(points), len))
+            Ok((toc, SeekPoints::Gzip(points), len, None))
         }
         Compression::Zstd => {
             let mut z = zstd::ZstdIndexer::new(r, zstd::DEFAULT_SPACING, limit);
-            let toc = toc::walk(&mut toc::Stream(&mut z), max_entries).map_err(walk_error)?;
+            let (toc, decoded) = match copy {
+                Some(file) => {
+                    let mut tee = Tee::new(&mut z, file);
+                    let toc =
+                        toc::walk(&mut toc::Stream(&mut tee), max_entries).map_err(walk_error)?;
+                    std::io::copy(&mut tee, &mut std::io::sink()).map_err(io_error)?;
+                    (toc, Some(tee.finish().map_err(io_error)?))
+                }
+                None => (
+                    toc::walk(&mut toc::Stream(&mut z), max_entries).map_err(walk_error)?,
+                    None,
+                ),
+            };
             let (points, len) = z.finish().map_err(io_error)?;
-            Ok((toc, SeekPoints::Zstd(points), len))
+            Ok((toc, SeekPoints::Zstd(points), len, decoded))
         }
     }
 }
@@ -425,4 +497,86 @@ fn input_error(e: std::io::Error) -> Result<crate::Error, std::io::Error> {
         },
         None => Err(std::io::Error::other("read failed")),
     }
+}
+
+/// A `Read` that copies what passes to a file, hashing it.
+pub(crate) struct Tee<R> {
+    inner: R,
+    out: std::io::BufWriter<std::fs::File>,
+    hasher: crate::digest::Hasher,
+}
+
+impl<R: std::io::Read> Tee<R> {
+    pub(crate) fn new(inner: R, file: std::fs::File) -> Self {
+        Tee {
+            inner,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: crate::digest::Hasher::new(),
+        }
+    }
+
+    /// Flushes and syncs the file: the digest and length of what passed.
+    pub(crate) fn finish(self) -> std::io::Result<(crate::Digest, u64)> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let len = self.hasher.len();
+        Ok((self.hasher.finish(), len))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        std::io::Write::write_all(&mut self.out, &buf[..n])?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The largest image config read.
+const MAX_CONFIG: u64 = 4 << 20;
+
+/// The diff IDs (digests of the uncompressed layers) the image config
+/// lists, when there are zstd layers to keep decoded copies of; empty if
+/// the config cannot be read or has none.
+async fn diff_ids(manifest: &crate::Manifest, cache: &crate::ChunkCache) -> Vec<crate::Digest> {
+    use crate::Reader as _;
+    let zstd = manifest
+        .layers
+        .iter()
+        .any(|l| layer_compression(&l.media_type) == Some(Compression::Zstd));
+    if !zstd || cache.store().is_none() || manifest.config.size > MAX_CONFIG {
+        return Vec::new();
+    }
+    let config = crate::Content::Blob(manifest.config.clone());
+    let bytes = match cache.read(&config, 0, manifest.config.size).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "the image config is unreadable; zstd layers are decoded from their frames");
+            return Vec::new();
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    let ids: Vec<crate::Digest> = serde_json::from_slice::<Config>(&bytes)
+        .ok()
+        .and_then(|c| c.rootfs)
+        .map(|r| r.diff_ids.iter().filter_map(|d| d.parse().ok()).collect())
+        .unwrap_or_default();
+    if ids.len() != manifest.layers.len() {
+        tracing::warn!(
+            "the image config lists {} diff IDs for {} layers; zstd layers are decoded from their frames",
+            ids.len(),
+            manifest.layers.len()
+        );
+        return Vec::new();
+    }
+    ids
 }
