@@ -294,7 +294,7 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
         }
         let p = std::mem::take(&mut pending);
         let raw_name = p.name.unwrap_or_else(|| header.path_bytes().into_owned());
-        let shown = String::from_utf8_lossy(&raw_name).into_owned();
+        let shown = shown_name(&raw_name);
         let kind_byte = kind.as_byte();
         let is_file = kind.is_file() || kind.is_contiguous() || kind_byte == 0;
         // Only regular files carry data (a hard link's size field is
@@ -402,6 +402,16 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
     }
     toc.len = w.pos;
     Ok(toc)
+}
+
+/// A name as messages show it: lossy UTF-8, cut at 200 characters (a
+/// hostile PAX name can be a megabyte).
+fn shown_name(raw: &[u8]) -> String {
+    let name = String::from_utf8_lossy(raw);
+    match name.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.into_owned(),
+    }
 }
 
 fn check_sum(block: &[u8; 512], header: &tar::Header, at: u64) -> Result<(), WalkError> {
