@@ -1,15 +1,18 @@
-//! Micro-benchmarks of the hot paths: a chunk-cache hit, a tree lookup.
+//! Micro-benchmarks of the hot paths: a chunk-cache hit, a tree lookup, a
+//! read resumed at a gzip seek point.
 //! `cargo bench -p ocifs-benches --bench hot_paths`.
 //!
-//! (The gzip seek-point resume and the tar index build join these when the
-//! image support lands.)
+//! (The tar index build joins these when the layer walker lands.)
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ocifs_core::cache::{CacheOptions, ChunkCache};
+use ocifs_core::image::gzip::{self, GzipIndexer};
+use ocifs_core::image::toc;
 use ocifs_core::manifest::{Descriptor, Manifest, annotation};
 use ocifs_core::{Content, Digest, LayoutSource, Reader as _, Tree, Verify, ViewOptions};
 
@@ -119,5 +122,97 @@ fn tree_lookup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cache_hit, tree_lookup);
+/// 64 KiB at a random offset of a 64 MiB gzip stream (text, about 3:1),
+/// inflated from the point before it (4 MiB apart) out of the compressed
+/// bytes a reader would fetch: on average 2 MiB inflated and dropped, then
+/// the 64 KiB.
+fn gzip_resume(c: &mut Criterion) {
+    const SIZE: usize = 64 << 20;
+    const LEN: u64 = 64 << 10;
+    let words = [
+        "layer ", "blob ", "usr/lib/", "digest ", "\n", "sha256:", "tar ", "seek ",
+    ];
+    let mut data = Vec::with_capacity(SIZE + 64);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < SIZE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(words[(x % 8) as usize].as_bytes());
+        if x.is_multiple_of(5) {
+            data.extend_from_slice(format!("{}", x % 100_000).as_bytes());
+        }
+    }
+    data.truncate(SIZE);
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&data).expect("gzip");
+    let gz = z.finish().expect("gzip");
+    let mut indexer = GzipIndexer::new(&gz[..], gzip::DEFAULT_SPACING, u64::MAX).expect("indexer");
+    indexer.read_to_end(&mut Vec::new()).expect("index");
+    let (points, size) = indexer.finish().expect("index");
+    assert_eq!(size, SIZE as u64);
+
+    let mut group = c.benchmark_group("gzip seek-point resume");
+    group.throughput(Throughput::Bytes(LEN));
+    group.bench_function("read 64 KiB at a random offset of 64 MiB", |b| {
+        let mut offset = 0u64;
+        let mut out = Vec::with_capacity(LEN as usize);
+        b.iter(|| {
+            offset = (offset + 7_654_321) % (SIZE as u64 - LEN);
+            let p = gzip::point_before(&points, offset).expect("a point at 0");
+            let end = gzip::compressed_end(&points, offset + LEN, gz.len() as u64);
+            let from = &gz[p.input_start() as usize..end as usize];
+            out.clear();
+            gzip::inflate_from(p, from, offset - p.uncompressed, &mut out, LEN, u64::MAX)
+                .expect("inflate");
+            black_box(&out);
+        })
+    });
+    group.finish();
+}
+
+/// Walking a layer's tar headers into its table of contents, per MiB of
+/// stream: 4,000 entries of 0 to 8 KiB, as a distribution's layer has.
+fn tar_index(c: &mut Criterion) {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..4000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = (x % 8192) as usize;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(
+                &mut h,
+                format!("usr/share/doc/package-{}/file-{i}.txt", i / 20),
+                &vec![b'x'; size][..],
+            )
+            .expect("tar");
+    }
+    let stream = builder.into_inner().expect("tar");
+    let mut group = c.benchmark_group("tar index build");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function(
+        format!(
+            "{} entries, {:.1} MiB",
+            4000,
+            stream.len() as f64 / (1 << 20) as f64
+        ),
+        |b| {
+            b.iter(|| {
+                let toc =
+                    toc::walk(&mut toc::Stream(&stream[..]), toc::MAX_LAYER_ENTRIES).expect("walk");
+                black_box(toc.entries.len())
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, cache_hit, tree_lookup, gzip_resume, tar_index);
 criterion_main!(benches);
