@@ -19,6 +19,8 @@ use crate::view::Content;
 
 /// How much is read through the reader at a time.
 const PIECE: u64 = 1 << 20;
+/// Ranges up to this long are read at once.
+const SHORT: u64 = 8 << 20;
 
 /// Runs `consume` on a blocking thread over bytes `range` of `blob`.
 ///
@@ -47,15 +49,23 @@ where
     let producer = async move {
         let end = range.end.min(blob.size);
         let mut offset = range.start;
+        // A short range (a span between two seek points) is one read: the
+        // chunks it needs and no more (pieces would look sequential to the
+        // cache, which would read ahead past the range).
+        let piece = if end.saturating_sub(offset) <= SHORT {
+            end.saturating_sub(offset).max(1)
+        } else {
+            PIECE
+        };
         while offset < end {
             let bytes = reader
-                .read(&content, offset, PIECE.min(end - offset))
+                .read(&content, offset, piece.min(end - offset))
                 .await?;
             if bytes.is_empty() {
                 return Err(Error::ShortRead {
                     digest: blob.digest.to_string(),
                     offset,
-                    expected: PIECE.min(end - offset),
+                    expected: piece.min(end - offset),
                     got: 0,
                 });
             }

@@ -179,7 +179,10 @@ impl<I: TarInput + ?Sized> Walker<'_, I> {
     }
 
     fn skip(&mut self, n: u64, what: &str) -> Result<(), WalkError> {
-        let skipped = self.input.skip(n)?;
+        let skipped = self
+            .input
+            .skip(n)
+            .map_err(|e| WalkError::Bad(format!("unreadable stream inside {what}: {e}")))?;
         self.pos += skipped;
         if skipped < n {
             return Err(WalkError::Bad(format!(
