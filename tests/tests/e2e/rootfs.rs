@@ -452,6 +452,8 @@ fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
         "the middle file is not far enough into the layer for the test to mean anything ({at:?})"
     );
 
+    // Both modes run; what went wrong is reported together at the end.
+    let mut failures = Vec::new();
     for verify in ["strict", "lazy"] {
         evict_layers(&cache, &digests);
         proxy.reset();
@@ -490,16 +492,20 @@ fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
             image.base_uncompressed_size(),
             big.size
         );
-        assert!(
-            fetched > 0 && fetched <= bound,
-            "{verify}: reading {} fetched {fetched} bytes, over one seek span ({span} bytes) \
-             plus one chunk ({bound} in chunks):\n{}\nmount log (tail):\n{}",
-            middle.path,
-            proxy.describe(),
-            tail(&second.log(), 20)
-        );
+        if fetched == 0 || fetched > bound {
+            failures.push(format!(
+                "{verify}: reading {} fetched {fetched} bytes, over one seek span ({span} bytes, \
+                 compressed {}..{}) plus one chunk ({bound} in chunks):\n{}\nmount log (tail):\n{}",
+                middle.path,
+                at[0],
+                at[1],
+                proxy.describe(),
+                tail(&second.log(), 20)
+            ));
+        }
         second.unmount();
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// What a malformed layer must do.
@@ -694,7 +700,9 @@ fn malformed_cases() -> Vec<Case> {
         tag: "truncated-zstd",
         media_type: TAR_ZSTD,
         layer: z[..z.len() / 2].to_vec(),
-        expect: Expect::Fails(Some("big.bin".into())),
+        // A zstd block yields no byte until it is whole: the cut block
+        // holds the entry's header too, so no name can be known.
+        expect: Expect::Fails(None),
         options: &[],
         push: true,
     });
