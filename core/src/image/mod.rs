@@ -145,13 +145,15 @@ pub fn layer_compression(media_type: &str) -> Option<Compression> {
 }
 
 /// Whether `manifest` is a container image: an image configuration and
-/// tar layers only. Its view is then its root filesystem ([`build`]).
+/// tar layers only, none titled (a layer with an
+/// `org.opencontainers.image.title` is a file of an artifact, whatever its
+/// media type). Its view is then its root filesystem ([`build`]).
 pub fn is_image(manifest: &crate::Manifest) -> bool {
     CONFIG_TYPES.contains(&manifest.config.media_type.as_str())
         && manifest
             .layers
             .iter()
-            .all(|l| layer_compression(&l.media_type).is_some())
+            .all(|l| layer_compression(&l.media_type).is_some() && l.title().is_none())
 }
 
 /// The layers of a layer index file read, at most.
