@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ocifs_tests::{
-    CountingProxy, Disposition, Fault, HookFn, RandomFaults, Registry, RegistryAuth, random_bytes,
-    run_ocifs, temp_dir,
+    CountingProxy, Disposition, Fault, HookFn, Mounted, RandomFaults, Registry, RegistryAuth,
+    random_bytes, run_ocifs, temp_dir,
 };
 use tempfile::TempDir;
 
@@ -25,77 +25,27 @@ const MIB: usize = 1 << 20;
 const EIO: i32 = 5;
 const ETIMEDOUT: i32 = 110;
 
-/// A live `ocifs mount --daemon` on a cache directory the test chooses;
-/// unmounted (lazily, so it never blocks) on drop.
-struct Mount {
-    dir: PathBuf,
-    log: PathBuf,
-    _tmp: TempDir,
+/// A live `ocifs mount --daemon` of `reference` on a cache directory the
+/// test chooses, logging at `-vv` (retries and resumptions show).
+fn mount_on(reference: &str, cache: &Path, extra: &[&str]) -> Mounted {
+    let cache = cache.display().to_string();
+    let mut args = vec!["-v", "--plain-http", "--cache-dir", &cache];
+    args.extend_from_slice(extra);
+    Mounted::new(reference, &args)
 }
 
-impl Mount {
-    fn new(reference: &str, cache: &Path, extra: &[&str]) -> Self {
-        let tmp = temp_dir();
-        let dir = tmp.path().join("mnt");
-        std::fs::create_dir(&dir).expect("mount point");
-        let log = tmp.path().join("mount.log");
-        let mut args: Vec<String> = vec![
-            "mount".into(),
-            "--daemon".into(),
-            "-vv".into(),
-            "--plain-http".into(),
-            "--cache-dir".into(),
-            cache.display().to_string(),
-            "--log-file".into(),
-            log.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(reference.to_owned());
-        args.push(dir.display().to_string());
-        run_ocifs(args).success();
-        assert!(is_mounted(&dir), "{} is not mounted", dir.display());
-        Mount {
-            dir,
-            log,
-            _tmp: tmp,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        run_ocifs(["stats".into(), self.dir.display().to_string()])
-            .success()
-            .json()
-    }
+/// The last 40 lines of a mount's log, for failure messages.
+fn log_tail(mount: &Mounted) -> String {
+    let log = mount.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if is_mounted(&self.dir) {
-            let _ = run_ocifs([
-                "umount".into(),
-                "--lazy".into(),
-                self.dir.display().to_string(),
-            ]);
-        }
-    }
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let dir = dir.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
+/// `ocifs stats` of a mount.
+fn stats(mount: &Mounted) -> serde_json::Value {
+    run_ocifs(["stats".into(), mount.dir().display().to_string()])
+        .success()
+        .json()
 }
 
 /// A registry with `files` pushed as `faults:v1`, and a proxy in front.
@@ -128,8 +78,8 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
-    fn mount(&self, cache: &str, extra: &[&str]) -> Mount {
-        Mount::new(&self.reference(), &self.cache(cache), extra)
+    fn mount(&self, cache: &str, extra: &[&str]) -> Mounted {
+        mount_on(&self.reference(), &self.cache(cache), extra)
     }
 }
 
@@ -191,7 +141,7 @@ impl Tally {
 
 /// `reads` random reads (file, offset, length up to 192 KiB) spread over
 /// `threads` threads, each checked byte by byte against the pushed content.
-fn random_reads(mount: &Mount, files: &[FileSpec], reads: u64, threads: u64, seed: u64) -> Tally {
+fn random_reads(mount: &Mounted, files: &[FileSpec], reads: u64, threads: u64, seed: u64) -> Tally {
     let per_thread = reads / threads;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -266,14 +216,14 @@ fn report(what: &str, tally: &Tally, faults: &BTreeMap<String, u64>, requests: u
     );
 }
 
-fn assert_all_right(what: &str, tally: &Tally, mount: &Mount, proxy: &CountingProxy) {
+fn assert_all_right(what: &str, tally: &Tally, mount: &Mounted, proxy: &CountingProxy) {
     assert!(
         tally.wrong_bytes == 0 && tally.short_reads == 0 && tally.errors.is_empty(),
         "{what}: {} wrong bytes, {} short reads, errors: {:#?}\nmount log:\n{}\nrequests:\n{}",
         tally.wrong_bytes,
         tally.short_reads,
         &tally.errors[..tally.errors.len().min(10)],
-        mount.log(),
+        log_tail(mount),
         proxy.describe()
     );
 }
@@ -302,7 +252,7 @@ fn a_thousand_random_reads_under_transient_faults_are_right_lazy() {
         faults.values().sum::<u64>() >= 10 && faults.len() >= 5,
         "too few faults fired to mean anything: {faults:?}"
     );
-    assert_eq!(mount.stats()["read_errors"].as_u64(), Some(0));
+    assert_eq!(stats(&mount)["read_errors"].as_u64(), Some(0));
 }
 
 #[test]
@@ -322,7 +272,7 @@ fn a_thousand_random_reads_under_transient_faults_are_right_strict() {
         let t = random_reads(&mount, &fx.files, 100, 8, 0x3c4d + round);
         assert_all_right("strict", &t, &mount, &fx.proxy);
         tally.add(t);
-        assert_eq!(mount.stats()["read_errors"].as_u64(), Some(0));
+        assert_eq!(stats(&mount)["read_errors"].as_u64(), Some(0));
     }
     fx.proxy.set_hook(None);
     let faults = fx.proxy.faults();
@@ -342,8 +292,8 @@ fn timed_read(path: &Path) -> (Result<Vec<u8>, i32>, Duration) {
 }
 
 /// A counter of the mount's `ocifs stats`.
-fn counter(mount: &Mount, name: &str) -> u64 {
-    let stats = mount.stats();
+fn counter(mount: &Mounted, name: &str) -> u64 {
+    let stats = stats(mount);
     stats[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no {name} in {stats}"))
@@ -353,7 +303,7 @@ fn counter(mount: &Mount, name: &str) -> u64 {
 /// ended in a verification failure in the mount (a kernel readahead may
 /// still be fetching when the read that caused it returned). Returns the
 /// `GET`s.
-fn settled_flipped_gets(mount: &Mount, proxy: &CountingProxy, failures_before: u64) -> usize {
+fn settled_flipped_gets(mount: &Mounted, proxy: &CountingProxy, failures_before: u64) -> usize {
     // Generous: only a hang runs into it.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -367,7 +317,7 @@ fn settled_flipped_gets(mount: &Mount, proxy: &CountingProxy, failures_before: u
             "{} blob GETs, {failures} verification failures\n{}\n{}",
             gets.len(),
             proxy.describe(),
-            mount.log()
+            log_tail(mount)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -408,7 +358,13 @@ fn flipped_bits_never_reach_a_reader_in_strict_mode() {
     for f in &fx.files {
         let (r, took) = timed_read(&mount.path(f.title));
         let r = r.map(|b| b.len());
-        assert_eq!(r, Err(EIO), "{} (after {took:?})\n{}", f.title, mount.log());
+        assert_eq!(
+            r,
+            Err(EIO),
+            "{} (after {took:?})\n{}",
+            f.title,
+            log_tail(&mount)
+        );
     }
     let persistent = settled_flipped_gets(&mount, &fx.proxy, failures_before);
     fx.proxy.set_hook(None);
@@ -475,7 +431,7 @@ fn flipped_bits_never_reach_a_reader_in_strict_mode() {
                         "{}: read {attempt} failed after two flipped fetches\n{}\n{}",
                         f.title,
                         fx.proxy.describe(),
-                        mount.log()
+                        log_tail(&mount)
                     );
                     failed += 1;
                 }
@@ -576,7 +532,7 @@ fn stalled_registry(verify: &str, stall: Stall) {
     while !reader.is_finished() {
         let start = Instant::now();
         assert!(std::fs::read(&cached).expect("cached.txt") == fx.files[0].content);
-        let names: Vec<_> = std::fs::read_dir(&mount.dir)
+        let names: Vec<_> = std::fs::read_dir(mount.dir())
             .expect("readdir")
             .map(|e| e.expect("entry").file_name())
             .collect();
@@ -596,13 +552,13 @@ fn stalled_registry(verify: &str, stall: Stall) {
         matches!(errno, Some(EIO | ETIMEDOUT)),
         "the read of a stalled blob ended with {:?}\n{}",
         result.map(|b| b.len()),
-        mount.log()
+        log_tail(&mount)
     );
     assert!(
         took <= timeout + Duration::from_millis(1500),
         "{verify} {stall:?}: the stalled read failed after {took:?}, --timeout is {timeout:?}\n{}\n{}",
         fx.proxy.describe(),
-        mount.log()
+        log_tail(&mount)
     );
     assert!(
         slowest < Duration::from_secs(1) && answered >= 10,
@@ -622,7 +578,7 @@ fn stalled_registry(verify: &str, stall: Stall) {
         again.as_ref().is_ok_and(|b| *b == fx.files[1].content),
         "after the stall: {:?}\n{}",
         again.map(|b| b.len()),
-        mount.log()
+        log_tail(&mount)
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
@@ -682,8 +638,8 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
     // Two processes on one cache: one strict (with passthrough), one lazy
     // with its own chunk size and no passthrough, so that every read of it
     // goes through ocifs.
-    let strict = Mount::new(&fx.reference(), &cache, &["--cache-max-size", "12M"]);
-    let lazy = Mount::new(
+    let strict = mount_on(&fx.reference(), &cache, &["--cache-max-size", "12M"]);
+    let lazy = mount_on(
         &fx.reference(),
         &cache,
         &[
@@ -734,7 +690,7 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
     let started = Instant::now();
     let readers: Vec<_> = [&strict, &lazy]
         .iter()
-        .flat_map(|m| (0..32u64).map(move |t| (m.dir.clone(), t)))
+        .flat_map(|m| (0..32u64).map(move |t| (m.dir().to_path_buf(), t)))
         .enumerate()
         .map(|(n, (dir, t))| {
             let files: Vec<(PathBuf, Vec<u8>)> = fx
@@ -798,7 +754,7 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
     dropper.join().expect("dropper");
     let most = sampler.join().expect("sampler");
     let took = started.elapsed();
-    let (strict_stats, lazy_stats) = (strict.stats(), lazy.stats());
+    let (strict_stats, lazy_stats) = (stats(&strict), stats(&lazy));
     eprintln!(
         "shared cache under load: {} reads ({} MiB) by 2x32 readers in {took:?}, \
          {} wrong bytes, {} short reads, {} errors, slowest read {slowest:?}; \
@@ -816,8 +772,8 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
         tally.wrong_bytes,
         tally.short_reads,
         &tally.errors[..tally.errors.len().min(10)],
-        strict.log(),
-        lazy.log()
+        log_tail(&strict),
+        log_tail(&lazy)
     );
     assert!(
         tally.reads >= 1000,
@@ -834,8 +790,8 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
             stats["read_errors"].as_u64(),
             Some(0),
             "{stats}\n{}",
-            std::fs::read_to_string(&mount.log)
-                .unwrap_or_default()
+            mount
+                .log()
                 .lines()
                 .filter(|l| l.contains("WARN") || l.contains("ERROR"))
                 .take(30)
@@ -922,8 +878,8 @@ fn crash_during_a_fetch(verify: &str) {
     let cache = fx.cache("crash");
     fx.proxy
         .set_hook(Some(Arc::new(ocifs_tests::ThrottleBlobs(6 * MIB as u64))));
-    let first = Mount::new(&fx.reference(), &cache, &["--verify", verify]);
-    let pid = daemon_pid(&first.dir);
+    let first = mount_on(&fx.reference(), &cache, &["--verify", verify]);
+    let pid = daemon_pid(first.dir());
     let path = first.path("big.bin");
     let reader = std::thread::spawn(move || std::fs::read(path).map(|b| b.len()));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -947,7 +903,7 @@ fn crash_during_a_fetch(verify: &str) {
     let present = markers(&cache, &digest);
     fx.proxy.set_hook(None);
     fx.proxy.reset();
-    let second = Mount::new(&fx.reference(), &cache, &["--verify", verify]);
+    let second = mount_on(&fx.reference(), &cache, &["--verify", verify]);
     let got = std::fs::read(second.path("big.bin")).expect("read after the crash");
     assert!(
         got == fx.files[0].content,

@@ -11,80 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ocifs_tests::{
-    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, ThrottleBlobs, oras_push,
-    random_bytes, run, run_ocifs, sha256_digest, temp_dir, workspace_dir,
+    CountingProxy, Mounted, PushFile, PushOptions, Registry, RegistryAuth, ThrottleBlobs,
+    is_mounted, oras_push, random_bytes, run, run_ocifs, sha256_digest, temp_dir, workspace_dir,
 };
-use tempfile::TempDir;
 
 use crate::support::{FileSpec, push_files};
 
 const MIB: usize = 1 << 20;
-
-/// A live `ocifs mount --daemon`; unmounted (lazily, so it never blocks) on drop.
-struct Mounted {
-    dir: PathBuf,
-    _tmp: TempDir,
-}
-
-impl Mounted {
-    fn new(reference: &str, extra: &[&str]) -> Self {
-        let tmp = temp_dir();
-        let dir = tmp.path().join("mnt");
-        std::fs::create_dir(&dir).expect("mount point");
-        // The mount's own cache, living as long as the mount (a run's default
-        // cache is removed when the `--daemon` parent returns).
-        let cache = tmp.path().join("cache");
-        let log = tmp.path().join("mount.log");
-        let mut args: Vec<String> = vec![
-            "mount".into(),
-            "--daemon".into(),
-            "-v".into(),
-            "--cache-dir".into(),
-            cache.display().to_string(),
-            "--log-file".into(),
-            log.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(reference.to_owned());
-        args.push(dir.display().to_string());
-        run_ocifs(args).success();
-        assert!(
-            is_mounted(&dir),
-            "{} is not in the mount table",
-            dir.display()
-        );
-        Mounted { dir, _tmp: tmp }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// The mount process's log, for failure messages.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._tmp.path().join("mount.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(&self.dir) {
-            let _ = run_ocifs([
-                "umount".into(),
-                "--lazy".into(),
-                self.dir.display().to_string(),
-            ]);
-        }
-    }
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let dir = dir.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
-}
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -269,7 +202,7 @@ fn sixteen_processes_read_many_files_concurrently() {
             );
         }
     }
-    let stats = run_ocifs(["stats".into(), mnt.dir.display().to_string()]);
+    let stats = run_ocifs(["stats".into(), mnt.dir().display().to_string()]);
     let json = stats.success().json();
     assert_eq!(json["read_errors"].as_u64(), Some(0));
     assert!(json["blobs_verified"].as_u64() >= Some(8), "{json}");
@@ -356,7 +289,7 @@ fn a_blob_the_registry_lost_reads_as_eio_and_the_mount_stays_up() {
         std::fs::read(mnt.path("kept.txt")).expect("the other file"),
         files[0].content
     );
-    let names: Vec<String> = std::fs::read_dir(&mnt.dir)
+    let names: Vec<String> = std::fs::read_dir(mnt.dir())
         .expect("readdir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
@@ -545,11 +478,11 @@ fn writes_fail_with_erofs_and_unmounting_under_reads_does_not_hang() {
     run_ocifs([
         "umount".into(),
         "--lazy".into(),
-        mnt.dir.display().to_string(),
+        mnt.dir().display().to_string(),
     ])
     .success();
     wait_until("the mount to go", Duration::from_secs(30), || {
-        !is_mounted(&mnt.dir)
+        !is_mounted(mnt.dir())
     });
     let result = reader.join().expect("reader thread");
     assert!(

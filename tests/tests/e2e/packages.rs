@@ -10,74 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ocifs_tests::{
-    CountingProxy, Output, PushFile, PushOptions, Registry, RegistryAuth, oras_push, random_bytes,
-    run, run_ocifs, sha256_digest, temp_dir,
+    CountingProxy, Mounted, Output, PushFile, PushOptions, Registry, RegistryAuth, oras_push,
+    random_bytes, run, run_ocifs, sha256_digest, temp_dir,
 };
 use tempfile::TempDir;
 
 const CNI: &[&str] = &["bridge", "host-local", "loopback"];
 const ZIP: &str = "cni-plugins-zip-v1.zip";
 const TGZ: &str = "cni-plugins-linux-amd64-v1.tgz";
-
-/// A live `ocifs mount --daemon`; unmounted (lazily, so it never blocks) on
-/// drop. (As in the mount tests.)
-struct Mounted {
-    dir: PathBuf,
-    tmp: TempDir,
-}
-
-impl Mounted {
-    fn new(reference: &str, extra: &[&str]) -> Self {
-        let tmp = temp_dir();
-        let dir = tmp.path().join("mnt");
-        std::fs::create_dir(&dir).expect("mount point");
-        let cache = tmp.path().join("cache");
-        let log = tmp.path().join("mount.log");
-        let mut args: Vec<String> = vec![
-            "mount".into(),
-            "--daemon".into(),
-            "-v".into(),
-            "--cache-dir".into(),
-            cache.display().to_string(),
-            "--log-file".into(),
-            log.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(reference.to_owned());
-        args.push(dir.display().to_string());
-        run_ocifs(args).success();
-        assert!(is_mounted(&dir), "{} is not mounted", dir.display());
-        Mounted { dir, tmp }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("mount.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(&self.dir) {
-            let _ = run_ocifs([
-                "umount".into(),
-                "--lazy".into(),
-                self.dir.display().to_string(),
-            ]);
-        }
-    }
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let dir = dir.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()) && l.contains("fuse.ocifs"))
-}
 
 fn cni_dir() -> &'static Path {
     let cni = Path::new("/usr/lib/cni");
@@ -257,7 +197,7 @@ fn cni_packages_run_from_a_mount_with_expand_and_root() {
             "cni-plugins-zip-v1/linux-amd64",
         ],
     );
-    let mut names: Vec<String> = std::fs::read_dir(&zip.dir)
+    let mut names: Vec<String> = std::fs::read_dir(zip.dir())
         .expect("readdir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
@@ -423,7 +363,7 @@ fn an_oras_directory_layer_is_shown_as_that_directory() {
     // Mounted: the same tree, byte for byte, with modes and the symlink.
     let mnt = Mounted::new(&reference, &["--plain-http"]);
     let mut got = Vec::new();
-    walk(&mnt.path("config-tree"), &mnt.dir, &mut got);
+    walk(&mnt.path("config-tree"), mnt.dir(), &mut got);
     let mut want = Vec::new();
     walk(&tree, dir.path(), &mut want);
     assert_eq!(got, want);
