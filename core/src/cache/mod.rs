@@ -1166,7 +1166,14 @@ fn write_batch(
     let count = bytes.len().div_ceil(cs) as u64;
     let mut locks = Vec::with_capacity(count as usize);
     for n in first..first + count {
-        locks.push(p.lock_chunk(n)?);
+        match p.lock_chunk(n) {
+            Ok(lock) => locks.push(lock),
+            // Evicted or promoted by another process meanwhile: this
+            // stream ends; the reader looks again (a complete blob, or a
+            // new generation to stream into).
+            Err(_) if p.is_gone() => return Ok(true),
+            Err(e) => return Err(e),
+        }
     }
     if store.has_complete(digest) {
         return Ok(true);
@@ -1176,7 +1183,11 @@ fn write_batch(
             hasher.update(&p.read(n * p.chunk_size, chunk.len())?);
         } else {
             hasher.update(chunk);
-            p.write_chunks(n, chunk, false)?;
+            match p.write_chunks(n, chunk, false) {
+                Ok(()) => {}
+                Err(_) if p.is_gone() => return Ok(true),
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(false)

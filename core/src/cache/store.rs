@@ -687,7 +687,9 @@ impl Partial {
     /// Whether this generation was dropped (promoted, evicted, found
     /// corrupt): nothing more can be written or marked in it.
     pub fn is_gone(&self) -> bool {
-        !self.dir.join("data").exists()
+        // Removal (eviction, promotion by another process) takes the
+        // directory apart in no set order: either half gone is gone.
+        !self.dir.join("data").exists() || !self.dir.join("lock").is_dir()
     }
 
     /// Whether every chunk is present.
