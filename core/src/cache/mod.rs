@@ -933,7 +933,9 @@ impl Inner {
             chunks.iter().filter(|c| c.is_some()).count() as u64,
             Ordering::Relaxed,
         );
-        for attempt in 0..3 {
+        // Under eviction pressure from other processes, chunks fetched for
+        // this read can be evicted before it reads them: it tries again.
+        for attempt in 0..8 {
             if chunks.iter().all(Option::is_some) {
                 break;
             }
