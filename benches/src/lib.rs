@@ -24,18 +24,30 @@ pub struct Row {
     pub reference: Option<f64>,
 }
 
-/// Renders rows as a markdown table.
+/// Renders rows as a markdown table, each scenario's rows together in the
+/// order the scenarios first appear.
 pub fn table(rows: &[Row]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    for r in rows {
+        if !order.contains(&r.scenario.as_str()) {
+            order.push(&r.scenario);
+        }
+    }
+    let mut rows: Vec<&Row> = rows.iter().collect();
+    rows.sort_by_key(|r| order.iter().position(|s| *s == r.scenario));
     let mut s = String::from(
         "| scenario | tool | figure | unit | ratio to reference |\n|---|---|---:|---|---:|\n",
     );
     for r in rows {
         let ratio = match r.reference {
+            _ if !r.value.is_finite() => "n/a".to_owned(),
             None => "1.00 (reference)".to_owned(),
             Some(reference) if reference != 0.0 => format!("{:.2}", r.value / reference),
             Some(_) => "n/a".to_owned(),
         };
-        let value = if r.value >= 100.0 {
+        let value = if !r.value.is_finite() {
+            "did not finish".to_owned()
+        } else if r.value >= 100.0 {
             format!("{:.0}", r.value)
         } else {
             format!("{:.3}", r.value)
@@ -77,5 +89,34 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| s | ocifs | 100 | MB/s | 0.50 |"), "{t}");
+        let mut interleaved = rows.to_vec();
+        interleaved.insert(
+            1,
+            Row {
+                scenario: "t".into(),
+                tool: "other".into(),
+                value: 1.0,
+                unit: "s",
+                reference: None,
+            },
+        );
+        let t = table(&interleaved);
+        let (s_curl, s_ocifs, t_other) = (
+            t.find("| s | curl").expect("curl row"),
+            t.find("| s | ocifs").expect("ocifs row"),
+            t.find("| t | other").expect("other row"),
+        );
+        assert!(s_curl < s_ocifs && s_ocifs < t_other, "{t}");
+        let hung = table(&[Row {
+            scenario: "s".into(),
+            tool: "archivemount".into(),
+            value: f64::NAN,
+            unit: "s",
+            reference: Some(1.0),
+        }]);
+        assert!(
+            hung.contains("| s | archivemount | did not finish | s | n/a |"),
+            "{hung}"
+        );
     }
 }

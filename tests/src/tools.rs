@@ -318,6 +318,41 @@ pub fn oras_push(
     digest.to_owned()
 }
 
+/// Pulls `repo_ref` (`repo:tag`) from `registry_host` (plain HTTP,
+/// anonymous) with oras-py into `outdir`; returns the files it wrote.
+///
+/// # Panics
+///
+/// If the virtualenv is missing or the pull fails (with oras-py's output).
+pub fn oras_pull(registry_host: &str, repo_ref: &str, outdir: &Path) -> Vec<PathBuf> {
+    let venv = PythonEnv::ensure();
+    let script = workspace_dir().join("tests/scripts/oras_pull.py");
+    let mut command = Command::new(venv.python());
+    hermetic(&mut command);
+    command
+        .arg(&script)
+        .arg("--target")
+        .arg(format!("{registry_host}/{repo_ref}"))
+        .arg("--outdir")
+        .arg(outdir)
+        .stdin(Stdio::null());
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", venv.python().display()));
+    assert!(
+        out.status.success(),
+        "oras pull of {repo_ref} from {registry_host} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -15,8 +15,11 @@ use ocifs_core::digest::Hasher;
 use ocifs_core::view::Content;
 use ocifs_core::{Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
 use ocifs_tests::{
-    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_push, workspace_dir,
+    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_pull, oras_push,
+    workspace_dir,
 };
+
+mod images;
 
 const MIB: u64 = 1 << 20;
 
@@ -371,12 +374,10 @@ fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
 /// (made by scripts/test) and busybox-static.
 fn boot(host: &str, rows: &mut Vec<Row>) {
     let kernel = workspace_dir().join("target/fixtures/vmlinuz");
-    if !kernel.is_file() || !Path::new("/bin/busybox").is_file() {
-        eprintln!(
-            "   skipped: needs target/fixtures/vmlinuz and busybox-static (run scripts/test once)"
-        );
-        return;
-    }
+    assert!(
+        kernel.is_file() && Path::new("/bin/busybox").is_file(),
+        "the boot scenario needs target/fixtures/vmlinuz and busybox-static: run scripts/test once"
+    );
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path().join("root");
     std::fs::create_dir_all(root.join("bin")).expect("mkdir");
@@ -459,24 +460,13 @@ fn boot(host: &str, rows: &mut Vec<Row>) {
     });
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+/// The scenarios on a blob of random bytes (1 GiB, 256 MiB with
+/// `--quick`): whole and partial reads, cold and warm, through `ocifs cat`
+/// and a mount, and 16 parallel readers.
+fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec<Row>) {
     let size = if quick { 256 * MIB } else { 1024 * MIB };
-    eprintln!("== building ocifs (release)");
-    let status = Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "ocifs"])
-        .current_dir(workspace_dir())
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "cargo build failed");
-
-    eprintln!(
-        "== starting a registry and pushing a {} MiB blob with oras",
-        size / MIB
-    );
-    let registry = Registry::start(RegistryAuth::None);
-    let proxy = CountingProxy::start(&registry.host());
-    let host = registry.host();
+    eprintln!("== pushing a {} MiB blob with oras", size / MIB);
+    let host = host.to_owned();
     let fixture = random_file(size, 0);
     oras_push(
         &host,
@@ -494,7 +484,6 @@ fn main() {
         urls: vec![],
     };
     let label = format!("{} MiB blob", size / MIB);
-    let mut rows = Vec::new();
 
     eprintln!("== cold sequential read");
     let curl = (0..2)
@@ -577,8 +566,8 @@ fn main() {
 
     eprintln!("== 4 KiB at the middle of the blob");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (t_strict, b_strict) = rt.block_on(random_read(&proxy, "bench/big", &blob, Verify::Strict));
-    let (t_lazy, b_lazy) = rt.block_on(random_read(&proxy, "bench/big", &blob, Verify::Lazy));
+    let (t_strict, b_strict) = rt.block_on(random_read(proxy, "bench/big", &blob, Verify::Strict));
+    let (t_lazy, b_lazy) = rt.block_on(random_read(proxy, "bench/big", &blob, Verify::Lazy));
     let scenario = format!("bytes fetched to read 4 KiB at the middle, {label}");
     rows.push(Row {
         scenario: scenario.clone(),
@@ -614,6 +603,7 @@ fn main() {
         skopeo_dir.path().join("copy").display()
     ));
     let skopeo = timed(c);
+    drop(skopeo_dir);
     let scenario = format!("time to the first 4 KiB at the middle, {label}");
     rows.push(Row {
         scenario: scenario.clone(),
@@ -621,6 +611,18 @@ fn main() {
         value: skopeo.as_secs_f64(),
         unit: "s",
         reference: None,
+    });
+    let oras_dir = tempfile::tempdir().expect("tempdir");
+    let start = Instant::now();
+    oras_pull(&host, "bench/big:v1", oras_dir.path());
+    let oras = start.elapsed();
+    drop(oras_dir);
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "oras pull (oras-py) of the artifact".into(),
+        value: oras.as_secs_f64(),
+        unit: "s",
+        reference: Some(skopeo.as_secs_f64()),
     });
     rows.push(Row {
         scenario: scenario.clone(),
@@ -645,20 +647,80 @@ fn main() {
         curl_rate,
         local,
         skopeo.as_secs_f64(),
-        &mut rows,
+        rows,
     );
 
     eprintln!("== 16 parallel readers");
-    parallel_readers(&host, if quick { 8 } else { 32 }, &mut rows);
+    parallel_readers(&host, if quick { 8 } else { 32 }, rows);
+}
 
-    eprintln!("== boot from a mount");
-    boot(&host, &mut rows);
+const USAGE: &str = "usage: scenarios [--quick] [--only blob,rootfs,package,boot]";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let groups = ["blob", "rootfs", "package", "boot"];
+    let only: Option<Vec<String>> = match args.iter().position(|a| a == "--only") {
+        None => None,
+        Some(i) => {
+            let list: Vec<String> = args
+                .get(i + 1)
+                .map(|l| l.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            if list.is_empty() || list.iter().any(|g| !groups.contains(&g.as_str())) {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+            Some(list)
+        }
+    };
+    if args
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a != "--quick" && a != "--only" && (i == 0 || args[i - 1] != "--only"))
+    {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    }
+    let wants = |group: &str| only.as_ref().is_none_or(|o| o.iter().any(|g| g == group));
+    eprintln!("== building ocifs (release)");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", "ocifs"])
+        .current_dir(workspace_dir())
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "cargo build failed");
+
+    eprintln!("== starting a registry");
+    let registry = Registry::start(RegistryAuth::None);
+    let proxy = CountingProxy::start(&registry.host());
+    let host = registry.host();
+    let mut rows = Vec::new();
+    if wants("blob") {
+        blob_scenarios(&host, &proxy, quick, &mut rows);
+    }
+    if wants("rootfs") {
+        eprintln!("== container image rootfs");
+        images::rootfs(&host, &proxy, &mut rows);
+    }
+    if wants("package") {
+        eprintln!("== a CNI plugin out of a zip package");
+        images::package(&host, &proxy, &mut rows);
+    }
+    if wants("boot") {
+        eprintln!("== boot from a mount");
+        boot(&host, &mut rows);
+    }
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
         "Measured by `cargo run --release -p ocifs-benches --bin scenarios{}` on {cpus} CPUs, Linux {}, loopback registry (CNCF distribution).\n",
-        if quick { " -- --quick" } else { "" },
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", args.join(" "))
+        },
         kernel.trim()
     );
     print!("{}", table(&rows));
