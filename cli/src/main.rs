@@ -55,12 +55,20 @@ fn init_logging(
     use tracing_subscriber::EnvFilter;
     // Our own crates get the level asked for; the HTTP stack one step less,
     // so -vvv does not dump connection internals.
+    let ours = |level: &str| {
+        ["ocifs", "ocifs_core", "ocifs_fs_linux", "ocifs_fs_windows"]
+            .map(|c| format!("{c}={level}"))
+            .join(",")
+    };
     let filter = match (quiet, verbose) {
         (true, _) => "error".to_owned(),
         (false, 0) => "warn".to_owned(),
-        (false, 1) => "warn,ocifs=info,ocifs_core=info".to_owned(),
-        (false, 2) => "info,ocifs=debug,ocifs_core=debug,oci_client=debug".to_owned(),
-        (false, _) => "debug,ocifs=trace,ocifs_core=trace,oci_client=debug,hyper=info,hyper_util=info,h2=info,rustls=info".to_owned(),
+        (false, 1) => format!("warn,{}", ours("info")),
+        (false, 2) => format!("info,{},reqwest=debug", ours("debug")),
+        (false, _) => format!(
+            "debug,{},reqwest=debug,hyper=info,hyper_util=info,h2=info,rustls=info",
+            ours("trace")
+        ),
     };
     let filter = EnvFilter::try_from_env("OCIFS_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
     use std::io::IsTerminal as _;

@@ -773,18 +773,27 @@ impl Partial {
     }
 
     /// Takes the lock that makes one process at a time stream this blob
-    /// whole. Blocking: call from a blocking context.
-    pub fn lock_stream(&self) -> Result<ChunkLock> {
-        let path = self.dir.join("stream.lock");
-        let file = OpenOptions::new()
+    /// whole. It is the blob's, beside its generations, not this
+    /// generation's: two processes that raced to make a generation each may
+    /// hold a different one, and must still not both download. None if the
+    /// blob's partial directory is gone (promoted or dropped meanwhile: the
+    /// caller looks again). Blocking: call from a blocking context.
+    pub fn lock_stream(&self) -> Result<Option<ChunkLock>> {
+        let container = self.dir.parent().unwrap_or(&self.dir);
+        let path = container.join("stream.lock");
+        let file = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io_err(|| format!("opening {}", path.display())))?;
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(|| format!("opening {}", path.display()))(e)),
+        };
         file.lock()
             .map_err(io_err(|| format!("locking {}", path.display())))?;
-        Ok(ChunkLock { _file: file })
+        Ok(Some(ChunkLock { _file: file }))
     }
 
     /// Reads `[offset, offset+len)`; the caller checked the chunks are present.
@@ -820,6 +829,47 @@ mod tests {
         assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
         assert!(!s.partial_dir(&digest).exists());
         assert_eq!(s.usage().unwrap(), blob.len() as u64);
+    }
+
+    #[test]
+    fn racing_generations_share_one_stream_lock() {
+        // Two makers that raced each end up with their own generation (the
+        // second here sorts first, as a maker that started earlier would):
+        // they must still not stream the blob at the same time.
+        let (_d, s) = store();
+        let digest = Digest::of(b"racing");
+        let first = s.partial(&digest, 6, 4).unwrap();
+        let container = s.partial_dir(&digest);
+        let other = container.join("g0");
+        fs::create_dir_all(other.join("have")).unwrap();
+        fs::create_dir_all(other.join("lock")).unwrap();
+        fs::copy(first.dir.join("meta"), other.join("meta")).unwrap();
+        File::create(other.join("data"))
+            .unwrap()
+            .set_len(6)
+            .unwrap();
+        let second = s.partial(&digest, 6, 4).unwrap();
+        assert_ne!(first.dir, second.dir, "the test needs two generations");
+        let held = first.lock_stream().unwrap().expect("a lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let lock = second.lock_stream();
+            tx.send(()).unwrap();
+            lock.map(|l| l.is_some())
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the other generation's streamer got the lock while it was held"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the lock was not handed on");
+        assert!(waiter.join().unwrap().unwrap());
+        // Once the blob's partial directory is gone, there is nothing to
+        // lock: the caller looks again.
+        fs::remove_dir_all(&container).unwrap();
+        assert!(first.lock_stream().unwrap().is_none());
     }
 
     #[test]
