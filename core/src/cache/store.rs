@@ -20,6 +20,9 @@
 //!   mid-write leaves the chunk absent, never half-present;
 //! - a chunk is fetched by whoever holds its lock file; others wait on the
 //!   lock and then find the marker, so two processes fetch it once;
+//! - a blob is streamed whole by whoever holds its stream lock, which is
+//!   the blob's (beside its generations): racing makers may each hold a
+//!   different generation, yet only one downloads;
 //! - readers hold a shared lock on a complete blob while they use it; the
 //!   evictor takes an exclusive lock without waiting and skips what it cannot
 //!   lock;
