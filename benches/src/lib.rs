@@ -24,6 +24,26 @@ pub struct Row {
     pub reference: Option<f64>,
 }
 
+impl Row {
+    /// A row; `reference` is the figure of the scenario's reference row
+    /// (None: this row is the reference).
+    pub fn new(
+        scenario: impl Into<String>,
+        tool: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        reference: Option<f64>,
+    ) -> Self {
+        Row {
+            scenario: scenario.into(),
+            tool: tool.into(),
+            value,
+            unit,
+            reference,
+        }
+    }
+}
+
 /// Renders rows as a markdown table, each scenario's rows together in the
 /// order the scenarios first appear.
 pub fn table(rows: &[Row]) -> String {

@@ -69,8 +69,8 @@ pub use rootfs::{LayerCompression, RootfsImage, rootfs_image};
 pub use tarfile::{TarHeader, TarKind, TarWriter};
 pub use token::TokenRequest;
 pub use tools::{
-    Output, PushFile, PushOptions, PythonEnv, ocifs, ocifs_bin, oras_pull, oras_push, run,
-    run_ocifs, run_with_stdin, skopeo_copy, target_dir, workspace_dir,
+    Output, PushFile, PushOptions, PythonEnv, ocifs, ocifs_bin, oras_pull, oras_push, qemu_boot,
+    run, run_ocifs, run_with_stdin, skopeo_copy, target_dir, workspace_dir,
 };
 pub use util::{closed_port, random_bytes, sha256_digest, sha256_hex, temp_dir};
 pub use walk::walk;

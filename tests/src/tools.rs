@@ -234,17 +234,9 @@ pub fn oras_push(
     files: &[PushFile],
     options: &PushOptions,
 ) -> String {
-    let venv = PythonEnv::ensure();
-    let script = workspace_dir().join("tests/scripts/oras_push.py");
+    let (venv, mut command) = oras_script("oras_push.py", registry_host, repo_ref);
     let scratch = crate::temp_dir();
-    let mut command = Command::new(venv.python());
-    hermetic(&mut command);
-    command
-        .arg(&script)
-        .arg("--target")
-        .arg(format!("{registry_host}/{repo_ref}"))
-        .current_dir(scratch.path())
-        .stdin(Stdio::null());
+    command.current_dir(scratch.path());
     if let Some((user, password)) = &options.credentials {
         command
             .arg("--username")
@@ -325,17 +317,8 @@ pub fn oras_push(
 ///
 /// If the virtualenv is missing or the pull fails (with oras-py's output).
 pub fn oras_pull(registry_host: &str, repo_ref: &str, outdir: &Path) -> Vec<PathBuf> {
-    let venv = PythonEnv::ensure();
-    let script = workspace_dir().join("tests/scripts/oras_pull.py");
-    let mut command = Command::new(venv.python());
-    hermetic(&mut command);
-    command
-        .arg(&script)
-        .arg("--target")
-        .arg(format!("{registry_host}/{repo_ref}"))
-        .arg("--outdir")
-        .arg(outdir)
-        .stdin(Stdio::null());
+    let (venv, mut command) = oras_script("oras_pull.py", registry_host, repo_ref);
+    command.arg("--outdir").arg(outdir);
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", venv.python().display()));
@@ -351,6 +334,43 @@ pub fn oras_pull(registry_host: &str, repo_ref: &str, outdir: &Path) -> Vec<Path
         .filter(|l| !l.trim().is_empty())
         .map(PathBuf::from)
         .collect()
+}
+
+/// `tests/scripts/SCRIPT --target HOST/REPO_REF` under the virtualenv's
+/// python, hermetic, with no stdin.
+fn oras_script(script: &str, registry_host: &str, repo_ref: &str) -> (PythonEnv, Command) {
+    let venv = PythonEnv::ensure();
+    let mut command = Command::new(venv.python());
+    hermetic(&mut command);
+    command
+        .arg(workspace_dir().join("tests/scripts").join(script))
+        .arg("--target")
+        .arg(format!("{registry_host}/{repo_ref}"))
+        .stdin(Stdio::null());
+    (venv, command)
+}
+
+/// `timeout SECS qemu-system-x86_64` booting `kernel` with `initrd` on a
+/// serial console (TCG, 256 MiB, one CPU, no reboot: a kernel panic ends
+/// it), to run with its output captured.
+pub fn qemu_boot(kernel: &Path, initrd: &Path, timeout_secs: u32) -> Command {
+    let mut qemu = Command::new("timeout");
+    qemu.arg(timeout_secs.to_string())
+        .args(["qemu-system-x86_64", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-nographic",
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-no-reboot",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+        ]);
+    qemu
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ocifs_tests::{
     CountingProxy, Mounted, PushFile, PushOptions, Registry, RegistryAuth, ThrottleBlobs,
-    is_mounted, oras_push, random_bytes, run, run_ocifs, sha256_digest, temp_dir, workspace_dir,
+    is_mounted, oras_push, qemu_boot, random_bytes, run, run_ocifs, sha256_digest, temp_dir,
+    workspace_dir,
 };
 
 use crate::support::{FileSpec, push_files};
@@ -78,22 +79,11 @@ fn boots_a_kernel_from_a_mount() {
         &format!("{}/boot/debian:6.1", registry.host()),
         &["--plain-http"],
     );
-    let mut qemu = Command::new("timeout");
-    qemu.args(["180", "qemu-system-x86_64", "-kernel"])
-        .arg(mnt.path("vmlinuz"))
-        .arg("-initrd")
-        .arg(mnt.path("initrd.img"))
-        .args([
-            "-nographic",
-            "-append",
-            "console=ttyS0 panic=-1 quiet",
-            "-no-reboot",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-        ]);
-    let out = run(qemu);
+    let out = run(qemu_boot(
+        &mnt.path("vmlinuz"),
+        &mnt.path("initrd.img"),
+        180,
+    ));
     assert!(
         out.stdout_str().contains(marker),
         "the kernel booted from the mount did not run /init:\n{}\n{}",

@@ -16,7 +16,7 @@ use ocifs_tests::{
     is_mounted, oras_pull, oras_push, rootfs_image, skopeo_copy,
 };
 
-use super::{drop_page_cache, mount, timed, umount};
+use super::{drop_page_cache, mount, mount_then, timed, umount};
 
 /// How long a `find` may take before it counts as hung.
 const FIND_LIMIT: Duration = Duration::from_secs(30);
@@ -164,21 +164,21 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
     let (floor, entries) = find_count(&tree, || {}).expect("find on a local tree hung");
     let floor = floor.as_secs_f64();
     let scenario = format!("{label}: mount + find | wc -l ({entries} entries)");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "find on the unpacked tree (floor)".into(),
-        value: floor,
-        unit: "s",
-        reference: None,
-    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "find on the unpacked tree (floor)",
+        floor,
+        "s",
+        None,
+    ));
     let (pull_find, _) = find_count(&tree, || {}).expect("find on a local tree hung");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "skopeo copy + umoci unpack, then find".into(),
-        value: unpack + pull_find.as_secs_f64(),
-        unit: "s",
-        reference: Some(floor),
-    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "skopeo copy + umoci unpack, then find",
+        unpack + pull_find.as_secs_f64(),
+        "s",
+        Some(floor),
+    ));
     drop_page_cache();
     let (floor_read, floor_sha) = read_file(&tree.join(&middle.path));
     assert_eq!(
@@ -195,20 +195,20 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
         image.base_uncompressed_size() as f64 / 1e6
     );
     let bytes_scenario = format!("{read_scenario}: bytes fetched");
-    rows.push(Row {
-        scenario: read_scenario.clone(),
-        tool: "cat of the unpacked tree (floor)".into(),
-        value: floor_read,
-        unit: "s",
-        reference: None,
-    });
-    rows.push(Row {
-        scenario: bytes_scenario.clone(),
-        tool: "the layers' size".into(),
-        value: total as f64,
-        unit: "bytes",
-        reference: None,
-    });
+    rows.push(Row::new(
+        read_scenario.clone(),
+        "cat of the unpacked tree (floor)",
+        floor_read,
+        "s",
+        None,
+    ));
+    rows.push(Row::new(
+        bytes_scenario.clone(),
+        "the layers' size",
+        total as f64,
+        "bytes",
+        None,
+    ));
 
     // ocifs: first mount (cold cache: the layers are fetched and indexed)
     // and a second mount of the same cache.
@@ -247,34 +247,34 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
                 count, entries,
                 "{tool}: the mount has {count} entries, umoci's tree {entries}"
             );
-            rows.push(Row {
-                scenario: scenario.clone(),
-                tool: format!(
+            rows.push(Row::new(
+                scenario.clone(),
+                format!(
                     "{tool}, {pass} (+{:.1} MB fetched)",
                     proxy.blob_bytes() as f64 / 1e6
                 ),
-                value: secs,
-                unit: "s",
-                reference: Some(floor),
-            });
+                secs,
+                "s",
+                Some(floor),
+            ));
             if pass == "second mount" {
                 proxy.reset();
                 let (d, sha) = read_file(&mnt.join(&middle.path));
                 assert_eq!(sha, middle.sha256, "{tool} read another {}", middle.path);
-                rows.push(Row {
-                    scenario: read_scenario.clone(),
-                    tool: tool.into(),
-                    value: d.as_secs_f64(),
-                    unit: "s",
-                    reference: Some(floor_read),
-                });
-                rows.push(Row {
-                    scenario: bytes_scenario.clone(),
-                    tool: tool.into(),
-                    value: proxy.blob_bytes() as f64,
-                    unit: "bytes",
-                    reference: Some(total as f64),
-                });
+                rows.push(Row::new(
+                    read_scenario.clone(),
+                    tool,
+                    d.as_secs_f64(),
+                    "s",
+                    Some(floor_read),
+                ));
+                rows.push(Row::new(
+                    bytes_scenario.clone(),
+                    tool,
+                    proxy.blob_bytes() as f64,
+                    "bytes",
+                    Some(total as f64),
+                ));
             }
             umount(&mnt);
         }
@@ -296,13 +296,13 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
     for pass in ["first mount", "second mount"] {
         drop_page_cache();
         let (secs, count) = ratarmount_find(&files, &mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: format!("ratarmount, local layers, {pass} ({count} entries)"),
-            value: secs,
-            unit: "s",
-            reference: Some(floor),
-        });
+        rows.push(Row::new(
+            scenario.clone(),
+            format!("ratarmount, local layers, {pass} ({count} entries)"),
+            secs,
+            "s",
+            Some(floor),
+        ));
         if pass == "second mount" {
             let (d, sha) = read_file(&mnt.join(&middle.path));
             assert_eq!(
@@ -310,13 +310,13 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
                 "ratarmount read another {}",
                 middle.path
             );
-            rows.push(Row {
-                scenario: read_scenario.clone(),
-                tool: "ratarmount, local layers".into(),
-                value: d.as_secs_f64(),
-                unit: "s",
-                reference: Some(floor_read),
-            });
+            rows.push(Row::new(
+                read_scenario.clone(),
+                "ratarmount, local layers",
+                d.as_secs_f64(),
+                "s",
+                Some(floor_read),
+            ));
         }
         force_unmount(&mnt);
     }
@@ -347,13 +347,8 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
             FIND_LIMIT.as_secs()
         ),
     };
-    rows.push(Row {
-        scenario,
-        tool,
-        value: if found.is_some() { secs } else { f64::NAN },
-        unit: "s",
-        reference: Some(floor),
-    });
+    let value = if found.is_some() { secs } else { f64::NAN };
+    rows.push(Row::new(scenario, tool, value, "s", Some(floor)));
     force_unmount(&mnt);
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -416,20 +411,20 @@ pub(crate) fn package(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
     timed(c);
     run_bridge(&pulled.join("linux-amd64/bridge"));
     let reference = start.elapsed().as_secs_f64();
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "oras pull (oras-py) + unzip + run".into(),
-        value: reference,
-        unit: "s",
-        reference: None,
-    });
-    rows.push(Row {
-        scenario: bytes_scenario.clone(),
-        tool: "the zip's size".into(),
-        value: zip_size as f64,
-        unit: "bytes",
-        reference: None,
-    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "oras pull (oras-py) + unzip + run",
+        reference,
+        "s",
+        None,
+    ));
+    rows.push(Row::new(
+        bytes_scenario.clone(),
+        "the zip's size",
+        zip_size as f64,
+        "bytes",
+        None,
+    ));
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     for (tool, extra) in [
@@ -441,25 +436,17 @@ pub(crate) fn package(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
     ] {
         let cache = work.path().join(format!("cache-{}", tool.len()));
         proxy.reset();
-        let start = Instant::now();
-        mount(&proxy.host(), "bench/cni:v1", &mnt, &cache, extra);
-        run_bridge(&mnt.join("cni-plugins/linux-amd64/bridge"));
-        let secs = start.elapsed().as_secs_f64();
-        umount(&mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.into(),
-            value: secs,
-            unit: "s",
-            reference: Some(reference),
+        let (secs, ()) = mount_then(&proxy.host(), "bench/cni:v1", &mnt, &cache, extra, || {
+            run_bridge(&mnt.join("cni-plugins/linux-amd64/bridge"));
         });
-        rows.push(Row {
-            scenario: bytes_scenario.clone(),
-            tool: tool.into(),
-            value: proxy.blob_bytes() as f64,
-            unit: "bytes",
-            reference: Some(zip_size as f64),
-        });
+        rows.push(Row::new(scenario.clone(), tool, secs, "s", Some(reference)));
+        rows.push(Row::new(
+            bytes_scenario.clone(),
+            tool,
+            proxy.blob_bytes() as f64,
+            "bytes",
+            Some(zip_size as f64),
+        ));
     }
     assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 }

@@ -15,7 +15,7 @@ use ocifs_core::digest::Hasher;
 use ocifs_core::view::Content;
 use ocifs_core::{Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
 use ocifs_tests::{
-    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_pull, oras_push,
+    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_pull, oras_push, qemu_boot,
     workspace_dir,
 };
 
@@ -159,6 +159,25 @@ fn mount(host: &str, reference: &str, mnt: &Path, cache: &Path, extra: &[&str]) 
     timed(c)
 }
 
+/// Mounts `reference` at `mnt`, runs `then` and unmounts; returns the
+/// seconds from the start of the mount to the end of `then`, and what
+/// `then` returned.
+fn mount_then<T>(
+    host: &str,
+    reference: &str,
+    mnt: &Path,
+    cache: &Path,
+    extra: &[&str],
+    then: impl FnOnce() -> T,
+) -> (f64, T) {
+    let start = Instant::now();
+    mount(host, reference, mnt, cache, extra);
+    let out = then();
+    let secs = start.elapsed().as_secs_f64();
+    umount(mnt);
+    (secs, out)
+}
+
 fn umount(mnt: &Path) {
     let _ = Command::new(ocifs_bin()).arg("umount").arg(mnt).status();
 }
@@ -226,18 +245,16 @@ fn mount_scenarios(
         ("ocifs mount, lazy", &["--verify", "lazy"][..]),
     ] {
         let cache = work.path().join(format!("ttfb-{}", tool.len()));
-        let start = Instant::now();
-        mount(host, "bench/big:v1", &mnt, &cache, extra);
-        read_4k_at(&file, size / 2);
-        let secs = start.elapsed().as_secs_f64();
-        umount(&mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.into(),
-            value: secs,
-            unit: "s",
-            reference: Some(skopeo_secs),
+        let (secs, ()) = mount_then(host, "bench/big:v1", &mnt, &cache, extra, || {
+            read_4k_at(&file, size / 2);
         });
+        rows.push(Row::new(
+            scenario.clone(),
+            tool,
+            secs,
+            "s",
+            Some(skopeo_secs),
+        ));
     }
 
     // Cold sequential read through the mount, and the daemon's peak memory.
@@ -251,21 +268,21 @@ fn mount_scenarios(
         let d = read_all(&file);
         let rss = daemon_pid(&mnt).map(peak_rss_mib);
         umount(&mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.into(),
-            value: mbps(size, d),
-            unit: "MB/s",
-            reference: Some(curl_rate),
-        });
+        rows.push(Row::new(
+            scenario.clone(),
+            tool,
+            mbps(size, d),
+            "MB/s",
+            Some(curl_rate),
+        ));
         if let Some(rss) = rss {
-            rows.push(Row {
-                scenario: format!("peak RSS of the mount process streaming {label}"),
-                tool: tool.into(),
-                value: rss,
-                unit: "MiB",
-                reference: Some(size as f64 / MIB as f64),
-            });
+            rows.push(Row::new(
+                format!("peak RSS of the mount process streaming {label}"),
+                tool,
+                rss,
+                "MiB",
+                Some(size as f64 / MIB as f64),
+            ));
         }
     }
 
@@ -288,13 +305,13 @@ fn mount_scenarios(
         drop_page_cache();
         let d = read_all(&file);
         umount(&mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.into(),
-            value: mbps(size, d),
-            unit: "MB/s",
-            reference: Some(local_rate),
-        });
+        rows.push(Row::new(
+            scenario.clone(),
+            tool,
+            mbps(size, d),
+            "MB/s",
+            Some(local_rate),
+        ));
     }
 }
 
@@ -331,13 +348,13 @@ fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
         assert!(c.wait().expect("wait").success());
     }
     let curl_rate = mbps(total, start.elapsed());
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "16 x curl".into(),
-        value: curl_rate,
-        unit: "MB/s",
-        reference: None,
-    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "16 x curl",
+        curl_rate,
+        "MB/s",
+        None,
+    ));
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     for (tool, extra) in [
@@ -359,13 +376,13 @@ fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
         }
         let rate = mbps(total, start.elapsed());
         umount(&mnt);
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.into(),
-            value: rate,
-            unit: "MB/s",
-            reference: Some(curl_rate),
-        });
+        rows.push(Row::new(
+            scenario.clone(),
+            tool,
+            rate,
+            "MB/s",
+            Some(curl_rate),
+        ));
     }
 }
 
@@ -412,23 +429,7 @@ fn boot(host: &str, rows: &mut Vec<Row>) {
     );
     let qemu = |k: &Path, i: &Path| {
         let start = Instant::now();
-        let out = Command::new("timeout")
-            .args(["300", "qemu-system-x86_64", "-kernel"])
-            .arg(k)
-            .arg("-initrd")
-            .arg(i)
-            .args([
-                "-nographic",
-                "-append",
-                "console=ttyS0 panic=-1 quiet",
-                "-no-reboot",
-                "-m",
-                "256",
-                "-smp",
-                "1",
-            ])
-            .output()
-            .expect("qemu");
+        let out = qemu_boot(k, i, 300).output().expect("qemu");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("BOOTED"),
             "the kernel did not boot"
@@ -437,27 +438,20 @@ fn boot(host: &str, rows: &mut Vec<Row>) {
     };
     let scenario = "boot Debian's kernel + busybox initrd (qemu TCG)";
     let local = qemu(&vmlinuz, &initrd);
-    rows.push(Row {
-        scenario: scenario.into(),
-        tool: "from local files".into(),
-        value: local,
-        unit: "s",
-        reference: None,
-    });
+    rows.push(Row::new(scenario, "from local files", local, "s", None));
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
-    let start = Instant::now();
-    mount(host, "bench/boot:v1", &mnt, &work.path().join("cache"), &[]);
-    qemu(&mnt.join("vmlinuz"), &mnt.join("initrd.img"));
-    let from_mount = start.elapsed().as_secs_f64();
-    umount(&mnt);
-    rows.push(Row {
-        scenario: scenario.into(),
-        tool: "ocifs mount + boot, cold cache".into(),
-        value: from_mount,
-        unit: "s",
-        reference: Some(local),
+    let cache = work.path().join("cache");
+    let (from_mount, _) = mount_then(host, "bench/boot:v1", &mnt, &cache, &[], || {
+        qemu(&mnt.join("vmlinuz"), &mnt.join("initrd.img"))
     });
+    rows.push(Row::new(
+        scenario,
+        "ocifs mount + boot, cold cache",
+        from_mount,
+        "s",
+        Some(local),
+    ));
 }
 
 /// The scenarios on a blob of random bytes (1 GiB, 256 MiB with
@@ -491,13 +485,13 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
         .min()
         .unwrap_or_default();
     let curl_rate = mbps(size, curl);
-    rows.push(Row {
-        scenario: format!("cold sequential read, {label}"),
-        tool: "curl (network ceiling)".into(),
-        value: curl_rate,
-        unit: "MB/s",
-        reference: None,
-    });
+    rows.push(Row::new(
+        format!("cold sequential read, {label}"),
+        "curl (network ceiling)",
+        curl_rate,
+        "MB/s",
+        None,
+    ));
     let to_file = tempfile::tempdir().expect("tempdir");
     let mut c = Command::new("curl");
     c.args(["-sf", "-o"])
@@ -507,26 +501,26 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
             fixture.digest
         ));
     let curl_file = mbps(size, timed(c));
-    rows.push(Row {
-        scenario: format!("cold sequential read, {label}"),
-        tool: "curl -o file (network + disk write)".into(),
-        value: curl_file,
-        unit: "MB/s",
-        reference: Some(curl_rate),
-    });
+    rows.push(Row::new(
+        format!("cold sequential read, {label}"),
+        "curl -o file (network + disk write)",
+        curl_file,
+        "MB/s",
+        Some(curl_rate),
+    ));
     for (tool, extra) in [
         ("ocifs cat, strict", &[][..]),
         ("ocifs cat, lazy", &["--verify", "lazy"][..]),
     ] {
         let cache = tempfile::tempdir().expect("tempdir");
         let d = ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), extra);
-        rows.push(Row {
-            scenario: format!("cold sequential read, {label}"),
-            tool: tool.into(),
-            value: mbps(size, d),
-            unit: "MB/s",
-            reference: Some(curl_rate),
-        });
+        rows.push(Row::new(
+            format!("cold sequential read, {label}"),
+            tool,
+            mbps(size, d),
+            "MB/s",
+            Some(curl_rate),
+        ));
     }
 
     eprintln!("== warm sequential read");
@@ -541,13 +535,13 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     } else {
         "page cache NOT dropped (not permitted here)"
     };
-    rows.push(Row {
-        scenario: format!("warm sequential read, {label}, {note}"),
-        tool: "cat of a local copy (disk ceiling)".into(),
-        value: local,
-        unit: "MB/s",
-        reference: None,
-    });
+    rows.push(Row::new(
+        format!("warm sequential read, {label}, {note}"),
+        "cat of a local copy (disk ceiling)",
+        local,
+        "MB/s",
+        None,
+    ));
     drop_page_cache();
     let d = ocifs_cat(
         &host,
@@ -556,40 +550,40 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
         cache.path(),
         &["--offline"],
     );
-    rows.push(Row {
-        scenario: format!("warm sequential read, {label}, {note}"),
-        tool: "ocifs cat, cached, --offline".into(),
-        value: mbps(size, d),
-        unit: "MB/s",
-        reference: Some(local),
-    });
+    rows.push(Row::new(
+        format!("warm sequential read, {label}, {note}"),
+        "ocifs cat, cached, --offline",
+        mbps(size, d),
+        "MB/s",
+        Some(local),
+    ));
 
     eprintln!("== 4 KiB at the middle of the blob");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (t_strict, b_strict) = rt.block_on(random_read(proxy, "bench/big", &blob, Verify::Strict));
     let (t_lazy, b_lazy) = rt.block_on(random_read(proxy, "bench/big", &blob, Verify::Lazy));
     let scenario = format!("bytes fetched to read 4 KiB at the middle, {label}");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "the blob's size".into(),
-        value: size as f64,
-        unit: "bytes",
-        reference: None,
-    });
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "ocifs, strict".into(),
-        value: b_strict as f64,
-        unit: "bytes",
-        reference: Some(size as f64),
-    });
-    rows.push(Row {
+    rows.push(Row::new(
+        scenario.clone(),
+        "the blob's size",
+        size as f64,
+        "bytes",
+        None,
+    ));
+    rows.push(Row::new(
+        scenario.clone(),
+        "ocifs, strict",
+        b_strict as f64,
+        "bytes",
+        Some(size as f64),
+    ));
+    rows.push(Row::new(
         scenario,
-        tool: "ocifs, lazy".into(),
-        value: b_lazy as f64,
-        unit: "bytes",
-        reference: Some(size as f64),
-    });
+        "ocifs, lazy",
+        b_lazy as f64,
+        "bytes",
+        Some(size as f64),
+    ));
 
     let skopeo_dir = tempfile::tempdir().expect("tempdir");
     let mut c = Command::new("skopeo");
@@ -605,39 +599,39 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     let skopeo = timed(c);
     drop(skopeo_dir);
     let scenario = format!("time to the first 4 KiB at the middle, {label}");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "skopeo copy of the artifact".into(),
-        value: skopeo.as_secs_f64(),
-        unit: "s",
-        reference: None,
-    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "skopeo copy of the artifact",
+        skopeo.as_secs_f64(),
+        "s",
+        None,
+    ));
     let oras_dir = tempfile::tempdir().expect("tempdir");
     let start = Instant::now();
     oras_pull(&host, "bench/big:v1", oras_dir.path());
     let oras = start.elapsed();
     drop(oras_dir);
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "oras pull (oras-py) of the artifact".into(),
-        value: oras.as_secs_f64(),
-        unit: "s",
-        reference: Some(skopeo.as_secs_f64()),
-    });
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "ocifs, strict".into(),
-        value: t_strict.as_secs_f64(),
-        unit: "s",
-        reference: Some(skopeo.as_secs_f64()),
-    });
-    rows.push(Row {
+    rows.push(Row::new(
+        scenario.clone(),
+        "oras pull (oras-py) of the artifact",
+        oras.as_secs_f64(),
+        "s",
+        Some(skopeo.as_secs_f64()),
+    ));
+    rows.push(Row::new(
+        scenario.clone(),
+        "ocifs, strict",
+        t_strict.as_secs_f64(),
+        "s",
+        Some(skopeo.as_secs_f64()),
+    ));
+    rows.push(Row::new(
         scenario,
-        tool: "ocifs, lazy".into(),
-        value: t_lazy.as_secs_f64(),
-        unit: "s",
-        reference: Some(skopeo.as_secs_f64()),
-    });
+        "ocifs, lazy",
+        t_lazy.as_secs_f64(),
+        "s",
+        Some(skopeo.as_secs_f64()),
+    ));
 
     eprintln!("== through a mount");
     mount_scenarios(
