@@ -102,7 +102,13 @@ fn main() -> ExitCode {
     if let Command::Mount(args) = &cli.command
         && args.daemon
     {
-        return mount::daemonize().unwrap_or_else(|e| {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        command.build();
+        let options = command
+            .find_subcommand("mount")
+            .map(mount::ValueOptions::of)
+            .unwrap_or_default();
+        return mount::daemonize(args, &options).unwrap_or_else(|e| {
             eprintln!("ocifs: {e:#}");
             ExitCode::from(ocifs_core::error::exit_code::OTHER)
         });
@@ -163,4 +169,88 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
             ocifs_core::error::exit_code::OTHER,
             ocifs_core::Error::exit_code,
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+    use crate::mount::{ValueOptions, child_arguments};
+
+    fn child(raw: &[&str]) -> Vec<String> {
+        let mut command = Cli::command();
+        command.build();
+        let options = ValueOptions::of(command.find_subcommand("mount").expect("mount"));
+        let raw: Vec<String> = raw.iter().map(|s| s.to_string()).collect();
+        child_arguments(&raw, &options)
+    }
+
+    #[test]
+    fn a_daemon_child_gets_no_password_in_any_spelling() {
+        let tail = ["--plain-http", "host/repo:v1", "/mnt"];
+        for spelling in [
+            &["-p", "s3cret"][..],
+            &["-ps3cret"],
+            &["-p=s3cret"],
+            &["--password", "s3cret"],
+            &["--password=s3cret"],
+            &["-vp", "s3cret"],
+            &["-vvps3cret"],
+        ] {
+            let mut raw = vec!["mount", "--daemon", "-u", "carol"];
+            raw.extend_from_slice(spelling);
+            raw.extend_from_slice(&tail);
+            let got = child(&raw);
+            assert!(
+                !got.iter().any(|a| a.contains("s3cret")),
+                "{spelling:?} -> {got:?}"
+            );
+            assert!(!got.iter().any(|a| a == "--daemon"), "{got:?}");
+            assert!(got.ends_with(&tail.map(String::from)), "{got:?}");
+            assert_eq!(&got[..3], ["mount", "-u", "carol"], "{got:?}");
+        }
+        // A flag cluster before the password keeps its flags.
+        assert_eq!(
+            child(&["mount", "-vvp", "x", "r", "/m"]),
+            ["mount", "-vv", "r", "/m"]
+        );
+        assert_eq!(
+            child(&["mount", "--password-stdin", "-u", "c", "r", "/m"]),
+            ["mount", "-u", "c", "r", "/m"]
+        );
+    }
+
+    #[test]
+    fn a_daemon_child_keeps_other_values_whatever_they_look_like() {
+        // Values that look like the password flag belong to their option.
+        assert_eq!(
+            child(&[
+                "mount",
+                "-u",
+                "-p",
+                "-o",
+                "allow_other",
+                "--log-file",
+                "-px",
+                "r",
+                "/m"
+            ]),
+            [
+                "mount",
+                "-u",
+                "-p",
+                "-o",
+                "allow_other",
+                "--log-file",
+                "-px",
+                "r",
+                "/m"
+            ]
+        );
+        assert_eq!(
+            child(&["mount", "-uuser-p", "--root=-p", "r", "--", "-p", "/m"]),
+            ["mount", "-uuser-p", "--root=-p", "r", "--", "-p", "/m"]
+        );
+    }
 }

@@ -90,23 +90,45 @@ pub struct StatsArgs {
 /// Runs `ocifs mount --daemon`: re-runs itself in the foreground in a new
 /// process group, relays its stderr until it is mounted or has failed, and
 /// exits as it did.
-pub fn daemonize() -> anyhow::Result<ExitCode> {
+///
+/// A password never reaches the child's arguments or environment (both
+/// readable by every local user under `/proc`): the child is told
+/// `--password-stdin` and reads it from a pipe this process writes and closes.
+/// `options` names the mount command's options that take a value, to tell a
+/// password from the value of another option.
+pub fn daemonize(args: &MountArgs, options: &ValueOptions) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the ocifs executable")?;
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let password = match (&args.source.password, args.source.password_stdin) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(crate::options::read_password_line()?),
+        (None, false) => None,
+    };
+    let mut child_args = child_arguments(&raw, options);
+    if password.is_some() {
+        child_args.push("--password-stdin".into());
+    }
     let mut child = {
         let mut c = Command::new(exe);
-        c.args(&args)
+        c.args(&child_args)
             .arg("--notify-ready")
-            .stdin(Stdio::null())
+            .stdin(if password.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c.spawn().context("starting the mount process")?
     };
+    if let Some(password) = password {
+        let mut stdin = child.stdin.take().context("child stdin")?;
+        // The child reads one line; a child that died first is reported below.
+        let _ = std::io::Write::write_all(&mut stdin, format!("{password}\n").as_bytes());
+        drop(stdin);
+    }
     let stderr = child.stderr.take().context("child stderr")?;
     let relay = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -129,6 +151,95 @@ pub fn daemonize() -> anyhow::Result<ExitCode> {
                 c.clamp(1, 255) as u8
             }),
     ))
+}
+
+/// The options of `ocifs mount` that take a value, by short and long name.
+#[derive(Debug, Default)]
+pub struct ValueOptions {
+    /// Short names (`-o`, `-u`, `-p`).
+    pub shorts: Vec<char>,
+    /// Long names, without the dashes.
+    pub longs: Vec<String>,
+}
+
+impl ValueOptions {
+    /// The value-taking options of a (built) clap command.
+    pub fn of(command: &clap::Command) -> Self {
+        let mut options = ValueOptions::default();
+        for arg in command.get_arguments() {
+            if !arg.get_action().takes_values() || arg.is_positional() {
+                continue;
+            }
+            options.shorts.extend(arg.get_short());
+            options.longs.extend(arg.get_long().map(str::to_owned));
+        }
+        options
+    }
+}
+
+/// `raw` (the arguments after the program name) without `--daemon` and
+/// without any password: `-p X`, `-pX`, `-p=X` (also inside a cluster of
+/// short flags), `--password X`, `--password=X`, `--password-stdin`. Values
+/// of other options are copied as they are, whatever they look like, and so
+/// is everything after `--`.
+pub(crate) fn child_arguments(raw: &[String], options: &ValueOptions) -> Vec<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            out.push(arg.clone());
+            out.extend(rest.by_ref().cloned());
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (long, false),
+            };
+            match name {
+                "daemon" | "password-stdin" => {}
+                "password" => {
+                    if !inline {
+                        rest.next();
+                    }
+                }
+                _ => {
+                    out.push(arg.clone());
+                    if !inline && options.longs.iter().any(|l| l == name) {
+                        out.extend(rest.next().cloned());
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) else {
+            out.push(arg.clone());
+            continue;
+        };
+        // A cluster of short flags, maybe ending in one that takes a value
+        // (the rest of the cluster, or else the next argument).
+        let taker = cluster
+            .char_indices()
+            .find(|(_, c)| options.shorts.contains(c));
+        match taker {
+            None => out.push(arg.clone()),
+            Some((at, 'p')) => {
+                if at > 0 {
+                    out.push(format!("-{}", &cluster[..at]));
+                }
+                if cluster.len() == at + 1 {
+                    rest.next();
+                }
+            }
+            Some((at, c)) => {
+                out.push(arg.clone());
+                if cluster.len() == at + c.len_utf8() {
+                    out.extend(rest.next().cloned());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Opens the source, resolves the reference and builds the tree to mount.

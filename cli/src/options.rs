@@ -233,6 +233,16 @@ pub struct SourceArgs {
     pub stats: bool,
 }
 
+/// The first line of stdin, without its line ending: `--password-stdin`.
+pub fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 /// An opened source with what was asked of it.
 pub struct Opened {
     /// The source.
@@ -272,12 +282,7 @@ impl SourceArgs {
 
     fn credentials(&self, registry: &str) -> anyhow::Result<Option<Credentials>> {
         let password = if self.password_stdin {
-            let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .context("reading the password from stdin")?;
-            Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            Some(read_password_line()?)
         } else {
             self.password.clone()
         };

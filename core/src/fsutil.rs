@@ -3,12 +3,11 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::path::Path;
 
 /// Reads a whole file, refusing more than `limit` bytes (`FileTooLarge`).
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(file: &File, limit: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    File::open(path)?.take(limit + 1).read_to_end(&mut buf)?;
+    file.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::FileTooLarge,

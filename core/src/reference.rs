@@ -99,6 +99,27 @@ fn invalid(input: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Refuses `user:password@host/…`: a reference is shown in messages, logs
+/// and the process list, so it must carry no secret. The error shows the
+/// reference with the credentials cut out.
+fn refuse_userinfo(input: &str) -> Result<()> {
+    let first = input.split('/').next().unwrap_or(input);
+    let Some((userinfo, after)) = first.split_once('@') else {
+        return Ok(());
+    };
+    // `name@sha256:…` (a Docker Hub short name by digest) is no userinfo.
+    if first.len() == input.len() && after.parse::<Digest>().is_ok() {
+        return Ok(());
+    }
+    let shown = format!("…@{}", &input[userinfo.len() + 1..]);
+    Err(invalid(
+        &shown,
+        "credentials in a reference (user:password@host) are not accepted: they would show in \
+         messages and the process list; give --username with --password-stdin, or log in \
+         with a docker or podman config",
+    ))
+}
+
 /// Splits a trailing `@digest` off.
 fn split_digest(input: &str) -> Result<(&str, Option<Digest>)> {
     match input.rsplit_once('@') {
@@ -198,6 +219,7 @@ impl RegistryRef {
         if input.is_empty() {
             return Err(invalid(input, "empty reference"));
         }
+        refuse_userinfo(input)?;
         if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid(input, "contains whitespace or control characters"));
         }
@@ -347,6 +369,24 @@ impl fmt::Display for LayoutRef {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_a_reference_are_refused_without_echoing_them() {
+        for input in [
+            "carol:s3cret@localhost:5000/repo:v1",
+            "carol:s3cret@registry.example/repo",
+            "carol:s3cret@registry.example",
+            "s3cret@registry.example/repo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            let err = Reference::parse(input).expect_err(input).to_string();
+            assert!(!err.contains("s3cret"), "{input}: {err}");
+            assert!(err.contains("credentials in a reference"), "{input}: {err}");
+        }
+        // A short name by digest is not userinfo.
+        let by_digest =
+            "ubuntu@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        Reference::parse(by_digest).expect(by_digest);
+    }
+
     use super::*;
 
     const D: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";

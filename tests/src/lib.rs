@@ -59,7 +59,7 @@ pub mod walk;
 
 pub use blobs::{BlobHost, HostRequest};
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
-pub use mounts::{Mounted, is_mounted, mount_options};
+pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options};
 pub use proxy::{
     CountingProxy, Disposition, Fault, HookFn, ProxyHook, RandomFaults, RequestInfo, RequestRecord,
     ThrottleBlobs,

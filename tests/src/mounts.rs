@@ -127,3 +127,24 @@ pub fn mount_options(dir: &Path) -> Option<String> {
             .flatten()
     })
 }
+
+/// The pid of the `ocifs mount` daemon serving `dir` (its command line
+/// names the mount point, which is unique to the test).
+///
+/// # Panics
+///
+/// If there is none.
+pub fn daemon_pid(dir: &Path) -> u32 {
+    let dir = dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.contains(&&b"mount"[..]) && args.contains(&dir.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no ocifs daemon serves {dir}");
+}

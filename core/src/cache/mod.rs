@@ -256,23 +256,13 @@ impl ChunkCache {
 
     /// An open file holding exactly the verified bytes of `blob`, if there
     /// is one yet: the complete copy in the cache (held with a shared lock, so
-    /// no ocifs process evicts it while the file is open), or for a local
-    /// layout its own file once it was verified in place. For handing a file
+    /// no ocifs process evicts it while the file is open). For handing a file
     /// to the kernel (FUSE passthrough), which then reads it without ocifs.
+    /// A local layout's files are never handed over: they are not ours, and
+    /// could be rewritten in place after they were checked.
     pub fn backing_file(&self, blob: &Descriptor) -> Option<File> {
-        match &self.inner.store {
-            Some(store) => store.open_complete(&blob.digest).ok().flatten(),
-            None => {
-                let verified = self
-                    .inner
-                    .verified_local
-                    .lock()
-                    .is_ok_and(|v| v.contains(&blob.digest));
-                let path = self.inner.source.local_path(blob).filter(|_| verified)?;
-                let file = File::open(path).ok()?;
-                (file.metadata().ok()?.len() == blob.size).then_some(file)
-            }
-        }
+        let store = self.inner.store.as_ref()?;
+        store.open_complete(&blob.digest).ok().flatten()
     }
 
     /// Drops every copy of `blob` (memory, disk): for a caller that found

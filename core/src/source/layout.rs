@@ -1,14 +1,25 @@
 //! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`), read
 //! in place with positional reads. Nothing is copied or cached: the layout is
 //! already local.
+//!
+//! Every file is opened beneath the layout directory without following a
+//! symlink ([`Beneath`]), and a blob once opened is read through that same
+//! open file for the life of the source: a name renamed over later is not
+//! followed to the new file. (Bytes rewritten in place are caught by the
+//! cache's chunk checks in strict mode.)
 
 use std::fs::File;
 use std::io;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
+use super::beneath::{Beneath, is_refusal};
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -17,11 +28,16 @@ use crate::manifest::{self, Descriptor, Index, MAX_MANIFEST_SIZE};
 
 const STREAM_BUF: usize = 256 * 1024;
 
+/// Blob files kept open, most recently used.
+const OPEN_BLOBS: usize = 64;
+
 /// An OCI image layout directory.
 #[derive(Debug)]
 pub struct LayoutSource {
     root: PathBuf,
+    dir: Beneath,
     index: Index,
+    open: Mutex<LruCache<Digest, Arc<File>>>,
 }
 
 impl LayoutSource {
@@ -32,14 +48,20 @@ impl LayoutSource {
             path: root.display().to_string(),
             detail,
         };
-        let marker = root.join("oci-layout");
-        let text = read_bounded(&marker, 64 * 1024).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound if !root.exists() => layout_err("no such directory".into()),
-            io::ErrorKind::NotFound => {
-                layout_err("no oci-layout file (is this an OCI image layout?)".into())
-            }
-            _ => layout_err(format!("cannot read oci-layout: {e}")),
+        let dir = Beneath::open(&root).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => layout_err("no such directory".into()),
+            _ => layout_err(format!("cannot open the directory: {e}")),
         })?;
+        let text = dir
+            .open_file(Path::new("oci-layout"))
+            .and_then(|f| read_bounded(&f, 64 * 1024))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => {
+                    layout_err("no oci-layout file (is this an OCI image layout?)".into())
+                }
+                _ if is_refusal(&e) => layout_err(e.to_string()),
+                _ => layout_err(format!("cannot read oci-layout: {e}")),
+            })?;
         let version: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| layout_err(format!("oci-layout is not JSON: {e}")))?;
         match version.get("imageLayoutVersion").and_then(|v| v.as_str()) {
@@ -51,8 +73,13 @@ impl LayoutSource {
             }
         }
         let index_path = root.join("index.json");
-        let bytes = read_bounded(&index_path, MAX_MANIFEST_SIZE)
-            .map_err(|e| layout_err(format!("cannot read index.json: {e}")))?;
+        let bytes = dir
+            .open_file(Path::new("index.json"))
+            .and_then(|f| read_bounded(&f, MAX_MANIFEST_SIZE))
+            .map_err(|e| match e {
+                e if is_refusal(&e) => layout_err(e.to_string()),
+                e => layout_err(format!("cannot read index.json: {e}")),
+            })?;
         let index = match manifest::parse(
             &bytes,
             Some(manifest::media_type::OCI_INDEX),
@@ -63,7 +90,14 @@ impl LayoutSource {
                 return Err(layout_err("index.json is a manifest, not an index".into()));
             }
         };
-        Ok(LayoutSource { root, index })
+        Ok(LayoutSource {
+            root,
+            dir,
+            index,
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_BLOBS).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
     }
 
     /// The layout directory.
@@ -71,13 +105,63 @@ impl LayoutSource {
         &self.root
     }
 
-    /// The path of a blob inside the layout. The digest is validated hex, so
-    /// this cannot leave `blobs/sha256`.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
+    /// The path of a blob inside the layout, relative to it. The digest is
+    /// validated hex, so this cannot leave `blobs/sha256`.
+    fn blob_rel(digest: &Digest) -> PathBuf {
+        Path::new("blobs")
             .join(digest.algorithm())
             .join(digest.hex())
+    }
+
+    /// Opens a blob beneath the layout, without following symlinks.
+    fn open_blob_file(&self, digest: &Digest) -> io::Result<File> {
+        self.dir.open_file(&Self::blob_rel(digest))
+    }
+
+    /// The blob's open file: opened once (beneath the layout, no symlinks,
+    /// a regular file of the descriptor's size) and kept, so every read of
+    /// it reads the same file.
+    fn blob_file(&self, blob: &Descriptor) -> Result<Arc<File>> {
+        if let Some(f) = self
+            .open
+            .lock()
+            .ok()
+            .and_then(|mut o| o.get(&blob.digest).cloned())
+        {
+            return Ok(f);
+        }
+        let path = self.root.join(Self::blob_rel(&blob.digest));
+        let file = self
+            .open_blob_file(&blob.digest)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::BlobNotFound {
+                    digest: blob.digest.to_string(),
+                    source_name: self.name(),
+                },
+                _ if is_refusal(&e) => Error::Layout {
+                    path: self.root.display().to_string(),
+                    detail: format!("blob {}: {e}", blob.digest),
+                },
+                _ => Error::io(format!("opening {}", path.display()), e),
+            })?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        if len != blob.size {
+            return Err(Error::Layout {
+                path: self.root.display().to_string(),
+                detail: format!(
+                    "blob {} is {len} bytes, its descriptor says {}",
+                    blob.digest, blob.size
+                ),
+            });
+        }
+        let file = Arc::new(file);
+        if let Ok(mut open) = self.open.lock() {
+            open.put(blob.digest.clone(), file.clone());
+        }
+        Ok(file)
     }
 
     fn read_manifest_blob(
@@ -85,8 +169,11 @@ impl LayoutSource {
         digest: &Digest,
         media_type: Option<String>,
     ) -> Result<FetchedManifest> {
-        let path = self.blob_path(digest);
-        let bytes = read_bounded(&path, MAX_MANIFEST_SIZE).map_err(|e| match e.kind() {
+        let path = self.root.join(Self::blob_rel(digest));
+        let read = self
+            .open_blob_file(digest)
+            .and_then(|f| read_bounded(&f, MAX_MANIFEST_SIZE));
+        let bytes = read.map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::ManifestNotFound {
                 reference: format!("{}@{digest}", self.name()),
                 nearby: Vec::new(),
@@ -95,6 +182,10 @@ impl LayoutSource {
                 what: format!("manifest {digest}"),
                 size: MAX_MANIFEST_SIZE + 1,
                 limit: MAX_MANIFEST_SIZE,
+            },
+            _ if is_refusal(&e) => Error::Layout {
+                path: self.root.display().to_string(),
+                detail: format!("manifest {digest}: {e}"),
             },
             _ => Error::io(format!("reading {}", path.display()), e),
         })?;
@@ -156,17 +247,10 @@ impl Source for LayoutSource {
         if want == 0 {
             return Ok(Bytes::new());
         }
-        let path = self.blob_path(&blob.digest);
+        let file = self.blob_file(blob)?;
+        let path = self.root.join(Self::blob_rel(&blob.digest));
         let digest = blob.digest.clone();
-        let name = self.name();
         tokio::task::spawn_blocking(move || {
-            let file = File::open(&path).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => Error::BlobNotFound {
-                    digest: digest.to_string(),
-                    source_name: name,
-                },
-                _ => Error::io(format!("opening {}", path.display()), e),
-            })?;
             let mut buf = BytesMut::zeroed(want as usize);
             let got = read_full_at(&file, &mut buf, offset)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -185,29 +269,27 @@ impl Source for LayoutSource {
     }
 
     async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
-        let path = self.blob_path(&blob.digest);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => Error::BlobNotFound {
-                    digest: blob.digest.to_string(),
-                    source_name: self.name(),
-                },
-                _ => Error::io(format!("opening {}", path.display()), e),
-            })?;
+        let path = self.root.join(Self::blob_rel(&blob.digest));
+        let file = self.blob_file(blob)?;
         let stream =
-            futures_util::stream::try_unfold((file, path), |(mut file, path)| async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = BytesMut::zeroed(STREAM_BUF);
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                if n == 0 {
+            futures_util::stream::try_unfold((file, path, 0u64), |(file, path, pos)| async move {
+                let (file, path, read) = tokio::task::spawn_blocking(move || {
+                    let mut buf = BytesMut::zeroed(STREAM_BUF);
+                    let read = read_full_at(&file, &mut buf, pos).map(|n| {
+                        buf.truncate(n);
+                        buf.freeze()
+                    });
+                    (file, path, read)
+                })
+                .await
+                .map_err(|e| Error::io("layout read task", io::Error::other(e)))?;
+                let bytes =
+                    read.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                if bytes.is_empty() {
                     return Ok(None);
                 }
-                buf.truncate(n);
-                Ok(Some((buf.freeze(), (file, path))))
+                let next = pos + bytes.len() as u64;
+                Ok(Some((bytes, (file, path, next))))
             });
         Ok(Box::pin(stream))
     }
@@ -222,10 +304,6 @@ impl Source for LayoutSource {
         tags.sort();
         tags.dedup();
         Ok(tags)
-    }
-
-    fn local_path(&self, blob: &Descriptor) -> Option<PathBuf> {
-        Some(self.blob_path(&blob.digest))
     }
 
     async fn root_index(&self) -> Result<Option<Index>> {

@@ -8,6 +8,7 @@
 //! Short-read rule: [`Source::read_range`] returns exactly
 //! `min(len, size - offset)` bytes or an error; never fewer without saying so.
 
+mod beneath;
 mod layout;
 mod registry;
 
@@ -95,12 +96,6 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// The tags the source knows, for error messages and listings. Sources
     /// that cannot list return an empty list.
     async fn tags(&self) -> Result<Vec<String>>;
-
-    /// Where the blob's bytes already sit in a local file, for sources that
-    /// have one (a layout directory); they are not verified by being there.
-    fn local_path(&self, _blob: &Descriptor) -> Option<std::path::PathBuf> {
-        None
-    }
 
     /// The layout's `index.json`, for sources that have one.
     async fn root_index(&self) -> Result<Option<Index>> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ocifs_tests::{
     CountingProxy, Disposition, Fault, HookFn, Mounted, RandomFaults, Registry, RegistryAuth,
-    random_bytes, run_ocifs, temp_dir,
+    daemon_pid, random_bytes, run_ocifs, temp_dir,
 };
 use tempfile::TempDir;
 
@@ -838,23 +838,6 @@ fn two_mounts_sharing_a_small_cache_serve_32_readers_each_byte_identical() {
         cache.display().to_string(),
     ])
     .success();
-}
-
-/// The pid of the `ocifs mount` daemon serving `dir` (its command line
-/// names the mount point, which is unique to the test).
-fn daemon_pid(dir: &Path) -> u32 {
-    let dir = dir.display().to_string();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.contains(&&b"mount"[..]) && args.contains(&dir.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no ocifs daemon serves {dir}");
 }
 
 /// Chunk markers of `digest`'s partial blob, in whichever generation.

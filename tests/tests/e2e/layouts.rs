@@ -173,3 +173,133 @@ fn layout_written_by_skopeo_from_the_registry() {
         );
     }
 }
+
+/// A layout with one file, `f.txt`, whose blob is then replaced by `evil`
+/// (a symlink somewhere); and a secret of the blob's exact size outside it.
+struct Hostile {
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    blob: PathBuf,
+    secret: PathBuf,
+}
+
+const CONTENT: &[u8] = b"the layout's own content\n";
+const SECRET: &[u8] = b"root:$6$not-for-the-user\n";
+
+impl Hostile {
+    fn new() -> Self {
+        assert_eq!(CONTENT.len(), SECRET.len());
+        let tmp = temp_dir();
+        let dir = tmp.path().join("layout");
+        let mut layout = OciLayoutBuilder::new(&dir);
+        let manifest = artifact(
+            &mut layout,
+            &[("f.txt", std::str::from_utf8(CONTENT).expect("utf-8"))],
+        );
+        layout.add(&manifest, Some("v1"));
+        let blob = dir.join("blobs/sha256").join(sha256_hex(CONTENT));
+        let secret = tmp.path().join("shadow");
+        std::fs::write(&secret, SECRET).expect("secret");
+        Hostile {
+            tmp,
+            dir,
+            blob,
+            secret,
+        }
+    }
+
+    fn reference(&self) -> String {
+        oci(&self.dir, ":v1")
+    }
+}
+
+fn no_secret(out: &ocifs_tests::Output) {
+    let text = format!("{}{}", out.stdout_str(), out.stderr);
+    assert!(
+        !text.contains("not-for-the-user"),
+        "the secret leaked: {out}"
+    );
+}
+
+#[test]
+fn a_layout_blob_that_is_a_symlink_is_refused_in_every_mode() {
+    let h = Hostile::new();
+    std::fs::remove_file(&h.blob).expect("rm");
+    std::os::unix::fs::symlink(&h.secret, &h.blob).expect("ln");
+    for verify in ["strict", "lazy"] {
+        let out = run_ocifs(["cat", "--verify", verify, &h.reference(), "f.txt"]);
+        out.code_is(7)
+            .stderr_has(&h.blob.display().to_string())
+            .stderr_has("symlink");
+        assert!(
+            out.stdout.is_empty(),
+            "{verify}: wrote {:?}",
+            out.stdout_str()
+        );
+        no_secret(&out);
+    }
+    // A lazy mount other users may enter serves none of it either.
+    let mounted =
+        ocifs_tests::Mounted::new(&h.reference(), &["--verify", "lazy", "-o", "allow_other"]);
+    let err = std::fs::read(mounted.path("f.txt")).expect_err("read of a symlinked blob");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert!(mounted.log().contains("symlink"), "{}", mounted.log());
+    mounted.unmount();
+    // A relative symlink to a file inside the layout is refused too.
+    std::fs::remove_file(&h.blob).expect("rm");
+    std::fs::copy(&h.secret, h.dir.join("copy")).expect("cp");
+    std::os::unix::fs::symlink("../../copy", &h.blob).expect("ln");
+    let out = run_ocifs(["cat", "--verify", "lazy", &h.reference(), "f.txt"]);
+    out.code_is(7).stderr_has("symlink");
+    no_secret(&out);
+}
+
+#[test]
+fn a_layout_whose_blobs_directory_is_a_symlink_is_refused() {
+    for link in ["blobs", "blobs/sha256"] {
+        let h = Hostile::new();
+        let elsewhere = h.tmp.path().join("elsewhere");
+        std::fs::rename(h.dir.join(link), &elsewhere).expect("mv");
+        std::os::unix::fs::symlink(&elsewhere, h.dir.join(link)).expect("ln");
+        for verify in ["strict", "lazy"] {
+            for command in [vec!["ls"], vec!["cat", "--verify", verify]] {
+                let mut args = command.clone();
+                let reference = h.reference();
+                args.push(&reference);
+                if command[0] == "cat" {
+                    args.push("f.txt");
+                }
+                let out = run_ocifs(&args);
+                out.code_is(7)
+                    .stderr_has("symlink")
+                    .stderr_has(&h.dir.display().to_string());
+                assert!(out.stdout.is_empty() || command[0] == "ls", "{out}");
+                assert!(
+                    !out.stdout_str().contains("f.txt"),
+                    "{link}: listed through it: {out}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_layout_blob_that_is_a_fifo_or_of_the_wrong_size_is_refused_without_hanging() {
+    let h = Hostile::new();
+    std::fs::remove_file(&h.blob).expect("rm");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&h.blob)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    for verify in ["strict", "lazy"] {
+        run_ocifs(["cat", "--verify", verify, &h.reference(), "f.txt"])
+            .code_is(7)
+            .stderr_has("not a regular file");
+    }
+    std::fs::remove_file(&h.blob).expect("rm");
+    std::fs::write(&h.blob, b"short").expect("write");
+    run_ocifs(["cat", "--verify", "lazy", &h.reference(), "f.txt"])
+        .code_is(7)
+        .stderr_has("is 5 bytes");
+}

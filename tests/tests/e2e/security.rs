@@ -10,8 +10,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ocifs_tests::{
-    BlobHost, CountingProxy, Disposition, HookFn, Output, Registry, RegistryAuth, RequestInfo,
-    ocifs, random_bytes, run, run_ocifs, temp_dir,
+    BlobHost, CountingProxy, Disposition, HookFn, Mounted, Output, Registry, RegistryAuth,
+    RequestInfo, daemon_pid, ocifs, random_bytes, run, run_ocifs, run_with_stdin, temp_dir,
 };
 use tempfile::TempDir;
 
@@ -340,4 +340,90 @@ fn a_docker_config_other_users_can_read_gets_a_warning() {
     }
     let (out, _config) = ls(0o600);
     assert!(!out.stderr.contains("readable by other users"), "{out}");
+}
+
+/// What every local user can read of a process: its arguments and (for the
+/// same user or root) its environment.
+fn process_text(pid: u32) -> String {
+    let mut text = String::new();
+    for file in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{file}")).expect("/proc");
+        text.push_str(&String::from_utf8_lossy(&bytes).replace('\0', " "));
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn a_daemon_mount_keeps_the_password_out_of_its_command_line_and_environment() {
+    let front = Front::new(RegistryAuth::htpasswd(USER, PASSWORD));
+    let reference = front.reference();
+    let basic = STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let inline = format!("--password={PASSWORD}");
+    let glued = format!("-p{PASSWORD}");
+    for spelling in [
+        vec!["-p", PASSWORD],
+        vec![inline.as_str()],
+        vec![glued.as_str()],
+    ] {
+        let mut extra = vec!["--plain-http", "-u", USER];
+        extra.extend(&spelling);
+        let mounted = Mounted::new(&reference, &extra);
+        // The password reached the daemon: it reads a private file.
+        assert_eq!(
+            std::fs::read(mounted.path("big.bin")).expect("read through the mount"),
+            front.files[1].content,
+            "{}",
+            mounted.log()
+        );
+        let text = process_text(daemon_pid(mounted.dir()));
+        assert!(text.contains(USER), "not the daemon's process: {text}");
+        for secret in [PASSWORD, &basic[..]] {
+            assert!(
+                !text.contains(secret),
+                "{spelling:?}: {secret:?} readable in /proc: {text}"
+            );
+        }
+        mounted.unmount();
+    }
+
+    // --password-stdin reaches the daemon too.
+    let tmp = temp_dir();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut command = ocifs();
+    command
+        .args([
+            "mount",
+            "--daemon",
+            "--plain-http",
+            "-u",
+            USER,
+            "--password-stdin",
+        ])
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .arg(&reference)
+        .arg(&mnt);
+    run_with_stdin(command, format!("{PASSWORD}\n").as_bytes()).success();
+    let text = process_text(daemon_pid(&mnt));
+    assert!(!text.contains(PASSWORD), "readable in /proc: {text}");
+    assert_eq!(
+        std::fs::read(mnt.join("small.txt")).expect("read"),
+        front.files[0].content
+    );
+    run_ocifs(["umount".into(), mnt.display().to_string()]).success();
+}
+
+#[test]
+fn a_reference_with_a_password_in_it_is_refused_without_echoing_it() {
+    let front = Front::new(RegistryAuth::htpasswd(USER, PASSWORD));
+    let reference = format!("{USER}:{PASSWORD}@{}", front.reference());
+    for command in ["ls", "inspect"] {
+        let out = run_ocifs([command, "--plain-http", &reference]);
+        assert_ne!(out.code(), Some(0), "{out}");
+        assert_no_secret(&out);
+        out.stderr_has("password");
+    }
+    assert!(front.proxy.requests().is_empty());
 }
