@@ -484,3 +484,42 @@ mod tests {
         assert!(e.to_string().contains("--plain-http"));
     }
 }
+
+/// Text from outside (a registry's error body) made safe to print: invalid
+/// UTF-8 replaced, control characters escaped (`\u{1b}`, `\n`), cut after
+/// `max` characters with an ellipsis.
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_long_text_cut() {
+        let hostile = b"denied\x1b]0;pwned\x07\x1b[2J\r\nnext\xff";
+        let shown = printable(hostile, 300);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with("denied\\u{1b}]0;pwned"), "{shown:?}");
+        assert!(shown.contains("\\r\\nnext"), "{shown:?}");
+        let long = vec![b'x'; 10_000];
+        let cut = printable(&long, 300);
+        assert_eq!(cut.chars().count(), 301);
+        assert!(cut.ends_with('…'));
+        assert_eq!(printable(b"plain words", 300), "plain words");
+    }
+}

@@ -85,6 +85,13 @@ pub enum Disposition {
     /// Answer `307 Temporary Redirect` to this URL without asking upstream,
     /// as a registry does that keeps its blobs in a storage service.
     Redirect(String),
+    /// Answer this status with this body, as a hostile registry might.
+    Answer {
+        /// The status.
+        status: u16,
+        /// The body, sent as it is.
+        body: String,
+    },
 }
 
 impl Disposition {
@@ -105,6 +112,7 @@ impl Disposition {
             Disposition::FlipBits { .. } => "flip-bits".into(),
             Disposition::IgnoreRange => "ignore-range".into(),
             Disposition::Redirect(_) => "redirect".into(),
+            Disposition::Answer { status, .. } => format!("answer-{status}"),
         }
     }
 }
@@ -700,6 +708,14 @@ impl Handler for ProxyState {
             Disposition::Delay(pause) => {
                 record.fired(&disposition);
                 tokio::time::sleep(*pause).await;
+            }
+            Disposition::Answer { status, body } => {
+                record.fired(&disposition);
+                record.status.store(*status, Ordering::SeqCst);
+                return text_response(
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    body.clone(),
+                );
             }
             Disposition::Redirect(location) => {
                 record.fired(&disposition);

@@ -313,6 +313,31 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The most characters of a registry's error body an error message shows.
+const MAX_ECHOED_BODY: usize = 300;
+
+/// Redirects followed for one request before giving up.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows redirects to http and https URLs only: any other scheme (ftp:,
+/// file:) fails at once, naming it, instead of being retried as a transfer
+/// error until the timeout.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let scheme = attempt.url().scheme().to_owned();
+        if !matches!(scheme.as_str(), "http" | "https") {
+            let to = crate::error::printable(scheme.as_bytes(), 32);
+            attempt.error(format!(
+                "redirected to a {to}: URL; only http and https redirects are followed"
+            ))
+        } else if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// At most `limit` bytes of a body; `Err` with the size seen once over.
 async fn read_bounded(response: Response, limit: u64) -> std::result::Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
@@ -354,6 +379,7 @@ impl RegistrySource {
             .read_timeout(options.read_timeout)
             .connect_timeout(options.connect_timeout)
             .user_agent(concat!("ocifs/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy())
             .build()
             .map_err(|e| Error::Unreachable {
                 registry: host.clone(),
@@ -592,8 +618,10 @@ impl RegistrySource {
         if matches!(status, 401 | 403) {
             return self.auth_error(format!("the registry answered {status} for {what}"));
         }
+        // A registry's words go to a terminal: control characters (escape
+        // sequences among them) are shown escaped, and only the start.
         let detail = match read_bounded(response, 64 << 10).await {
-            Ok(body) => String::from_utf8_lossy(&body).chars().take(512).collect(),
+            Ok(body) => crate::error::printable(&body, MAX_ECHOED_BODY),
             Err(_) => String::new(),
         };
         Error::Registry {
@@ -605,7 +633,13 @@ impl RegistrySource {
     }
 
     fn map_reqwest(&self, e: &reqwest::Error, what: &str) -> Error {
-        if e.is_timeout() {
+        if e.is_redirect() {
+            // Refused by the redirect policy: not transient, never retried.
+            Error::Malformed {
+                what: format!("redirect of {what} from {}", self.host),
+                detail: chain(e),
+            }
+        } else if e.is_timeout() {
             Error::Timeout {
                 what: format!("{what} from {}", self.host),
                 after: self.options.read_timeout,

@@ -427,3 +427,77 @@ fn a_reference_with_a_password_in_it_is_refused_without_echoing_it() {
     }
     assert!(front.proxy.requests().is_empty());
 }
+
+#[test]
+fn a_registry_error_body_is_shown_escaped_and_cut() {
+    let front = Front::new(RegistryAuth::None);
+    let hostile = format!(
+        "denied\u{1b}]0;owned-title\u{7}\u{1b}[2J\r\nFAKE: all good{}",
+        "x".repeat(5000)
+    );
+    front
+        .proxy
+        .set_hook(Some(Arc::new(HookFn(move |r: &RequestInfo| {
+            if r.is_blob_get() {
+                Disposition::Answer {
+                    status: 400,
+                    body: hostile.clone(),
+                }
+            } else {
+                Disposition::Forward
+            }
+        }))));
+    let out = run_ocifs(["cat", "--plain-http", &front.reference(), "small.txt"]);
+    assert_ne!(out.code(), Some(0), "{out}");
+    out.stderr_has("400")
+        .stderr_has("denied\\u{1b}]0;owned-title");
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stderr.contains('\u{7}'),
+        "raw control characters on stderr: {:?}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("\r\nFAKE"), "{:?}", out.stderr);
+    assert!(
+        out.stderr.len() < 2000,
+        "{} bytes of stderr",
+        out.stderr.len()
+    );
+}
+
+#[test]
+fn a_redirect_to_an_unsupported_scheme_fails_at_once_naming_it() {
+    let front = Front::new(RegistryAuth::None);
+    front
+        .proxy
+        .set_hook(Some(Arc::new(HookFn(move |r: &RequestInfo| {
+            if r.is_blob_get() {
+                Disposition::Redirect("ftp://127.0.0.1:21/blob".into())
+            } else {
+                Disposition::Forward
+            }
+        }))));
+    for verify in ["strict", "lazy"] {
+        let out = run_ocifs([
+            "cat",
+            "--plain-http",
+            "--verify",
+            verify,
+            "--timeout",
+            "60",
+            &front.reference(),
+            "small.txt",
+        ]);
+        out.code_is(7)
+            .stderr_has("ftp: URL")
+            .stderr_has("only http and https");
+        assert!(!out.stderr.contains("timed out"), "{out}");
+    }
+    // Refused at once: one blob GET per run, never retried.
+    let gets = front
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.is_blob_get())
+        .count();
+    assert_eq!(gets, 2, "{}", front.proxy.describe());
+}
