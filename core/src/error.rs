@@ -276,6 +276,15 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
+    /// A cache directory others could write to: refused.
+    #[error("refusing the cache directory {path}: it {detail}")]
+    UnsafeCache {
+        /// The directory.
+        path: String,
+        /// What is wrong, and the fix.
+        detail: String,
+    },
+
     /// Something is not in the cache and the network may not be used.
     #[error("{what} is not in the cache, and {why}")]
     NotCached {
@@ -396,7 +405,7 @@ impl Error {
             | Error::InvalidTitle { .. }
             | Error::Archive { .. }
             | Error::Layer { .. } => INVALID_CONTENT,
-            Error::Io { .. } => OTHER,
+            Error::Io { .. } | Error::UnsafeCache { .. } => OTHER,
         }
     }
 

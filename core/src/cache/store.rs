@@ -48,6 +48,65 @@ use crate::error::{Error, Result};
 use crate::fsutil::{read_full_at, write_all_at};
 use crate::reference::RegistryRef;
 
+/// The store's own directories.
+const STORE_DIRS: [&str; 5] = [
+    "blobs/sha256",
+    "partial/sha256",
+    "index/sha256",
+    "refs",
+    "tmp",
+];
+
+/// `mkdir -p` with mode 0700 for what it creates.
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Refuses a directory that others could write to (see [`DiskStore::open`]).
+#[cfg(unix)]
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let unsafe_dir = |detail: String| Error::UnsafeCache {
+        path: dir.display().to_string(),
+        detail,
+    };
+    let meta = fs::metadata(dir).map_err(io_err(|| {
+        format!("checking cache directory {}", dir.display())
+    }))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "is owned by uid {}, not by you (uid {me}) or root: its owner decides what ocifs \
+             serves from it; use a cache of your own (--cache-dir), or chown -R {me} {}",
+            meta.uid(),
+            dir.display()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by {} (mode {mode:04o}): whoever can write there decides what ocifs \
+             serves; chmod 700 {}",
+            if mode & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
 /// A partial blob younger than this is never evicted: a fetch may be writing it.
 const PARTIAL_GRACE: Duration = Duration::from_secs(60);
 
@@ -105,12 +164,26 @@ pub struct ChunkLock {
 
 impl DiskStore {
     /// Opens (creating if needed) the store at `root`.
+    ///
+    /// Whoever can write to the cache decides what ocifs serves from it
+    /// (at rest, bytes are trusted once checked against their table): the
+    /// directories are made `0700`, and a cache directory, or one of its
+    /// own, that is writable by group or others, or owned by a user other
+    /// than the caller or root, is refused naming the path and the fix.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "partial/sha256", "refs", "tmp"] {
-            fs::create_dir_all(root.join(sub)).map_err(io_err(|| {
+        for sub in STORE_DIRS {
+            create_private_dir(&root.join(sub)).map_err(io_err(|| {
                 format!("creating cache directory {}", root.join(sub).display())
             }))?;
+        }
+        check_private(&root)?;
+        for sub in STORE_DIRS {
+            let mut dir = root.clone();
+            for part in Path::new(sub).components() {
+                dir.push(part);
+                check_private(&dir)?;
+            }
         }
         let marker = root.join("oci-layout");
         if !marker.exists() {
@@ -186,8 +259,8 @@ impl DiskStore {
     /// Recreates the store's directories (someone removed the cache under
     /// a running process).
     fn ensure_dirs(&self) {
-        for sub in ["blobs/sha256", "partial/sha256", "refs", "tmp"] {
-            let _ = fs::create_dir_all(self.root.join(sub));
+        for sub in STORE_DIRS {
+            let _ = create_private_dir(&self.root.join(sub));
         }
     }
 

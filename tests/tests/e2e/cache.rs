@@ -483,3 +483,67 @@ fn a_crash_during_a_fetch_is_recovered_by_the_next_process() {
     .success()
     .stdout_has("blobs verified");
 }
+
+#[test]
+fn a_cache_directory_others_can_write_to_is_refused_naming_the_fix() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let fx = Fixture::new(vec![FileSpec {
+        title: "a.txt",
+        content: b"a".to_vec(),
+        media_type: None,
+    }]);
+    let tmp = temp_dir();
+    let cache = tmp.path().join("fresh/cache");
+    let cat = |cache: &Path| {
+        run_ocifs([
+            "cat",
+            "--plain-http",
+            "--cache-dir",
+            &cache.display().to_string(),
+            &format!("{}/cache:v1", fx.proxy.host()),
+            "a.txt",
+        ])
+    };
+    // A cache ocifs makes is private to its user.
+    cat(&cache).success();
+    for dir in [&cache, &cache.join("blobs"), &cache.join("partial/sha256")] {
+        let mode = std::fs::metadata(dir).expect("stat").mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    }
+    let chmod = |dir: &Path, mode: u32| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    for (sub, mode, who) in [
+        ("", 0o777, "others"),
+        ("", 0o770, "its group"),
+        ("blobs", 0o777, "others"),
+        ("blobs/sha256", 0o757, "others"),
+        ("partial", 0o720, "its group"),
+        ("index", 0o777, "others"),
+    ] {
+        let dir = if sub.is_empty() {
+            cache.clone()
+        } else {
+            cache.join(sub)
+        };
+        chmod(&dir, mode);
+        let out = cat(&cache);
+        out.code_is(1)
+            .stderr_has(&format!("refusing the cache directory {}", dir.display()))
+            .stderr_has(&format!("writable by {who}"))
+            .stderr_has(&format!("chmod 700 {}", dir.display()));
+        assert!(out.stdout.is_empty(), "{out}");
+        chmod(&dir, 0o700);
+        cat(&cache).success();
+    }
+    // Owned by another user: root must not take its word.
+    let owner =
+        |dir: &Path, uid: u32| std::os::unix::fs::chown(dir, Some(uid), None).expect("chown");
+    owner(&cache.join("blobs"), 4321);
+    cat(&cache)
+        .code_is(1)
+        .stderr_has(&cache.join("blobs").display().to_string())
+        .stderr_has("owned by uid 4321");
+    owner(&cache.join("blobs"), 0);
+    cat(&cache).success();
+}
