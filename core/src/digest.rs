@@ -134,6 +134,77 @@ impl Hasher {
     }
 }
 
+/// Hashes a blob whole and chunk by chunk as its bytes pass, in order.
+pub struct BlobHasher {
+    whole: Hasher,
+    chunk: Sha256,
+    in_chunk: u64,
+    chunk_size: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for BlobHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobHasher")
+            .field("len", &self.whole.len())
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+impl BlobHasher {
+    /// A hasher of chunks of `chunk_size` (non-zero) bytes.
+    pub fn new(chunk_size: u64) -> Self {
+        BlobHasher {
+            whole: Hasher::new(),
+            chunk: Sha256::new(),
+            in_chunk: 0,
+            chunk_size: chunk_size.max(1),
+            digests: Vec::new(),
+        }
+    }
+
+    /// Feeds the next bytes of the blob.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.whole.update(bytes);
+        while !bytes.is_empty() {
+            let take = ((self.chunk_size - self.in_chunk) as usize).min(bytes.len());
+            self.chunk.update(&bytes[..take]);
+            self.in_chunk += take as u64;
+            bytes = &bytes[take..];
+            if self.in_chunk == self.chunk_size {
+                self.digests
+                    .push(std::mem::take(&mut self.chunk).finalize().into());
+                self.in_chunk = 0;
+            }
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.whole.len()
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.whole.is_empty()
+    }
+
+    /// The chunk size of the table.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// The whole-blob digest and the chunk digests (the last chunk may be
+    /// short).
+    pub fn finish(mut self) -> (Digest, Vec<[u8; 32]>) {
+        if self.in_chunk > 0 {
+            self.digests.push(self.chunk.finalize().into());
+        }
+        (self.whole.finish(), self.digests)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! chunk cache ([`crate::cache::ChunkCache`]) is the reader for real use;
 //! [`DirectReader`] reads a source with no cache at all.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -17,7 +17,7 @@ use futures_util::TryStreamExt as _;
 use serde::Serialize;
 
 use crate::archive::EntryReader;
-use crate::digest::{Digest, Hasher};
+use crate::digest::{BlobHasher, Digest};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::source::Source;
@@ -129,17 +129,22 @@ pub trait Reader: Send + Sync + fmt::Debug {
 }
 
 /// Reads straight from a source, without caching. In strict mode the whole
-/// blob is hashed once (streamed, not kept) before its first byte is served,
-/// and remembered as verified for the life of the reader: right for a local
-/// layout directory, which is already on disk.
+/// blob is hashed once (streamed, not kept) before its first byte is
+/// served, taking the digest of each chunk on the way; every later read is
+/// widened to whole chunks and each is checked against those digests, so
+/// a layout file rewritten after its check is never served: right for a
+/// local layout directory, which is already on disk.
 #[derive(Debug)]
 pub struct DirectReader {
     source: Arc<dyn Source>,
     verify: Verify,
-    verified: Mutex<HashSet<Digest>>,
+    tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
     counters: Counters,
     entries: EntryReader,
 }
+
+/// The chunk size of [`DirectReader`]'s checks.
+const DIRECT_CHUNK: u64 = 1 << 20;
 
 impl DirectReader {
     /// A reader over `source`.
@@ -147,36 +152,89 @@ impl DirectReader {
         DirectReader {
             source,
             verify,
-            verified: Mutex::new(HashSet::new()),
+            tables: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             entries: EntryReader::default(),
         }
     }
 
-    fn is_verified(&self, d: &Digest) -> bool {
-        self.verified.lock().is_ok_and(|v| v.contains(d))
+    /// The blob's chunk table, taken by hashing it whole the first time
+    /// (strict mode only).
+    async fn table(&self, blob: &Descriptor) -> Result<Option<Arc<Vec<[u8; 32]>>>> {
+        if self.verify == Verify::Lazy {
+            return Ok(None);
+        }
+        if let Some(t) = self
+            .tables
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&blob.digest).cloned())
+        {
+            return Ok(Some(t));
+        }
+        let table = Arc::new(
+            verify_stream(self.source.as_ref(), blob, &self.counters, DIRECT_CHUNK).await?,
+        );
+        if let Ok(mut t) = self.tables.lock() {
+            t.insert(blob.digest.clone(), table.clone());
+        }
+        Ok(Some(table))
     }
 
-    async fn ensure_verified(&self, blob: &Descriptor) -> Result<()> {
-        if self.verify == Verify::Lazy || self.is_verified(&blob.digest) {
-            return Ok(());
+    /// `[offset, offset+len)` of a blob, read as whole chunks that are each
+    /// checked against `table`.
+    async fn read_checked(
+        &self,
+        blob: &Descriptor,
+        table: &[[u8; 32]],
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        use sha2::Digest as _;
+        let end = offset.saturating_add(len).min(blob.size);
+        if offset >= end {
+            return Ok(Bytes::new());
         }
-        verify_stream(self.source.as_ref(), blob, &self.counters).await?;
-        if let Ok(mut v) = self.verified.lock() {
-            v.insert(blob.digest.clone());
+        let start = offset / DIRECT_CHUNK * DIRECT_CHUNK;
+        let stop = end
+            .div_ceil(DIRECT_CHUNK)
+            .saturating_mul(DIRECT_CHUNK)
+            .min(blob.size);
+        let bytes = self.source.read_range(blob, start, stop - start).await?;
+        for (i, chunk) in bytes.chunks(DIRECT_CHUNK as usize).enumerate() {
+            let n = start / DIRECT_CHUNK + i as u64;
+            let actual: [u8; 32] = sha2::Sha256::digest(chunk).into();
+            if table.get(n as usize) != Some(&actual) {
+                Counters::bump(&self.counters.verify_failures);
+                return Err(Error::DigestMismatch {
+                    what: format!(
+                        "chunk {n} of blob {} in {} (changed since it was checked)",
+                        blob.digest,
+                        self.source.name()
+                    ),
+                    expected: table
+                        .get(n as usize)
+                        .map_or_else(|| "no such chunk".into(), hex::encode),
+                    actual: hex::encode(actual),
+                });
+            }
         }
-        Ok(())
+        let from = (offset - start) as usize;
+        Ok(bytes.slice(from..(from + (end - offset) as usize).min(bytes.len())))
     }
 }
 
-/// Streams `blob` from `source` and checks its size and digest.
+/// Streams `blob` from `source` whole and checks its digest; gives back
+/// the digest of each `chunk_size` chunk, taken on the way (for checking
+/// later reads of the same bytes).
 pub async fn verify_stream(
     source: &dyn Source,
     blob: &Descriptor,
     counters: &Counters,
-) -> Result<()> {
+    chunk_size: u64,
+) -> Result<Vec<[u8; 32]>> {
     let mut stream = source.stream(blob).await?;
-    let mut hasher = Hasher::new();
+    let mut hasher = BlobHasher::new(chunk_size);
     while let Some(chunk) = stream.try_next().await? {
         hasher.update(&chunk);
         if hasher.len() > blob.size {
@@ -184,7 +242,7 @@ pub async fn verify_stream(
         }
     }
     let len = hasher.len();
-    let actual = hasher.finish();
+    let (actual, table) = hasher.finish();
     if len != blob.size || actual != blob.digest {
         Counters::bump(&counters.verify_failures);
         return Err(Error::DigestMismatch {
@@ -199,7 +257,7 @@ pub async fn verify_stream(
         });
     }
     Counters::bump(&counters.blobs_verified);
-    Ok(())
+    Ok(table)
 }
 
 #[async_trait]
@@ -207,9 +265,12 @@ impl Reader for DirectReader {
     async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
         match content {
             Content::Blob(blob) => {
-                self.ensure_verified(blob).await?;
+                let table = self.table(blob).await?;
                 Counters::bump(&self.counters.requests);
-                let bytes = self.source.read_range(blob, offset, len).await?;
+                let bytes = match &table {
+                    Some(t) => self.read_checked(blob, t, offset, len).await?,
+                    None => self.source.read_range(blob, offset, len).await?,
+                };
                 self.counters
                     .bytes_fetched
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -23,6 +23,7 @@ mod memory;
 mod offline;
 mod scan;
 mod store;
+mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -45,7 +46,7 @@ pub use scan::Scanned;
 pub use store::{DiskStore, Partial, StoredBlob};
 
 use crate::archive::EntryReader;
-use crate::digest::Digest;
+use crate::digest::{BlobHasher, Digest};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::reader::{Counters, Reader, Stats, Verify, verify_stream};
@@ -130,8 +131,17 @@ struct Inner {
     verified_local: Mutex<HashSet<Digest>>,
     bad: Mutex<HashMap<Digest, Error>>,
     sequences: Mutex<HashMap<Digest, Sequence>>,
-    /// Chunk digest tables (`ChunkCache::set_chunk_digests`).
+    /// Chunk digest tables given by a layer index
+    /// (`ChunkCache::set_chunk_digests`): strict reads of such a blob go
+    /// chunk by chunk, each fetched chunk checked.
     tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    /// Chunk digest tables this cache took itself, while it hashed a blob
+    /// whole, or read from beside a complete blob: for checking bytes at
+    /// rest (and fetched chunks), not for skipping the whole-blob fetch.
+    own_tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    /// The chunks of complete blobs this process has read from disk and
+    /// checked against their table (a bitmap per blob).
+    checked: Mutex<HashMap<Digest, Vec<u64>>>,
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
@@ -234,6 +244,8 @@ impl ChunkCache {
                 bad: Mutex::new(HashMap::new()),
                 sequences: Mutex::new(HashMap::new()),
                 tables: Mutex::new(HashMap::new()),
+                own_tables: Mutex::new(HashMap::new()),
+                checked: Mutex::new(HashMap::new()),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
@@ -260,9 +272,30 @@ impl ChunkCache {
     /// to the kernel (FUSE passthrough), which then reads it without ocifs.
     /// A local layout's files are never handed over: they are not ours, and
     /// could be rewritten in place after they were checked.
+    ///
+    /// Only a file whose every chunk this process has checked against the
+    /// blob's table is handed over: the chunks not checked yet are read
+    /// and checked now (a blob that fails is dropped, and there is no
+    /// backing file). The kernel then trusts the file as it is on disk.
     pub fn backing_file(&self, blob: &Descriptor) -> Option<File> {
-        let store = self.inner.store.as_ref()?;
-        store.open_complete(&blob.digest).ok().flatten()
+        let inner = &self.inner;
+        let store = inner.store.as_ref()?;
+        let file = store.open_complete(&blob.digest).ok().flatten()?;
+        if file.metadata().ok()?.len() != blob.size {
+            return None;
+        }
+        let chunks = blob.size.div_ceil(inner.options.chunk_size);
+        for n in 0..chunks {
+            if !inner.is_checked(&blob.digest, n)
+                && !matches!(
+                    inner.checked_from_complete(store, blob, &file, n),
+                    Ok(Some(_))
+                )
+            {
+                return None;
+            }
+        }
+        Some(file)
     }
 
     /// Drops every copy of `blob` (memory, disk): for a caller that found
@@ -270,6 +303,7 @@ impl ChunkCache {
     pub fn discard(&self, blob: &Descriptor) {
         self.inner.memory.remove_blob(&blob.digest);
         self.inner.forget_partial(&blob.digest);
+        self.inner.forget_checked(&blob.digest);
         if let Some(store) = &self.inner.store {
             store.remove(&blob.digest);
         }
@@ -296,9 +330,87 @@ impl Inner {
         self.pins.lock().is_ok_and(|p| p.contains_key(digest))
     }
 
-    /// The chunk digest table of a blob, if there is one.
-    fn table(&self, digest: &Digest) -> Option<Arc<Vec<[u8; 32]>>> {
-        self.tables.lock().ok()?.get(digest).cloned()
+    /// The chunk digest table a layer index gave for a blob, if any.
+    fn table(&self, blob: &Descriptor) -> Option<Arc<Vec<[u8; 32]>>> {
+        self.tables.lock().ok()?.get(&blob.digest).cloned()
+    }
+
+    /// The chunk digest table to check a blob's bytes against, in this
+    /// cache's chunk size, if there is one: given, taken in this process,
+    /// or stored beside the complete blob (a stored table of another chunk
+    /// size is not used).
+    fn rest_table(&self, blob: &Descriptor) -> Option<Arc<Vec<[u8; 32]>>> {
+        if let Some(t) = self.table(blob) {
+            return Some(t);
+        }
+        if let Some(t) = self.own_tables.lock().ok()?.get(&blob.digest).cloned() {
+            return Some(t);
+        }
+        let (chunk_size, digests) = self.store.as_ref()?.get_table(&blob.digest, blob.size)?;
+        if chunk_size != self.options.chunk_size {
+            return None;
+        }
+        let table = Arc::new(digests);
+        self.own_tables
+            .lock()
+            .ok()?
+            .insert(blob.digest.clone(), table.clone());
+        Some(table)
+    }
+
+    /// Keeps a table taken from bytes that hashed to the blob's digest, if
+    /// it is in this cache's chunk size.
+    fn keep_table(&self, blob: &Descriptor, chunk_size: u64, digests: Vec<[u8; 32]>) {
+        if chunk_size == self.options.chunk_size
+            && digests.len() as u64 == blob.size.div_ceil(chunk_size)
+            && let Ok(mut t) = self.own_tables.lock()
+        {
+            t.insert(blob.digest.clone(), Arc::new(digests));
+        }
+    }
+
+    /// Whether chunk `n` of a complete blob was checked in this process.
+    fn is_checked(&self, digest: &Digest, n: u64) -> bool {
+        self.checked.lock().is_ok_and(|c| {
+            c.get(digest)
+                .and_then(|bits| bits.get((n / 64) as usize))
+                .is_some_and(|w| w & (1 << (n % 64)) != 0)
+        })
+    }
+
+    /// Records chunks `chunks` of a complete blob as checked.
+    fn mark_checked(&self, blob: &Descriptor, chunks: std::ops::Range<u64>) {
+        let words = blob.size.div_ceil(self.options.chunk_size).div_ceil(64) as usize;
+        if let Ok(mut c) = self.checked.lock() {
+            let bits = c
+                .entry(blob.digest.clone())
+                .or_insert_with(|| vec![0; words]);
+            for n in chunks {
+                if let Some(w) = bits.get_mut((n / 64) as usize) {
+                    *w |= 1 << (n % 64);
+                }
+            }
+        }
+    }
+
+    fn forget_checked(&self, digest: &Digest) {
+        if let Ok(mut c) = self.checked.lock() {
+            c.remove(digest);
+        }
+    }
+
+    /// A complete blob whose bytes on disk failed their check: dropped. Its
+    /// table, taken from verified bytes, stays (on disk and in memory):
+    /// chunks fetched again are checked against it.
+    fn drop_corrupt_complete(&self, store: &DiskStore, blob: &Descriptor, e: &Error) {
+        Counters::bump(&self.counters.verify_failures);
+        tracing::error!(digest = %blob.digest, error = %e, "a complete blob in the cache failed its check on disk; dropped");
+        if let Ok(mut h) = self.handles.lock() {
+            h.pop(&blob.digest);
+        }
+        self.forget_checked(&blob.digest);
+        self.memory.remove_blob(&blob.digest);
+        store.remove_complete(&blob.digest);
     }
 
     fn known_bad(&self, digest: &Digest) -> Option<Error> {
@@ -509,7 +621,7 @@ impl Inner {
             self.counters
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if let Some(table) = self.table(&blob.digest)
+            if let Some(table) = self.rest_table(&blob)
                 && partial.chunk_size == self.options.chunk_size
             {
                 for (i, piece) in bytes.chunks(partial.chunk_size as usize).enumerate() {
@@ -559,7 +671,12 @@ impl Inner {
             let b = blob.clone();
             return self
                 .single_flight((blob.digest.clone(), WHOLE), async move {
-                    verify_stream(inner.source.as_ref(), &b, &inner.counters).await?;
+                    let cs = inner.options.chunk_size;
+                    let table =
+                        verify_stream(inner.source.as_ref(), &b, &inner.counters, cs).await?;
+                    // Every later read of the layout's file is checked
+                    // against this: its owner may rewrite it in place.
+                    inner.keep_table(&b, cs, table);
                     if let Ok(mut v) = inner.verified_local.lock() {
                         v.insert(b.digest.clone());
                     }
@@ -643,9 +760,7 @@ impl Inner {
                 Err(e) => return Err(e),
             };
             let mut hasher = Some(hasher);
-            let mut writing: Option<
-                tokio::task::JoinHandle<(crate::digest::Hasher, Result<bool>)>,
-            > = None;
+            let mut writing: Option<tokio::task::JoinHandle<(BlobHasher, Result<bool>)>> = None;
             let mut pos = start;
             let mut pending = BytesMut::new();
             let broke = loop {
@@ -695,7 +810,10 @@ impl Inner {
                             None => return Ok(()),
                         }
                     }
-                    let (p, mut h) = (partial.clone(), hasher.take().unwrap_or_default());
+                    let (p, mut h) = (
+                        partial.clone(),
+                        hasher.take().unwrap_or_else(|| BlobHasher::new(cs)),
+                    );
                     let (s, d) = (store.clone(), blob.digest.clone());
                     let first = pos / cs;
                     writing = Some(tokio::task::spawn_blocking(move || {
@@ -723,7 +841,12 @@ impl Inner {
             match broke {
                 None => {
                     return self
-                        .finish_stream(store, blob, partial, hasher.unwrap_or_default())
+                        .finish_stream(
+                            store,
+                            blob,
+                            partial,
+                            hasher.unwrap_or_else(|| BlobHasher::new(cs)),
+                        )
                         .await;
                 }
                 Some(e) => {
@@ -742,8 +865,8 @@ impl Inner {
     /// Waits for a batch write; gives the hasher back, or `None` if the
     /// blob turned out complete already (another process promoted it).
     async fn batch_done(
-        handle: tokio::task::JoinHandle<(crate::digest::Hasher, Result<bool>)>,
-    ) -> Result<Option<crate::digest::Hasher>> {
+        handle: tokio::task::JoinHandle<(BlobHasher, Result<bool>)>,
+    ) -> Result<Option<BlobHasher>> {
         let (hasher, written) = handle.await.map_err(join_error)?;
         written.map(|complete| (!complete).then_some(hasher))
     }
@@ -753,10 +876,11 @@ impl Inner {
         store: &Arc<DiskStore>,
         blob: &Descriptor,
         partial: &Arc<Partial>,
-        hasher: crate::digest::Hasher,
+        hasher: BlobHasher,
     ) -> Result<()> {
         let len = hasher.len();
-        let actual = hasher.finish();
+        let chunk_size = hasher.chunk_size();
+        let (actual, table) = hasher.finish();
         if len != blob.size || actual != blob.digest {
             store.drop_partial(&blob.digest);
             return Err(Error::DigestMismatch {
@@ -771,9 +895,16 @@ impl Inner {
             });
         }
         let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
-        tokio::task::spawn_blocking(move || s.promote_verified(&p, &d))
+        let digests = table.clone();
+        tokio::task::spawn_blocking(move || s.promote_verified(&p, &d, &digests))
             .await
-            .map_err(join_error)?
+            .map_err(join_error)??;
+        // Hashed here on the way in, chunk by chunk: checked in this process.
+        self.keep_table(blob, chunk_size, table);
+        if chunk_size == self.options.chunk_size {
+            self.mark_checked(blob, 0..blob.size.div_ceil(chunk_size));
+        }
+        Ok(())
     }
 
     async fn promote(
@@ -854,14 +985,9 @@ impl Inner {
         let offset = n * cs;
         let len = (cs.min(blob.size - offset)) as usize;
         if let Some(f) = self.complete_handle(store, &blob.digest)? {
-            return Ok(Some(Bytes::from(DiskStore::read_at(
-                &f,
-                &store.blob_path(&blob.digest),
-                offset,
-                len,
-            )?)));
+            return self.checked_from_complete(store, blob, &f, n);
         }
-        let table = self.table(&blob.digest);
+        let table = self.table(blob);
         if self.options.verify == Verify::Strict && table.is_none() {
             return Ok(None);
         }
@@ -894,6 +1020,123 @@ impl Inner {
         Ok(None)
     }
 
+    /// Chunk `n` of a complete blob, checked against the blob's table the
+    /// first time this process reads it (a blob with no table yet, from an
+    /// older cache, is hashed whole once to take one). A chunk that fails,
+    /// or is cut short, drops the blob: `None`, so the read fetches it
+    /// again, or, with no network to fetch from, the error naming the blob.
+    fn checked_from_complete(
+        &self,
+        store: &DiskStore,
+        blob: &Descriptor,
+        f: &File,
+        n: u64,
+    ) -> Result<Option<Bytes>> {
+        let cs = self.options.chunk_size;
+        let (offset, len) = (n * cs, cs.min(blob.size - n * cs) as usize);
+        let path = store.blob_path(&blob.digest);
+        let read = DiskStore::read_at(f, &path, offset, len);
+        if self.is_checked(&blob.digest, n)
+            && let Ok(bytes) = &read
+        {
+            return Ok(Some(Bytes::from(bytes.clone())));
+        }
+        let table = match self.rest_table(blob) {
+            Some(t) => t,
+            None => match self.take_table(store, blob, f)? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+        };
+        let damaged = |detail: String| Error::DigestMismatch {
+            what: format!(
+                "chunk {n} of blob {} in the cache at {} ({detail}; dropped)",
+                blob.digest,
+                path.display()
+            ),
+            expected: table
+                .get(n as usize)
+                .map_or_else(|| "no such chunk".into(), hex::encode),
+            actual: detail.clone(),
+        };
+        let outcome = match read {
+            Ok(bytes) => check_chunk(&table, blob, n, &bytes).map(|()| bytes),
+            Err(Error::ShortRead { got, .. }) => {
+                Err(damaged(format!("cut short: {got} of {len} bytes")))
+            }
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            Ok(bytes) => {
+                self.mark_checked(blob, n..n + 1);
+                Ok(Some(Bytes::from(bytes)))
+            }
+            Err(e) => {
+                self.drop_corrupt_complete(store, blob, &e);
+                if self.source.can_fetch() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Takes the table of a complete blob that has none (a cache written by
+    /// an older ocifs, a blob adopted whole, a table of another chunk size)
+    /// by hashing the file whole: stored if the blob checks out, else the
+    /// blob is dropped (`None`, or the error with no network).
+    fn take_table(
+        &self,
+        store: &DiskStore,
+        blob: &Descriptor,
+        f: &File,
+    ) -> Result<Option<Arc<Vec<[u8; 32]>>>> {
+        let cs = self.options.chunk_size;
+        let path = store.blob_path(&blob.digest);
+        let mut hasher = BlobHasher::new(cs);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        loop {
+            let got = crate::fsutil::read_full_at(f, &mut buf, pos)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            if got == 0 {
+                break;
+            }
+            hasher.update(&buf[..got]);
+            pos += got as u64;
+            if pos > blob.size {
+                break;
+            }
+        }
+        let len = hasher.len();
+        let (actual, digests) = hasher.finish();
+        if len != blob.size || actual != blob.digest {
+            let e = Error::DigestMismatch {
+                what: format!(
+                    "blob {} in the cache at {} ({len} bytes, {} expected; dropped)",
+                    blob.digest,
+                    path.display(),
+                    blob.size
+                ),
+                expected: blob.digest.to_string(),
+                actual: actual.to_string(),
+            };
+            self.drop_corrupt_complete(store, blob, &e);
+            return if self.source.can_fetch() {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        if let Err(e) = store.put_table(&blob.digest, cs, blob.size, &digests) {
+            tracing::warn!(digest = %blob.digest, error = %e, "cannot store the chunk digest table");
+        }
+        self.keep_table(blob, cs, digests);
+        self.mark_checked(blob, 0..blob.size.div_ceil(cs));
+        Ok(self.rest_table(blob))
+    }
+
     async fn read_blob(
         self: &Arc<Self>,
         blob: &Descriptor,
@@ -909,8 +1152,7 @@ impl Inner {
         }
         let _pin = self.pin(&blob.digest);
         // Strict without a chunk digest table: the whole blob first.
-        let whole_first =
-            self.options.verify == Verify::Strict && self.table(&blob.digest).is_none();
+        let whole_first = self.options.verify == Verify::Strict && self.table(blob).is_none();
         if whole_first {
             self.ensure_complete(blob).await?;
         }
@@ -1030,11 +1272,21 @@ impl Inner {
                     .source
                     .read_range(blob, start, ((last + 1) * cs).min(blob.size) - start)
                     .await?;
+                // Checked after every read from the layout: its files are
+                // not ours, and may be rewritten in place at any time.
+                let table = self.rest_table(blob);
                 for &n in missing {
                     let a = ((n - first) * cs) as usize;
                     let b = (a + cs as usize).min(bytes.len());
                     if a < b {
-                        found.push((n, bytes.slice(a..b)));
+                        let chunk = bytes.slice(a..b);
+                        if let Some(table) = &table
+                            && let Err(e) = check_chunk(table, blob, n, &chunk)
+                        {
+                            Counters::bump(&self.counters.verify_failures);
+                            return Err(e);
+                        }
+                        found.push((n, chunk));
                     }
                 }
                 Ok(found)
@@ -1152,7 +1404,7 @@ fn write_batch(
     p: &Partial,
     first: u64,
     bytes: &[u8],
-    hasher: &mut crate::digest::Hasher,
+    hasher: &mut BlobHasher,
 ) -> Result<bool> {
     let cs = p.chunk_size as usize;
     let count = bytes.len().div_ceil(cs) as u64;
@@ -1200,7 +1452,7 @@ fn check_chunk(table: &[[u8; 32]], blob: &Descriptor, n: u64, bytes: &[u8]) -> R
         Some(expected) if *expected == actual => Ok(()),
         expected => Err(Error::DigestMismatch {
             what: format!(
-                "chunk {n} of blob {} ({} bytes; checked against the digests taken when it was indexed)",
+                "chunk {n} of blob {} ({} bytes; checked against its chunk digest table)",
                 blob.digest,
                 bytes.len()
             ),

@@ -105,6 +105,10 @@ impl Source for CachedSource {
         true
     }
 
+    fn can_fetch(&self) -> bool {
+        self.inner.is_some()
+    }
+
     async fn manifest(&self, selector: &Selector) -> Result<FetchedManifest> {
         let Some(inner) = &self.inner else {
             return self.answer_from_cache(selector, &self.why_offline);

@@ -8,12 +8,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::{ChunkCache, Inner, join_error};
 use crate::archive::StreamRead;
-use crate::digest::Hasher;
+use crate::digest::BlobHasher;
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::reader::{Counters, Reader as _};
@@ -33,39 +32,14 @@ pub struct Scanned<T> {
 /// A `Read` that hashes what passes: the whole, and each chunk.
 struct Hashing<R> {
     inner: R,
-    whole: Hasher,
-    chunk: Sha256,
-    in_chunk: u64,
-    chunk_size: u64,
-    chunks: Vec<[u8; 32]>,
+    hasher: BlobHasher,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let mut rest = &buf[..n];
-        self.whole.update(rest);
-        while !rest.is_empty() {
-            let take = ((self.chunk_size - self.in_chunk) as usize).min(rest.len());
-            self.chunk.update(&rest[..take]);
-            self.in_chunk += take as u64;
-            rest = &rest[take..];
-            if self.in_chunk == self.chunk_size {
-                self.chunks
-                    .push(std::mem::take(&mut self.chunk).finalize().into());
-                self.in_chunk = 0;
-            }
-        }
+        self.hasher.update(&buf[..n]);
         Ok(n)
-    }
-}
-
-impl<R> Hashing<R> {
-    fn finish(mut self) -> (Hasher, Vec<[u8; 32]>) {
-        if self.in_chunk > 0 {
-            self.chunks.push(self.chunk.finalize().into());
-        }
-        (self.whole, self.chunks)
     }
 }
 
@@ -90,21 +64,17 @@ impl ChunkCache {
         let consumer = tokio::task::spawn_blocking(move || {
             let mut r = Hashing {
                 inner: StreamRead::new(rx),
-                whole: Hasher::new(),
-                chunk: Sha256::new(),
-                in_chunk: 0,
-                chunk_size,
-                chunks: Vec::new(),
+                hasher: BlobHasher::new(chunk_size),
             };
             let value = consume(&mut r);
             // The digest is of the whole blob, whatever the consumer read.
             let _ = io::copy(&mut r, &mut io::sink());
-            (value, r.finish())
+            let len = r.hasher.len();
+            (value, len, r.hasher.finish())
         });
         let produced = self.inner.clone().produce(blob, tx).await;
-        let (value, (hasher, chunk_digests)) = consumer.await.map_err(join_error)?;
+        let (value, len, (actual, chunk_digests)) = consumer.await.map_err(join_error)?;
         produced?;
-        let (len, actual) = (hasher.len(), hasher.finish());
         if len != blob.size || actual != blob.digest {
             Counters::bump(&self.inner.counters.verify_failures);
             return Err(Error::DigestMismatch {

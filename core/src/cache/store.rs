@@ -3,6 +3,7 @@
 //! ```text
 //! ROOT/oci-layout                        so other tools can read ROOT as a layout
 //! ROOT/blobs/sha256/<hex>                complete blobs, verified before they got there
+//! ROOT/chunks/sha256/<hex>               the chunk digest table of a complete blob
 //! ROOT/partial/sha256/<hex>/<gen>/data         a sparse file of the blob's size
 //! ROOT/partial/sha256/<hex>/<gen>/meta         {"size":…, "chunkSize":…}
 //! ROOT/partial/sha256/<hex>/<gen>/have/<n>     empty marker: chunk n of data is written and synced
@@ -43,14 +44,17 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::table;
+use crate::digest::BlobHasher;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::fsutil::{read_full_at, write_all_at};
 use crate::reference::RegistryRef;
 
 /// The store's own directories.
-const STORE_DIRS: [&str; 5] = [
+const STORE_DIRS: [&str; 6] = [
     "blobs/sha256",
+    "chunks/sha256",
     "partial/sha256",
     "index/sha256",
     "refs",
@@ -291,9 +295,37 @@ impl DiskStore {
 
     /// Opens a complete blob for reading, holding a shared lock on it so the
     /// evictor of any process leaves it alone. `None` if it is not complete.
+    ///
+    /// A name under `blobs/` that is not a regular file (a symlink put
+    /// there, say) is removed and taken as absent: it is fetched again.
     pub fn open_complete(&self, digest: &Digest) -> Result<Option<File>> {
         let path = self.blob_path(digest);
-        match File::open(&path) {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+        );
+        let opened = options
+            .open(&path)
+            .and_then(|f| f.metadata().map(|m| (f, m.is_file())));
+        let opened = match opened {
+            Ok((_, false)) => {
+                tracing::warn!(path = %path.display(), "not a regular file in the cache; removed");
+                self.remove(digest);
+                return Ok(None);
+            }
+            Ok((f, true)) => Ok(f),
+            #[cfg(unix)]
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                tracing::warn!(path = %path.display(), "a symlink in the cache; removed");
+                self.remove(digest);
+                return Ok(None);
+            }
+            Err(e) => Err(e),
+        };
+        match opened {
             Ok(f) => {
                 f.lock_shared()
                     .map_err(io_err(|| format!("locking {}", path.display())))?;
@@ -304,6 +336,35 @@ impl DiskStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
         }
+    }
+
+    /// Where the chunk digest table of a complete blob lives.
+    fn table_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("chunks/sha256").join(digest.hex())
+    }
+
+    /// Stores the chunk digest table of `digest` (a blob of `size` bytes),
+    /// taken from bytes that hashed to it.
+    pub fn put_table(
+        &self,
+        digest: &Digest,
+        chunk_size: u64,
+        size: u64,
+        digests: &[[u8; 32]],
+    ) -> Result<()> {
+        self.write_atomic(
+            &self.table_path(digest),
+            &table::encode(chunk_size, size, digests),
+        )
+    }
+
+    /// The stored chunk digest table of `digest` (a blob of `size` bytes):
+    /// its chunk size and digests, if there is one, whole and undamaged.
+    pub fn get_table(&self, digest: &Digest, size: u64) -> Option<(u64, Vec<[u8; 32]>)> {
+        let f = File::open(self.table_path(digest)).ok()?;
+        let mut buf = Vec::new();
+        f.take(table::MAX_ENCODED).read_to_end(&mut buf).ok()?;
+        table::decode(&buf, size)
     }
 
     /// Where the index of layer `digest` lives (`index/sha256/<hex>`):
@@ -476,7 +537,7 @@ impl DiskStore {
             return Ok(());
         }
         let data_path = p.dir.join("data");
-        let mut hasher = Hasher::new();
+        let mut hasher = BlobHasher::new(p.chunk_size);
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0;
         loop {
@@ -489,7 +550,7 @@ impl DiskStore {
             pos += n as u64;
         }
         let len = hasher.len();
-        let actual = hasher.finish();
+        let (actual, digests) = hasher.finish();
         if len != p.size || &actual != digest {
             let _ = fs::remove_dir_all(&p.dir);
             return Err(Error::DigestMismatch {
@@ -504,14 +565,22 @@ impl DiskStore {
         p.data
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
+        self.put_table(digest, p.chunk_size, p.size, &digests)?;
         move_into_place(&data_path, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
     }
 
     /// Moves a partial blob whose digest the caller computed and checked
-    /// while writing it under `blobs/`, without hashing it again.
-    pub fn promote_verified(&self, p: &Partial, digest: &Digest) -> Result<()> {
+    /// while writing it under `blobs/`, without hashing it again; `digests`
+    /// is its chunk digest table (in the partial's chunk size), taken on
+    /// the way, stored first: a complete blob always has its table.
+    pub fn promote_verified(
+        &self,
+        p: &Partial,
+        digest: &Digest,
+        digests: &[[u8; 32]],
+    ) -> Result<()> {
         let final_path = self.blob_path(digest);
         if final_path.is_file() {
             return Ok(());
@@ -520,6 +589,7 @@ impl DiskStore {
         p.data
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
+        self.put_table(digest, p.chunk_size, p.size, digests)?;
         move_into_place(&data_path, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
@@ -530,9 +600,16 @@ impl DiskStore {
         let _ = fs::remove_dir_all(self.partial_dir(digest));
     }
 
+    /// Removes the complete copy of `digest` only (found damaged: its
+    /// table and partial chunks stay).
+    pub fn remove_complete(&self, digest: &Digest) {
+        let _ = fs::remove_file(self.blob_path(digest));
+    }
+
     /// Removes whatever is stored for `digest` (complete and partial).
     pub fn remove(&self, digest: &Digest) {
         let _ = fs::remove_file(self.blob_path(digest));
+        let _ = fs::remove_file(self.table_path(digest));
         let _ = fs::remove_dir_all(self.partial_dir(digest));
     }
 
@@ -679,7 +756,10 @@ impl DiskStore {
             let removed = if b.state == "complete" {
                 let path = self.blob_path(&b.digest);
                 match File::open(&path) {
-                    Ok(f) if f.try_lock().is_ok() => fs::remove_file(&path).is_ok(),
+                    Ok(f) if f.try_lock().is_ok() => {
+                        let _ = fs::remove_file(self.table_path(&b.digest));
+                        fs::remove_file(&path).is_ok()
+                    }
                     _ => false,
                 }
             } else if now.saturating_sub(b.last_used) >= PARTIAL_GRACE.as_secs() {
@@ -717,7 +797,7 @@ impl DiskStore {
             .unwrap_or(false);
             progress(&b.digest, ok);
             if !ok {
-                let _ = fs::remove_file(&path);
+                self.remove(&b.digest);
                 bad.push(b.digest);
             }
         }
@@ -730,6 +810,7 @@ impl DiskStore {
         let freed = self.evict_to(0, &|_| false)?;
         // Layer indexes are derived from blobs: rebuilt when needed.
         let _ = fs::remove_dir_all(self.root.join("index"));
+        let _ = fs::remove_dir_all(self.root.join("chunks"));
         Ok(freed)
     }
 }
@@ -826,8 +907,8 @@ impl Partial {
     }
 
     /// Hashes `[0, end)` of the data file (chunks already present).
-    pub fn hash_prefix(&self, end: u64) -> Result<Hasher> {
-        let mut hasher = Hasher::new();
+    pub fn hash_prefix(&self, end: u64) -> Result<BlobHasher> {
+        let mut hasher = BlobHasher::new(self.chunk_size);
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0;
         while pos < end {

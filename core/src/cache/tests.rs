@@ -13,6 +13,7 @@ use crate::source::{BlobStream, FetchedManifest, Selector};
 struct Fake {
     blobs: HashMap<Digest, Vec<u8>>,
     corrupt: AtomicBool,
+    offline: AtomicBool,
     requests: AtomicU64,
     bytes: AtomicU64,
     delay_ms: u64,
@@ -53,10 +54,19 @@ impl Source for Fake {
     fn is_remote(&self) -> bool {
         true
     }
+    fn can_fetch(&self) -> bool {
+        !self.offline.load(Ordering::SeqCst)
+    }
     async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
         unimplemented!()
     }
     async fn read_range(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        if self.offline.load(Ordering::SeqCst) {
+            return Err(Error::NotCached {
+                what: format!("blob {}", blob.digest),
+                why: "offline".into(),
+            });
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         if self.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
@@ -882,4 +892,180 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     let got = strict.read(&content, 70_000, 10).await.unwrap();
     assert_eq!(&got[..], &blob[70_000..70_010]);
+}
+
+/// Bytes at rest in the cache are checked against the blob's chunk table
+/// before they are served, in every mode, by every later process.
+mod at_rest {
+    use std::os::unix::fs::FileExt as _;
+
+    use super::*;
+
+    const CS: u64 = 64 * 1024;
+
+    /// A blob made complete in the cache by one process; the cache dir.
+    async fn prefetched(verify: Verify) -> (Arc<Fake>, Descriptor, Vec<u8>, tempfile::TempDir) {
+        let blob = data(1_000_000, 77);
+        let (src, d) = Fake::with(&[&blob]);
+        let dir = tempfile::tempdir().unwrap();
+        cache(src.clone(), dir.path(), options(verify))
+            .prefetch(&d[0])
+            .await
+            .unwrap();
+        (src, d[0].clone(), blob, dir)
+    }
+
+    fn blob_file(dir: &std::path::Path, d: &Descriptor) -> std::path::PathBuf {
+        dir.join("blobs/sha256").join(d.digest.hex())
+    }
+
+    fn flip(path: &std::path::Path, at: u64) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_complete_blob_has_its_table_beside_it() {
+        let (_src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let store = DiskStore::open(dir.path()).unwrap();
+        let (cs, table) = store.get_table(&d.digest, d.size).expect("a stored table");
+        assert_eq!(cs, CS);
+        assert_eq!(table.len() as u64, d.size.div_ceil(CS));
+        use sha2::Digest as _;
+        let third: [u8; 32] = sha2::Sha256::digest(&blob[2 * CS as usize..3 * CS as usize]).into();
+        assert_eq!(table[2], third);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_at_rest_is_never_served_and_is_fetched_again() {
+        for verify in [Verify::Strict, Verify::Lazy] {
+            let (src, d, blob, dir) = prefetched(verify).await;
+            flip(&blob_file(dir.path(), &d), 300_000);
+            let before = src.bytes.load(Ordering::SeqCst);
+            // A new process: nothing checked yet.
+            let c = cache(src.clone(), dir.path(), options(verify));
+            let got = c.read(&Content::Blob(d.clone()), 0, d.size).await.unwrap();
+            assert!(got[..] == blob[..], "{verify:?}: wrong bytes served");
+            assert_eq!(c.counters().snapshot().verify_failures, 1, "{verify:?}");
+            let fetched = src.bytes.load(Ordering::SeqCst) - before;
+            assert!(
+                fetched >= CS && fetched <= d.size,
+                "{verify:?}: fetched {fetched}"
+            );
+            // The bad copy is gone; the blob is whole and right again.
+            let again = cache(src.clone(), dir.path(), options(verify));
+            assert!(
+                again
+                    .read(&Content::Blob(d.clone()), 0, d.size)
+                    .await
+                    .unwrap()[..]
+                    == blob[..]
+            );
+            assert_eq!(again.counters().snapshot().verify_failures, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_symlinked_blob_at_rest_is_fetched_again() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let path = blob_file(dir.path(), &d);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(3 << 16)
+            .unwrap();
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let got = c.read(&Content::Blob(d.clone()), 0, d.size).await.unwrap();
+        assert!(got[..] == blob[..]);
+        assert!(path.is_file());
+
+        // A symlink to a file of the same size and bytes but one.
+        let mut other = blob.clone();
+        other[5] ^= 1;
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, &other).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let got = c.read(&Content::Blob(d.clone()), 0, 4096).await.unwrap();
+        assert_eq!(&got[..], &blob[..4096]);
+        // The symlink is gone: the blob was fetched again, a file of its own.
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    }
+
+    #[tokio::test]
+    async fn offline_a_damaged_blob_fails_naming_it() {
+        let (src, d, _blob, dir) = prefetched(Verify::Strict).await;
+        flip(&blob_file(dir.path(), &d), 10);
+        src.offline.store(true, Ordering::SeqCst);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let e = c.read(&Content::Blob(d.clone()), 0, 100).await.unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        assert_eq!(e.exit_code(), crate::error::exit_code::INTEGRITY);
+        assert!(e.to_string().contains(&d.digest.to_string()), "{e}");
+        // Undamaged chunks of another blob are still served offline.
+        assert!(c.backing_file(&d).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_complete_blob_without_a_table_gets_one_once_and_is_checked() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        // As an older ocifs left it: no table.
+        std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let before = src.bytes.load(Ordering::SeqCst);
+        let got = c
+            .read(&Content::Blob(d.clone()), 500_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &blob[500_000..500_010]);
+        assert_eq!(
+            src.bytes.load(Ordering::SeqCst),
+            before,
+            "taken from disk, not fetched"
+        );
+        assert!(
+            DiskStore::open(dir.path())
+                .unwrap()
+                .get_table(&d.digest, d.size)
+                .is_some()
+        );
+        // Damaged and without a table: the whole-blob check catches it.
+        std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
+        flip(&blob_file(dir.path(), &d), 999_000);
+        let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
+        let got = c
+            .read(&Content::Blob(d.clone()), 999_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &blob[999_000..999_010]);
+        assert_eq!(c.counters().snapshot().verify_failures, 1);
+    }
+
+    #[tokio::test]
+    async fn passthrough_gets_only_a_file_checked_in_this_process() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let f = c.backing_file(&d).expect("a checked backing file");
+        let mut all = vec![0; blob.len()];
+        f.read_exact_at(&mut all, 0).unwrap();
+        assert!(all == blob);
+        flip(&blob_file(dir.path(), &d), 700_000);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        assert!(
+            c.backing_file(&d).is_none(),
+            "a damaged file went to the kernel"
+        );
+        assert!(
+            !blob_file(dir.path(), &d).exists(),
+            "the damaged blob stayed"
+        );
+    }
 }

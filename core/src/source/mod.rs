@@ -68,6 +68,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Whether bytes come over a network (and so are worth caching).
     fn is_remote(&self) -> bool;
 
+    /// Whether a blob can be fetched (again) at all: false for a cache
+    /// standing in for a registry it may not ask (`--offline`).
+    fn can_fetch(&self) -> bool {
+        true
+    }
+
     /// The manifest or index under `selector`. A manifest fetched by digest
     /// is checked against it; one fetched by tag is returned with its
     /// computed digest.

@@ -547,3 +547,118 @@ fn a_cache_directory_others_can_write_to_is_refused_naming_the_fix() {
     owner(&cache.join("blobs"), 0);
     cat(&cache).success();
 }
+
+/// Flips one bit of the byte at `at` of a file.
+fn flip_at(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the cached blob");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x04], at).expect("write");
+}
+
+#[test]
+fn bytes_damaged_at_rest_are_never_served_by_cat_or_a_strict_mount() {
+    const AT: usize = 5 * MIB + 123;
+    let fx = Fixture::new(vec![file("big.bin", 8 * MIB, 31)]);
+    let want = &fx.files[0].content;
+    let cache = fx.cache_dir("at-rest");
+    let cache_s = cache.display().to_string();
+    let blob = cache
+        .join("blobs/sha256")
+        .join(sha256_digest(want).trim_start_matches("sha256:"));
+    let prefetch = || {
+        run_ocifs([
+            "prefetch",
+            "--plain-http",
+            "--cache-dir",
+            &cache_s,
+            &fx.reference(),
+        ])
+        .success();
+        assert!(blob.is_file());
+    };
+    prefetch();
+
+    // Offline, cat stops at the damaged chunk: exit 6 naming the blob, and
+    // every byte it wrote is right.
+    flip_at(&blob, AT as u64);
+    let cat = run_ocifs([
+        "cat",
+        "--offline",
+        "--cache-dir",
+        &cache_s,
+        &fx.reference(),
+        "big.bin",
+    ]);
+    cat.code_is(6).stderr_has(&sha256_digest(want));
+    assert!(
+        cat.stdout.len() <= AT,
+        "wrote {} bytes, past the damage",
+        cat.stdout.len()
+    );
+    assert!(
+        cat.stdout[..] == want[..cat.stdout.len()],
+        "wrote wrong bytes"
+    );
+
+    // Online, the damaged chunk is fetched again and the read succeeds;
+    // the same for a truncated blob.
+    for damage in ["flip", "truncate"] {
+        prefetch();
+        match damage {
+            "flip" => flip_at(&blob, AT as u64),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&blob)
+                .and_then(|f| f.set_len(3 * MIB as u64))
+                .expect("truncate"),
+        }
+        fx.proxy.reset();
+        let cat = run_ocifs([
+            "cat",
+            "--plain-http",
+            "--cache-dir",
+            &cache_s,
+            &fx.reference(),
+            "big.bin",
+        ]);
+        assert!(
+            cat.success().stdout == *want,
+            "{damage}: wrong bytes from cat"
+        );
+        let fetched = fx.proxy.blob_bytes();
+        // Strict mode has only the whole-blob digest to check a fetch
+        // against: the blob is fetched again, once.
+        assert!(
+            fetched > 0 && fetched <= want.len() as u64,
+            "{damage}: fetched {fetched} bytes again"
+        );
+    }
+
+    // A strict mount, with passthrough and without, serves the right bytes
+    // of a blob damaged before it started.
+    for extra in [&[][..], &["--no-passthrough"][..]] {
+        prefetch();
+        flip_at(&blob, AT as u64);
+        let mut args = vec!["--plain-http", "--cache-dir", &cache_s];
+        args.extend_from_slice(extra);
+        let mounted = ocifs_tests::Mounted::new(&fx.reference(), &args);
+        let got = std::fs::read(mounted.path("big.bin")).expect("read through the mount");
+        assert!(
+            got == *want,
+            "{extra:?}: the mount served damaged bytes\n{}",
+            mounted.log()
+        );
+        assert!(
+            mounted.log().contains("failed its check"),
+            "{}",
+            mounted.log()
+        );
+        mounted.unmount();
+    }
+}

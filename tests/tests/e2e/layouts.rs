@@ -303,3 +303,48 @@ fn a_layout_blob_that_is_a_fifo_or_of_the_wrong_size_is_refused_without_hanging(
         .code_is(7)
         .stderr_has("is 5 bytes");
 }
+
+#[test]
+fn a_strict_mount_of_a_layout_never_serves_a_blob_changed_after_its_check() {
+    const MIB: usize = 1 << 20;
+    let tmp = temp_dir();
+    let dir = tmp.path().join("layout");
+    let mut layout = OciLayoutBuilder::new(&dir);
+    let content = ocifs_tests::random_bytes(4 * MIB, 0x1a7);
+    let layer = layout.file("big.bin", &content);
+    let manifest = layout.artifact_manifest(ARTIFACT_TYPE, &[layer], &BTreeMap::new());
+    layout.add(&manifest, Some("v1"));
+    let blob = dir.join("blobs/sha256").join(sha256_hex(&content));
+    let mounted = ocifs_tests::Mounted::new(&oci(&dir, ":v1"), &[]);
+    let file = std::fs::File::open(mounted.path("big.bin")).expect("open");
+    let read = |offset: usize| {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; MIB];
+        file.read_exact_at(&mut buf, offset as u64).map(|()| buf)
+    };
+    // Checked whole on the first read.
+    assert!(read(0).expect("first MiB") == content[..MIB]);
+
+    // Rewritten in place: the chunk read from disk fails its check (EIO).
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&blob)
+            .expect("open blob");
+        f.write_all_at(b"EVIL", (2 * MIB + 10) as u64)
+            .expect("rewrite");
+    }
+    let e = read(2 * MIB).expect_err("a rewritten chunk was served");
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+
+    // Another file renamed over it: the mount keeps reading the file it
+    // checked, so its bytes stay right where they were not rewritten.
+    let other = ocifs_tests::random_bytes(4 * MIB, 0xbad);
+    let swap = dir.join("swap");
+    std::fs::write(&swap, &other).expect("write");
+    std::fs::rename(&swap, &blob).expect("rename over the blob");
+    assert!(read(3 * MIB).expect("last MiB") == content[3 * MIB..]);
+    drop(file);
+    drop(mounted);
+}
