@@ -211,6 +211,23 @@ impl ChunkCache {
             });
         }
         let store = store.filter(|_| source.is_remote());
+        let mut options = options;
+        // Never a budget the filesystem cannot hold: at most nine tenths of
+        // what the cache holds plus what is free.
+        if let Some(s) = &store
+            && let Some(free) = s.available()
+        {
+            let room = s.usage()?.saturating_add(free);
+            let cap = room - room / 10;
+            if cap < options.disk_budget {
+                tracing::info!(
+                    budget = options.disk_budget,
+                    cap,
+                    "cache budget capped by the filesystem's free space"
+                );
+                options.disk_budget = cap;
+            }
+        }
         let disk_usage = match &store {
             // Over budget (processes that ended while their blobs were in
             // use could not evict them): trimmed now, before anything of
@@ -631,11 +648,30 @@ impl Inner {
                     }
                 }
             }
-            let writing = partial.clone();
-            let written =
-                tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
-                    .await
-                    .map_err(join_error)?;
+            let mut written = Ok(());
+            let mut full = false;
+            for attempt in 0..2 {
+                let (writing, bytes) = (partial.clone(), bytes.clone());
+                written =
+                    tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
+                        .await
+                        .map_err(join_error)?;
+                match (&written, &self.store) {
+                    (Err(e), Some(store)) if is_disk_full(e) => {
+                        if attempt == 0 {
+                            tracing::warn!(digest = %blob.digest, "the cache's filesystem is full; evicting and trying again");
+                            self.evict_for(store, end - offset).await;
+                            continue;
+                        }
+                        // Its chunks would only hold the disk full.
+                        store.drop_partial(&blob.digest);
+                        written = Err(disk_full(store, &blob, e));
+                        full = true;
+                    }
+                    _ => {}
+                }
+                break;
+            }
             if let Err(e) = written {
                 // The partial blob may have been promoted by another process.
                 if self
@@ -647,6 +683,13 @@ impl Inner {
                 }
                 // Its directory may have been removed: start afresh next time.
                 self.forget_partial(&blob.digest);
+                if partial.is_gone() && !full {
+                    // Removed under this write (promoted by another process
+                    // and then evicted, or evicted): nothing was marked, and
+                    // the read looks again, in a new generation.
+                    tracing::debug!(digest = %blob.digest, "partial blob removed while writing into it");
+                    return Ok(());
+                }
                 return Err(e);
             }
             self.disk_usage.fetch_add(end - offset, Ordering::Relaxed);
@@ -693,14 +736,33 @@ impl Inner {
             if store.has_complete(&b.digest) {
                 return Ok(());
             }
-            let partial = inner.partial(&store, &b)?;
-            // One process streams a blob at a time; another waiting here
-            // finds it complete when it gets the lock.
-            let locking = partial.clone();
-            let lock = tokio::task::spawn_blocking(move || locking.lock_stream()).await.map_err(join_error)??;
-            let result = if store.has_complete(&b.digest) { Ok(()) } else { inner.stream_whole(&store, &b, &partial).await };
-            drop(lock);
-            inner.forget_partial(&b.digest);
+            let mut result = Ok(());
+            // A full filesystem: what is not in use is evicted and the
+            // stream tried once more; a stream that still fails leaves none
+            // of its chunks behind (they would only hold the disk full).
+            for attempt in 0..2 {
+                let partial = inner.partial(&store, &b)?;
+                // One process streams a blob at a time; another waiting here
+                // finds it complete when it gets the lock.
+                let locking = partial.clone();
+                let lock = tokio::task::spawn_blocking(move || locking.lock_stream()).await.map_err(join_error)??;
+                result = if store.has_complete(&b.digest) { Ok(()) } else { inner.stream_whole(&store, &b, &partial).await };
+                drop(lock);
+                inner.forget_partial(&b.digest);
+                match &result {
+                    Err(e) if is_disk_full(e) => {
+                        store.drop_partial(&b.digest);
+                        if attempt == 0 {
+                            tracing::warn!(digest = %b.digest, "the cache's filesystem is full; evicting and trying again");
+                            inner.evict_for(&store, b.size).await;
+                            continue;
+                        }
+                        result = Err(disk_full(&store, &b, e));
+                    }
+                    _ => {}
+                }
+                break;
+            }
             match &result {
                 Ok(()) => Counters::bump(&inner.counters.blobs_verified),
                 Err(e @ Error::DigestMismatch { .. }) => {
@@ -932,6 +994,27 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Evicts what is not in use (partial blobs first) until `room` more
+    /// bytes would fit in the budget: after the filesystem said it is full.
+    async fn evict_for(self: &Arc<Self>, store: &Arc<DiskStore>, room: u64) {
+        let inner = self.clone();
+        let s = store.clone();
+        let target = self.options.disk_budget.saturating_sub(room);
+        let done = tokio::task::spawn_blocking(move || {
+            let freed = s.evict_to(target, &|d| inner.is_pinned(d));
+            inner
+                .disk_usage
+                .store(s.usage().unwrap_or(0), Ordering::Relaxed);
+            freed
+        })
+        .await;
+        match done {
+            Ok(Ok(freed)) => tracing::info!(freed, "evicted for room"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache eviction failed"),
+            Err(e) => tracing::warn!(error = %e, "cache eviction task failed"),
         }
     }
 
@@ -1459,6 +1542,37 @@ fn check_chunk(table: &[[u8; 32]], blob: &Descriptor, n: u64, bytes: &[u8]) -> R
             expected: expected.map_or_else(|| "no such chunk".into(), hex::encode),
             actual: hex::encode(actual),
         }),
+    }
+}
+
+/// Whether an error is the cache's filesystem being full (or over quota).
+fn is_disk_full(e: &Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)))
+        || matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+}
+
+/// The error for a blob that does not fit in the cache's filesystem even
+/// after eviction: names the blob, the filesystem's room and what to do.
+fn disk_full(store: &DiskStore, blob: &Descriptor, e: &Error) -> Error {
+    let source = match e {
+        Error::Io { source, .. } => source.clone(),
+        _ => Arc::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+    };
+    let free = store
+        .available()
+        .map_or_else(|| "unknown".to_owned(), |b| format!("{} MiB", b >> 20));
+    Error::Io {
+        context: format!(
+            "caching blob {} ({} bytes) in {}: the cache's filesystem is full even after \
+             evicting what is not in use ({free} free); give a cache with more room \
+             (--cache-dir) or a smaller --cache-max-size",
+            blob.digest,
+            blob.size,
+            store.root().display()
+        ),
+        source,
     }
 }
 

@@ -203,6 +203,20 @@ impl DiskStore {
         })
     }
 
+    /// Bytes free for an unprivileged user on the store's filesystem, where
+    /// that can be known.
+    pub fn available(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let st = rustix::fs::statvfs(&self.root).ok()?;
+            Some(st.f_bavail.saturating_mul(st.f_frsize))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -741,7 +755,9 @@ impl DiskStore {
         if total <= budget {
             return Ok(freed_first);
         }
-        blobs.sort_by_key(|b| b.last_used);
+        // Partial blobs first (they are of no use until complete), then
+        // complete ones, least recently used first.
+        blobs.sort_by_key(|b| (b.state != "partial", b.last_used));
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

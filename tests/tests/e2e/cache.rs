@@ -662,3 +662,91 @@ fn bytes_damaged_at_rest_are_never_served_by_cat_or_a_strict_mount() {
         mounted.unmount();
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    fn new(size: &str) -> Self {
+        let dir = temp_dir();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs failed");
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes used on it.
+    fn used(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["--output=used", "-B1"])
+            .arg(self.dir.path())
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df output")
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_cache_filesystem_fails_clearly_and_does_not_stay_full() {
+    let fx = Fixture::new(vec![
+        file("big.bin", 64 * MIB, 41),
+        file("small.bin", MIB, 42),
+    ]);
+    let fs = SmallFs::new("20m");
+    let cache = fs.path().join("cache").display().to_string();
+    let cat = |verify: &str, name: &str| {
+        run_ocifs([
+            "cat",
+            "--plain-http",
+            "--verify",
+            verify,
+            "--cache-dir",
+            &cache,
+            &fx.reference(),
+            name,
+        ])
+    };
+    for verify in ["strict", "lazy"] {
+        let out = cat(verify, "big.bin");
+        assert_ne!(out.code(), Some(0), "{verify}: {out}");
+        out.stderr_has("the cache's filesystem is full")
+            .stderr_has("No space left on device");
+        // No chunk of the failed fetch is left holding the disk.
+        assert!(
+            fs.used() < 4 * MIB as u64,
+            "{verify}: {} bytes left on the cache's filesystem",
+            fs.used()
+        );
+        // Every later command works.
+        let out = cat(verify, "small.bin");
+        assert!(out.success().stdout == fx.files[1].content, "{verify}");
+    }
+}

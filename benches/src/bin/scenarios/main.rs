@@ -313,6 +313,32 @@ fn mount_scenarios(
             Some(local_rate),
         ));
     }
+    // The cost of checking bytes at rest: the first read of a process checks
+    // each chunk against the blob's table; a second read in the same mount
+    // (memory tier kept small, so the bytes come from disk again) finds them
+    // checked already and hashes nothing.
+    mount(
+        host,
+        "bench/big:v1",
+        &mnt,
+        &cache,
+        &["--no-passthrough", "--memory-cache-size", "1M"],
+    );
+    for tool in [
+        "ocifs mount, no passthrough, 1M memory tier, chunks checked at rest",
+        "ocifs mount, no passthrough, 1M memory tier, chunks checked already",
+    ] {
+        drop_page_cache();
+        let d = read_all(&file);
+        rows.push(Row::new(
+            scenario.clone(),
+            tool,
+            mbps(size, d),
+            "MB/s",
+            Some(local_rate),
+        ));
+    }
+    umount(&mnt);
 }
 
 /// 16 files read at once, each by its own reader: curl vs a mount.
