@@ -468,6 +468,7 @@ pub async fn cache(args: CacheCmdArgs) -> anyhow::Result<()> {
             println!("freed {freed} bytes; {} bytes remain", store.usage()?);
         }
         CacheCommand::Verify => {
+            store.settle_partials(|d, what| println!("{d}: {what}"))?;
             let bad = store.verify_all(|d, ok| {
                 if !ok {
                     eprintln!("ocifs: {d}: digest mismatch, removed");

@@ -322,6 +322,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     let stats = mount.stats();
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
+    opened.cache.close();
     if args.source.stats {
         // Not eprintln!: a daemon's stderr may be a closed pipe.
         let mut err = std::io::stderr();
@@ -354,6 +355,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     tokio::signal::ctrl_c().await?;
     mount.stop()?;
+    opened.cache.close();
     Ok(())
 }
 

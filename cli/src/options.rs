@@ -228,6 +228,12 @@ pub struct SourceArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub memory_cache_size: u64,
 
+    /// With --verify lazy: fetch a blob up to this size whole in the
+    /// background after its first read, so it is checked soon (and drop one
+    /// not completed when the process ends); 0 turns it off.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub background_fetch_max: u64,
+
     /// Print the read counters (hits, misses, bytes fetched) to stderr at exit.
     #[arg(long)]
     pub stats: bool,
@@ -351,6 +357,7 @@ impl SourceArgs {
             memory_budget: self.memory_cache_size,
             disk_budget: self.cache.cache_max_size,
             verify: self.verify,
+            background_fetch_max: self.background_fetch_max,
             ..CacheOptions::default()
         };
         let cache = ChunkCache::new(source.clone(), store, options)?;

@@ -75,6 +75,12 @@ pub struct CacheOptions {
     pub parallel_requests: usize,
     /// Range requests in flight at once for one blob being completed.
     pub parallel_per_blob: usize,
+    /// In lazy mode, a blob up to this size is fetched whole in the
+    /// background after its first read, so it gets its whole-blob check
+    /// soon; one the process could not complete is dropped when the
+    /// process ends, so no unchecked chunk of it outlives the process.
+    /// 0 turns both off.
+    pub background_fetch_max: u64,
 }
 
 impl Default for CacheOptions {
@@ -88,6 +94,7 @@ impl Default for CacheOptions {
             readahead_max: 8 << 20,
             parallel_requests: 8,
             parallel_per_blob: 4,
+            background_fetch_max: 64 << 20,
         }
     }
 }
@@ -142,6 +149,10 @@ struct Inner {
     /// The chunks of complete blobs this process has read from disk and
     /// checked against their table (a bitmap per blob).
     checked: Mutex<HashMap<Digest, Vec<u64>>>,
+    /// Small blobs this process fetched chunks of in lazy mode (see
+    /// `CacheOptions::background_fetch_max`), and whether their background
+    /// completion is running.
+    lazy_small: Mutex<HashMap<Digest, bool>>,
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
@@ -196,7 +207,21 @@ const WHOLE: u64 = u64::MAX;
 /// would wait out the whole `--timeout` twice.
 const FAILED_FETCH_GRACE: Duration = Duration::from_secs(1);
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.drop_unchecked_small();
+    }
+}
+
 impl ChunkCache {
+    /// Ends this process's use of the cache: the small blobs it read
+    /// lazily and could not complete are dropped (see
+    /// [`CacheOptions::background_fetch_max`]). Also done when the last
+    /// handle on the cache is dropped.
+    pub fn close(&self) {
+        self.inner.drop_unchecked_small();
+    }
+
     /// A cache over `source`. `store` is the disk tier; it is used only for
     /// remote sources (a local layout is already on disk).
     pub fn new(
@@ -263,6 +288,7 @@ impl ChunkCache {
                 tables: Mutex::new(HashMap::new()),
                 own_tables: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
+                lazy_small: Mutex::new(HashMap::new()),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
@@ -1298,8 +1324,10 @@ impl Inner {
             self.counters
                 .misses
                 .fetch_add(still.len() as u64, Ordering::Relaxed);
+            self.note_lazy_small(blob);
             self.fetch_chunks(blob, &partial, wanted).await?;
             self.after_lazy_fetch(&store, blob, &partial);
+            self.complete_in_background(blob);
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (n, chunk) in (c0..=c1).zip(chunks) {
@@ -1406,6 +1434,84 @@ impl Inner {
                 bad.insert(blob.digest.clone(), e);
             }
         });
+    }
+
+    /// Records a small blob whose chunks this process fetches unchecked
+    /// (lazy mode), to be completed or dropped.
+    fn note_lazy_small(&self, blob: &Descriptor) {
+        let max = self.options.background_fetch_max;
+        if self.options.verify == Verify::Lazy
+            && max > 0
+            && blob.size <= max
+            && let Ok(mut l) = self.lazy_small.lock()
+        {
+            l.entry(blob.digest.clone()).or_insert(false);
+        }
+    }
+
+    /// Fetches the rest of a small blob read lazily, in the background (once
+    /// at a time per blob), so the whole-blob check runs soon: a blob that
+    /// fails it is dropped with every chunk it had.
+    fn complete_in_background(self: &Arc<Self>, blob: &Descriptor) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let start = self
+            .lazy_small
+            .lock()
+            .is_ok_and(|mut l| match l.get_mut(&blob.digest) {
+                Some(running) if !*running => {
+                    *running = true;
+                    true
+                }
+                _ => false,
+            });
+        if !start {
+            return;
+        }
+        let inner = self.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            let _pin = inner.pin(&blob.digest);
+            let result: Result<()> = async {
+                if store.has_complete(&blob.digest) {
+                    return Ok(());
+                }
+                let partial = inner.partial(&store, &blob)?;
+                let wanted: Vec<u64> = (0..blob.size.div_ceil(partial.chunk_size))
+                    .filter(|c| !partial.has(*c))
+                    .collect();
+                if !wanted.is_empty() {
+                    inner.fetch_chunks(&blob, &partial, wanted).await?;
+                }
+                inner.after_lazy_fetch(&store, &blob, &partial);
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(digest = %blob.digest, error = %e, "background completion failed");
+            }
+            if let Ok(mut l) = inner.lazy_small.lock()
+                && let Some(running) = l.get_mut(&blob.digest)
+            {
+                *running = false;
+            }
+        });
+    }
+
+    /// Drops the partial chunks of the small blobs this process read lazily
+    /// and did not complete: they were never checked, and must not outlive
+    /// the process that fetched them (a later process would serve them).
+    fn drop_unchecked_small(&self) {
+        let (Some(store), Ok(mut small)) = (&self.store, self.lazy_small.lock()) else {
+            return;
+        };
+        for (digest, _) in small.drain() {
+            if !store.has_complete(&digest) {
+                tracing::debug!(%digest, "dropping the unchecked chunks of a small blob not completed");
+                store.drop_partial(&digest);
+            }
+        }
     }
 
     /// Sequential reads grow a read-ahead window, fetched in the background.

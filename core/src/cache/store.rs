@@ -821,6 +821,55 @@ impl DiskStore {
         Ok(bad)
     }
 
+    /// Settles every partial blob not written to in the last minute (one
+    /// being fetched right now is left alone): one with all its chunks is
+    /// hashed and promoted, or dropped on a mismatch; one with chunks
+    /// missing is dropped, since its chunks were never checked. `report`
+    /// is told each blob and what became of it.
+    pub fn settle_partials(&self, mut report: impl FnMut(&Digest, &str)) -> Result<()> {
+        let now = SystemTime::now();
+        for b in self.list()?.into_iter().filter(|b| b.state == "partial") {
+            let container = self.partial_dir(&b.digest);
+            if self.has_complete(&b.digest) {
+                let _ = fs::remove_dir_all(&container);
+                report(&b.digest, "partial copy of a complete blob, removed");
+                continue;
+            }
+            let recent = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(b.last_used)
+                < PARTIAL_GRACE.as_secs();
+            if recent {
+                report(
+                    &b.digest,
+                    "partial, in use (written in the last minute), left",
+                );
+                continue;
+            }
+            match self.open_generation(&container, b.size) {
+                Some(p) if p.is_complete() => match self.promote(&p, &b.digest) {
+                    Ok(()) => report(
+                        &b.digest,
+                        "partial with every chunk, verified and completed",
+                    ),
+                    Err(e) => report(&b.digest, &format!("partial, dropped: {e}")),
+                },
+                _ => {
+                    let _ = fs::remove_dir_all(&container);
+                    report(
+                        &b.digest,
+                        &format!(
+                            "partial, dropped: {} of {} bytes present, never checked",
+                            b.present, b.size
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes everything (`cache prune --all`), except blobs in use.
     pub fn clear(&self) -> Result<u64> {
         let freed = self.evict_to(0, &|_| false)?;

@@ -12,8 +12,8 @@ use ocifs_core::cache::{CacheOptions, ChunkCache, DiskStore};
 use ocifs_core::view::Content;
 use ocifs_core::{Descriptor, Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
 use ocifs_tests::{
-    CountingProxy, Registry, RegistryAuth, ThrottleBlobs, ocifs, random_bytes, run_ocifs,
-    sha256_digest, temp_dir,
+    CountingProxy, Disposition, HookFn, Registry, RegistryAuth, RequestInfo, ThrottleBlobs, ocifs,
+    random_bytes, run_ocifs, sha256_digest, temp_dir,
 };
 use proptest::test_runner::{Config, TestRunner};
 use tempfile::TempDir;
@@ -749,4 +749,117 @@ fn a_full_cache_filesystem_fails_clearly_and_does_not_stay_full() {
         let out = cat(verify, "small.bin");
         assert!(out.success().stdout == fx.files[1].content, "{verify}");
     }
+}
+
+#[test]
+fn a_corrupt_chunk_read_lazily_does_not_outlive_the_mount() {
+    use std::os::unix::fs::FileExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fx = Fixture::new(vec![file("small.bin", 4 * MIB, 51)]);
+    let want = &fx.files[0].content;
+    let cache = fx.cache_dir("lazy-bad").display().to_string();
+    // The registry's first answer for the blob has a flipped bit.
+    let gets = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&gets);
+    fx.proxy
+        .set_hook(Some(Arc::new(HookFn(move |r: &RequestInfo| {
+            if r.is_blob_get() && counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                Disposition::FlipBits {
+                    at: 100,
+                    mask: 0x10,
+                }
+            } else {
+                Disposition::Forward
+            }
+        }))));
+    let read_first_page = |extra: &[&str]| {
+        let mut args = vec!["--plain-http", "--verify", "lazy", "--cache-dir", &cache];
+        args.extend_from_slice(extra);
+        let mounted = ocifs_tests::Mounted::new(&fx.reference(), &args);
+        let f = std::fs::File::open(mounted.path("small.bin")).expect("open");
+        let mut page = vec![0u8; 4096];
+        f.read_exact_at(&mut page, 0).expect("read");
+        drop(f);
+        // Unmounted at once: the background completion may not have run.
+        mounted.unmount();
+        page
+    };
+    let bad = read_first_page(&[]);
+    assert_ne!(bad[..], want[..4096], "the fault did not reach the reader");
+    fx.proxy.set_hook(None);
+    // A later lazy mount of the same digest, from an honest registry.
+    let good = read_first_page(&[]);
+    assert!(
+        good[..] == want[..4096],
+        "a chunk the bad registry sent was served again"
+    );
+    assert!(gets.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn cache_verify_completes_or_drops_partial_blobs_and_says_which() {
+    let fx = Fixture::new(vec![file("a.bin", 3 * MIB, 61), file("b.bin", 3 * MIB, 62)]);
+    let cache = fx.cache_dir("settle");
+    let cache_s = cache.display().to_string();
+    let lazy_cat = |name: &str| {
+        run_ocifs([
+            "cat",
+            "--plain-http",
+            "--verify",
+            "lazy",
+            "--background-fetch-max",
+            "0",
+            "--cache-dir",
+            &cache_s,
+            &fx.reference(),
+            name,
+        ])
+        .success();
+    };
+    // a.bin read whole: every chunk present, never promoted (made partial
+    // again below); b.bin: only some chunks.
+    lazy_cat("a.bin");
+    let a = sha256_digest(&fx.files[0].content);
+    let b = sha256_digest(&fx.files[1].content);
+    let a_hex = a.trim_start_matches("sha256:");
+    let b_hex = b.trim_start_matches("sha256:");
+    let store = DiskStore::open(&cache).expect("store");
+    store.remove(&a.parse().expect("digest"));
+    // b: a partial with one chunk of three.
+    let partial = store
+        .partial(&b.parse().expect("digest"), 3 * MIB as u64, MIB as u64)
+        .expect("partial");
+    partial
+        .write_chunks(0, &fx.files[1].content[..MIB], true)
+        .expect("write");
+    // a: a partial with every chunk.
+    let partial_a = store
+        .partial(&a.parse().expect("digest"), 3 * MIB as u64, MIB as u64)
+        .expect("partial");
+    partial_a
+        .write_chunks(0, &fx.files[0].content, true)
+        .expect("write");
+    // Both written over a minute ago (a fetch in progress is left alone).
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    for hex in [a_hex, b_hex] {
+        for g in std::fs::read_dir(cache.join("partial/sha256").join(hex))
+            .expect("gens")
+            .flatten()
+        {
+            if let Ok(f) = std::fs::File::options()
+                .write(true)
+                .open(g.path().join("data"))
+            {
+                f.set_modified(old).expect("mtime");
+            }
+        }
+    }
+    let out = run_ocifs(["cache", "verify", "--cache-dir", &cache_s]);
+    out.success()
+        .stdout_has(&format!(
+            "{a}: partial with every chunk, verified and completed"
+        ))
+        .stdout_has(&format!("{b}: partial, dropped"));
+    assert!(cache.join("blobs/sha256").join(a_hex).is_file());
+    assert!(!cache.join("partial/sha256").join(b_hex).exists());
 }
