@@ -107,6 +107,9 @@ fn options(verify: Verify) -> CacheOptions {
         verify,
         max_request: 1 << 20,
         readahead_max: 256 * 1024,
+        // The lazy read path itself, chunk by chunk: no background
+        // completion (tested on its own).
+        background_fetch_max: 0,
         ..CacheOptions::default()
     }
 }
@@ -1067,5 +1070,95 @@ mod at_rest {
             !blob_file(dir.path(), &d).exists(),
             "the damaged blob stayed"
         );
+    }
+}
+
+/// Lazy mode completes small blobs in the background, and drops what it
+/// could not complete when the process ends.
+mod background {
+    use super::*;
+
+    fn with_background(max: u64) -> CacheOptions {
+        CacheOptions {
+            background_fetch_max: max,
+            ..options(Verify::Lazy)
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{what} did not happen in 10 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_blob_read_lazily_is_completed_and_checked_in_the_background() {
+        let blob = data(600_000, 91);
+        let (src, d) = Fake::with(&[&blob]);
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(src.clone(), dir.path(), with_background(1 << 20));
+        let got = c.read(&Content::Blob(d[0].clone()), 10, 100).await.unwrap();
+        assert_eq!(&got[..], &blob[10..110]);
+        let store = DiskStore::open(dir.path()).unwrap();
+        until("completion", || store.has_complete(&d[0].digest)).await;
+        assert_eq!(src.bytes.load(Ordering::SeqCst), 600_000);
+        assert_eq!(c.counters().snapshot().blobs_verified, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_blob_that_fails_in_the_background_is_dropped_with_its_chunks() {
+        let blob = data(600_000, 92);
+        let (src, d) = Fake::with(&[&blob]);
+        src.corrupt.store(true, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(src.clone(), dir.path(), with_background(1 << 20));
+        let _ = c.read(&Content::Blob(d[0].clone()), 0, 100).await.unwrap();
+        let partial = dir.path().join("partial/sha256").join(d[0].digest.hex());
+        let chunks_left = || {
+            std::fs::read_dir(&partial)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with('g'))
+                })
+                .unwrap_or(false)
+        };
+        until("the drop", || {
+            !chunks_left() && c.counters().snapshot().verify_failures > 0
+        })
+        .await;
+        assert!(
+            !DiskStore::open(dir.path())
+                .unwrap()
+                .has_complete(&d[0].digest)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unchecked_chunks_of_a_small_blob_not_completed_end_with_the_process() {
+        let small = data(600_000, 93);
+        let large = data(3_000_000, 94);
+        let (src, d) = Fake::with(&[&small, &large]);
+        let dir = tempfile::tempdir().unwrap();
+        // Background completion cannot keep up: every request is slow.
+        let src = Arc::new(Fake {
+            blobs: src.blobs.clone(),
+            delay_ms: 300,
+            ..Fake::default()
+        });
+        let c = cache(src.clone(), dir.path(), with_background(1 << 20));
+        c.read(&Content::Blob(d[0].clone()), 0, 100).await.unwrap();
+        c.read(&Content::Blob(d[1].clone()), 0, 100).await.unwrap();
+        c.close();
+        let partials = dir.path().join("partial/sha256");
+        assert!(
+            !partials.join(d[0].digest.hex()).exists(),
+            "the small blob's unchecked chunks outlived the process"
+        );
+        // A blob over the limit keeps lazy's contract: its chunks stay.
+        assert!(partials.join(d[1].digest.hex()).exists());
     }
 }

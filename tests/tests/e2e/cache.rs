@@ -78,6 +78,8 @@ impl Fixture {
         let store = Arc::new(DiskStore::open(dir).expect("store"));
         let options = CacheOptions {
             verify,
+            // Requests counted chunk by chunk: no background completion.
+            background_fetch_max: 0,
             ..CacheOptions::default()
         };
         ChunkCache::new(Arc::new(source), Some(store), options).expect("cache")

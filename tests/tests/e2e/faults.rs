@@ -234,7 +234,17 @@ fn a_thousand_random_reads_under_transient_faults_are_right_lazy() {
     // Small chunks: more chunks to miss, more requests to fault.
     let mount = fx.mount(
         "lazy",
-        &["--verify", "lazy", "--chunk-size", "64K", "--timeout", "30"],
+        // Chunk by chunk, as a large blob is read: no background completion.
+        &[
+            "--verify",
+            "lazy",
+            "--background-fetch-max",
+            "0",
+            "--chunk-size",
+            "64K",
+            "--timeout",
+            "30",
+        ],
     );
     fx.proxy.reset();
     fx.proxy.set_hook(Some(Arc::new(RandomFaults::new(

@@ -261,7 +261,7 @@ fn a_lazy_read_of_one_zip_entry_fetches_the_directory_and_that_entry() {
     let entry = "linux-amd64/host-local";
     let compressed = compressed_size(&packages.zip(), entry);
     let original = std::fs::read(cni_dir().join("host-local")).expect("read");
-    let cat = |verify: &str| {
+    let cat_with = |verify: &str, background: &str| {
         proxy.reset();
         let out = run_ocifs([
             "cat",
@@ -269,6 +269,8 @@ fn a_lazy_read_of_one_zip_entry_fetches_the_directory_and_that_entry() {
             "--expand",
             "--verify",
             verify,
+            "--background-fetch-max",
+            background,
             "--chunk-size",
             "64K",
             &reference,
@@ -278,6 +280,7 @@ fn a_lazy_read_of_one_zip_entry_fetches_the_directory_and_that_entry() {
         assert!(out.stdout == original, "{verify}: host-local differs");
         proxy.blob_bytes()
     };
+    let cat = |verify: &str| cat_with(verify, "0");
 
     // Lazy: the end records and directory (a 64 KiB chunk or three) and the
     // entry's chunks, not the other entries.
