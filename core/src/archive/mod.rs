@@ -51,8 +51,11 @@ use crate::manifest::{Descriptor, annotation};
 use crate::reader::Reader;
 use crate::view::Content;
 
-/// Entries in one package, at most.
+/// Entries in one package, at most: refused as soon as it is known (a
+/// zip's end record declares its count; a tar stops being walked there).
 pub const MAX_ENTRIES: usize = 1_000_000;
+/// Problems (entries left out) listed one by one; the rest are counted.
+pub const MAX_PROBLEMS: usize = 1000;
 /// The largest zip central directory read.
 pub const MAX_CENTRAL_DIRECTORY: u64 = 64 << 20;
 /// The largest ratio of an entry's (or a compressed tar's) size to its
@@ -143,8 +146,8 @@ pub(crate) fn package_name(blob: &Descriptor) -> String {
 /// directory says of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZipEntry {
-    /// The zip layer.
-    pub blob: Descriptor,
+    /// The zip layer (one allocation shared by all its entries).
+    pub blob: Arc<Descriptor>,
     /// The entry's name in the archive.
     pub name: String,
     /// Offset of its local file header in the blob.
@@ -171,8 +174,8 @@ pub enum ZipMethod {
 /// A file in a tar layer: where its bytes are in the uncompressed stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TarEntry {
-    /// The tar layer.
-    pub blob: Descriptor,
+    /// The tar layer (one allocation shared by all its entries).
+    pub blob: Arc<Descriptor>,
     /// The entry's name in the archive.
     pub name: String,
     /// How the stream is compressed.
@@ -233,6 +236,14 @@ pub async fn index(reader: &dyn Reader, blob: &Descriptor, format: Format) -> Re
             None,
             format!("more than {MAX_ENTRIES} entries"),
         ));
+    }
+    let mut index = index;
+    if index.problems.len() > MAX_PROBLEMS {
+        let more = index.problems.len() - MAX_PROBLEMS;
+        index.problems.truncate(MAX_PROBLEMS);
+        index
+            .problems
+            .push(format!("and {more} more entries left out"));
     }
     Ok(index)
 }
@@ -337,7 +348,7 @@ impl EntryReader {
             }
             Content::Tar(e) => {
                 if e.compression == Compression::None {
-                    let blob = Content::Blob(e.blob.clone());
+                    let blob = Content::Blob((*e.blob).clone());
                     return blobs.read(&blob, e.offset + offset, end - offset).await;
                 }
                 if e.size > DECODE_WHOLE_MAX {

@@ -230,16 +230,28 @@ fn walk<R: Read>(
     blob: &Descriptor,
     compression: Compression,
 ) -> Result<Index, Walk> {
+    let files_hasher = std::collections::hash_map::RandomState::new();
     let mut index = Index::default();
     let mut pending = Pending::default();
-    let mut files: HashMap<Vec<String>, Content> = HashMap::new();
+    // Where the files are, for hard links: a hash of the path to the items
+    // of that hash (a few bytes an entry, not a copy of each path).
+    let mut files: HashMap<u64, Vec<usize>> = HashMap::new();
+    let path_hash = |p: &[String]| {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = files_hasher.build_hasher();
+        p.hash(&mut h);
+        h.finish()
+    };
     let mut headers = 0usize;
+    let shared = Arc::new(blob.clone());
     while let Some(block) = w.block()? {
         if block.iter().all(|b| *b == 0) {
             break; // the end-of-archive marker
         }
         headers += 1;
-        if headers > MAX_ENTRIES * 2 {
+        // Stopped here, while walking: an entry may take a PAX or GNU
+        // header besides its own, so headers count up to twice.
+        if index.items.len() + index.problems.len() >= MAX_ENTRIES || headers > MAX_ENTRIES * 3 {
             return Err(Walk::Bad(format!("more than {MAX_ENTRIES} entries")));
         }
         let header_at = w.pos - BLOCK;
@@ -333,13 +345,16 @@ fn walk<R: Read>(
         let result: Result<Item, String> =
             if kind.is_file() || kind.is_contiguous() || kind_byte == 0 {
                 let content = Content::Tar(Arc::new(TarEntry {
-                    blob: blob.clone(),
+                    blob: shared.clone(),
                     name: name.clone(),
                     compression,
                     offset: data_at,
                     size,
                 }));
-                files.insert(path.clone(), content.clone());
+                files
+                    .entry(path_hash(&path))
+                    .or_default()
+                    .push(index.items.len());
                 Ok(item(ItemKind::File(content)))
             } else if kind.is_dir() {
                 Ok(item(ItemKind::Dir))
@@ -348,8 +363,21 @@ fn walk<R: Read>(
             } else if kind.is_hard_link() {
                 link_target().and_then(|t| {
                     let to = entry_components(&t)?;
-                    match files.get(&to) {
-                        Some(content) => Ok(item(ItemKind::File(content.clone()))),
+                    let earlier = files.get(&path_hash(&to)).and_then(|candidates| {
+                        candidates
+                            .iter()
+                            .rev()
+                            .find_map(|&i| match &index.items[i] {
+                                Item {
+                                    path,
+                                    kind: ItemKind::File(content),
+                                    ..
+                                } if *path == to => Some(content.clone()),
+                                _ => None,
+                            })
+                    });
+                    match earlier {
+                        Some(content) => Ok(item(ItemKind::File(content))),
                         None => Err(format!(
                             "a hard link to {t:?}, which is not an earlier file"
                         )),

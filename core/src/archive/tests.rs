@@ -513,3 +513,30 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_zip_declaring_more_entries_than_the_limit_is_refused_before_its_directory_is_read() {
+    let mut z = RawZip::default();
+    z.add(&RawEntry::file("a", b"one", false, 0o644));
+    let mut zip = z.finish(true);
+    // The zip64 end record claims two million entries.
+    let at = (0..zip.len() - 4)
+        .rev()
+        .find(|&i| zip[i..i + 4] == 0x0606_4b50u32.to_le_bytes())
+        .expect("a zip64 end record");
+    for field in [24, 32] {
+        zip[at + field..at + field + 8].copy_from_slice(&2_000_000u64.to_le_bytes());
+    }
+    let (reader, d) = MemReader::new(&[("p.zip", &zip)]);
+    let e = index(&reader, &d[0], Format::Zip).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("declares 2000000 entries, over the limit"),
+        "{e}"
+    );
+    assert!(
+        reader.read_so_far() < 200,
+        "read {} bytes",
+        reader.read_so_far()
+    );
+}

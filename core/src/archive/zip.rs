@@ -13,8 +13,8 @@ use rc_zip::{Archive, EntryKind};
 use super::names::{check_target, entry_components};
 use super::stream::{Bounded, with_stream};
 use super::{
-    Index, Item, ItemKind, MAX_CENTRAL_DIRECTORY, MAX_NAME, MAX_RATIO, ZipEntry, ZipMethod,
-    archive_error, problem,
+    Index, Item, ItemKind, MAX_CENTRAL_DIRECTORY, MAX_ENTRIES, MAX_NAME, MAX_RATIO, ZipEntry,
+    ZipMethod, archive_error, problem,
 };
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
@@ -33,7 +33,9 @@ const LOCAL_SLACK: u64 = 256;
 
 /// Reads the central directory of `blob` into an index.
 pub(super) async fn index(reader: &dyn Reader, blob: &Descriptor) -> Result<Index> {
+    refuse_too_many(reader, blob).await?;
     let archive = central_directory(reader, blob).await?;
+    let shared = std::sync::Arc::new(blob.clone());
     let entries: Vec<&rc_zip::Entry> = archive.entries().collect();
     let mut bad: Vec<Option<String>> = vec![None; entries.len()];
     let mut paths: Vec<Vec<String>> = vec![Vec::new(); entries.len()];
@@ -100,9 +102,9 @@ pub(super) async fn index(reader: &dyn Reader, blob: &Descriptor) -> Result<Inde
         let kind = match e.kind() {
             EntryKind::Directory => ItemKind::Dir,
             EntryKind::File => {
-                ItemKind::File(Content::Zip(std::sync::Arc::new(zip_entry(blob, e))))
+                ItemKind::File(Content::Zip(std::sync::Arc::new(zip_entry(&shared, e))))
             }
-            EntryKind::Symlink => match symlink_target(reader, blob, e).await {
+            EntryKind::Symlink => match symlink_target(reader, &shared, e).await {
                 Ok(target) => ItemKind::Symlink(target),
                 Err(Error::Archive { reason, .. }) => {
                     index.problems.push(problem(&e.name, reason));
@@ -169,7 +171,7 @@ fn check_entry(blob: &Descriptor, e: &rc_zip::Entry) -> Result<(), String> {
     Ok(())
 }
 
-fn zip_entry(blob: &Descriptor, e: &rc_zip::Entry) -> ZipEntry {
+fn zip_entry(blob: &std::sync::Arc<Descriptor>, e: &rc_zip::Entry) -> ZipEntry {
     ZipEntry {
         blob: blob.clone(),
         name: e.name.clone(),
@@ -187,7 +189,7 @@ fn zip_entry(blob: &Descriptor, e: &rc_zip::Entry) -> ZipEntry {
 
 async fn symlink_target(
     reader: &dyn Reader,
-    blob: &Descriptor,
+    blob: &std::sync::Arc<Descriptor>,
     e: &rc_zip::Entry,
 ) -> Result<String> {
     let bad = |reason: String| archive_error(blob, Some(&e.name), reason);
@@ -204,6 +206,68 @@ async fn symlink_target(
 
 /// Finds and parses the central directory with range reads: the last 65 KiB
 /// (the end records, zip64 too), then the directory itself, bounded.
+/// The end of central directory record's signature, and the zip64 one's
+/// locator's.
+const EOCD_SIGNATURE: u32 = 0x0605_4b50;
+const ZIP64_LOCATOR_SIGNATURE: u32 = 0x0706_4b50;
+const ZIP64_EOCD_SIGNATURE: u32 = 0x0606_4b50;
+/// The end record's fixed size, and the most a comment can add.
+const EOCD_LEN: u64 = 22;
+const MAX_COMMENT: u64 = 65_535;
+
+/// Refuses a zip whose end record declares more than [`MAX_ENTRIES`]
+/// entries, before its directory is read (a million empty entries would
+/// otherwise be parsed into memory first). A zip whose end record cannot
+/// be found is left to the directory reader, which says what is wrong.
+async fn refuse_too_many(reader: &dyn Reader, blob: &Descriptor) -> Result<()> {
+    let content = Content::Blob(blob.clone());
+    // The record, with a comment length that reaches exactly the end.
+    let find = |tail: &[u8]| {
+        (0..tail.len().saturating_sub(EOCD_LEN as usize - 1))
+            .rev()
+            .find(|&i| {
+                le32(tail, i) == EOCD_SIGNATURE
+                    && usize::from(le16(tail, i + 20)) == tail.len() - i - EOCD_LEN as usize
+            })
+    };
+    // Most zips have no comment: the record is the last 22 bytes (and
+    // 20 more for a zip64 locator). Else the whole place a comment can be.
+    let mut tail_len = blob.size.min(EOCD_LEN + 20);
+    let mut tail = reader
+        .read(&content, blob.size - tail_len, tail_len)
+        .await?;
+    if find(&tail).is_none() {
+        tail_len = blob.size.min(EOCD_LEN + MAX_COMMENT);
+        tail = reader
+            .read(&content, blob.size - tail_len, tail_len)
+            .await?;
+    }
+    let Some(at) = find(&tail) else {
+        return Ok(());
+    };
+    let mut declared = u64::from(le16(&tail, at + 10));
+    if declared == 0xffff && at >= 20 && le32(&tail, at - 20) == ZIP64_LOCATOR_SIGNATURE {
+        let record_at = u64::from_le_bytes(tail[at - 12..at - 4].try_into().unwrap_or([0; 8]));
+        if record_at
+            .checked_add(56)
+            .is_some_and(|end| end <= blob.size)
+        {
+            let record = reader.read(&content, record_at, 56).await?;
+            if record.len() == 56 && le32(&record, 0) == ZIP64_EOCD_SIGNATURE {
+                declared = u64::from_le_bytes(record[32..40].try_into().unwrap_or([0; 8]));
+            }
+        }
+    }
+    if declared > MAX_ENTRIES as u64 {
+        return Err(archive_error(
+            blob,
+            None,
+            format!("its directory declares {declared} entries, over the limit of {MAX_ENTRIES}"),
+        ));
+    }
+    Ok(())
+}
+
 async fn central_directory(reader: &dyn Reader, blob: &Descriptor) -> Result<Archive> {
     let content = Content::Blob(blob.clone());
     let bad = |reason: String| archive_error(blob, None, reason);
@@ -283,7 +347,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// checks it against what the central directory said.
 async fn local_header(reader: &dyn Reader, e: &ZipEntry, first: Option<Bytes>) -> Result<Local> {
     let bad = |reason: String| archive_error(&e.blob, Some(&e.name), reason);
-    let content = Content::Blob(e.blob.clone());
+    let content = Content::Blob((*e.blob).clone());
     let mut head = match first {
         Some(b) => b,
         None => {
@@ -386,7 +450,7 @@ fn zip64_sizes(mut extra: &[u8]) -> Option<(u64, u64)> {
 
 /// The whole entry, decoded and checked against its size and CRC-32.
 pub(super) async fn read_whole(reader: &dyn Reader, e: &ZipEntry) -> Result<Bytes> {
-    let content = Content::Blob(e.blob.clone());
+    let content = Content::Blob((*e.blob).clone());
     // One request for header and data, usually: the header's name and extra
     // field are about as long as the central directory's.
     let guess = LOCAL_HEADER + e.name.len() as u64 + LOCAL_SLACK;
@@ -487,7 +551,7 @@ pub(super) async fn read_stored_range(
     len: u64,
 ) -> Result<Bytes> {
     let local = local_header(reader, e, None).await?;
-    let content = Content::Blob(e.blob.clone());
+    let content = Content::Blob((*e.blob).clone());
     reader
         .read(&content, e.header_offset + local.data_start + offset, len)
         .await
