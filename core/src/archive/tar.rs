@@ -237,10 +237,8 @@ fn walk<R: Read>(
     // of that hash (a few bytes an entry, not a copy of each path).
     let mut files: HashMap<u64, Vec<usize>> = HashMap::new();
     let path_hash = |p: &[String]| {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-        let mut h = files_hasher.build_hasher();
-        p.hash(&mut h);
-        h.finish()
+        use std::hash::BuildHasher as _;
+        files_hasher.hash_one(p)
     };
     let mut headers = 0usize;
     let shared = Arc::new(blob.clone());
