@@ -294,10 +294,11 @@ impl Mount {
             }
         }
         self.state.cancel_reads();
+        let aborted = busy && self.dev.is_some();
         if busy && let Some(dev) = self.dev {
             sys::abort_connection(sys::connection_id(dev));
         }
-        self.drain(session)
+        self.drain(session, aborted)
     }
 
     /// Whether the topmost mount at the mount point is still this one, so
@@ -330,7 +331,10 @@ impl Mount {
         }
     }
 
-    fn drain(&self, session: BackgroundSession) -> Result<()> {
+    /// Waits for the session to end. After this process aborted the
+    /// connection itself (`aborted`), the session ending on that abort
+    /// (`ECONNABORTED`) is the end asked for, not an error.
+    fn drain(&self, session: BackgroundSession, aborted: bool) -> Result<()> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while !session.guard.is_finished() {
             if Instant::now() >= deadline {
@@ -345,7 +349,10 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        session.join().map_err(|e| self.session_error(e))
+        match session.join() {
+            Err(e) if aborted && e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            r => r.map_err(|e| self.session_error(e)),
+        }
     }
 
     fn session_error(&self, e: io::Error) -> Error {
