@@ -126,11 +126,22 @@ impl ChunkCache {
     /// Adopts `tmp`, a temporary file of the store holding `size` bytes
     /// the caller hashed to `digest`, as that complete blob (counted in the
     /// budget like any other).
-    pub fn adopt(&self, tmp: &std::path::Path, digest: &crate::Digest, size: u64) -> Result<()> {
+    /// `table` is its chunk table, if the caller took one on the way (else
+    /// the first reader of the blob hashes it whole to take one).
+    pub fn adopt(
+        &self,
+        tmp: &std::path::Path,
+        digest: &crate::Digest,
+        size: u64,
+        table: Option<(u64, Vec<[u8; 32]>)>,
+    ) -> Result<()> {
         let Some(store) = &self.inner.store else {
             let _ = std::fs::remove_file(tmp);
             return Ok(());
         };
+        if let Some((chunk_size, digests)) = &table {
+            store.put_table(digest, *chunk_size, size, digests)?;
+        }
         store.adopt(tmp, digest)?;
         self.inner.disk_usage.fetch_add(size, Ordering::Relaxed);
         self.inner.maybe_evict();

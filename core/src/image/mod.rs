@@ -329,7 +329,8 @@ pub async fn layer_index(
             (Some(_), Some(store)) => Some(store.temp_file()?),
             _ => None,
         };
-        let (tmp, file) = copy.map_or((None, None), |(p, f)| (Some(p), Some(f)));
+        let chunk_size = cache.chunk_size();
+        let (tmp, file) = copy.map_or((None, None), |(p, f)| (Some(p), Some((f, chunk_size))));
         let scanned = cache
             .scan(blob, move |r| {
                 index_stream(r, &b, compression, max_entries, file)
@@ -347,14 +348,14 @@ pub async fn layer_index(
         let (toc, points, uncompressed_size, decoded) = scanned.value;
         if let (Some(tmp), Some(want)) = (&tmp, keep_decoded) {
             match decoded {
-                Some((digest, len)) if digest == *want => {
-                    if let Err(e) = cache.adopt(tmp, want, len) {
+                Some(d) if d.digest == *want => {
+                    if let Err(e) = cache.adopt(tmp, want, d.len, Some((d.chunk_size, d.table))) {
                         tracing::warn!(layer = %blob.digest, error = %e, "keeping the decoded layer failed");
                     }
                 }
                 other => {
                     let _ = std::fs::remove_file(tmp);
-                    tracing::warn!(layer = %blob.digest, decoded = ?other.map(|o| o.0.to_string()), diff_id = %want,
+                    tracing::warn!(layer = %blob.digest, decoded = ?other.map(|o| o.digest.to_string()), diff_id = %want,
                         "the decoded layer is not the diff ID the image config names; not kept");
                 }
             }
@@ -385,7 +386,7 @@ pub async fn layer_index(
 /// What walking a layer's stream gives: its table of contents, its seek
 /// points, its uncompressed length, and the digest and length of the
 /// decoded copy made on the way, if one was.
-type Indexed = (toc::Toc, SeekPoints, u64, Option<(crate::Digest, u64)>);
+type Indexed = (toc::Toc, SeekPoints, u64, Option<Decoded>);
 
 /// Walks a layer's stream (on a blocking thread): its table of contents,
 /// its seek points and its uncompressed length.
@@ -394,7 +395,7 @@ fn index_stream(
     blob: &Descriptor,
     compression: Compression,
     max_entries: usize,
-    copy: Option<std::fs::File>,
+    copy: Option<(std::fs::File, u64)>,
 ) -> crate::Result<Indexed> {
     let walk_error = |e: toc::WalkError| layer_error(blob, e.to_string());
     let io_error = |e: std::io::Error| layer_error(blob, format!("unreadable stream: {e}"));
@@ -422,8 +423,8 @@ fn index_stream(
         Compression::Zstd => {
             let mut z = zstd::ZstdIndexer::new(r, zstd::DEFAULT_SPACING, limit);
             let (toc, decoded) = match copy {
-                Some(file) => {
-                    let mut tee = Tee::new(&mut z, file);
+                Some((file, chunk_size)) => {
+                    let mut tee = Tee::new(&mut z, file, chunk_size);
                     let toc =
                         toc::walk(&mut toc::Stream(&mut tee), max_entries).map_err(walk_error)?;
                     std::io::copy(&mut tee, &mut std::io::sink()).map_err(io_error)?;
@@ -501,28 +502,45 @@ fn input_error(e: std::io::Error) -> Result<crate::Error, std::io::Error> {
     }
 }
 
-/// A `Read` that copies what passes to a file, hashing it.
+/// A `Read` that copies what passes to a file, hashing it whole and in
+/// chunks of the cache's size (the chunk table the copy is kept with).
 pub(crate) struct Tee<R> {
     inner: R,
     out: std::io::BufWriter<std::fs::File>,
-    hasher: crate::digest::Hasher,
+    hasher: crate::digest::BlobHasher,
+}
+
+/// What a [`Tee`] wrote: the copy's digest, length and chunk table.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub digest: crate::Digest,
+    pub len: u64,
+    pub chunk_size: u64,
+    pub table: Vec<[u8; 32]>,
 }
 
 impl<R: std::io::Read> Tee<R> {
-    pub(crate) fn new(inner: R, file: std::fs::File) -> Self {
+    pub(crate) fn new(inner: R, file: std::fs::File, chunk_size: u64) -> Self {
         Tee {
             inner,
             out: std::io::BufWriter::with_capacity(1 << 20, file),
-            hasher: crate::digest::Hasher::new(),
+            hasher: crate::digest::BlobHasher::new(chunk_size),
         }
     }
 
-    /// Flushes and syncs the file: the digest and length of what passed.
-    pub(crate) fn finish(self) -> std::io::Result<(crate::Digest, u64)> {
+    /// Flushes and syncs the file: what passed.
+    pub(crate) fn finish(self) -> std::io::Result<Decoded> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         let len = self.hasher.len();
-        Ok((self.hasher.finish(), len))
+        let chunk_size = self.hasher.chunk_size();
+        let (digest, table) = self.hasher.finish();
+        Ok(Decoded {
+            digest,
+            len,
+            chunk_size,
+            table,
+        })
     }
 }
 

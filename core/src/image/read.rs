@@ -376,6 +376,7 @@ async fn materialize(
         .clone();
     let (tmp, file) = store.temp_file()?;
     let blob = layer.blob.clone();
+    let chunk_size = cache.chunk_size();
     let limit = blob.size.saturating_mul(MAX_RATIO).max(1 << 20);
     let scanned = cache
         .scan(&layer.blob, move |r| {
@@ -384,7 +385,7 @@ async fn materialize(
                 limit,
                 "the zstd stream inflates to over 1000 times its compressed size",
             );
-            let mut tee = super::Tee::new(d, file);
+            let mut tee = super::Tee::new(d, file, chunk_size);
             io::copy(&mut tee, &mut io::sink())
                 .and_then(|_| tee.finish())
                 .map_err(|e| Error::Layer {
@@ -395,8 +396,14 @@ async fn materialize(
         })
         .await;
     match scanned {
-        Ok(s) if s.value == (decoded.digest.clone(), decoded.size) => {
-            cache.adopt(&tmp, &decoded.digest, decoded.size)
+        Ok(s) if s.value.digest == decoded.digest && s.value.len == decoded.size => {
+            let d = s.value;
+            cache.adopt(
+                &tmp,
+                &decoded.digest,
+                decoded.size,
+                Some((d.chunk_size, d.table)),
+            )
         }
         Ok(s) => {
             let _ = std::fs::remove_file(&tmp);
@@ -405,7 +412,7 @@ async fn materialize(
                 entry: None,
                 reason: format!(
                     "decodes to {} ({} bytes), not the diff ID {} ({} bytes) the image config names",
-                    s.value.0, s.value.1, decoded.digest, decoded.size
+                    s.value.digest, s.value.len, decoded.digest, decoded.size
                 ),
             })
         }
