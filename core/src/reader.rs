@@ -190,7 +190,6 @@ impl DirectReader {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
-        use sha2::Digest as _;
         let end = offset.saturating_add(len).min(blob.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -203,20 +202,9 @@ impl DirectReader {
         let bytes = self.source.read_range(blob, start, stop - start).await?;
         for (i, chunk) in bytes.chunks(DIRECT_CHUNK as usize).enumerate() {
             let n = start / DIRECT_CHUNK + i as u64;
-            let actual: [u8; 32] = sha2::Sha256::digest(chunk).into();
-            if table.get(n as usize) != Some(&actual) {
+            if let Err(e) = crate::digest::check_chunk(table, blob, n, chunk) {
                 Counters::bump(&self.counters.verify_failures);
-                return Err(Error::DigestMismatch {
-                    what: format!(
-                        "chunk {n} of blob {} in {} (changed since it was checked)",
-                        blob.digest,
-                        self.source.name()
-                    ),
-                    expected: table
-                        .get(n as usize)
-                        .map_or_else(|| "no such chunk".into(), hex::encode),
-                    actual: hex::encode(actual),
-                });
+                return Err(e);
             }
         }
         let from = (offset - start) as usize;

@@ -46,7 +46,7 @@ pub use scan::Scanned;
 pub use store::{DiskStore, Partial, StoredBlob};
 
 use crate::archive::EntryReader;
-use crate::digest::{BlobHasher, Digest};
+use crate::digest::{BlobHasher, Digest, check_chunk};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::reader::{Counters, Reader, Stats, Verify, verify_stream};
@@ -1633,24 +1633,6 @@ fn poisoned() -> Error {
     )
 }
 
-/// Checks chunk `n` of `blob` against its digest table.
-fn check_chunk(table: &[[u8; 32]], blob: &Descriptor, n: u64, bytes: &[u8]) -> Result<()> {
-    use sha2::Digest as _;
-    let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
-    match table.get(n as usize) {
-        Some(expected) if *expected == actual => Ok(()),
-        expected => Err(Error::DigestMismatch {
-            what: format!(
-                "chunk {n} of blob {} ({} bytes; checked against its chunk digest table)",
-                blob.digest,
-                bytes.len()
-            ),
-            expected: expected.map_or_else(|| "no such chunk".into(), hex::encode),
-            actual: hex::encode(actual),
-        }),
-    }
-}
-
 /// Whether an error is the cache's filesystem being full (or over quota).
 fn is_disk_full(e: &Error) -> bool {
     const ENOSPC: i32 = 28;
@@ -1661,7 +1643,7 @@ fn is_disk_full(e: &Error) -> bool {
 
 /// The error for a blob that does not fit in the cache's filesystem even
 /// after eviction: names the blob, the filesystem's room and what to do.
-fn disk_full(store: &DiskStore, blob: &Descriptor, e: &Error) -> Error {
+fn disk_full(store: &DiskStore, blob: &crate::manifest::Descriptor, e: &Error) -> Error {
     let source = match e {
         Error::Io { source, .. } => source.clone(),
         _ => Arc::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
