@@ -153,6 +153,10 @@ struct Inner {
     /// `CacheOptions::background_fetch_max`), and whether their background
     /// completion is running.
     lazy_small: Mutex<HashMap<Digest, bool>>,
+    /// Set by `ChunkCache::close`: no chunk is written after it (a
+    /// background completion still running must not leave unchecked
+    /// chunks behind the drop).
+    closed: AtomicBool,
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
@@ -289,6 +293,7 @@ impl ChunkCache {
                 own_tables: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
                 lazy_small: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
@@ -673,6 +678,11 @@ impl Inner {
                         return Err(e);
                     }
                 }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                // Closed: whatever is fetched now would outlive the drop of
+                // the unchecked chunks.
+                return Ok(());
             }
             let mut written = Ok(());
             let mut full = false;
@@ -1474,7 +1484,7 @@ impl Inner {
         tokio::spawn(async move {
             let _pin = inner.pin(&blob.digest);
             let result: Result<()> = async {
-                if store.has_complete(&blob.digest) {
+                if store.has_complete(&blob.digest) || inner.closed.load(Ordering::Acquire) {
                     return Ok(());
                 }
                 let partial = inner.partial(&store, &blob)?;
@@ -1503,6 +1513,7 @@ impl Inner {
     /// and did not complete: they were never checked, and must not outlive
     /// the process that fetched them (a later process would serve them).
     fn drop_unchecked_small(&self) {
+        self.closed.store(true, Ordering::Release);
         let (Some(store), Ok(mut small)) = (&self.store, self.lazy_small.lock()) else {
             return;
         };
