@@ -68,7 +68,7 @@ fn cache_hit(c: &mut Criterion) {
         },
     )
     .expect("cache");
-    let content = Content::Blob(desc);
+    let content = Content::Blob(std::sync::Arc::new(desc));
     // Warm: verified, every chunk in memory.
     rt.block_on(cache.read(&content, 0, 8 << 20)).expect("warm");
     let mut group = c.benchmark_group("chunk cache hit");

@@ -37,7 +37,7 @@ pub type Ino = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     /// A whole blob.
-    Blob(Descriptor),
+    Blob(Arc<Descriptor>),
     /// An entry of a zip layer: its local header and data are read when
     /// it is.
     Zip(Arc<ZipEntry>),
@@ -394,7 +394,7 @@ impl Tree {
         self.insert(
             parent,
             name,
-            NodeKind::File(Content::Blob(layer.clone())),
+            NodeKind::File(Content::Blob(std::sync::Arc::new(layer.clone()))),
             options.file_mode,
             mtime,
         )

@@ -348,7 +348,7 @@ impl EntryReader {
             }
             Content::Tar(e) => {
                 if e.compression == Compression::None {
-                    let blob = Content::Blob((*e.blob).clone());
+                    let blob = Content::Blob(std::sync::Arc::new((*e.blob).clone()));
                     return blobs.read(&blob, e.offset + offset, end - offset).await;
                 }
                 if e.size > DECODE_WHOLE_MAX {

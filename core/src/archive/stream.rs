@@ -45,7 +45,7 @@ where
         };
         consume(&mut r)
     });
-    let content = Content::Blob(blob.clone());
+    let content = Content::Blob(std::sync::Arc::new(blob.clone()));
     let producer = async move {
         let end = range.end.min(blob.size);
         let mut offset = range.start;

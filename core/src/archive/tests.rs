@@ -458,7 +458,12 @@ fn the_index_future_is_send() {
     fn send<T: Send>(_: &T) {}
     let (reader, d) = MemReader::new(&[("x.zip", b"")]);
     send(&index(&reader, &d[0], Format::Zip));
-    send(&EntryReader::default().read(&reader, &Content::Blob(d[0].clone()), 0, 1));
+    send(&EntryReader::default().read(
+        &reader,
+        &Content::Blob(std::sync::Arc::new(d[0].clone())),
+        0,
+        1,
+    ));
 }
 
 fn runtime() -> tokio::runtime::Runtime {

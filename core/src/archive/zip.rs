@@ -220,7 +220,7 @@ const MAX_COMMENT: u64 = 65_535;
 /// otherwise be parsed into memory first). A zip whose end record cannot
 /// be found is left to the directory reader, which says what is wrong.
 async fn refuse_too_many(reader: &dyn Reader, blob: &Descriptor) -> Result<()> {
-    let content = Content::Blob(blob.clone());
+    let content = Content::Blob(std::sync::Arc::new(blob.clone()));
     // The record, with a comment length that reaches exactly the end.
     let find = |tail: &[u8]| {
         (0..tail.len().saturating_sub(EOCD_LEN as usize - 1))
@@ -269,7 +269,7 @@ async fn refuse_too_many(reader: &dyn Reader, blob: &Descriptor) -> Result<()> {
 }
 
 async fn central_directory(reader: &dyn Reader, blob: &Descriptor) -> Result<Archive> {
-    let content = Content::Blob(blob.clone());
+    let content = Content::Blob(std::sync::Arc::new(blob.clone()));
     let bad = |reason: String| archive_error(blob, None, reason);
     let mut fsm = ArchiveFsm::new(blob.size);
     let mut fed: u64 = 0;
@@ -347,7 +347,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// checks it against what the central directory said.
 async fn local_header(reader: &dyn Reader, e: &ZipEntry, first: Option<Bytes>) -> Result<Local> {
     let bad = |reason: String| archive_error(&e.blob, Some(&e.name), reason);
-    let content = Content::Blob((*e.blob).clone());
+    let content = Content::Blob(std::sync::Arc::new((*e.blob).clone()));
     let mut head = match first {
         Some(b) => b,
         None => {
@@ -450,7 +450,7 @@ fn zip64_sizes(mut extra: &[u8]) -> Option<(u64, u64)> {
 
 /// The whole entry, decoded and checked against its size and CRC-32.
 pub(super) async fn read_whole(reader: &dyn Reader, e: &ZipEntry) -> Result<Bytes> {
-    let content = Content::Blob((*e.blob).clone());
+    let content = Content::Blob(std::sync::Arc::new((*e.blob).clone()));
     // One request for header and data, usually: the header's name and extra
     // field are about as long as the central directory's.
     let guess = LOCAL_HEADER + e.name.len() as u64 + LOCAL_SLACK;
@@ -551,7 +551,7 @@ pub(super) async fn read_stored_range(
     len: u64,
 ) -> Result<Bytes> {
     let local = local_header(reader, e, None).await?;
-    let content = Content::Blob((*e.blob).clone());
+    let content = Content::Blob(std::sync::Arc::new((*e.blob).clone()));
     reader
         .read(&content, e.header_offset + local.data_start + offset, len)
         .await

@@ -172,7 +172,7 @@ impl Inner {
             let cache = ChunkCache {
                 inner: self.clone(),
             };
-            let content = Content::Blob(blob.clone());
+            let content = Content::Blob(std::sync::Arc::new(blob.clone()));
             let mut offset = 0;
             while offset < blob.size {
                 let bytes = cache.read(&content, offset, PIECE).await?;

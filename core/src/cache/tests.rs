@@ -126,7 +126,11 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
     let got = c
-        .read(&Content::Blob(d[0].clone()), 500_000, 4096)
+        .read(
+            &Content::Blob(std::sync::Arc::new(d[0].clone())),
+            500_000,
+            4096,
+        )
         .await
         .unwrap();
     assert_eq!(&got[..], &blob[500_000..504_096]);
@@ -145,7 +149,7 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
         (123_456, 300_000),
     ] {
         let got = c
-            .read(&Content::Blob(d[0].clone()), off, len)
+            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), off, len)
             .await
             .unwrap();
         let end = ((off + len) as usize).min(blob.len());
@@ -164,7 +168,7 @@ async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
     let err = c
-        .read(&Content::Blob(d[0].clone()), 0, 10)
+        .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
         .await
         .unwrap_err();
     assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
@@ -180,7 +184,10 @@ async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
     assert_eq!(c.stats().verify_failures, 1);
     // The registry is fixed: the same cache succeeds on the next read.
     src.corrupt.store(false, Ordering::SeqCst);
-    let got = c.read(&Content::Blob(d[0].clone()), 0, 10).await.unwrap();
+    let got = c
+        .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(&got[..], &blob[..10]);
 }
 
@@ -191,7 +198,11 @@ async fn lazy_reads_fetch_only_the_chunks_needed() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
     let got = c
-        .read(&Content::Blob(d[0].clone()), 2 << 20, 4096)
+        .read(
+            &Content::Blob(std::sync::Arc::new(d[0].clone())),
+            2 << 20,
+            4096,
+        )
         .await
         .unwrap();
     assert_eq!(&got[..], &blob[2 << 20..(2 << 20) + 4096]);
@@ -203,7 +214,11 @@ async fn lazy_reads_fetch_only_the_chunks_needed() {
     // A read spanning 3 chunks, one present: the 2 missing ones in one request.
     let before = src.requests.load(Ordering::SeqCst);
     let got = c
-        .read(&Content::Blob(d[0].clone()), (2 << 20) - 100, 128 * 1024)
+        .read(
+            &Content::Blob(std::sync::Arc::new(d[0].clone())),
+            (2 << 20) - 100,
+            128 * 1024,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -231,7 +246,7 @@ async fn thirty_two_readers_of_one_missing_chunk_cause_one_request() {
     let mut tasks = Vec::new();
     for i in 0..32u64 {
         let c = c.clone();
-        let content = Content::Blob(d[0].clone());
+        let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
         tasks.push(tokio::spawn(async move {
             c.read(&content, 70_000 + i * 100, 100).await
         }));
@@ -288,7 +303,7 @@ async fn a_failed_fetch_wakes_every_waiter_and_caches_nothing() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
-            let content = Content::Blob(d[0].clone());
+            let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
             tokio::spawn(async move { c.read(&content, 10, 10).await })
         })
         .collect();
@@ -307,14 +322,21 @@ async fn lazy_mode_drops_a_blob_that_fails_once_complete() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
     // Served as it arrives (that is lazy mode's contract)...
-    c.read(&Content::Blob(d[0].clone()), 0, 200_000)
-        .await
-        .unwrap();
+    c.read(
+        &Content::Blob(std::sync::Arc::new(d[0].clone())),
+        0,
+        200_000,
+    )
+    .await
+    .unwrap();
     // ...and once complete, checked: later reads fail and nothing stays.
     let mut failed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if c.read(&Content::Blob(d[0].clone()), 0, 10).await.is_err() {
+        if c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
+            .await
+            .is_err()
+        {
             failed = true;
             break;
         }
@@ -343,7 +365,7 @@ async fn two_caches_on_one_directory_fetch_a_blob_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = cache(src.clone(), dir.path(), options(Verify::Strict));
     let b = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let (ra, rb) = tokio::join!(
         a.read(&content, 0, 1 << 20),
         b.read(&content, 1 << 20, 1 << 20)
@@ -370,7 +392,11 @@ async fn the_disk_stays_under_budget() {
     let c = cache(src.clone(), dir.path(), opts);
     for (i, desc) in d.iter().enumerate() {
         let got = c
-            .read(&Content::Blob(desc.clone()), 0, 300_000)
+            .read(
+                &Content::Blob(std::sync::Arc::new(desc.clone())),
+                0,
+                300_000,
+            )
             .await
             .unwrap();
         assert_eq!(&got[..], &blobs[i][..]);
@@ -391,7 +417,7 @@ async fn sequential_reads_read_ahead() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     for i in 0..4u64 {
         let got = c.read(&content, i * 65_536, 65_536).await.unwrap();
         assert_eq!(
@@ -426,7 +452,7 @@ proptest::proptest! {
             let dir = tempfile::tempdir().unwrap();
             let c = cache(src, dir.path(), options(if lazy { Verify::Lazy } else { Verify::Strict }));
             for (off, len) in reads {
-                let got = c.read(&Content::Blob(d[0].clone()), off, len).await.unwrap();
+                let got = c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), off, len).await.unwrap();
                 let end = ((off + len) as usize).min(blob.len());
                 let start = (off as usize).min(end);
                 assert_eq!(&got[..], &blob[start..end]);
@@ -500,7 +526,11 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
     };
     let c = ChunkCache::new(src.clone(), Some(store.clone()), opts).unwrap();
     let got = c
-        .read(&Content::Blob(d[0].clone()), 9 << 20, 100)
+        .read(
+            &Content::Blob(std::sync::Arc::new(d[0].clone())),
+            9 << 20,
+            100,
+        )
         .await
         .unwrap();
     assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
@@ -603,7 +633,7 @@ async fn a_stalled_stream_fails_in_time_and_resumes_once_the_source_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let start = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 9 << 20, 100))
         .await
@@ -641,7 +671,7 @@ async fn a_stalled_range_read_fails_in_time_lazy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     let c = ChunkCache::new(src.clone(), Some(store), options(Verify::Lazy)).unwrap();
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let start = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 0, 4096))
         .await
@@ -732,7 +762,7 @@ async fn a_lazy_chunk_landing_after_a_strict_promotion_never_reaches_the_blob() 
     )
     .unwrap();
     let strict = cache(fake, dir.path(), options(Verify::Strict));
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let lazy_read = {
         let (lazy, content) = (lazy.clone(), content.clone());
         tokio::spawn(async move { lazy.read(&content, late, 100).await })
@@ -782,7 +812,7 @@ async fn a_partial_blob_dropped_by_another_process_is_replaced_not_fatal() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src, dir.path(), options(Verify::Lazy));
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let got = c.read(&content, 0, 100).await.unwrap();
     assert_eq!(&got[..], &blob[..100]);
     // Another process drops it.
@@ -843,7 +873,7 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
     let table = c.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
     let scanned_bytes = src.bytes.load(Ordering::SeqCst);
     c.set_chunk_digests(&d[0], 64 * 1024, table.clone());
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     let got = c.read(&content, 1_000_000, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[1_000_000..1_004_096]);
     let fetched = src.bytes.load(Ordering::SeqCst) - scanned_bytes;
@@ -880,7 +910,7 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     let blob = data(500_000, 42);
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
-    let content = Content::Blob(d[0].clone());
+    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
     // A lazy process without digests caches a corrupt chunk.
     src.corrupt.store(true, Ordering::SeqCst);
     let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
@@ -953,7 +983,10 @@ mod at_rest {
             let before = src.bytes.load(Ordering::SeqCst);
             // A new process: nothing checked yet.
             let c = cache(src.clone(), dir.path(), options(verify));
-            let got = c.read(&Content::Blob(d.clone()), 0, d.size).await.unwrap();
+            let got = c
+                .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
+                .await
+                .unwrap();
             assert!(got[..] == blob[..], "{verify:?}: wrong bytes served");
             assert_eq!(c.counters().snapshot().verify_failures, 1, "{verify:?}");
             let fetched = src.bytes.load(Ordering::SeqCst) - before;
@@ -965,7 +998,7 @@ mod at_rest {
             let again = cache(src.clone(), dir.path(), options(verify));
             assert!(
                 again
-                    .read(&Content::Blob(d.clone()), 0, d.size)
+                    .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
                     .await
                     .unwrap()[..]
                     == blob[..]
@@ -985,7 +1018,10 @@ mod at_rest {
             .set_len(3 << 16)
             .unwrap();
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let got = c.read(&Content::Blob(d.clone()), 0, d.size).await.unwrap();
+        let got = c
+            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
+            .await
+            .unwrap();
         assert!(got[..] == blob[..]);
         assert!(path.is_file());
 
@@ -997,7 +1033,10 @@ mod at_rest {
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let got = c.read(&Content::Blob(d.clone()), 0, 4096).await.unwrap();
+        let got = c
+            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, 4096)
+            .await
+            .unwrap();
         assert_eq!(&got[..], &blob[..4096]);
         // The symlink is gone: the blob was fetched again, a file of its own.
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
@@ -1009,7 +1048,10 @@ mod at_rest {
         flip(&blob_file(dir.path(), &d), 10);
         src.offline.store(true, Ordering::SeqCst);
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let e = c.read(&Content::Blob(d.clone()), 0, 100).await.unwrap_err();
+        let e = c
+            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, 100)
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
         assert_eq!(e.exit_code(), crate::error::exit_code::INTEGRITY);
         assert!(e.to_string().contains(&d.digest.to_string()), "{e}");
@@ -1025,7 +1067,7 @@ mod at_rest {
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
         let before = src.bytes.load(Ordering::SeqCst);
         let got = c
-            .read(&Content::Blob(d.clone()), 500_000, 10)
+            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 500_000, 10)
             .await
             .unwrap();
         assert_eq!(&got[..], &blob[500_000..500_010]);
@@ -1045,7 +1087,7 @@ mod at_rest {
         flip(&blob_file(dir.path(), &d), 999_000);
         let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
         let got = c
-            .read(&Content::Blob(d.clone()), 999_000, 10)
+            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 999_000, 10)
             .await
             .unwrap();
         assert_eq!(&got[..], &blob[999_000..999_010]);
@@ -1101,7 +1143,10 @@ mod background {
         let (src, d) = Fake::with(&[&blob]);
         let dir = tempfile::tempdir().unwrap();
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        let got = c.read(&Content::Blob(d[0].clone()), 10, 100).await.unwrap();
+        let got = c
+            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 10, 100)
+            .await
+            .unwrap();
         assert_eq!(&got[..], &blob[10..110]);
         let store = DiskStore::open(dir.path()).unwrap();
         until("completion", || store.has_complete(&d[0].digest)).await;
@@ -1116,7 +1161,10 @@ mod background {
         src.corrupt.store(true, Ordering::SeqCst);
         let dir = tempfile::tempdir().unwrap();
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        let _ = c.read(&Content::Blob(d[0].clone()), 0, 100).await.unwrap();
+        let _ = c
+            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 100)
+            .await
+            .unwrap();
         let partial = dir.path().join("partial/sha256").join(d[0].digest.hex());
         let chunks_left = || {
             std::fs::read_dir(&partial)
@@ -1150,8 +1198,12 @@ mod background {
             ..Fake::default()
         });
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        c.read(&Content::Blob(d[0].clone()), 0, 100).await.unwrap();
-        c.read(&Content::Blob(d[1].clone()), 0, 100).await.unwrap();
+        c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 100)
+            .await
+            .unwrap();
+        c.read(&Content::Blob(std::sync::Arc::new(d[1].clone())), 0, 100)
+            .await
+            .unwrap();
         c.close();
         let partials = dir.path().join("partial/sha256");
         assert!(

@@ -293,7 +293,7 @@ pub async fn layer_index(
         let toc = tokio::task::spawn_blocking(move || {
             let mut input = RangeInput {
                 cache: c,
-                content: crate::Content::Blob(b.clone()),
+                content: crate::Content::Blob(std::sync::Arc::new(b.clone())),
                 size: b.size,
                 pos: 0,
                 buf: bytes::Bytes::new(),
@@ -568,7 +568,7 @@ async fn diff_ids(manifest: &crate::Manifest, cache: &crate::ChunkCache) -> Vec<
     if !zstd || cache.store().is_none() || manifest.config.size > MAX_CONFIG {
         return Vec::new();
     }
-    let config = crate::Content::Blob(manifest.config.clone());
+    let config = crate::Content::Blob(std::sync::Arc::new(manifest.config.clone()));
     let bytes = match cache.read(&config, 0, manifest.config.size).await {
         Ok(b) => b,
         Err(e) => {

@@ -37,7 +37,7 @@ pub(crate) async fn read(
 ) -> Result<Bytes> {
     let layer = &f.layer;
     if layer.compression == Compression::None {
-        let blob = Content::Blob(layer.blob.clone());
+        let blob = Content::Blob(std::sync::Arc::new(layer.blob.clone()));
         return blobs.read(&blob, f.offset + offset, len).await;
     }
     if layer.compression == Compression::Zstd {
@@ -187,7 +187,7 @@ async fn read_on(
             decoder: Box::new(Bounded::new(
                 Zstd::new(RangeRead {
                     reader: shared,
-                    content: Content::Blob(blob.clone()),
+                    content: Content::Blob(std::sync::Arc::new(blob.clone())),
                     pos: point.compressed,
                     size: blob.size,
                     buf: Bytes::new(),
@@ -354,7 +354,14 @@ async fn read_decoded(
             return None;
         }
     }
-    match cache.read(&Content::Blob(decoded.clone()), at, len).await {
+    match cache
+        .read(
+            &Content::Blob(std::sync::Arc::new(decoded.clone())),
+            at,
+            len,
+        )
+        .await
+    {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             tracing::debug!(layer = %layer.blob.digest, error = %e, "the decoded layer is gone");

@@ -106,7 +106,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
     let fx = Fixture::new(vec![file("big.bin", 64 * MIB, 1)]);
     let blob = fx.descriptor(0);
-    let content = Content::Blob(blob.clone());
+    let content = Content::Blob(std::sync::Arc::new(blob.clone()));
     let data = fx.files[0].content.clone();
     let rt = runtime();
     for verify in [Verify::Strict, Verify::Lazy] {
@@ -181,7 +181,7 @@ fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
 #[test]
 fn thirty_two_readers_of_one_missing_chunk_make_one_request() {
     let fx = Fixture::new(vec![file("big.bin", 16 * MIB, 2)]);
-    let content = Content::Blob(fx.descriptor(0));
+    let content = Content::Blob(std::sync::Arc::new(fx.descriptor(0)));
     let data = fx.files[0].content.clone();
     let rt = runtime();
     for verify in [Verify::Lazy, Verify::Strict] {

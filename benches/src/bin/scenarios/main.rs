@@ -141,7 +141,11 @@ async fn random_read(
     )
     .expect("cache");
     let bytes = cache
-        .read(&Content::Blob(blob.clone()), blob.size / 2, 4096)
+        .read(
+            &Content::Blob(std::sync::Arc::new(blob.clone())),
+            blob.size / 2,
+            4096,
+        )
         .await
         .expect("read");
     assert_eq!(bytes.len(), 4096);
