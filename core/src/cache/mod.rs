@@ -201,6 +201,9 @@ impl Drop for Pin {
     }
 }
 
+/// Chunks a background completion fetches in one go.
+const BACKGROUND_BATCH: usize = 4;
+
 /// Whole-blob flights use this key in place of a chunk number.
 const WHOLE: u64 = u64::MAX;
 
@@ -1491,8 +1494,13 @@ impl Inner {
                 let wanted: Vec<u64> = (0..blob.size.div_ceil(partial.chunk_size))
                     .filter(|c| !partial.has(*c))
                     .collect();
-                if !wanted.is_empty() {
-                    inner.fetch_chunks(&blob, &partial, wanted).await?;
+                // A few chunks at a time: a reader that wants one of them
+                // waits for a short request, not for the whole blob.
+                for batch in wanted.chunks(BACKGROUND_BATCH) {
+                    if inner.closed.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    inner.fetch_chunks(&blob, &partial, batch.to_vec()).await?;
                 }
                 inner.after_lazy_fetch(&store, &blob, &partial);
                 Ok(())

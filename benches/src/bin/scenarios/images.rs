@@ -433,6 +433,16 @@ pub(crate) fn package(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
             "ocifs mount --expand + run, lazy",
             &["--expand", "--verify", "lazy"][..],
         ),
+        (
+            "ocifs mount --expand + run, lazy, no background completion",
+            &[
+                "--expand",
+                "--verify",
+                "lazy",
+                "--background-fetch-max",
+                "0",
+            ][..],
+        ),
     ] {
         let cache = work.path().join(format!("cache-{}", tool.len()));
         proxy.reset();
