@@ -2,38 +2,16 @@
 //! counting allocator: the bytes live once the index of a 100,000-entry
 //! tar is built, and the peak while it is built.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use ocifs_core::archive::{Compression, Format, index};
 use ocifs_core::{Descriptor, Digest, DirectReader, LayoutSource, Verify};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now =
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: common::Counting = common::Counting;
 
 const ENTRIES: usize = 100_000;
 
@@ -95,13 +73,13 @@ fn a_package_index_costs_a_bounded_few_hundred_bytes_an_entry() {
         let blob = layout(dir.path(), gzip);
         let source = LayoutSource::open(dir.path()).expect("layout");
         let reader = DirectReader::new(Arc::new(source), Verify::Lazy);
-        let before = LIVE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
+        let before = common::live();
+        common::reset_peak();
         let built = rt
             .block_on(index(&reader, &blob, Format::Tar(compression)))
             .expect("index");
-        let live = LIVE.load(Ordering::Relaxed) - before;
-        let peak = PEAK.load(Ordering::Relaxed) - before;
+        let live = common::live() - before;
+        let peak = common::peak() - before;
         assert_eq!(built.items.len(), ENTRIES, "{:?}", built.problems.first());
         let (per_live, per_peak) = (live / ENTRIES as isize, peak / ENTRIES as isize);
         eprintln!(

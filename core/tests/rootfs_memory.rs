@@ -3,37 +3,18 @@
 //! Measured with a counting allocator: the bytes live once the tree is
 //! built and the layer's table of contents dropped.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use ocifs_core::archive::Compression;
 use ocifs_core::image::overlay::{MergeLayer, merge};
 use ocifs_core::image::{EntryKind, ImageLayer, TocEntry};
 use ocifs_core::{Descriptor, Digest};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: common::Counting = common::Counting;
 
 fn entry(path: String, kind: EntryKind, offset: u64) -> TocEntry {
     TocEntry {
@@ -69,7 +50,7 @@ fn a_100k_entry_image_tree_fits_in_well_under_100_mib() {
         points: Default::default(),
         decoded: None,
     });
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     let tree = {
         // Paths as deep and as long as a distribution's: 1,000 directories
         // of 99 files, under usr/share/….
@@ -92,7 +73,7 @@ fn a_100k_entry_image_tree_fits_in_well_under_100_mib() {
             problems: Vec::new(),
         }])
     };
-    let used = LIVE.load(Ordering::Relaxed) - before;
+    let used = common::live() - before;
     assert!(tree.len() >= 100_000);
     eprintln!(
         "tree of {} nodes: {:.1} MiB, {} bytes per node",

@@ -335,14 +335,11 @@ impl ChunkCache {
         if file.metadata().ok()?.len() != blob.size {
             return None;
         }
-        let chunks = blob.size.div_ceil(inner.options.chunk_size);
-        for n in 0..chunks {
-            if !inner.is_checked(&blob.digest, n)
-                && !matches!(
-                    inner.checked_from_complete(store, blob, &file, n),
-                    Ok(Some(_))
-                )
-            {
+        for n in inner.unchecked(blob) {
+            if !matches!(
+                inner.checked_from_complete(store, blob, &file, n),
+                Ok(Some(_))
+            ) {
                 return None;
             }
         }
@@ -422,11 +419,17 @@ impl Inner {
 
     /// Whether chunk `n` of a complete blob was checked in this process.
     fn is_checked(&self, digest: &Digest, n: u64) -> bool {
-        self.checked.lock().is_ok_and(|c| {
-            c.get(digest)
-                .and_then(|bits| bits.get((n / 64) as usize))
-                .is_some_and(|w| w & (1 << (n % 64)) != 0)
-        })
+        self.checked.lock().is_ok_and(|c| bit_set(c.get(digest), n))
+    }
+
+    /// The chunks of a complete blob this process has not checked yet.
+    fn unchecked(&self, blob: &Descriptor) -> Vec<u64> {
+        let chunks = blob.size.div_ceil(self.options.chunk_size);
+        let Ok(c) = self.checked.lock() else {
+            return (0..chunks).collect();
+        };
+        let bits = c.get(&blob.digest);
+        (0..chunks).filter(|&n| !bit_set(bits, n)).collect()
     }
 
     /// Records chunks `chunks` of a complete blob as checked.
@@ -687,30 +690,16 @@ impl Inner {
                 // the unchecked chunks.
                 return Ok(());
             }
-            let mut written = Ok(());
-            let mut full = false;
-            for attempt in 0..2 {
-                let (writing, bytes) = (partial.clone(), bytes.clone());
-                written =
-                    tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
-                        .await
-                        .map_err(join_error)?;
-                match (&written, &self.store) {
-                    (Err(e), Some(store)) if is_disk_full(e) => {
-                        if attempt == 0 {
-                            tracing::warn!(digest = %blob.digest, "the cache's filesystem is full; evicting and trying again");
-                            self.evict_for(store, end - offset).await;
-                            continue;
-                        }
-                        // Its chunks would only hold the disk full.
-                        store.drop_partial(&blob.digest);
-                        written = Err(disk_full(store, &blob, e));
-                        full = true;
+            let written = self
+                .with_room(&blob, end - offset, || {
+                    let (writing, bytes) = (partial.clone(), bytes.clone());
+                    async move {
+                        tokio::task::spawn_blocking(move || writing.write_chunks(a, &bytes, true))
+                            .await
+                            .map_err(join_error)?
                     }
-                    _ => {}
-                }
-                break;
-            }
+                })
+                .await;
             if let Err(e) = written {
                 // The partial blob may have been promoted by another process.
                 if self
@@ -722,7 +711,7 @@ impl Inner {
                 }
                 // Its directory may have been removed: start afresh next time.
                 self.forget_partial(&blob.digest);
-                if partial.is_gone() && !full {
+                if partial.is_gone() && !is_disk_full(&e) {
                     // Removed under this write (promoted by another process
                     // and then evicted, or evicted): nothing was marked, and
                     // the read looks again, in a new generation.
@@ -775,33 +764,9 @@ impl Inner {
             if store.has_complete(&b.digest) {
                 return Ok(());
             }
-            let mut result = Ok(());
-            // A full filesystem: what is not in use is evicted and the
-            // stream tried once more; a stream that still fails leaves none
-            // of its chunks behind (they would only hold the disk full).
-            for attempt in 0..2 {
-                let partial = inner.partial(&store, &b)?;
-                // One process streams a blob at a time; another waiting here
-                // finds it complete when it gets the lock.
-                let locking = partial.clone();
-                let lock = tokio::task::spawn_blocking(move || locking.lock_stream()).await.map_err(join_error)??;
-                result = if store.has_complete(&b.digest) { Ok(()) } else { inner.stream_whole(&store, &b, &partial).await };
-                drop(lock);
-                inner.forget_partial(&b.digest);
-                match &result {
-                    Err(e) if is_disk_full(e) => {
-                        store.drop_partial(&b.digest);
-                        if attempt == 0 {
-                            tracing::warn!(digest = %b.digest, "the cache's filesystem is full; evicting and trying again");
-                            inner.evict_for(&store, b.size).await;
-                            continue;
-                        }
-                        result = Err(disk_full(&store, &b, e));
-                    }
-                    _ => {}
-                }
-                break;
-            }
+            let result = inner
+                .with_room(&b, b.size, || inner.clone().stream_locked(store.clone(), b.clone()))
+                .await;
             match &result {
                 Ok(()) => Counters::bump(&inner.counters.blobs_verified),
                 Err(e @ Error::DigestMismatch { .. }) => {
@@ -815,6 +780,25 @@ impl Inner {
             result
         })
         .await
+    }
+
+    /// Streams `blob` whole into the cache under its stream lock: one process
+    /// streams a blob at a time, and another waiting here finds it complete
+    /// when it gets the lock.
+    async fn stream_locked(self: Arc<Self>, store: Arc<DiskStore>, blob: Descriptor) -> Result<()> {
+        let partial = self.partial(&store, &blob)?;
+        let locking = partial.clone();
+        let lock = tokio::task::spawn_blocking(move || locking.lock_stream())
+            .await
+            .map_err(join_error)??;
+        let streamed = if store.has_complete(&blob.digest) {
+            Ok(())
+        } else {
+            self.stream_whole(&store, &blob, &partial).await
+        };
+        drop(lock);
+        self.forget_partial(&blob.digest);
+        streamed
     }
 
     /// Fetches the rest of a blob with one streaming request from its first
@@ -1036,6 +1020,37 @@ impl Inner {
         }
     }
 
+    /// Runs `attempt`, a write of `blob`'s bytes into the cache. When the
+    /// cache's filesystem is full (or over quota), evicts what is not in use
+    /// until `room` more bytes would fit and runs it once more; one that
+    /// still finds it full drops the blob's partial chunks (they would only
+    /// keep the disk full) and is an error naming the blob and the fix.
+    async fn with_room<F: Future<Output = Result<()>>>(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        room: u64,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<()> {
+        let first = attempt().await;
+        let Some(store) = self.store.clone() else {
+            return first;
+        };
+        match first {
+            Err(e) if is_disk_full(&e) => {
+                tracing::warn!(digest = %blob.digest, "the cache's filesystem is full; evicting and trying again");
+                self.evict_for(&store, room).await;
+            }
+            done => return done,
+        }
+        match attempt().await {
+            Err(e) if is_disk_full(&e) => {
+                store.drop_partial(&blob.digest);
+                Err(disk_full(&store, blob, &e))
+            }
+            done => done,
+        }
+    }
+
     /// Evicts what is not in use (partial blobs first) until `room` more
     /// bytes would fit in the budget: after the filesystem said it is full.
     async fn evict_for(self: &Arc<Self>, store: &Arc<DiskStore>, room: u64) {
@@ -1157,12 +1172,10 @@ impl Inner {
         let cs = self.options.chunk_size;
         let (offset, len) = (n * cs, cs.min(blob.size - n * cs) as usize);
         let path = store.blob_path(&blob.digest);
-        let read = DiskStore::read_at(f, &path, offset, len);
-        if self.is_checked(&blob.digest, n)
-            && let Ok(bytes) = &read
-        {
-            return Ok(Some(Bytes::from(bytes.clone())));
-        }
+        let read = match DiskStore::read_at(f, &path, offset, len) {
+            Ok(bytes) if self.is_checked(&blob.digest, n) => return Ok(Some(Bytes::from(bytes))),
+            read => read,
+        };
         let table = match self.rest_table(blob) {
             Some(t) => t,
             None => match self.take_table(store, blob, f)? {
@@ -1216,21 +1229,8 @@ impl Inner {
     ) -> Result<Option<Arc<Vec<[u8; 32]>>>> {
         let cs = self.options.chunk_size;
         let path = store.blob_path(&blob.digest);
-        let mut hasher = BlobHasher::new(cs);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        loop {
-            let got = crate::fsutil::read_full_at(f, &mut buf, pos)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if got == 0 {
-                break;
-            }
-            hasher.update(&buf[..got]);
-            pos += got as u64;
-            if pos > blob.size {
-                break;
-            }
-        }
+        let hasher = store::hash_file(f, cs, blob.size)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let len = hasher.len();
         let (actual, digests) = hasher.finish();
         if len != blob.size || actual != blob.digest {
@@ -1650,6 +1650,12 @@ fn poisoned() -> Error {
         "cache state",
         std::io::Error::other("a lock was poisoned by a panic"),
     )
+}
+
+/// Whether bit `n` of a bitmap is set (no bitmap: none is).
+fn bit_set(bits: Option<&Vec<u64>>, n: u64) -> bool {
+    bits.and_then(|b| b.get((n / 64) as usize))
+        .is_some_and(|w| w & (1 << (n % 64)) != 0)
 }
 
 /// Whether an error is the cache's filesystem being full (or over quota).

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use super::table;
 use crate::digest::BlobHasher;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fsutil::{read_full_at, write_all_at};
 use crate::reference::RegistryRef;
@@ -551,18 +551,8 @@ impl DiskStore {
             return Ok(());
         }
         let data_path = p.dir.join("data");
-        let mut hasher = BlobHasher::new(p.chunk_size);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0;
-        loop {
-            let n = read_full_at(&p.data, &mut buf, pos)
-                .map_err(io_err(|| format!("reading {}", data_path.display())))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            pos += n as u64;
-        }
+        let hasher = hash_file(&p.data, p.chunk_size, p.size)
+            .map_err(io_err(|| format!("reading {}", data_path.display())))?;
         let len = hasher.len();
         let (actual, digests) = hasher.finish();
         if len != p.size || &actual != digest {
@@ -792,25 +782,28 @@ impl DiskStore {
         Ok(freed)
     }
 
-    /// Re-hashes every complete blob; removes and returns the bad ones.
+    /// Re-hashes every complete blob; removes and returns the bad ones, and
+    /// takes the chunk table of a good one that has none.
     pub fn verify_all(&self, mut progress: impl FnMut(&Digest, bool)) -> Result<Vec<Digest>> {
         let mut bad = Vec::new();
         for b in self.list()?.into_iter().filter(|b| b.state == "complete") {
             let path = self.blob_path(&b.digest);
-            let ok = (|| -> io::Result<bool> {
-                let mut f = File::open(&path)?;
-                let mut h = Hasher::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                Ok(h.finish() == b.digest)
-            })()
-            .unwrap_or(false);
+            // Hashed in the default chunk size, so a blob that has no
+            // table yet (an older cache's) gets one on the way.
+            let cs = super::DEFAULT_CHUNK_SIZE;
+            let checked = File::open(&path)
+                .and_then(|f| hash_file(&f, cs, b.size))
+                .ok()
+                .filter(|h| h.len() == b.size)
+                .map(BlobHasher::finish)
+                .filter(|(d, _)| *d == b.digest);
+            let ok = checked.is_some();
+            if let Some((_, table)) = checked
+                && self.get_table(&b.digest, b.size).is_none()
+                && let Err(e) = self.put_table(&b.digest, cs, b.size, &table)
+            {
+                tracing::warn!(digest = %b.digest, error = %e, "cannot store the chunk digest table");
+            }
             progress(&b.digest, ok);
             if !ok {
                 self.remove(&b.digest);
@@ -878,6 +871,24 @@ impl DiskStore {
         let _ = fs::remove_dir_all(self.root.join("chunks"));
         Ok(freed)
     }
+}
+
+/// Hashes a file from its start, whole and in chunks of `chunk_size`,
+/// reading at most one buffer past `size` (a longer file then fails the
+/// caller's length check without being read to its end).
+pub(crate) fn hash_file(file: &File, chunk_size: u64, size: u64) -> io::Result<BlobHasher> {
+    let mut hasher = BlobHasher::new(chunk_size);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos <= size {
+        let n = read_full_at(file, &mut buf, pos)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hasher)
 }
 
 /// Renames a partial blob's data into place; if another process promoted
@@ -1231,6 +1242,9 @@ mod tests {
         let bad = s.verify_all(|_, _| {}).unwrap();
         assert_eq!(bad, vec![d_bad.clone()]);
         assert!(s.has_complete(&d_good) && !s.has_complete(&d_bad));
+        // The good one, from "an older cache", has its table now.
+        assert!(s.get_table(&d_good, 4).is_some());
+        assert!(s.get_table(&d_bad, 3).is_none());
     }
 
     #[test]

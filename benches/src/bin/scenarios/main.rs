@@ -301,6 +301,15 @@ fn mount_scenarios(
         "page cache NOT dropped (not permitted here)"
     };
     let scenario = format!("warm sequential read through a mount, {label}, {note}");
+    let warm = |tool: &str, d: Duration| {
+        Row::new(
+            scenario.clone(),
+            tool,
+            mbps(size, d),
+            "MB/s",
+            Some(local_rate),
+        )
+    };
     for (tool, extra) in [
         ("ocifs mount, passthrough", &[][..]),
         ("ocifs mount, no passthrough", &["--no-passthrough"][..]),
@@ -309,13 +318,7 @@ fn mount_scenarios(
         drop_page_cache();
         let d = read_all(&file);
         umount(&mnt);
-        rows.push(Row::new(
-            scenario.clone(),
-            tool,
-            mbps(size, d),
-            "MB/s",
-            Some(local_rate),
-        ));
+        rows.push(warm(tool, d));
     }
     // The cost of checking bytes at rest: the first read of a process checks
     // each chunk against the blob's table; a second read in the same mount
@@ -333,14 +336,7 @@ fn mount_scenarios(
         "ocifs mount, no passthrough, 1M memory tier, chunks checked already",
     ] {
         drop_page_cache();
-        let d = read_all(&file);
-        rows.push(Row::new(
-            scenario.clone(),
-            tool,
-            mbps(size, d),
-            "MB/s",
-            Some(local_rate),
-        ));
+        rows.push(warm(tool, read_all(&file)));
     }
     umount(&mnt);
 }
