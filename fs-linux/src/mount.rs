@@ -259,7 +259,7 @@ impl Mount {
     /// Waits, blocking, until the session ends (see [`Mount::unmounted`]).
     pub fn join(mut self) -> Result<()> {
         match self.session.take() {
-            Some(session) => session.join().map_err(|e| self.session_error(e)),
+            Some(session) => self.session_end(session.join()),
             None => Ok(()),
         }
     }
@@ -294,11 +294,10 @@ impl Mount {
             }
         }
         self.state.cancel_reads();
-        let aborted = busy && self.dev.is_some();
         if busy && let Some(dev) = self.dev {
             sys::abort_connection(sys::connection_id(dev));
         }
-        self.drain(session, aborted)
+        self.drain(session)
     }
 
     /// Whether the topmost mount at the mount point is still this one, so
@@ -331,10 +330,8 @@ impl Mount {
         }
     }
 
-    /// Waits for the session to end. After this process aborted the
-    /// connection itself (`aborted`), the session ending on that abort
-    /// (`ECONNABORTED`) is the end asked for, not an error.
-    fn drain(&self, session: BackgroundSession, aborted: bool) -> Result<()> {
+    /// Waits for the session to end.
+    fn drain(&self, session: BackgroundSession) -> Result<()> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while !session.guard.is_finished() {
             if Instant::now() >= deadline {
@@ -349,8 +346,17 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        match session.join() {
-            Err(e) if aborted && e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        self.session_end(session.join())
+    }
+
+    /// How the session ended. A session whose connection was aborted, by a
+    /// busy unmount of this process or by the kernel tearing down a
+    /// detached mount once its last file closed, ends with `ECONNABORTED`
+    /// where it would otherwise end with `ENODEV`: both are the end of an
+    /// unmounted mount, not errors.
+    fn session_end(&self, ended: io::Result<()>) -> Result<()> {
+        match ended {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
             r => r.map_err(|e| self.session_error(e)),
         }
     }
