@@ -10,11 +10,11 @@ use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ocifs_core::cache::{CacheOptions, ChunkCache};
-use ocifs_core::image::gzip::{self, GzipIndexer};
-use ocifs_core::image::toc;
-use ocifs_core::manifest::{Descriptor, Manifest, annotation};
-use ocifs_core::{Content, Digest, LayoutSource, Reader as _, Tree, Verify, ViewOptions};
+use ocifs_core::internals::gzip::{self, GzipIndexer};
+use ocifs_core::internals::tar as toc;
+use ocifs_core::{BlobReader as _, CacheOptions, ChunkCache};
+use ocifs_core::{Descriptor, Manifest, annotation};
+use ocifs_core::{Digest, LayoutSource, Tree, Verify, ViewOptions};
 
 /// A one-blob OCI layout in a temp dir, and the blob's descriptor.
 fn layout(blob: &[u8]) -> (tempfile::TempDir, Arc<LayoutSource>, Descriptor) {
@@ -68,9 +68,10 @@ fn cache_hit(c: &mut Criterion) {
         },
     )
     .expect("cache");
-    let content = Content::Blob(std::sync::Arc::new(desc));
+    let content = desc;
     // Warm: verified, every chunk in memory.
-    rt.block_on(cache.read(&content, 0, 8 << 20)).expect("warm");
+    rt.block_on(cache.read_blob(&content, 0, 8 << 20))
+        .expect("warm");
     let mut group = c.benchmark_group("chunk cache hit");
     for len in [4096u64, 128 * 1024, 1 << 20] {
         group.throughput(Throughput::Bytes(len));
@@ -79,7 +80,7 @@ fn cache_hit(c: &mut Criterion) {
             b.iter(|| {
                 offset = (offset + 1_234_567) % ((8 << 20) - len);
                 black_box(
-                    rt.block_on(cache.read(&content, offset, len))
+                    rt.block_on(cache.read_blob(&content, offset, len))
                         .expect("read"),
                 )
             })

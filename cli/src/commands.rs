@@ -3,8 +3,8 @@
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context as _, bail};
-use ocifs_core::digest::Hasher;
-use ocifs_core::view::{Content, NodeKind, format_time};
+use ocifs_core::Hasher;
+use ocifs_core::{Content, NodeKind, format_time};
 use ocifs_core::{Error, Resolution, Tree, ViewOptions, resolve};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
@@ -59,7 +59,7 @@ struct InspectJson<'a> {
     media_type: &'a str,
     artifact_type: &'a str,
     size: u64,
-    path: &'a [ocifs_core::resolve::IndexStep],
+    path: &'a [ocifs_core::IndexStep],
     config: &'a ocifs_core::Descriptor,
     layers: &'a [ocifs_core::Descriptor],
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -133,7 +133,7 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         for (k, v) in l
             .annotations
             .iter()
-            .filter(|(k, _)| k.as_str() != ocifs_core::manifest::annotation::TITLE)
+            .filter(|(k, _)| k.as_str() != ocifs_core::annotation::TITLE)
         {
             out.push_str(&format!("      {k}: {v}\n"));
         }
@@ -181,7 +181,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     };
     let (opened, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
     let ino = tree.resolve_path(path)?;
-    let entries: Vec<(ocifs_core::Ino, ocifs_core::view::Entry)> = match tree.node(ino) {
+    let entries: Vec<(ocifs_core::Ino, ocifs_core::Entry)> = match tree.node(ino) {
         Some(n) if !n.is_dir() => vec![(ino, tree.entry(ino))],
         _ if args.recursive => {
             let base = tree.path_of(ino);
@@ -195,7 +195,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
                         .unwrap_or(&e.path)
                         .trim_start_matches('/')
                         .to_owned();
-                    Some((i, ocifs_core::view::Entry { path: rel, ..e }))
+                    Some((i, ocifs_core::Entry { path: rel, ..e }))
                 })
                 .collect()
         }
@@ -204,7 +204,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
             .map(|(name, i)| {
                 (
                     i,
-                    ocifs_core::view::Entry {
+                    ocifs_core::Entry {
                         path: name.to_owned(),
                         ..tree.entry(i)
                     },
@@ -214,7 +214,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     };
     let mut out = String::new();
     if args.json {
-        let rows: Vec<&ocifs_core::view::Entry> = entries.iter().map(|(_, e)| e).collect();
+        let rows: Vec<&ocifs_core::Entry> = entries.iter().map(|(_, e)| e).collect();
         out = serde_json::to_string_pretty(&rows)?;
         out.push('\n');
     } else {
@@ -255,7 +255,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
 /// Prints the counters to stderr if `--stats` asked for them.
 fn print_stats(args: &SourceArgs, opened: &Opened) {
     if args.stats {
-        let stats = opened.cache.stats();
+        let stats = opened.reader.stats();
         eprintln!("{}", serde_json::to_string(&stats).unwrap_or_default());
     }
 }
@@ -290,7 +290,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();
     let mut offset = 0;
     while offset < size {
-        let piece = opened.cache.read(content, offset, CAT_PIECE).await?;
+        let piece = opened.reader.read(content, offset, CAT_PIECE).await?;
         if piece.is_empty() {
             break;
         }

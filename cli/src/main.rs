@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         return mount::daemonize(args, &options).unwrap_or_else(|e| {
             eprintln!("ocifs: {e:#}");
-            ExitCode::from(ocifs_core::error::exit_code::OTHER)
+            ExitCode::from(ocifs_core::exit_code::OTHER)
         });
     }
     let log_file = match &cli.command {
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     };
     if let Err(e) = init_logging(cli.verbose, cli.quiet, log_file.as_deref()) {
         eprintln!("ocifs: cannot open the log file: {e:#}");
-        return ExitCode::from(ocifs_core::error::exit_code::OTHER);
+        return ExitCode::from(ocifs_core::exit_code::OTHER);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ocifs: cannot start the async runtime: {e}");
-            return ExitCode::from(ocifs_core::error::exit_code::OTHER);
+            return ExitCode::from(ocifs_core::exit_code::OTHER);
         }
     };
     let result = runtime.block_on(async {
@@ -165,10 +165,7 @@ fn main() -> ExitCode {
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     e.chain()
         .find_map(|c| c.downcast_ref::<ocifs_core::Error>())
-        .map_or(
-            ocifs_core::error::exit_code::OTHER,
-            ocifs_core::Error::exit_code,
-        )
+        .map_or(ocifs_core::exit_code::OTHER, ocifs_core::Error::exit_code)
 }
 
 #[cfg(test)]

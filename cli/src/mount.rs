@@ -147,9 +147,7 @@ pub fn daemonize(args: &MountArgs, options: &ValueOptions) -> anyhow::Result<Exi
     Ok(ExitCode::from(
         status
             .code()
-            .map_or(ocifs_core::error::exit_code::OTHER, |c| {
-                c.clamp(1, 255) as u8
-            }),
+            .map_or(ocifs_core::exit_code::OTHER, |c| c.clamp(1, 255) as u8),
     ))
 }
 
@@ -302,7 +300,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
         Content::Blob(blob) => cache.backing_file(blob),
         _ => None,
     }));
-    let reader = Arc::new(opened.cache.clone());
+    let reader = opened.reader.clone();
     let mount = ocifs_fs_linux::mount(
         tree,
         reader,
@@ -326,7 +324,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     if args.source.stats {
         // Not eprintln!: a daemon's stderr may be a closed pipe.
         let mut err = std::io::stderr();
-        let _ = writeln!(err, "{}", serde_json::to_string(&opened.cache.stats())?);
+        let _ = writeln!(err, "{}", serde_json::to_string(&opened.reader.stats())?);
         let _ = writeln!(err, "{}", serde_json::to_string(&stats)?);
     }
     Ok(())
@@ -341,7 +339,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
         bail!("mount takes REF and MOUNTPOINT");
     };
     let (opened, _, tree) = open_view(&args, reference).await?;
-    let reader = Arc::new(opened.cache.clone());
+    let reader = opened.reader.clone();
     let options = ocifs_fs_windows::MountOptions::default();
     let mount = ocifs_fs_windows::mount(
         tree,

@@ -9,10 +9,11 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use std::sync::Arc;
 
-use ocifs_core::cache::{self, CacheOptions, CachedSource, ChunkCache, DiskStore};
+use ocifs_core::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
-    Credentials, Error, Expand, LayoutRef, LayoutSource, Manifest, Platform, Reader, Reference,
-    RegistryOptions, RegistrySource, RetryPolicy, Source, Tree, Verify, ViewOptions,
+    ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Manifest,
+    Platform, Reference, RegistryOptions, RegistrySource, RetryPolicy, Source, Tree, Verify, View,
+    ViewOptions,
 };
 
 /// Parses a byte size: `4096`, `512K`, `1M`, `1MiB`, `10G`, `1.5G`.
@@ -66,18 +67,16 @@ pub struct ViewArgs {
     pub layers: bool,
 
     /// Refuse an image layer with more entries than this.
-    #[arg(long, value_name = "N", default_value_t = ocifs_core::image::toc::MAX_LAYER_ENTRIES)]
+    #[arg(long, value_name = "N", default_value_t = ocifs_core::internals::tar::MAX_LAYER_ENTRIES)]
     pub max_layer_entries: usize,
 }
 
 impl ViewArgs {
-    /// Builds the view of `manifest`, reading packages through `reader`;
-    /// entries and packages that cannot be shown are logged as warnings.
-    ///
-    /// With `--root`, or a `path` the caller will use (relative to the
-    /// root), only the packages on the way there are read; should the way
-    /// pass a symlink or not exist, every package is, so that the view is
-    /// exactly the full one.
+    /// Builds the view of `manifest` as these arguments ask
+    /// ([`ocifs_core::View`]), reading packages and image layers through
+    /// `cache`; entries and packages that cannot be shown are logged as
+    /// warnings. `path` is the one the caller will use (relative to the
+    /// root), if it is known: only the packages on the way there are read.
     pub async fn tree(
         &self,
         manifest: &Manifest,
@@ -85,60 +84,20 @@ impl ViewArgs {
         cache: &ChunkCache,
         path: Option<&str>,
     ) -> anyhow::Result<Tree> {
-        if ocifs_core::image::is_image(manifest) && !self.layers {
-            let options = ocifs_core::image::ImageOptions {
+        let view = View {
+            options: ViewOptions {
+                file_mode,
+                expand: self.expand.unwrap_or_default(),
+                ..ViewOptions::default()
+            },
+            layers: self.layers,
+            image: ImageOptions {
                 max_entries: self.max_layer_entries,
-            };
-            let tree = ocifs_core::image::build(manifest, cache, &options).await?;
-            for problem in tree.problems() {
-                tracing::warn!("{problem}");
-            }
-            return match &self.root {
-                Some(root) => Ok(tree
-                    .subtree(root)
-                    .with_context(|| format!("--root {root}"))?),
-                None => Ok(tree),
-            };
-        }
-        let reader: &dyn Reader = cache;
-        let options = ViewOptions {
-            file_mode,
-            expand: self.expand.unwrap_or_default(),
-            ..ViewOptions::default()
+            },
+            root: self.root.clone(),
         };
-        let toward = [self.root.as_deref(), path]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join("/");
-        let mut tree = Tree::build_toward(manifest, &options, reader, &toward).await?;
-        if crosses_symlink_or_missing(&tree, &toward) {
-            tree = Tree::build(manifest, &options, reader).await?;
-        }
-        for problem in tree.problems() {
-            tracing::warn!("{problem}");
-        }
-        match &self.root {
-            Some(root) => Ok(tree
-                .subtree(root)
-                .with_context(|| format!("--root {root}"))?),
-            None => Ok(tree),
-        }
+        Ok(view.build(manifest, cache, path).await?)
     }
-}
-
-/// Whether the way to `path` in `tree` passes a symlink, or ends nowhere.
-fn crosses_symlink_or_missing(tree: &Tree, path: &str) -> bool {
-    let mut prefix = String::new();
-    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        prefix.push('/');
-        prefix.push_str(c);
-        match tree.resolve_path(&prefix) {
-            Ok(ino) if tree.node(ino).is_some_and(|n| !n.is_symlink()) => {}
-            _ => return true,
-        }
-    }
-    false
 }
 
 /// Where the cache is and how it behaves.
@@ -159,7 +118,7 @@ impl CacheArgs {
     pub fn dir(&self) -> anyhow::Result<PathBuf> {
         self.cache_dir
             .clone()
-            .or_else(cache::default_dir)
+            .or_else(ocifs_core::default_dir)
             .context("no cache directory: set --cache-dir or $OCIFS_CACHE")
     }
 
@@ -255,6 +214,8 @@ pub struct Opened {
     pub source: Arc<dyn Source>,
     /// The cache reading through it.
     pub cache: ChunkCache,
+    /// Files' contents, read through the cache.
+    pub reader: Arc<ContentReader>,
     /// The reference, as parsed.
     pub reference: Reference,
     /// `--platform`, if given.
@@ -299,7 +260,7 @@ impl SourceArgs {
             })),
             (None, Some(_)) => bail!("--password needs --username"),
             (Some(_), None) => bail!("--username needs --password or --password-stdin"),
-            (None, None) => Ok(ocifs_core::auth::lookup(registry)?),
+            (None, None) => Ok(ocifs_core::lookup_credentials(registry)?),
         }
     }
 
@@ -363,6 +324,7 @@ impl SourceArgs {
         let cache = ChunkCache::new(source.clone(), store, options)?;
         Ok(Opened {
             source,
+            reader: Arc::new(ContentReader::over_cache(&cache)),
             cache,
             reference,
             platform: self.platform.clone(),

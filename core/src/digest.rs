@@ -206,19 +206,14 @@ impl BlobHasher {
 }
 
 /// Checks chunk `n` of `blob` against its digest table.
-pub(crate) fn check_chunk(
-    table: &[[u8; 32]],
-    blob: &crate::manifest::Descriptor,
-    n: u64,
-    bytes: &[u8],
-) -> Result<()> {
+pub(crate) fn check_chunk(table: &[[u8; 32]], blob: &Digest, n: u64, bytes: &[u8]) -> Result<()> {
     let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
     match table.get(n as usize) {
         Some(expected) if *expected == actual => Ok(()),
         expected => Err(Error::DigestMismatch {
             what: format!(
                 "chunk {n} of blob {} ({} bytes; checked against its chunk digest table)",
-                blob.digest,
+                blob,
                 bytes.len()
             ),
             expected: expected.map_or_else(|| "no such chunk".into(), hex::encode),

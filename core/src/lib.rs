@@ -3,9 +3,34 @@
 //! A [`Reference`] names an artifact in a registry or an OCI layout
 //! directory. A [`Source`] ([`RegistrySource`], [`LayoutSource`]) serves its
 //! manifests and blob ranges. [`resolve()`] walks indexes to one manifest for a
-//! [`Platform`], checking every digest on the way, and a [`Tree`] is the
-//! directory view of that manifest, which the CLI lists and the filesystem
-//! backends mount.
+//! [`Platform`], checking every digest on the way. A [`View`] builds the
+//! [`Tree`] of that manifest, which the CLI lists and the filesystem
+//! backends mount; a [`ContentReader`] reads its files.
+//!
+//! The crate is layered; each layer uses only those below it (a test,
+//! `tests/layers.rs`, holds the code to it):
+//!
+//! ```text
+//!  reading        read       ContentReader: the one Reader, Content → bytes
+//!  tree builders  view       View (the policy), artifacts, Tree::build
+//!                 image      image indexes, LayerIndex, overlay merge
+//!                 package    zip and tar packages as directories
+//!  decoding       codec      blob → blocking Read, gzip/zstd seek points,
+//!                            the one tar walker, zip entries
+//!  blobs          cache      ChunkCache: single-flight, fetch, stream, evict
+//!                 blob       BlobReader (descriptor, offset, len → verified
+//!                            bytes), DirectReader, Verify, Stats
+//!  sources        resolve    reference → (index →)* manifest
+//!                 source     registry (distribution API), layout (beneath)
+//!                 credentials, retry
+//!  vocabulary     tree       Tree, Node: paths, no I/O
+//!                 content    Content: where a file's bytes are
+//!                 manifest, reference, digest, platform, error
+//! ```
+//!
+//! A FUSE read of a file inside a gzip image layer runs one way down:
+//! backend → [`ContentReader`] → codec (inflate from a seek point) →
+//! [`BlobReader`] ([`ChunkCache`]) → [`Source`].
 //!
 //! ```
 //! use ocifs_core::{Platform, Reference};
@@ -16,33 +41,64 @@
 //! assert!(p.matches(&"linux/aarch64/v8".parse().unwrap()));
 //! ```
 
-pub mod archive;
-pub mod auth;
-pub mod cache;
-pub mod digest;
-pub mod error;
+mod blob;
+mod cache;
+mod codec;
+mod content;
+mod credentials;
+mod digest;
+mod error;
 mod fsutil;
-pub mod image;
-pub mod manifest;
-pub mod platform;
-pub mod reader;
-pub mod reference;
-pub mod resolve;
-pub mod retry;
-pub mod source;
-pub mod view;
+mod image;
+mod manifest;
+mod package;
+mod platform;
+mod read;
+mod reference;
+mod resolve;
+mod retry;
+mod source;
+mod tree;
+mod view;
 
 #[cfg(test)]
 mod testutil;
 
-pub use cache::{CacheOptions, CachedSource, ChunkCache, DiskStore};
-pub use digest::Digest;
-pub use error::{Error, Result};
-pub use manifest::{Descriptor, Index, Manifest};
+pub use blob::{BlobReader, Counters, DirectReader, Stats, Verify};
+pub use cache::{
+    CacheOptions, CachedSource, ChunkCache, DEFAULT_CHUNK_SIZE, DiskStore, MemoryTier, Partial,
+    Scanned, StoredBlob, default_dir,
+};
+pub use content::{
+    Compression, Content, FramePoint, GzipPoint, SeekPoints, TarFile, TarStream, ZipEntry,
+    ZipMethod,
+};
+pub use credentials::{Credentials, lookup as lookup_credentials};
+pub use digest::{Digest, Hasher};
+pub use error::{Error, Result, exit_code, printable};
+pub use image::{ImageOptions, LayerIndex, is_image};
+pub use manifest::{
+    Descriptor, Index, MAX_MANIFEST_SIZE, Manifest, Parsed, annotation, media_type,
+    parse as parse_manifest,
+};
+pub use package::Format;
 pub use platform::Platform;
-pub use reader::{DirectReader, Reader, Stats, Verify};
+pub use read::{ContentReader, DECODED_BUDGET, Reader};
 pub use reference::{LayoutRef, Reference, RegistryRef};
-pub use resolve::{Resolution, resolve};
+pub use resolve::{IndexStep, Resolution, resolve};
 pub use retry::{Resumption, RetryPolicy};
-pub use source::{Credentials, LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
-pub use view::{Content, Expand, Ino, Tree, ViewOptions};
+pub use source::{LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
+pub use tree::{Entry, Ino, Node, NodeKind, SpecialKind, Tree, Xattrs, format_time};
+pub use view::{Expand, View, ViewOptions};
+
+/// What only the fuzz targets, benchmarks and memory tests reach into:
+/// the decoders, the layer index format and the overlay merge, the package
+/// indexer. Not a stable interface.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::codec::{MAX_RATIO, gzip, inflate_limit, tar, zstd};
+    pub use crate::image::{build as build_image, format, layer_compression, layer_index, overlay};
+    pub use crate::package::{
+        Index as PackageIndex, Item, ItemKind, MAX_ENTRIES, index as package_index,
+    };
+}

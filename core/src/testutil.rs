@@ -93,24 +93,57 @@ fn entry(d: &Descriptor, platform: Option<&str>, tag: Option<&str>) -> serde_jso
     v
 }
 
-/// A reader over blobs in memory, counting what is read.
+/// Blobs in memory, counting what is read.
 #[derive(Debug, Default)]
-pub(crate) struct MemReader {
+pub(crate) struct MemBlobs {
     blobs: std::collections::HashMap<Digest, bytes::Bytes>,
     /// Blob bytes read so far.
-    pub(crate) bytes_read: std::sync::atomic::AtomicU64,
-    entries: crate::archive::EntryReader,
+    bytes_read: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl crate::blob::BlobReader for MemBlobs {
+    async fn read_blob(
+        &self,
+        d: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) -> crate::error::Result<bytes::Bytes> {
+        let blob = self
+            .blobs
+            .get(&d.digest)
+            .ok_or_else(|| crate::error::Error::BlobNotFound {
+                digest: d.digest.to_string(),
+                source_name: "memory".into(),
+            })?;
+        let start = (offset as usize).min(blob.len());
+        let end = (offset.saturating_add(len) as usize).min(blob.len());
+        self.bytes_read
+            .fetch_add((end - start) as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(blob.slice(start..end))
+    }
+
+    fn stats(&self) -> crate::blob::Stats {
+        crate::blob::Stats::default()
+    }
+}
+
+/// A content reader over blobs in memory ([`MemBlobs`]).
+#[derive(Debug)]
+pub(crate) struct MemReader {
+    mem: std::sync::Arc<MemBlobs>,
+    blobs: std::sync::Arc<dyn crate::blob::BlobReader>,
+    content: crate::read::ContentReader,
 }
 
 impl MemReader {
     /// A reader holding `blobs`; returns it and their descriptors.
     pub(crate) fn new(blobs: &[(&str, &[u8])]) -> (Self, Vec<Descriptor>) {
-        let mut reader = MemReader::default();
+        let mut mem = MemBlobs::default();
         let mut descriptors = Vec::new();
         for (title, bytes) in blobs {
             let digest = Digest::of(bytes);
-            reader
-                .blobs
+            mem.blobs
                 .insert(digest.clone(), bytes::Bytes::copy_from_slice(bytes));
             let mut annotations = BTreeMap::new();
             if !title.is_empty() {
@@ -126,41 +159,44 @@ impl MemReader {
                 urls: Vec::new(),
             });
         }
-        (reader, descriptors)
+        let mem = std::sync::Arc::new(mem);
+        let blobs: std::sync::Arc<dyn crate::blob::BlobReader> = mem.clone();
+        let content = crate::read::ContentReader::new(blobs.clone());
+        (
+            MemReader {
+                mem,
+                blobs,
+                content,
+            },
+            descriptors,
+        )
+    }
+
+    /// The blob reader below, for the tree builders.
+    pub(crate) fn blobs(&self) -> &std::sync::Arc<dyn crate::blob::BlobReader> {
+        &self.blobs
     }
 
     pub(crate) fn read_so_far(&self) -> u64 {
-        self.bytes_read.load(std::sync::atomic::Ordering::SeqCst)
+        self.mem
+            .bytes_read
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 #[async_trait::async_trait]
-impl crate::reader::Reader for MemReader {
+impl crate::read::Reader for MemReader {
     async fn read(
         &self,
-        content: &crate::view::Content,
+        content: &crate::content::Content,
         offset: u64,
         len: u64,
     ) -> crate::error::Result<bytes::Bytes> {
-        let crate::view::Content::Blob(d) = content else {
-            return self.entries.read(self, content, offset, len).await;
-        };
-        let blob = self
-            .blobs
-            .get(&d.digest)
-            .ok_or_else(|| crate::error::Error::BlobNotFound {
-                digest: d.digest.to_string(),
-                source_name: "memory".into(),
-            })?;
-        let start = (offset as usize).min(blob.len());
-        let end = (offset.saturating_add(len) as usize).min(blob.len());
-        self.bytes_read
-            .fetch_add((end - start) as u64, std::sync::atomic::Ordering::SeqCst);
-        Ok(blob.slice(start..end))
+        self.content.read(content, offset, len).await
     }
 
-    fn stats(&self) -> crate::reader::Stats {
-        crate::reader::Stats::default()
+    fn stats(&self) -> crate::blob::Stats {
+        crate::blob::Stats::default()
     }
 }
 

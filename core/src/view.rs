@@ -1,153 +1,34 @@
-//! Views: the directory tree an artifact is shown as.
+//! Views: the tree an artifact is shown as, built from its manifest (a
+//! tree builder, and the view policy a caller asks for).
 //!
-//! A [`Tree`] is an immutable inode table built once from a manifest. In an
-//! ORAS artifact each layer titled with `org.opencontainers.image.title` is a
-//! file of that name (a `/` in a title makes directories); a layer without a
-//! title is shown as `sha256-<hex>` rather than hidden. Titles that could
-//! escape the root, clash or cannot be names fail the build, naming the layer.
+//! In an ORAS artifact each layer titled with `org.opencontainers.image.title`
+//! is a file of that name (a `/` in a title makes directories); a layer
+//! without a title is shown as `sha256-<hex>` rather than hidden. Titles
+//! that could escape the root, clash or cannot be names fail the build,
+//! naming the layer.
 //!
 //! [`Tree::build`] also shows packages as directories, reading them through
-//! a [`Reader`] ([`crate::archive`]): an ORAS directory layer always, and
-//! with [`Expand`] a zip or tar layer as a directory named by its title
+//! a [`BlobReader`] ([`crate::package`]): an ORAS directory layer always,
+//! and with [`Expand`] a zip or tar layer as a directory named by its title
 //! without the extension, holding the package's files (with their modes,
-//! times and symlinks). Entries that cannot be shown are left out and listed
-//! in [`Tree::problems`]; a package that cannot be read at all stays a file,
-//! with a problem saying why. [`Tree::subtree`] re-roots a view at one of
-//! its directories.
+//! times and symlinks). Entries that cannot be shown are left out and
+//! listed in [`Tree::problems`]; a package that cannot be read at all stays
+//! a file, with a problem saying why.
+//!
+//! [`View`] is the whole policy: a container image as its root filesystem
+//! (or, asked for, its layers as files), an artifact with its packages, and
+//! a `--root` directory of either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
-use crate::archive::{self, Compression, Format, Item, ItemKind, TarEntry, ZipEntry};
+use crate::blob::BlobReader;
+use crate::content::{Compression, Content};
 use crate::error::{Error, Result};
-use crate::image::LayerFile;
 use crate::manifest::{Descriptor, Manifest, annotation};
-use crate::reader::Reader;
-
-/// An inode number. The root is [`Tree::ROOT`].
-pub type Ino = u64;
-
-/// What a file's bytes are.
-// `Blob` is the common case and matched on everywhere, so it stays unboxed;
-// package entries share their (larger) records through an `Arc`.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Content {
-    /// A whole blob.
-    Blob(Arc<Descriptor>),
-    /// An entry of a zip layer: its local header and data are read when
-    /// it is.
-    Zip(Arc<ZipEntry>),
-    /// An entry of a tar layer (plain, gzip or zstd).
-    Tar(Arc<TarEntry>),
-    /// A file of a container image's root filesystem: a range of one
-    /// layer's uncompressed tar stream.
-    Layer(LayerFile),
-}
-
-impl Content {
-    /// The file size in bytes.
-    pub fn size(&self) -> u64 {
-        match self {
-            Content::Blob(d) => d.size,
-            Content::Zip(e) => e.size,
-            Content::Tar(e) => e.size,
-            Content::Layer(f) => f.size,
-        }
-    }
-
-    /// The blob the bytes are in (for a package entry, the package's).
-    pub fn blob(&self) -> &Descriptor {
-        match self {
-            Content::Blob(d) => d,
-            Content::Zip(e) => &e.blob,
-            Content::Tar(e) => &e.blob,
-            Content::Layer(f) => &f.layer.blob,
-        }
-    }
-}
-
-/// The kind of a node, with what it holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeKind {
-    /// A directory: its entries by name.
-    Dir(BTreeMap<String, Ino>),
-    /// A regular file.
-    File(Content),
-    /// A symbolic link (from a package) to this target, which may point
-    /// anywhere: it is only shown.
-    Symlink(String),
-    /// A device or a FIFO of a container image: shown with its type and
-    /// numbers, never opened (mounts are `nodev`).
-    Special {
-        /// Which.
-        kind: SpecialKind,
-        /// The device's major number (0 for a FIFO).
-        major: u32,
-        /// The device's minor number (0 for a FIFO).
-        minor: u32,
-    },
-}
-
-/// The kind of a [`NodeKind::Special`] node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpecialKind {
-    /// A character device.
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A FIFO.
-    Fifo,
-}
-
-/// Extended attributes: (name, value), as the archive lists them.
-pub type Xattrs = Arc<Vec<(String, Vec<u8>)>>;
-
-/// One inode.
-#[derive(Clone, Debug)]
-pub struct Node {
-    /// Its name in its parent (empty for the root).
-    pub name: String,
-    /// Its parent (the root is its own parent).
-    pub parent: Ino,
-    /// What it is.
-    pub kind: NodeKind,
-    /// Permission bits with setuid, setgid and sticky (without the
-    /// file-type bits).
-    pub mode: u32,
-    /// Modification time.
-    pub mtime: SystemTime,
-    /// Owner and group, as the image says; `None` (artifacts): the user
-    /// who mounts.
-    pub owner: Option<(u32, u32)>,
-    /// Extended attributes, as the image says.
-    pub xattrs: Option<Xattrs>,
-}
-
-impl Node {
-    /// Size in bytes (0 for directories; a symlink's is its target's length).
-    pub fn size(&self) -> u64 {
-        match &self.kind {
-            NodeKind::File(c) => c.size(),
-            NodeKind::Dir(_) => 0,
-            NodeKind::Symlink(target) => target.len() as u64,
-            NodeKind::Special { .. } => 0,
-        }
-    }
-
-    /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
-        matches!(self.kind, NodeKind::Dir(_))
-    }
-
-    /// Whether this is a symbolic link.
-    pub fn is_symlink(&self) -> bool {
-        matches!(self.kind, NodeKind::Symlink(_))
-    }
-}
+use crate::package::{self, Format, Item, ItemKind};
+use crate::tree::{Ino, NodeKind, Tree, parse_rfc3339};
 
 /// Which zip and tar layers are shown as directories.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,51 +76,6 @@ impl Default for ViewOptions {
     }
 }
 
-/// An immutable tree of inodes.
-#[derive(Clone, Debug)]
-pub struct Tree {
-    nodes: Vec<Node>,
-    problems: Vec<String>,
-    /// A root filesystem: absolute symlinks resolve from the root.
-    rootfs: bool,
-}
-
-/// One row of a listing, for `ls --json` and tests.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Entry {
-    /// The path from the root, `/`-separated, without a leading `/`.
-    pub path: String,
-    /// `file`, `dir`, `symlink`, `char`, `block` or `fifo`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Size in bytes.
-    pub size: u64,
-    /// Permission bits.
-    pub mode: u32,
-    /// The blob, for files that are whole blobs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// The blob's media type, for files that are whole blobs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// A symlink's target.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// The owner, in an image.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    /// The group, in an image.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid: Option<u32>,
-    /// A device's major number.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub major: Option<u32>,
-    /// A device's minor number.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub minor: Option<u32>,
-}
-
 /// How a package layer is shown.
 enum Shape {
     /// An ORAS directory: its tar holds the directory itself, named as the
@@ -250,40 +86,6 @@ enum Shape {
 }
 
 impl Tree {
-    /// The root's inode number.
-    pub const ROOT: Ino = 1;
-
-    fn empty(mtime: SystemTime, dir_mode: u32) -> Self {
-        Tree {
-            nodes: vec![Node {
-                name: String::new(),
-                parent: Self::ROOT,
-                kind: NodeKind::Dir(BTreeMap::new()),
-                mode: dir_mode,
-                mtime,
-                owner: None,
-                xattrs: None,
-            }],
-            problems: Vec::new(),
-            rootfs: false,
-        }
-    }
-
-    /// A tree of `nodes` (the root first; inode numbers are positions from
-    /// 1; every directory's children are nodes of the tree).
-    pub(crate) fn from_nodes(nodes: Vec<Node>, problems: Vec<String>, rootfs: bool) -> Self {
-        Tree {
-            nodes,
-            problems,
-            rootfs,
-        }
-    }
-
-    /// Whether this is a container image's root filesystem.
-    pub fn is_rootfs(&self) -> bool {
-        self.rootfs
-    }
-
     /// Builds the view of an artifact manifest without reading any blob:
     /// one file per layer (no package is shown as a directory; see
     /// [`Tree::build`]).
@@ -298,19 +100,19 @@ impl Tree {
     }
 
     /// Builds the view of an artifact manifest, reading the packages it
-    /// shows as directories through `reader`: ORAS directory layers always,
+    /// shows as directories through `blobs`: ORAS directory layers always,
     /// zip and tar layers as `options.expand` says.
     ///
     /// An entry that cannot be shown is left out, and a package that cannot
     /// be read at all is shown as its file; both are listed in
-    /// [`Tree::problems`]. Errors of the reader itself (network, integrity,
+    /// [`Tree::problems`]. Errors of the blob reader itself (network, integrity,
     /// offline) fail the build.
     pub async fn build(
         manifest: &Manifest,
         options: &ViewOptions,
-        reader: &dyn Reader,
+        blobs: &Arc<dyn BlobReader>,
     ) -> Result<Self> {
-        Self::build_toward(manifest, options, reader, "").await
+        Self::build_toward(manifest, options, blobs, "").await
     }
 
     /// Like [`Tree::build`], for a view that will be used only at or under
@@ -320,7 +122,7 @@ impl Tree {
     pub async fn build_toward(
         manifest: &Manifest,
         options: &ViewOptions,
-        reader: &dyn Reader,
+        blobs: &Arc<dyn BlobReader>,
         path: &str,
     ) -> Result<Self> {
         let toward: Option<Vec<&str>> = {
@@ -348,11 +150,11 @@ impl Tree {
                 if let Shape::Archive { keep_file: true } = shape {
                     tree.add_layer_file(layer, &components, options, mtime)?;
                 }
-                let index = archive::Index::default();
+                let index = package::Index::default();
                 tree.add_package(layer, &dir, &shape, index, options, mtime)?;
                 continue;
             }
-            match archive::index(reader, layer, format).await {
+            match package::index(blobs, layer, format).await {
                 Ok(index) => {
                     if let Shape::Archive { keep_file: true } = shape {
                         tree.add_layer_file(layer, &components, options, mtime)?;
@@ -368,12 +170,6 @@ impl Tree {
             }
         }
         Ok(tree)
-    }
-
-    /// What could not be shown, one line each: left-out package entries,
-    /// packages shown as files.
-    pub fn problems(&self) -> &[String] {
-        &self.problems
     }
 
     fn add_layer_file(
@@ -394,7 +190,7 @@ impl Tree {
         self.insert(
             parent,
             name,
-            NodeKind::File(Content::Blob(std::sync::Arc::new(layer.clone()))),
+            NodeKind::File(Content::Blob(Arc::new(layer.clone()))),
             options.file_mode,
             mtime,
         )
@@ -408,7 +204,7 @@ impl Tree {
         layer: &Descriptor,
         dir: &[String],
         shape: &Shape,
-        index: archive::Index,
+        index: package::Index,
         options: &ViewOptions,
         mtime: SystemTime,
     ) -> Result<()> {
@@ -429,7 +225,7 @@ impl Tree {
                 mtime,
             )
             .map_err(|r| bad(&r))?;
-        let package = archive::package_name(layer);
+        let package = package::package_name(layer);
         for p in index.problems {
             self.problems
                 .push(format!("package {package}: {p}; left out"));
@@ -528,283 +324,6 @@ impl Tree {
             node.mtime = t;
         }
     }
-
-    /// The view of directory `path` alone, as the root of a tree of its
-    /// own (`ocifs mount --root`). Symlinks on the way are followed.
-    pub fn subtree(&self, path: &str) -> Result<Tree> {
-        let top = self.resolve_follow(path)?;
-        if !self.node(top).is_some_and(Node::is_dir) {
-            return Err(Error::WrongKind {
-                path: path.to_owned(),
-                reason: "not a directory",
-            });
-        }
-        // Number the kept nodes breadth first, the new root first.
-        let mut order = vec![top];
-        let mut renumber: HashMap<Ino, Ino> = HashMap::from([(top, Self::ROOT)]);
-        let mut i = 0;
-        while i < order.len() {
-            let ino = order[i];
-            for (_, child) in self.children(ino) {
-                renumber.insert(child, order.len() as Ino + 1);
-                order.push(child);
-            }
-            i += 1;
-        }
-        let nodes = order
-            .iter()
-            .filter_map(|&old| {
-                let n = self.node(old)?;
-                let mut node = n.clone();
-                if old == top {
-                    node.name = String::new();
-                    node.parent = Self::ROOT;
-                } else {
-                    node.parent = renumber.get(&n.parent).copied().unwrap_or(Self::ROOT);
-                }
-                if let NodeKind::Dir(children) = &mut node.kind {
-                    for ino in children.values_mut() {
-                        *ino = renumber.get(ino).copied().unwrap_or(Self::ROOT);
-                    }
-                }
-                Some(node)
-            })
-            .collect();
-        Ok(Tree {
-            nodes,
-            problems: self.problems.clone(),
-            rootfs: self.rootfs,
-        })
-    }
-
-    fn insert(
-        &mut self,
-        parent: Ino,
-        name: &str,
-        kind: NodeKind,
-        mode: u32,
-        mtime: SystemTime,
-    ) -> Result<Ino, String> {
-        let ino = self.nodes.len() as Ino + 1;
-        let NodeKind::Dir(children) = &mut self.node_mut(parent).kind else {
-            return Err("a parent path is a file".into());
-        };
-        if children.contains_key(name) {
-            return Err(format!("another layer already has the name {name:?}"));
-        }
-        children.insert(name.to_owned(), ino);
-        self.nodes.push(Node {
-            name: name.to_owned(),
-            parent,
-            kind,
-            mode,
-            mtime,
-            owner: None,
-            xattrs: None,
-        });
-        Ok(ino)
-    }
-
-    fn ensure_dir(
-        &mut self,
-        parent: Ino,
-        name: &str,
-        mtime: SystemTime,
-        mode: u32,
-    ) -> Result<Ino, String> {
-        match self.lookup(parent, name) {
-            Some(ino) if self.node(ino).is_some_and(Node::is_dir) => Ok(ino),
-            Some(_) => Err(format!("{name:?} is both a file and a directory")),
-            None => self.insert(parent, name, NodeKind::Dir(BTreeMap::new()), mode, mtime),
-        }
-    }
-
-    fn node_mut(&mut self, ino: Ino) -> &mut Node {
-        &mut self.nodes[(ino - 1) as usize]
-    }
-
-    /// The node of `ino`.
-    pub fn node(&self, ino: Ino) -> Option<&Node> {
-        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
-    }
-
-    /// The entry `name` of directory `parent`.
-    pub fn lookup(&self, parent: Ino, name: &str) -> Option<Ino> {
-        match &self.node(parent)?.kind {
-            NodeKind::Dir(children) => children.get(name).copied(),
-            _ => None,
-        }
-    }
-
-    /// The entries of directory `ino`, sorted by name.
-    pub fn children(&self, ino: Ino) -> impl Iterator<Item = (&str, Ino)> {
-        let children = match self.node(ino).map(|n| &n.kind) {
-            Some(NodeKind::Dir(c)) => Some(c),
-            _ => None,
-        };
-        children
-            .into_iter()
-            .flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), *v)))
-    }
-
-    /// The number of inodes.
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Whether the tree holds only its root.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
-    }
-
-    /// The inode at `path` (`/`-separated, leading `/` optional; `""` and
-    /// `/` are the root). Symlinks on the way are followed; a symlink at the
-    /// end is not (it is the inode returned).
-    pub fn resolve_path(&self, path: &str) -> Result<Ino> {
-        self.resolve_from(Self::ROOT, path, false, &mut 0, path)
-    }
-
-    /// Like [`Tree::resolve_path`], but a symlink at the end is followed too.
-    /// Only relative targets that stay in the view can be.
-    pub fn resolve_follow(&self, path: &str) -> Result<Ino> {
-        self.resolve_from(Self::ROOT, path, true, &mut 0, path)
-    }
-
-    fn resolve_from(
-        &self,
-        start: Ino,
-        path: &str,
-        follow_last: bool,
-        hops: &mut u32,
-        asked: &str,
-    ) -> Result<Ino> {
-        let components: Vec<&str> = path
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
-        let mut ino = start;
-        for (i, c) in components.iter().enumerate() {
-            if *c == ".." {
-                ino = self.node(ino).map_or(Self::ROOT, |n| n.parent);
-                continue;
-            }
-            if !self.node(ino).is_some_and(Node::is_dir) {
-                return Err(Error::WrongKind {
-                    path: asked.to_owned(),
-                    reason: "not a directory",
-                });
-            }
-            let child = self.lookup(ino, c).ok_or_else(|| Error::PathNotFound {
-                path: asked.to_owned(),
-            })?;
-            let last = i + 1 == components.len();
-            match self.node(child).map(|n| &n.kind) {
-                Some(NodeKind::Symlink(target)) if !last || follow_last => {
-                    *hops += 1;
-                    if *hops > 40 {
-                        return Err(Error::WrongKind {
-                            path: asked.to_owned(),
-                            reason: "too many levels of symbolic links",
-                        });
-                    }
-                    if target.starts_with('/') && self.rootfs {
-                        ino = self.resolve_from(Self::ROOT, target, true, hops, asked)?;
-                        continue;
-                    }
-                    if target.starts_with('/') {
-                        return Err(Error::WrongKind {
-                            path: asked.to_owned(),
-                            reason: "a symbolic link to an absolute path, outside the artifact",
-                        });
-                    }
-                    ino = self.resolve_from(ino, target, true, hops, asked)?;
-                }
-                _ => ino = child,
-            }
-        }
-        Ok(ino)
-    }
-
-    /// The path of `ino` from the root, without a leading `/`.
-    pub fn path_of(&self, mut ino: Ino) -> String {
-        let mut parts = Vec::new();
-        while ino != Self::ROOT {
-            let Some(n) = self.node(ino) else { break };
-            parts.push(n.name.as_str());
-            ino = n.parent;
-        }
-        parts.reverse();
-        parts.join("/")
-    }
-
-    /// Every entry under `ino` (not `ino` itself), depth first, sorted.
-    pub fn walk(&self, ino: Ino) -> Vec<Entry> {
-        let mut out = Vec::new();
-        let mut stack: Vec<Ino> = self.children(ino).map(|(_, i)| i).collect();
-        stack.reverse();
-        while let Some(i) = stack.pop() {
-            out.push(self.entry(i));
-            let mut kids: Vec<Ino> = self.children(i).map(|(_, c)| c).collect();
-            kids.reverse();
-            stack.extend(kids);
-        }
-        out
-    }
-
-    /// The listing row of `ino`.
-    pub fn entry(&self, ino: Ino) -> Entry {
-        let Some(n) = self.node(ino) else {
-            return Entry {
-                path: String::new(),
-                kind: "dir",
-                size: 0,
-                mode: 0,
-                digest: None,
-                media_type: None,
-                target: None,
-                uid: None,
-                gid: None,
-                major: None,
-                minor: None,
-            };
-        };
-        let mut numbers = None;
-        let (kind, digest, media_type, target) = match &n.kind {
-            NodeKind::Dir(_) => ("dir", None, None, None),
-            NodeKind::File(Content::Blob(d)) => (
-                "file",
-                Some(d.digest.to_string()),
-                Some(d.media_type.clone()),
-                None,
-            ),
-            NodeKind::File(_) => ("file", None, None, None),
-            NodeKind::Symlink(t) => ("symlink", None, None, Some(t.clone())),
-            NodeKind::Special { kind, major, minor } => {
-                if *kind != SpecialKind::Fifo {
-                    numbers = Some((*major, *minor));
-                }
-                let name = match kind {
-                    SpecialKind::CharDevice => "char",
-                    SpecialKind::BlockDevice => "block",
-                    SpecialKind::Fifo => "fifo",
-                };
-                (name, None, None, None)
-            }
-        };
-        Entry {
-            path: self.path_of(ino),
-            kind,
-            size: n.size(),
-            mode: n.mode,
-            digest,
-            media_type,
-            target,
-            uid: n.owner.map(|o| o.0),
-            gid: n.owner.map(|o| o.1),
-            major: numbers.map(|d| d.0),
-            minor: numbers.map(|d| d.1),
-        }
-    }
 }
 
 fn manifest_time(manifest: &Manifest) -> SystemTime {
@@ -838,7 +357,7 @@ fn package_plan(
     options: &ViewOptions,
 ) -> Option<(Format, Vec<String>, Shape)> {
     layer.title()?;
-    if archive::is_oras_directory(layer) {
+    if package::is_oras_directory(layer) {
         return Some((
             Format::Tar(Compression::Gzip),
             components.to_vec(),
@@ -893,105 +412,86 @@ fn title_components(title: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Formats a time as `YYYY-MM-DD HH:MM` in UTC, for listings.
-pub fn format_time(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+/// What a caller asks to see of a manifest: the view policy the CLI and
+/// a library user share.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// How files and packages are shown.
+    pub options: ViewOptions,
+    /// A container image as its layers (one file each), not as its root
+    /// filesystem.
+    pub layers: bool,
+    /// The limits on an image's root filesystem.
+    pub image: crate::image::ImageOptions,
+    /// Show only this directory of the view, as its root (`--root`).
+    pub root: Option<String>,
 }
 
-/// Parses an RFC 3339 timestamp (`2024-01-02T03:04:05.5+01:00`).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, sec) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
+impl View {
+    /// The tree of `manifest`: a container image's root filesystem (each
+    /// layer indexed once through `cache`, see [`crate::image::build`]),
+    /// else the artifact with its packages read through `cache`; then the
+    /// `root` directory of it, if one is asked for.
+    ///
+    /// With `root`, or a `path` the caller will use (relative to the
+    /// root), only the packages on the way there are read; should the way
+    /// pass a symlink or not exist, every package is, so that the view is
+    /// exactly the full one. Problems are logged as warnings.
+    pub async fn build(
+        &self,
+        manifest: &Manifest,
+        cache: &crate::cache::ChunkCache,
+        path: Option<&str>,
+    ) -> Result<Tree> {
+        let tree = if crate::image::is_image(manifest) && !self.layers {
+            crate::image::build(manifest, cache, &self.image).await?
+        } else {
+            let blobs: Arc<dyn BlobReader> = Arc::new(cache.clone());
+            let toward = [self.root.as_deref(), path]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("/");
+            let tree = Tree::build_toward(manifest, &self.options, &blobs, &toward).await?;
+            if crosses_symlink_or_missing(&tree, &toward) {
+                Tree::build(manifest, &self.options, &blobs).await?
+            } else {
+                tree
+            }
+        };
+        for problem in tree.problems() {
+            tracing::warn!("{problem}");
         }
-        let mut n: u32 = 0;
-        for (i, c) in frac[..digits].bytes().enumerate().take(9) {
-            n += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
+        match &self.root {
+            Some(root) => tree.subtree(root),
+            None => Ok(tree),
         }
-        nanos = n;
-        rest = &frac[digits..];
     }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
+}
+
+/// Whether the way to `path` in `tree` passes a symlink, or ends nowhere.
+fn crosses_symlink_or_missing(tree: &Tree, path: &str) -> bool {
+    let mut prefix = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        prefix.push('/');
+        prefix.push_str(c);
+        match tree.resolve_path(&prefix) {
+            Ok(ino) if tree.node(ino).is_some_and(|n| !n.is_symlink()) => {}
+            _ => return true,
         }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let (yy, mm) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    if secs >= 0 {
-        UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
-    } else {
-        UNIX_EPOCH
-            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
-            .map(|t| t + Duration::from_nanos(u64::from(nanos)))
     }
+    false
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::digest::Digest;
     use crate::manifest::media_type;
+    use crate::read::Reader;
+    use crate::tree::format_time;
 
     fn layer(title: Option<&str>, body: &[u8]) -> Descriptor {
         let mut annotations = BTreeMap::new();
@@ -1163,7 +663,7 @@ mod tests {
         };
 
         // Without --expand: the zip is a file, the ORAS directory a directory.
-        let t = Tree::build(&m, &ViewOptions::default(), &reader)
+        let t = Tree::build(&m, &ViewOptions::default(), reader.blobs())
             .await
             .unwrap();
         assert_eq!(
@@ -1190,7 +690,7 @@ mod tests {
             expand: Expand::Keep,
             ..ViewOptions::default()
         };
-        let t = Tree::build(&m, &keep, &reader).await.unwrap();
+        let t = Tree::build(&m, &keep, reader.blobs()).await.unwrap();
         let names: Vec<String> = listing(&t).into_iter().map(|(p, _)| p).collect();
         for want in [
             "cni-linux-amd64-v1",
@@ -1234,7 +734,7 @@ mod tests {
             expand: Expand::Replace,
             ..ViewOptions::default()
         };
-        let t = Tree::build(&m, &replace, &reader).await.unwrap();
+        let t = Tree::build(&m, &replace, reader.blobs()).await.unwrap();
         assert!(t.resolve_path("cni-linux-amd64-v1.zip").is_err());
 
         // --root: the package's directory as the root.
@@ -1284,7 +784,7 @@ mod tests {
             expand: Expand::Keep,
             ..ViewOptions::default()
         };
-        let t = Tree::build_toward(&m, &keep, &reader, "b/linux-amd64")
+        let t = Tree::build_toward(&m, &keep, reader.blobs(), "b/linux-amd64")
             .await
             .unwrap();
         let read = reader.read_so_far();
@@ -1295,7 +795,7 @@ mod tests {
         assert!(t.resolve_path("dir/c").is_ok());
         assert!(t.problems().iter().all(|p| !p.contains("c.tgz")));
         // Everything, and the broken one said so.
-        let t = Tree::build_toward(&m, &keep, &reader, "a/../dir")
+        let t = Tree::build_toward(&m, &keep, reader.blobs(), "a/../dir")
             .await
             .unwrap();
         assert!(t.resolve_path("a/linux-amd64/bridge").is_ok());
@@ -1310,7 +810,9 @@ mod tests {
             expand: Expand::Replace,
             ..ViewOptions::default()
         };
-        let t = Tree::build(&manifest(d), &keep, &reader).await.unwrap();
+        let t = Tree::build(&manifest(d), &keep, reader.blobs())
+            .await
+            .unwrap();
         assert_eq!(t.entry(t.resolve_path("junk.tgz").unwrap()).kind, "file");
         assert!(
             t.problems()

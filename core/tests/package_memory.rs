@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ocifs_core::archive::{Compression, Format, index};
-use ocifs_core::{Descriptor, Digest, DirectReader, LayoutSource, Verify};
+use ocifs_core::internals::package_index as index;
+use ocifs_core::{
+    BlobReader, Compression, Descriptor, Digest, DirectReader, Format, LayoutSource, Verify,
+};
 
 mod common;
 
@@ -72,7 +74,8 @@ fn a_package_index_costs_a_bounded_few_hundred_bytes_an_entry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blob = layout(dir.path(), gzip);
         let source = LayoutSource::open(dir.path()).expect("layout");
-        let reader = DirectReader::new(Arc::new(source), Verify::Lazy);
+        let reader: Arc<dyn BlobReader> =
+            Arc::new(DirectReader::new(Arc::new(source), Verify::Lazy));
         let before = common::live();
         common::reset_peak();
         let built = rt

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ocifs_core::archive::Compression;
-use ocifs_core::image::overlay::{MergeLayer, merge};
-use ocifs_core::image::{EntryKind, ImageLayer, TocEntry};
-use ocifs_core::{Descriptor, Digest};
+use ocifs_core::internals::overlay::{MergeLayer, merge};
+use ocifs_core::internals::tar::{EntryKind, TocEntry};
+use ocifs_core::{Compression, Descriptor, Digest, TarStream};
 
 mod common;
 
@@ -35,7 +34,7 @@ fn entry(path: String, kind: EntryKind, offset: u64) -> TocEntry {
 
 #[test]
 fn a_100k_entry_image_tree_fits_in_well_under_100_mib() {
-    let layer = Arc::new(ImageLayer {
+    let layer = Arc::new(TarStream {
         blob: Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             digest: Digest::of(b"layer"),

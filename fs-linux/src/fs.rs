@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -17,12 +16,13 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use ocifs_core::view::{Content, Node, NodeKind, SpecialKind};
-use ocifs_core::{Ino, Reader, Tree};
+use ocifs_core::{Ino, Tree};
+use ocifs_core::{Node, NodeKind, SpecialKind};
 use serde::Serialize;
-use tokio::sync::watch;
 
-use crate::mount::{BackingFiles, MountOptions};
+use crate::options::MountOptions;
+use crate::passthrough::{OpenMode, Passthrough};
+use crate::session::{Counters, MountStats, PendingRead, State};
 
 /// The name of the hidden statistics file at the root of every mount.
 ///
@@ -33,137 +33,12 @@ use crate::mount::{BackingFiles, MountOptions};
 /// with direct I/O, so `cat` and `std::fs::read` see the whole snapshot.
 pub const STATS_FILE: &str = ".ocifs-stats";
 
+/// The block size shown by stat and statfs.
 const BLOCK: u64 = 4096;
 /// Session requests that may wait in the kernel for a reply at once (reads
 /// and readahead among them). fuser's default of 16 is low for requests
 /// that each wait on the network.
 const MAX_BACKGROUND: u16 = 64;
-
-/// Counters of one mount, for [`Mount::stats`](crate::Mount::stats) and
-/// the [`STATS_FILE`].
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct MountStats {
-    /// `lookup` requests.
-    pub lookups: u64,
-    /// Successful `open`s of files (the stats file excluded).
-    pub opens: u64,
-    /// Of those, opens handed to the kernel with FUSE passthrough, whose
-    /// reads never reach ocifs.
-    pub passthrough_opens: u64,
-    /// `read` requests.
-    pub reads: u64,
-    /// `read` requests answered with an error.
-    pub read_errors: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    lookups: AtomicU64,
-    opens: AtomicU64,
-    passthrough_opens: AtomicU64,
-    reads: AtomicU64,
-    read_errors: AtomicU64,
-}
-
-impl Counters {
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> MountStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        MountStats {
-            lookups: g(&self.lookups),
-            opens: g(&self.opens),
-            passthrough_opens: g(&self.passthrough_opens),
-            reads: g(&self.reads),
-            read_errors: g(&self.read_errors),
-        }
-    }
-}
-
-/// What the session and its `Mount` share.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) tree: Arc<Tree>,
-    pub(crate) reader: Arc<dyn Reader>,
-    pub(crate) counters: Counters,
-    /// Set once the mount is going away: fetches in flight stop, and reads
-    /// that arrive later fail at once.
-    pub(crate) cancel: watch::Sender<bool>,
-    /// Replies of reads in flight. They live here, not in their tasks, so
-    /// that [`State::cancel_reads`] answers them from the unmounting thread
-    /// whether or not the runtime still runs the tasks.
-    pub(crate) in_flight: InFlight,
-    /// Set when the session has ended (`Filesystem::destroy`).
-    pub(crate) ended: watch::Sender<bool>,
-}
-
-impl State {
-    /// Stops serving reads: every read in flight, and every later one, is
-    /// answered `EIO` now.
-    pub(crate) fn cancel_reads(&self) {
-        self.cancel.send_replace(true);
-        let failed = self.in_flight.fail_all();
-        self.counters
-            .read_errors
-            .fetch_add(failed as u64, Ordering::Relaxed);
-        if failed > 0 {
-            tracing::info!(failed, "reads in flight failed: the mount is going away");
-        }
-    }
-}
-
-/// The replies of reads in flight, by a private id.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    next: AtomicU64,
-    replies: Mutex<HashMap<u64, ReplyData>>,
-}
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ReplyData>> {
-        // A map of replies cannot be left half-changed by a panic.
-        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn insert(&self, reply: ReplyData) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, reply);
-        id
-    }
-
-    /// The reply of read `id`, unless it was answered already.
-    fn take(&self, id: u64) -> Option<ReplyData> {
-        self.lock().remove(&id)
-    }
-
-    fn fail_all(&self) -> usize {
-        let replies: Vec<ReplyData> = self.lock().drain().map(|(_, r)| r).collect();
-        let n = replies.len();
-        for reply in replies {
-            reply.error(Errno::EIO);
-        }
-        n
-    }
-}
-
-/// Owned by a read's task: however the task ends (finished, cancelled,
-/// dropped unpolled by a runtime shutting down), a reply still waiting is
-/// answered, so the kernel never waits forever.
-struct PendingRead {
-    state: Arc<State>,
-    id: u64,
-}
-
-impl Drop for PendingRead {
-    fn drop(&mut self) {
-        if let Some(reply) = self.state.in_flight.take(self.id) {
-            Counters::bump(&self.state.counters.read_errors);
-            reply.error(Errno::EIO);
-        }
-    }
-}
 
 /// The errno for a request that failed in core, logged with the operation,
 /// inode and path. Every core error reaches the kernel through here.
@@ -182,24 +57,19 @@ enum OpenFile {
     File { ino: Ino, passthrough: bool },
 }
 
-/// The I/O mode of the open handles of one inode. The kernel refuses (with
-/// EIO at open) to mix passthrough and cached opens of one inode, and wants
-/// every passthrough open of it to name the same backing file.
-#[derive(Debug, Default)]
-struct InodeIo {
-    cached: usize,
-    passthrough: usize,
-    backing: Option<Arc<BackingId>>,
-}
-
+/// The open file handles that need a record: the stats file's, and every
+/// file's while passthrough is on.
 #[derive(Debug, Default)]
 struct Handles {
+    /// The last handle given out (handles start at 1; 0 is the stateless
+    /// handle of a file opened without passthrough).
     next: u64,
+    /// What each handle is open on.
     open: HashMap<u64, OpenFile>,
-    inodes: HashMap<Ino, InodeIo>,
 }
 
 impl Handles {
+    /// Records `handle` under a new file handle.
     fn insert(&mut self, handle: OpenFile) -> FileHandle {
         self.next += 1;
         self.open.insert(self.next, handle);
@@ -207,23 +77,17 @@ impl Handles {
     }
 }
 
-struct Passthrough {
-    files: Arc<dyn BackingFiles>,
-    /// Cleared when the kernel refuses backing files altogether.
-    usable: AtomicBool,
-}
-
-/// How one open of a file is answered.
-enum OpenMode {
-    Cached,
-    Passthrough(Arc<BackingId>),
-}
-
+/// The filesystem of one mount, as the session's threads see it.
 pub(crate) struct OciFs {
+    /// What it shares with its `Mount`.
     state: Arc<State>,
+    /// Where reads that fetch run.
     runtime: tokio::runtime::Handle,
+    /// How long the kernel may cache attributes and names.
     ttl: Duration,
+    /// The owner shown for files without one of their own.
     uid: u32,
+    /// The group shown for files without one of their own.
     gid: u32,
     /// Inode of the stats file: one past the tree, so never a tree inode.
     stats_ino: Ino,
@@ -231,11 +95,15 @@ pub(crate) struct OciFs {
     nlinks: Vec<u32>,
     /// Total size of all files, in blocks, for statfs.
     blocks: u64,
-    passthrough: Option<Passthrough>,
+    /// Passthrough, if asked for and not refused by the kernel at init.
+    passthrough: Option<Passthrough<BackingId>>,
+    /// The open file handles with a record.
     handles: Mutex<Handles>,
 }
 
 impl OciFs {
+    /// The filesystem serving `state`'s tree as `options` say, its reads
+    /// on `runtime`.
     pub(crate) fn new(
         state: Arc<State>,
         options: &MountOptions,
@@ -258,19 +126,6 @@ impl OciFs {
                 None => {}
             }
         }
-        let passthrough = match (&options.backing_files, options.passthrough) {
-            (Some(files), true) => Some(Passthrough {
-                files: Arc::clone(files),
-                usable: AtomicBool::new(true),
-            }),
-            (None, true) => {
-                tracing::warn!(
-                    "passthrough asked for without backing files; every read goes through ocifs"
-                );
-                None
-            }
-            _ => None,
-        };
         OciFs {
             stats_ino: tree.len() as Ino + 1,
             nlinks,
@@ -280,7 +135,7 @@ impl OciFs {
             ttl: options.attr_ttl,
             uid: options.uid,
             gid: options.gid,
-            passthrough,
+            passthrough: Passthrough::new(options),
             handles: Mutex::new(Handles::default()),
         }
     }
@@ -368,91 +223,6 @@ impl OciFs {
         let mut json = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
         json.push(b'\n');
         Bytes::from(json)
-    }
-
-    /// Decides between the page-cache path and passthrough for one open of
-    /// `ino`, keeping every inode in one mode while any handle is open.
-    fn open_mode(&self, ino: Ino, content: &Content, reply: &ReplyOpen) -> OpenMode {
-        let Some(pt) = &self.passthrough else {
-            return OpenMode::Cached;
-        };
-        {
-            let mut handles = self.handles();
-            let io = handles.inodes.entry(ino).or_default();
-            if let Some(backing) = &io.backing {
-                io.passthrough += 1;
-                return OpenMode::Passthrough(Arc::clone(backing));
-            }
-            if io.cached > 0 || !pt.usable.load(Ordering::Relaxed) {
-                io.cached += 1;
-                return OpenMode::Cached;
-            }
-        }
-        // Outside the lock: the callback may touch the disk.
-        let backing = self.backing_id(pt, ino, content, reply);
-        let mut handles = self.handles();
-        let io = handles.inodes.entry(ino).or_default();
-        // Another open of this inode may have been decided meanwhile.
-        if let Some(existing) = &io.backing {
-            io.passthrough += 1;
-            return OpenMode::Passthrough(Arc::clone(existing));
-        }
-        match backing {
-            Some(id) if io.cached == 0 => {
-                let id = Arc::new(id);
-                io.backing = Some(Arc::clone(&id));
-                io.passthrough += 1;
-                OpenMode::Passthrough(id)
-            }
-            _ => {
-                io.cached += 1;
-                OpenMode::Cached
-            }
-        }
-    }
-
-    fn backing_id(
-        &self,
-        pt: &Passthrough,
-        ino: Ino,
-        content: &Content,
-        reply: &ReplyOpen,
-    ) -> Option<BackingId> {
-        let file = pt.files.backing_file(content)?;
-        let path = self.tree().path_of(ino);
-        match file.metadata() {
-            Ok(m) if m.is_file() && m.len() == content.size() => {}
-            Ok(m) => {
-                tracing::warn!(ino, %path, size = m.len(), expected = content.size(), "backing file is not the blob; reading through ocifs");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(ino, %path, "backing file unusable: {e}; reading through ocifs");
-                return None;
-            }
-        }
-        match reply.open_backing(&file) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                // EPERM: the kernel did not enable passthrough at init, or we
-                // lack CAP_SYS_ADMIN. Either holds for every file, so stop
-                // asking. Other errors (ELOOP: the backing file's filesystem
-                // is itself stacked) are about this file only.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS)
-                ) {
-                    if pt.usable.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(
-                            "the kernel refuses FUSE passthrough ({e}); every read goes through ocifs"
-                        );
-                    }
-                } else {
-                    tracing::info!(ino, %path, "no passthrough for this file: {e}");
-                }
-                None
-            }
-        }
     }
 
     fn read_stats(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
@@ -559,11 +329,12 @@ impl Filesystem for OciFs {
             NodeKind::Special { .. } => return reply.error(Errno::EACCES),
         };
         Counters::bump(&self.state.counters.opens);
-        if self.passthrough.is_none() {
+        let Some(pt) = &self.passthrough else {
             // Stateless: reads need only the inode.
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-        }
-        match self.open_mode(ino.0, content, &reply) {
+        };
+        let path = || self.tree().path_of(ino.0);
+        match pt.open(ino.0, content, path, |file| reply.open_backing(file)) {
             OpenMode::Cached => {
                 let fh = self.handles().insert(OpenFile::File {
                     ino: ino.0,
@@ -578,7 +349,7 @@ impl Filesystem for OciFs {
                 });
                 Counters::bump(&self.state.counters.passthrough_opens);
                 // The kernel looks the backing id up when it reads this
-                // reply; `backing` stays in `inodes` until the last release.
+                // reply; `pt` keeps `backing` until the last release.
                 // No FOPEN_KEEP_CACHE: the kernel fails a passthrough open
                 // with EIO for any flag beyond DIRECT_IO and NOFLUSH.
                 reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
@@ -621,12 +392,9 @@ impl Filesystem for OciFs {
         }
         // A fetch never holds a FUSE thread: the read continues in a task,
         // and whoever finishes first (the task, or an unmount) replies.
-        let pending = PendingRead {
-            id: state.in_flight.insert(reply),
-            state,
-        };
+        let pending = PendingRead::new(state, reply);
         self.runtime.spawn(async move {
-            let state = &pending.state;
+            let state = pending.state();
             let Some(NodeKind::File(content)) = state.tree.node(ino.0).map(|n| &n.kind) else {
                 return; // unreachable: the tree is immutable; `pending` answers EIO
             };
@@ -635,7 +403,7 @@ impl Filesystem for OciFs {
                 // The unmount answered (or `pending` will): drop the fetch.
                 _ = cancel.wait_for(|c| *c) => return,
             };
-            let Some(reply) = state.in_flight.take(pending.id) else {
+            let Some(reply) = pending.take_reply() else {
                 return; // answered by the unmount meanwhile
             };
             match result {
@@ -669,25 +437,12 @@ impl Filesystem for OciFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut handles = self.handles();
-        if let Some(OpenFile::File { ino, passthrough }) = handles.open.remove(&fh.0)
-            && let Some(io) = handles.inodes.get_mut(&ino)
+        let closed = self.handles().open.remove(&fh.0);
+        if let Some(OpenFile::File { ino, passthrough }) = closed
+            && let Some(pt) = &self.passthrough
         {
-            if passthrough {
-                io.passthrough = io.passthrough.saturating_sub(1);
-                if io.passthrough == 0 {
-                    // Closes the backing id; the kernel keeps the file for
-                    // handles it still has.
-                    io.backing = None;
-                }
-            } else {
-                io.cached = io.cached.saturating_sub(1);
-            }
-            if io.cached == 0 && io.passthrough == 0 {
-                handles.inodes.remove(&ino);
-            }
+            pt.release(ino, passthrough);
         }
-        drop(handles);
         reply.ok();
     }
 

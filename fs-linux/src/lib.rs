@@ -26,7 +26,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //!
-//! use ocifs_core::{DirectReader, LayoutSource, Reference, Tree, Verify, ViewOptions};
+//! use ocifs_core::{ContentReader, DirectReader, LayoutSource, Reference, Tree, Verify, ViewOptions};
 //! use ocifs_fs_linux::{MountOptions, mount};
 //!
 //! let runtime = tokio::runtime::Runtime::new()?;
@@ -34,7 +34,7 @@
 //! let reference: Reference = "oci:examples/hello:v1".parse()?;
 //! let resolution = runtime.block_on(ocifs_core::resolve(source.as_ref(), &reference, None))?;
 //! let tree = Arc::new(Tree::from_artifact(&resolution.manifest, &ViewOptions::default())?);
-//! let reader = Arc::new(DirectReader::new(source, Verify::Strict));
+//! let reader = Arc::new(ContentReader::new(Arc::new(DirectReader::new(source, Verify::Strict))));
 //!
 //! let options = MountOptions { fs_name: "oci:examples/hello:v1".into(), ..MountOptions::default() };
 //! let mount = mount(tree, reader, "/mnt/hello".as_ref(), options, runtime.handle().clone())?;
@@ -48,17 +48,30 @@
 //! # fn main() {}
 //! ```
 
+// Each module uses only those below it: mount (the session), fs (the
+// kernel's requests), then session (what a mount and its session share),
+// passthrough (the I/O mode of each open), options and sys.
 #[cfg(target_os = "linux")]
 mod fs;
 #[cfg(target_os = "linux")]
 mod mount;
 #[cfg(target_os = "linux")]
+mod options;
+#[cfg(target_os = "linux")]
+mod passthrough;
+#[cfg(target_os = "linux")]
+mod session;
+#[cfg(target_os = "linux")]
 mod sys;
 
 #[cfg(target_os = "linux")]
-pub use fs::{MountStats, STATS_FILE};
+pub use fs::STATS_FILE;
 #[cfg(target_os = "linux")]
-pub use mount::{BackingFiles, Mount, MountOptions, mount, unmount};
+pub use mount::{Mount, mount, unmount};
+#[cfg(target_os = "linux")]
+pub use options::{BackingFiles, MountOptions};
+#[cfg(target_os = "linux")]
+pub use session::MountStats;
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ocifs_core::{
-    DirectReader, Error, LayoutSource, Reader, Reference, Tree, Verify, ViewOptions, resolve,
+    ContentReader, DirectReader, Error, LayoutSource, Reader, Reference, Tree, Verify, ViewOptions,
+    resolve,
 };
 use ocifs_fs_windows::MountOptions;
 
@@ -51,7 +52,10 @@ async fn run(reference: &str, dir: &Path) -> ocifs_core::Result<()> {
         &resolution.manifest,
         &ViewOptions::default(),
     )?);
-    let reader: Arc<dyn Reader> = Arc::new(DirectReader::new(source, Verify::Strict));
+    let reader: Arc<dyn Reader> = Arc::new(ContentReader::new(Arc::new(DirectReader::new(
+        source,
+        Verify::Strict,
+    ))));
     let mount = ocifs_fs_windows::mount(
         tree,
         reader,

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ocifs_core::view::{Node, NodeKind};
 use ocifs_core::{Error, Ino, Result, Tree};
+use ocifs_core::{Node, NodeKind};
 
 use crate::names;
 
@@ -300,7 +300,7 @@ fn build_listing(tree: &Tree, dir: Ino, hidden: &mut Vec<Hidden>) -> Listing {
 }
 
 /// The content of `ino`, if it is a regular file.
-pub fn file_content(tree: &Tree, ino: Ino) -> Option<&ocifs_core::view::Content> {
+pub fn file_content(tree: &Tree, ino: Ino) -> Option<&ocifs_core::Content> {
     if let NodeKind::File(content) = &tree.node(ino)?.kind {
         Some(content)
     } else {

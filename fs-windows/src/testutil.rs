@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ocifs_core::manifest::{Descriptor, Manifest, annotation, media_type};
-use ocifs_core::view::Content;
+use ocifs_core::Content;
+use ocifs_core::{Descriptor, Manifest, annotation, media_type};
 use ocifs_core::{Digest, Error, Reader, Result, Stats, Tree, ViewOptions};
 
 fn descriptor(title: Option<&str>, body: &[u8]) -> Descriptor {

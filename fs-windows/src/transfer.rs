@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use ocifs_core::Content;
 use ocifs_core::Reader;
-use ocifs_core::view::Content;
 use tokio::sync::Notify;
 
 use crate::hresult::{self, Hresult};

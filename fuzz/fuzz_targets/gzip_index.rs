@@ -7,7 +7,7 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::image::gzip::{self, GzipIndexer};
+use ocifs_core::internals::gzip::{self, GzipIndexer};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut indexer) = GzipIndexer::new(data, 512, 1 << 20) else {

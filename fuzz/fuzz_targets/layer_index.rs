@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::image::format;
+use ocifs_core::internals::format;
 use sha2::{Digest as _, Sha256};
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,7 @@ mod common;
 use std::io::Write as _;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::archive::{Compression, Format};
+use ocifs_core::{Compression, Format};
 
 fuzz_target!(|data: &[u8]| {
     common::index_and_read(data, Format::Tar(Compression::None));

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::archive::Compression;
-use ocifs_core::image::overlay::{MergeLayer, merge};
-use ocifs_core::image::toc::{self, Stream};
+use ocifs_core::Compression;
+use ocifs_core::internals::overlay::{MergeLayer, merge};
+use ocifs_core::internals::tar::{self as toc, Stream};
 use ocifs_core::image::{EntryKind, ImageLayer};
 use ocifs_core::{Descriptor, Digest};
 

@@ -9,7 +9,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::archive::Format;
+use ocifs_core::Format;
 
 fuzz_target!(|data: &[u8]| {
     common::index_and_read(data, Format::Zip);

@@ -7,7 +7,7 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::image::zstd::{self, ZstdIndexer};
+use ocifs_core::internals::zstd::{self, ZstdIndexer};
 
 fuzz_target!(|data: &[u8]| {
     let mut indexer = ZstdIndexer::new(data, 1, 1 << 20);

@@ -45,13 +45,11 @@ pub use offline::CachedSource;
 pub use scan::Scanned;
 pub use store::{DiskStore, Partial, StoredBlob};
 
-use crate::archive::EntryReader;
+use crate::blob::{BlobReader, Counters, Stats, Verify, verify_stream};
 use crate::digest::{BlobHasher, Digest, check_chunk};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
-use crate::reader::{Counters, Reader, Stats, Verify, verify_stream};
 use crate::source::Source;
-use crate::view::Content;
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -160,10 +158,9 @@ struct Inner {
     requests: Arc<Semaphore>,
     disk_usage: AtomicU64,
     evicting: AtomicBool,
-    entries: EntryReader,
 }
 
-/// The chunked read cache; a [`Reader`].
+/// The chunked read cache; a [`BlobReader`].
 #[derive(Clone)]
 pub struct ChunkCache {
     inner: Arc<Inner>,
@@ -300,7 +297,6 @@ impl ChunkCache {
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
                 evicting: AtomicBool::new(false),
-                entries: EntryReader::default(),
             }),
         })
     }
@@ -679,7 +675,7 @@ impl Inner {
                 && partial.chunk_size == self.options.chunk_size
             {
                 for (i, piece) in bytes.chunks(partial.chunk_size as usize).enumerate() {
-                    if let Err(e) = check_chunk(&table, &blob, a + i as u64, piece) {
+                    if let Err(e) = check_chunk(&table, &blob.digest, a + i as u64, piece) {
                         Counters::bump(&self.counters.verify_failures);
                         return Err(e);
                     }
@@ -1143,7 +1139,7 @@ impl Inner {
         {
             let bytes = partial.read(offset, len)?;
             if let Some(table) = table
-                && let Err(e) = check_chunk(&table, blob, n, &bytes)
+                && let Err(e) = check_chunk(&table, &blob.digest, n, &bytes)
             {
                 // Written unchecked (by a lazy reader of another chunk
                 // size, or damaged on disk): never served, fetched afresh.
@@ -1195,7 +1191,7 @@ impl Inner {
             actual: detail.clone(),
         };
         let outcome = match read {
-            Ok(bytes) => check_chunk(&table, blob, n, &bytes).map(|()| bytes),
+            Ok(bytes) => check_chunk(&table, &blob.digest, n, &bytes).map(|()| bytes),
             Err(Error::ShortRead { got, .. }) => {
                 Err(damaged(format!("cut short: {got} of {len} bytes")))
             }
@@ -1405,7 +1401,7 @@ impl Inner {
                     if a < b {
                         let chunk = bytes.slice(a..b);
                         if let Some(table) = &table
-                            && let Err(e) = check_chunk(table, blob, n, &chunk)
+                            && let Err(e) = check_chunk(table, &blob.digest, n, &chunk)
                         {
                             Counters::bump(&self.counters.verify_failures);
                             return Err(e);
@@ -1694,26 +1690,13 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 }
 
 #[async_trait]
-impl Reader for ChunkCache {
-    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
-        match content {
-            Content::Blob(blob) => self.inner.read_blob(blob, offset, len).await,
-            Content::Zip(_) | Content::Tar(_) | Content::Layer(_) => {
-                self.inner.entries.read(self, content, offset, len).await
-            }
-        }
+impl BlobReader for ChunkCache {
+    async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.inner.read_blob(blob, offset, len).await
     }
 
     fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
-    }
-
-    fn shared(&self) -> Option<Arc<dyn Reader>> {
-        Some(Arc::new(self.clone()))
-    }
-
-    fn as_cache(&self) -> Option<&ChunkCache> {
-        Some(self)
     }
 }
 

@@ -11,12 +11,10 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::{ChunkCache, Inner, join_error};
-use crate::archive::StreamRead;
+use crate::blob::{BlobReader as _, Counters};
 use crate::digest::BlobHasher;
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
-use crate::reader::{Counters, Reader as _};
-use crate::view::Content;
 
 /// What [`ChunkCache::scan`] gives back.
 #[derive(Debug)]
@@ -149,7 +147,7 @@ impl ChunkCache {
     }
 
     /// When bytes are checked.
-    pub fn verify(&self) -> crate::reader::Verify {
+    pub fn verify(&self) -> crate::blob::Verify {
         self.inner.options.verify
     }
 
@@ -172,10 +170,9 @@ impl Inner {
             let cache = ChunkCache {
                 inner: self.clone(),
             };
-            let content = Content::Blob(std::sync::Arc::new(blob.clone()));
             let mut offset = 0;
             while offset < blob.size {
-                let bytes = cache.read(&content, offset, PIECE).await?;
+                let bytes = cache.read_blob(blob, offset, PIECE).await?;
                 if bytes.is_empty() {
                     break;
                 }
@@ -238,5 +235,38 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// The consuming end of a channel of pieces: a `Read` that ends when the
+/// sender is gone.
+#[derive(Debug)]
+struct StreamRead {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl StreamRead {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        StreamRead {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for StreamRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use bytes::Buf as _;
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
     }
 }

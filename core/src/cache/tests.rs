@@ -125,14 +125,7 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let got = c
-        .read(
-            &Content::Blob(std::sync::Arc::new(d[0].clone())),
-            500_000,
-            4096,
-        )
-        .await
-        .unwrap();
+    let got = c.read_blob(&d[0].clone(), 500_000, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[500_000..504_096]);
     assert_eq!(src.bytes.load(Ordering::SeqCst), 1_000_000);
     assert!(
@@ -148,10 +141,7 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
         (1_000_000, 5),
         (123_456, 300_000),
     ] {
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), off, len)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d[0].clone(), off, len).await.unwrap();
         let end = ((off + len) as usize).min(blob.len());
         assert_eq!(&got[..], &blob[(off as usize).min(end)..end], "{off}+{len}");
     }
@@ -167,10 +157,7 @@ async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
     src.corrupt.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let err = c
-        .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
-        .await
-        .unwrap_err();
+    let err = c.read_blob(&d[0].clone(), 0, 10).await.unwrap_err();
     assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains(&d[0].digest.to_string()));
     assert!(
@@ -184,10 +171,7 @@ async fn strict_never_serves_a_corrupt_blob_and_caches_nothing_of_it() {
     assert_eq!(c.stats().verify_failures, 1);
     // The registry is fixed: the same cache succeeds on the next read.
     src.corrupt.store(false, Ordering::SeqCst);
-    let got = c
-        .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
-        .await
-        .unwrap();
+    let got = c.read_blob(&d[0].clone(), 0, 10).await.unwrap();
     assert_eq!(&got[..], &blob[..10]);
 }
 
@@ -197,14 +181,7 @@ async fn lazy_reads_fetch_only_the_chunks_needed() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
-    let got = c
-        .read(
-            &Content::Blob(std::sync::Arc::new(d[0].clone())),
-            2 << 20,
-            4096,
-        )
-        .await
-        .unwrap();
+    let got = c.read_blob(&d[0].clone(), 2 << 20, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[2 << 20..(2 << 20) + 4096]);
     assert_eq!(
         src.bytes.load(Ordering::SeqCst),
@@ -214,11 +191,7 @@ async fn lazy_reads_fetch_only_the_chunks_needed() {
     // A read spanning 3 chunks, one present: the 2 missing ones in one request.
     let before = src.requests.load(Ordering::SeqCst);
     let got = c
-        .read(
-            &Content::Blob(std::sync::Arc::new(d[0].clone())),
-            (2 << 20) - 100,
-            128 * 1024,
-        )
+        .read_blob(&d[0].clone(), (2 << 20) - 100, 128 * 1024)
         .await
         .unwrap();
     assert_eq!(
@@ -246,9 +219,9 @@ async fn thirty_two_readers_of_one_missing_chunk_cause_one_request() {
     let mut tasks = Vec::new();
     for i in 0..32u64 {
         let c = c.clone();
-        let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+        let content = d[0].clone();
         tasks.push(tokio::spawn(async move {
-            c.read(&content, 70_000 + i * 100, 100).await
+            c.read_blob(&content, 70_000 + i * 100, 100).await
         }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
@@ -303,8 +276,8 @@ async fn a_failed_fetch_wakes_every_waiter_and_caches_nothing() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
-            let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
-            tokio::spawn(async move { c.read(&content, 10, 10).await })
+            let content = d[0].clone();
+            tokio::spawn(async move { c.read_blob(&content, 10, 10).await })
         })
         .collect();
     for t in tasks {
@@ -322,21 +295,12 @@ async fn lazy_mode_drops_a_blob_that_fails_once_complete() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
     // Served as it arrives (that is lazy mode's contract)...
-    c.read(
-        &Content::Blob(std::sync::Arc::new(d[0].clone())),
-        0,
-        200_000,
-    )
-    .await
-    .unwrap();
+    c.read_blob(&d[0].clone(), 0, 200_000).await.unwrap();
     // ...and once complete, checked: later reads fail and nothing stays.
     let mut failed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 10)
-            .await
-            .is_err()
-        {
+        if c.read_blob(&d[0].clone(), 0, 10).await.is_err() {
             failed = true;
             break;
         }
@@ -365,10 +329,10 @@ async fn two_caches_on_one_directory_fetch_a_blob_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = cache(src.clone(), dir.path(), options(Verify::Strict));
     let b = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     let (ra, rb) = tokio::join!(
-        a.read(&content, 0, 1 << 20),
-        b.read(&content, 1 << 20, 1 << 20)
+        a.read_blob(&content, 0, 1 << 20),
+        b.read_blob(&content, 1 << 20, 1 << 20)
     );
     assert_eq!(&ra.unwrap()[..], &blob[..1 << 20]);
     assert_eq!(&rb.unwrap()[..], &blob[1 << 20..]);
@@ -391,14 +355,7 @@ async fn the_disk_stays_under_budget() {
     };
     let c = cache(src.clone(), dir.path(), opts);
     for (i, desc) in d.iter().enumerate() {
-        let got = c
-            .read(
-                &Content::Blob(std::sync::Arc::new(desc.clone())),
-                0,
-                300_000,
-            )
-            .await
-            .unwrap();
+        let got = c.read_blob(&desc.clone(), 0, 300_000).await.unwrap();
         assert_eq!(&got[..], &blobs[i][..]);
         // Let the background eviction run.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -417,9 +374,9 @@ async fn sequential_reads_read_ahead() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     for i in 0..4u64 {
-        let got = c.read(&content, i * 65_536, 65_536).await.unwrap();
+        let got = c.read_blob(&content, i * 65_536, 65_536).await.unwrap();
         assert_eq!(
             &got[..],
             &blob[(i * 65_536) as usize..((i + 1) * 65_536) as usize]
@@ -433,7 +390,7 @@ async fn sequential_reads_read_ahead() {
         src.bytes.load(Ordering::SeqCst)
     );
     let misses_before = c.stats().misses;
-    c.read(&content, 4 * 65_536, 65_536).await.unwrap();
+    c.read_blob(&content, 4 * 65_536, 65_536).await.unwrap();
     assert_eq!(
         c.stats().misses,
         misses_before,
@@ -452,7 +409,7 @@ proptest::proptest! {
             let dir = tempfile::tempdir().unwrap();
             let c = cache(src, dir.path(), options(if lazy { Verify::Lazy } else { Verify::Strict }));
             for (off, len) in reads {
-                let got = c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), off, len).await.unwrap();
+                let got = c.read_blob(&d[0].clone(), off, len).await.unwrap();
                 let end = ((off + len) as usize).min(blob.len());
                 let start = (off as usize).min(end);
                 assert_eq!(&got[..], &blob[start..end]);
@@ -525,14 +482,7 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
         ..options(Verify::Strict)
     };
     let c = ChunkCache::new(src.clone(), Some(store.clone()), opts).unwrap();
-    let got = c
-        .read(
-            &Content::Blob(std::sync::Arc::new(d[0].clone())),
-            9 << 20,
-            100,
-        )
-        .await
-        .unwrap();
+    let got = c.read_blob(&d[0].clone(), 9 << 20, 100).await.unwrap();
     assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
     let offsets = src.offsets.lock().unwrap().clone();
     assert_eq!(offsets.len(), 2, "{offsets:?}");
@@ -633,9 +583,9 @@ async fn a_stalled_stream_fails_in_time_and_resumes_once_the_source_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     let start = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 9 << 20, 100))
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_blob(&content, 9 << 20, 100))
         .await
         .expect("the read of a stalled blob hung");
     assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
@@ -648,14 +598,14 @@ async fn a_stalled_stream_fails_in_time_and_resumes_once_the_source_is_back() {
     assert_eq!(*src.streams.lock().unwrap(), [0]);
     // The kernel's synchronous retry of a failed readahead: no second wait.
     let start = std::time::Instant::now();
-    let again = c.read(&content, 9 << 20, 100).await;
+    let again = c.read_blob(&content, 9 << 20, 100).await;
     assert!(matches!(again, Err(Error::Timeout { .. })), "{again:?}");
     assert!(start.elapsed() < Duration::from_millis(100));
     assert_eq!(src.streams.lock().unwrap().len(), 1);
     // Back: the same read succeeds, and fetches only what was missing.
     src.stalled.store(false, Ordering::SeqCst);
     tokio::time::sleep(FAILED_FETCH_GRACE).await;
-    let got = c.read(&content, 9 << 20, 100).await.unwrap();
+    let got = c.read_blob(&content, 9 << 20, 100).await.unwrap();
     assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
     assert_eq!(*src.streams.lock().unwrap(), [0, 5 << 20]);
     assert!(store.has_complete(&d[0].digest));
@@ -671,9 +621,9 @@ async fn a_stalled_range_read_fails_in_time_lazy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     let c = ChunkCache::new(src.clone(), Some(store), options(Verify::Lazy)).unwrap();
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     let start = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(10), c.read(&content, 0, 4096))
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_blob(&content, 0, 4096))
         .await
         .expect("a lazy read of a stalled blob hung");
     assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
@@ -683,7 +633,7 @@ async fn a_stalled_range_read_fails_in_time_lazy() {
         start.elapsed()
     );
     let ranges = src.ranges.load(Ordering::SeqCst);
-    assert!(c.read(&content, 0, 4096).await.is_err());
+    assert!(c.read_blob(&content, 0, 4096).await.is_err());
     assert_eq!(
         src.ranges.load(Ordering::SeqCst),
         ranges,
@@ -691,7 +641,7 @@ async fn a_stalled_range_read_fails_in_time_lazy() {
     );
     src.stalled.store(false, Ordering::SeqCst);
     tokio::time::sleep(FAILED_FETCH_GRACE).await;
-    let got = c.read(&content, 0, 4096).await.unwrap();
+    let got = c.read_blob(&content, 0, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[..4096]);
 }
 
@@ -762,17 +712,17 @@ async fn a_lazy_chunk_landing_after_a_strict_promotion_never_reaches_the_blob() 
     )
     .unwrap();
     let strict = cache(fake, dir.path(), options(Verify::Strict));
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     let lazy_read = {
         let (lazy, content) = (lazy.clone(), content.clone());
-        tokio::spawn(async move { lazy.read(&content, late, 100).await })
+        tokio::spawn(async move { lazy.read_blob(&content, late, 100).await })
     };
     corrupt.entered.notified().await;
     // The strict reader runs while the lazy fetch is in flight; the late
     // chunk lands a moment later.
     let strict_read = {
         let (strict, content) = (strict.clone(), content.clone());
-        tokio::spawn(async move { strict.read(&content, 0, 100).await })
+        tokio::spawn(async move { strict.read_blob(&content, 0, 100).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     corrupt.release.add_permits(1);
@@ -782,7 +732,7 @@ async fn a_lazy_chunk_landing_after_a_strict_promotion_never_reaches_the_blob() 
     // within a few tries it is right.
     let mut served = false;
     for _ in 0..3 {
-        match strict.read(&content, late, 100).await {
+        match strict.read_blob(&content, late, 100).await {
             Ok(got) => {
                 assert_eq!(
                     &got[..],
@@ -812,15 +762,15 @@ async fn a_partial_blob_dropped_by_another_process_is_replaced_not_fatal() {
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src, dir.path(), options(Verify::Lazy));
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
-    let got = c.read(&content, 0, 100).await.unwrap();
+    let content = d[0].clone();
+    let got = c.read_blob(&content, 0, 100).await.unwrap();
     assert_eq!(&got[..], &blob[..100]);
     // Another process drops it.
     DiskStore::open(dir.path())
         .unwrap()
         .drop_partial(&d[0].digest);
     for offset in [300_000u64, 0, 900_000] {
-        let got = c.read(&content, offset, 4096).await.unwrap();
+        let got = c.read_blob(&content, offset, 4096).await.unwrap();
         assert_eq!(&got[..], &blob[offset as usize..offset as usize + 4096]);
     }
 }
@@ -873,8 +823,8 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
     let table = c.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
     let scanned_bytes = src.bytes.load(Ordering::SeqCst);
     c.set_chunk_digests(&d[0], 64 * 1024, table.clone());
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
-    let got = c.read(&content, 1_000_000, 4096).await.unwrap();
+    let content = d[0].clone();
+    let got = c.read_blob(&content, 1_000_000, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[1_000_000..1_004_096]);
     let fetched = src.bytes.load(Ordering::SeqCst) - scanned_bytes;
     assert!(
@@ -887,11 +837,11 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
     let c2 = cache(src.clone(), c2dir.path(), options(Verify::Strict));
     c2.set_chunk_digests(&d[0], 64 * 1024, table.clone());
     src.corrupt.store(true, Ordering::SeqCst);
-    let err = c2.read(&content, 300_000, 10).await.unwrap_err();
+    let err = c2.read_blob(&content, 300_000, 10).await.unwrap_err();
     assert!(matches!(&err, Error::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains("chunk 4"), "{err}");
     src.corrupt.store(false, Ordering::SeqCst);
-    let got = c2.read(&content, 300_000, 10).await.unwrap();
+    let got = c2.read_blob(&content, 300_000, 10).await.unwrap();
     assert_eq!(&got[..], &blob[300_000..300_010]);
 
     // A table of another chunk size, or of the wrong length, is not used:
@@ -901,7 +851,7 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
     c3.set_chunk_digests(&d[0], 128 * 1024, table.clone());
     c3.set_chunk_digests(&d[0], 64 * 1024, table[1..].to_vec());
     let before = src.bytes.load(Ordering::SeqCst);
-    c3.read(&content, 0, 10).await.unwrap();
+    c3.read_blob(&content, 0, 10).await.unwrap();
     assert_eq!(src.bytes.load(Ordering::SeqCst) - before, 2_000_000);
 }
 
@@ -910,20 +860,20 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     let blob = data(500_000, 42);
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
-    let content = Content::Blob(std::sync::Arc::new(d[0].clone()));
+    let content = d[0].clone();
     // A lazy process without digests caches a corrupt chunk.
     src.corrupt.store(true, Ordering::SeqCst);
     let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
-    lazy.read(&content, 70_000, 10).await.unwrap();
+    lazy.read_blob(&content, 70_000, 10).await.unwrap();
     src.corrupt.store(false, Ordering::SeqCst);
     // A strict one with digests never serves it, drops it, then fetches
     // it afresh.
     let strict = cache(src.clone(), dir.path(), options(Verify::Strict));
     let table = strict.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
     strict.set_chunk_digests(&d[0], 64 * 1024, table);
-    let err = strict.read(&content, 70_000, 10).await.unwrap_err();
+    let err = strict.read_blob(&content, 70_000, 10).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-    let got = strict.read(&content, 70_000, 10).await.unwrap();
+    let got = strict.read_blob(&content, 70_000, 10).await.unwrap();
     assert_eq!(&got[..], &blob[70_000..70_010]);
 }
 
@@ -983,10 +933,7 @@ mod at_rest {
             let before = src.bytes.load(Ordering::SeqCst);
             // A new process: nothing checked yet.
             let c = cache(src.clone(), dir.path(), options(verify));
-            let got = c
-                .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
-                .await
-                .unwrap();
+            let got = c.read_blob(&d.clone(), 0, d.size).await.unwrap();
             assert!(got[..] == blob[..], "{verify:?}: wrong bytes served");
             assert_eq!(c.counters().snapshot().verify_failures, 1, "{verify:?}");
             let fetched = src.bytes.load(Ordering::SeqCst) - before;
@@ -996,13 +943,7 @@ mod at_rest {
             );
             // The bad copy is gone; the blob is whole and right again.
             let again = cache(src.clone(), dir.path(), options(verify));
-            assert!(
-                again
-                    .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
-                    .await
-                    .unwrap()[..]
-                    == blob[..]
-            );
+            assert!(again.read_blob(&d.clone(), 0, d.size).await.unwrap()[..] == blob[..]);
             assert_eq!(again.counters().snapshot().verify_failures, 0);
         }
     }
@@ -1018,10 +959,7 @@ mod at_rest {
             .set_len(3 << 16)
             .unwrap();
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, d.size)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d.clone(), 0, d.size).await.unwrap();
         assert!(got[..] == blob[..]);
         assert!(path.is_file());
 
@@ -1033,10 +971,7 @@ mod at_rest {
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, 4096)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d.clone(), 0, 4096).await.unwrap();
         assert_eq!(&got[..], &blob[..4096]);
         // The symlink is gone: the blob was fetched again, a file of its own.
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
@@ -1048,10 +983,7 @@ mod at_rest {
         flip(&blob_file(dir.path(), &d), 10);
         src.offline.store(true, Ordering::SeqCst);
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-        let e = c
-            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 0, 100)
-            .await
-            .unwrap_err();
+        let e = c.read_blob(&d.clone(), 0, 100).await.unwrap_err();
         assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
         assert_eq!(e.exit_code(), crate::error::exit_code::INTEGRITY);
         assert!(e.to_string().contains(&d.digest.to_string()), "{e}");
@@ -1066,10 +998,7 @@ mod at_rest {
         std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
         let before = src.bytes.load(Ordering::SeqCst);
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 500_000, 10)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d.clone(), 500_000, 10).await.unwrap();
         assert_eq!(&got[..], &blob[500_000..500_010]);
         assert_eq!(
             src.bytes.load(Ordering::SeqCst),
@@ -1086,10 +1015,7 @@ mod at_rest {
         std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
         flip(&blob_file(dir.path(), &d), 999_000);
         let c = cache(src.clone(), dir.path(), options(Verify::Lazy));
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d.clone())), 999_000, 10)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d.clone(), 999_000, 10).await.unwrap();
         assert_eq!(&got[..], &blob[999_000..999_010]);
         assert_eq!(c.counters().snapshot().verify_failures, 1);
     }
@@ -1143,10 +1069,7 @@ mod background {
         let (src, d) = Fake::with(&[&blob]);
         let dir = tempfile::tempdir().unwrap();
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        let got = c
-            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 10, 100)
-            .await
-            .unwrap();
+        let got = c.read_blob(&d[0].clone(), 10, 100).await.unwrap();
         assert_eq!(&got[..], &blob[10..110]);
         let store = DiskStore::open(dir.path()).unwrap();
         until("completion", || store.has_complete(&d[0].digest)).await;
@@ -1161,10 +1084,7 @@ mod background {
         src.corrupt.store(true, Ordering::SeqCst);
         let dir = tempfile::tempdir().unwrap();
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        let _ = c
-            .read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 100)
-            .await
-            .unwrap();
+        let _ = c.read_blob(&d[0].clone(), 0, 100).await.unwrap();
         let partial = dir.path().join("partial/sha256").join(d[0].digest.hex());
         let chunks_left = || {
             std::fs::read_dir(&partial)
@@ -1198,12 +1118,8 @@ mod background {
             ..Fake::default()
         });
         let c = cache(src.clone(), dir.path(), with_background(1 << 20));
-        c.read(&Content::Blob(std::sync::Arc::new(d[0].clone())), 0, 100)
-            .await
-            .unwrap();
-        c.read(&Content::Blob(std::sync::Arc::new(d[1].clone())), 0, 100)
-            .await
-            .unwrap();
+        c.read_blob(&d[0].clone(), 0, 100).await.unwrap();
+        c.read_blob(&d[1].clone(), 0, 100).await.unwrap();
         c.close();
         let partials = dir.path().join("partial/sha256");
         assert!(

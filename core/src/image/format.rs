@@ -33,9 +33,9 @@ use std::io::{Read as _, Write as _};
 
 use sha2::{Digest as _, Sha256};
 
-use super::toc::{EntryKind, MAX_LAYER_ENTRIES, NAME_MAX, PATH_MAX, TocEntry};
-use super::{FramePoint, GzipPoint, LayerIndex, SeekPoints};
-use crate::archive::Compression;
+use super::LayerIndex;
+use crate::codec::tar::{EntryKind, MAX_LAYER_ENTRIES, NAME_MAX, PATH_MAX, TocEntry};
+use crate::content::{Compression, FramePoint, GzipPoint, SeekPoints};
 use crate::digest::Digest;
 
 /// The first bytes of an index file.
@@ -46,7 +46,7 @@ pub const VERSION: u32 = 1;
 /// The largest xattr value kept.
 const MAX_XATTR_VALUE: usize = 64 << 10;
 /// The largest window a gzip point has.
-const MAX_WINDOW: usize = super::gzip::WINDOW;
+const MAX_WINDOW: usize = crate::codec::gzip::WINDOW;
 /// Paths are prefix-compressed, so a few bytes can stand for a long
 /// path: their total is capped at this many times the input (plus
 /// `PATH_SLACK`), far above any real layer's.

@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{EntryKind, ImageLayer, LayerFile, TocEntry};
-use crate::view::{Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
+use crate::codec::tar::{EntryKind, TocEntry};
+use crate::content::{Content, TarFile, TarStream};
+use crate::tree::{Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
 
 /// Symlinks followed on the way to one entry, at most (Linux's limit).
 const MAX_HOPS: u32 = 40;
@@ -26,7 +27,7 @@ const MAX_HOPS: u32 = 40;
 #[derive(Clone)]
 enum Kind {
     Dir(BTreeMap<String, usize>),
-    File(LayerFile),
+    File(TarFile),
     Symlink(String),
     Special(SpecialKind, u32, u32),
 }
@@ -52,7 +53,7 @@ struct Merge {
 #[derive(Debug)]
 pub struct MergeLayer {
     /// The layer.
-    pub layer: Arc<ImageLayer>,
+    pub layer: Arc<TarStream>,
     /// Its table of contents, in archive order.
     pub entries: Vec<TocEntry>,
     /// Entries its indexer already left out.
@@ -215,7 +216,7 @@ impl Merge {
         Ok(())
     }
 
-    fn add(&mut self, layer: &Arc<ImageLayer>, e: &TocEntry) -> Result<(), String> {
+    fn add(&mut self, layer: &Arc<TarStream>, e: &TocEntry) -> Result<(), String> {
         let xattrs = (!e.xattrs.is_empty()).then(|| Arc::new(e.xattrs.clone()));
         if e.path.is_empty() {
             // The layer's root directory: its metadata.
@@ -247,8 +248,8 @@ impl Merge {
             _ => MNode {
                 kind: match e.kind {
                     EntryKind::Dir => Kind::Dir(BTreeMap::new()),
-                    EntryKind::File => Kind::File(LayerFile {
-                        layer: layer.clone(),
+                    EntryKind::File => Kind::File(TarFile {
+                        stream: layer.clone(),
                         offset: e.offset,
                         size: e.size,
                     }),
@@ -305,7 +306,7 @@ impl Merge {
             let m = &nodes[*at];
             let kind = match &m.kind {
                 Kind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
-                Kind::File(f) => NodeKind::File(crate::view::Content::Layer(f.clone())),
+                Kind::File(f) => NodeKind::File(Content::Tar(f.clone())),
                 Kind::Symlink(t) => NodeKind::Symlink(t.clone()),
                 Kind::Special(kind, major, minor) => NodeKind::Special {
                     kind: *kind,
@@ -340,12 +341,11 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::Compression;
+    use crate::content::Compression;
     use crate::manifest::Descriptor;
-    use crate::view::Content;
 
-    fn layer(n: u8) -> Arc<ImageLayer> {
-        Arc::new(ImageLayer {
+    fn layer(n: u8) -> Arc<TarStream> {
+        Arc::new(TarStream {
             blob: Descriptor {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),
                 digest: crate::Digest::of(&[n]),
@@ -415,9 +415,9 @@ mod tests {
             .map(|e| {
                 let ino = tree.resolve_path(&e.path).unwrap();
                 let what = match &tree.node(ino).unwrap().kind {
-                    NodeKind::File(Content::Layer(f)) => format!(
+                    NodeKind::File(Content::Tar(f)) => format!(
                         " {}:{}",
-                        f.layer.blob.digest.hex().get(..4).unwrap_or_default(),
+                        f.stream.blob.digest.hex().get(..4).unwrap_or_default(),
                         f.offset
                     ),
                     NodeKind::Symlink(t) => format!(" -> {t}"),

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use layout::LayoutSource;
-pub use registry::{Credentials, RegistryOptions, RegistrySource};
+pub use registry::{RegistryOptions, RegistrySource};
 
 use crate::digest::Digest;
 use crate::error::Result;

@@ -39,6 +39,7 @@ use reqwest::header::{
 use reqwest::{Response, Url};
 
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags, skip_bytes};
+use crate::credentials::Credentials;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, media_type};
@@ -54,29 +55,6 @@ pub const TRUSTED_REALMS_ENV: &str = "OCIFS_TRUSTED_REALMS";
 
 /// The largest token-service answer or tag list read.
 const MAX_SMALL_BODY: u64 = 4 << 20;
-
-/// Credentials for one registry. `Debug` never shows the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// HTTP basic, also used to obtain bearer tokens.
-    Basic {
-        /// The user name.
-        username: String,
-        /// The password or access token.
-        password: String,
-    },
-    /// A registry bearer token used as is.
-    Token(String),
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::Basic { username, .. } => write!(f, "Basic({username:?}, <redacted>)"),
-            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
-        }
-    }
-}
 
 /// How to talk to a registry.
 #[derive(Clone, Debug)]

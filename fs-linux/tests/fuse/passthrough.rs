@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ocifs_core::view::Content;
+use ocifs_core::Content;
 
 use crate::util::{Builder, Fixture, standard_files, wait_until};
 

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ocifs_core::view::Content;
-use ocifs_core::{Digest, DirectReader, LayoutSource, Reader, Stats, Tree, Verify, ViewOptions};
+use ocifs_core::Content;
+use ocifs_core::{
+    ContentReader, Digest, DirectReader, LayoutSource, Reader, Stats, Tree, Verify, ViewOptions,
+};
 use ocifs_fs_linux::{Mount, MountOptions};
 use serde_json::json;
 use tempfile::TempDir;
@@ -198,7 +200,9 @@ impl Builder {
         let tree = Arc::new(
             Tree::from_artifact(&resolution.manifest, &ViewOptions::default()).expect("tree"),
         );
-        let mut reader: Arc<dyn Reader> = Arc::new(DirectReader::new(source, Verify::Strict));
+        let mut reader: Arc<dyn Reader> = Arc::new(ContentReader::new(Arc::new(
+            DirectReader::new(source, Verify::Strict),
+        )));
         if let Some((title, delay)) = &self.slow {
             reader = Arc::new(SlowReader {
                 inner: reader,

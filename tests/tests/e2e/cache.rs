@@ -8,9 +8,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ocifs_core::cache::{CacheOptions, ChunkCache, DiskStore};
-use ocifs_core::view::Content;
-use ocifs_core::{Descriptor, Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
+use ocifs_core::{
+    BlobReader as _, Descriptor, RegistryOptions, RegistryRef, RegistrySource, Verify,
+};
+use ocifs_core::{CacheOptions, ChunkCache, DiskStore};
 use ocifs_tests::{
     CountingProxy, Disposition, HookFn, Registry, RegistryAuth, RequestInfo, ThrottleBlobs, ocifs,
     random_bytes, run_ocifs, sha256_digest, temp_dir,
@@ -106,7 +107,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
     let fx = Fixture::new(vec![file("big.bin", 64 * MIB, 1)]);
     let blob = fx.descriptor(0);
-    let content = Content::Blob(std::sync::Arc::new(blob.clone()));
+    let content = blob.clone();
     let data = fx.files[0].content.clone();
     let rt = runtime();
     for verify in [Verify::Strict, Verify::Lazy] {
@@ -126,7 +127,7 @@ fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
             let result = runner.run(&strategy, |reads| {
                 for (offset, len) in reads {
                     let got = rt
-                        .block_on(cache.read(&content, offset, len))
+                        .block_on(cache.read_blob(&content, offset, len))
                         .expect("read");
                     let end = ((offset + len) as usize).min(data.len());
                     let start = (offset as usize).min(end);
@@ -181,7 +182,7 @@ fn random_reads_of_a_64_mib_blob_are_byte_identical_cold_and_warm() {
 #[test]
 fn thirty_two_readers_of_one_missing_chunk_make_one_request() {
     let fx = Fixture::new(vec![file("big.bin", 16 * MIB, 2)]);
-    let content = Content::Blob(std::sync::Arc::new(fx.descriptor(0)));
+    let content = fx.descriptor(0);
     let data = fx.files[0].content.clone();
     let rt = runtime();
     for verify in [Verify::Lazy, Verify::Strict] {
@@ -191,9 +192,11 @@ fn thirty_two_readers_of_one_missing_chunk_make_one_request() {
             let tasks: Vec<_> = (0..32)
                 .map(|_| {
                     let (cache, content) = (cache.clone(), content.clone());
-                    tokio::spawn(
-                        async move { cache.read(&content, (5 * MIB) as u64 + 100, 4096).await },
-                    )
+                    tokio::spawn(async move {
+                        cache
+                            .read_blob(&content, (5 * MIB) as u64 + 100, 4096)
+                            .await
+                    })
                 })
                 .collect();
             let mut out = Vec::new();

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ocifs_benches::{Row, table};
-use ocifs_core::cache::{CacheOptions, ChunkCache, DiskStore};
-use ocifs_core::digest::Hasher;
-use ocifs_core::view::Content;
-use ocifs_core::{Reader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
+use ocifs_core::Hasher;
+use ocifs_core::{BlobReader as _, RegistryOptions, RegistryRef, RegistrySource, Verify};
+use ocifs_core::{CacheOptions, ChunkCache, DiskStore};
 use ocifs_tests::{
     CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, oras_pull, oras_push, qemu_boot,
     workspace_dir,
@@ -141,11 +140,7 @@ async fn random_read(
     )
     .expect("cache");
     let bytes = cache
-        .read(
-            &Content::Blob(std::sync::Arc::new(blob.clone())),
-            blob.size / 2,
-            4096,
-        )
+        .read_blob(blob, blob.size / 2, 4096)
         .await
         .expect("read");
     assert_eq!(bytes.len(), 4096);

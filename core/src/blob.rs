@@ -1,9 +1,10 @@
-//! Readers: turn `(content, offset, len)` into verified bytes.
+//! Verified blobs: `(blob, offset, len)` in, bytes checked against the
+//! digest chain out.
 //!
-//! [`Reader`] is the seam between a view (what a file is) and where its bytes
-//! come from. The filesystem backends and `ocifs cat` read through it. The
-//! chunk cache ([`crate::cache::ChunkCache`]) is the reader for real use;
-//! [`DirectReader`] reads a source with no cache at all.
+//! [`BlobReader`] is the seam between the decoders above (which know what a
+//! file is) and where blob bytes come from; it knows nothing of files. The
+//! chunk cache ([`crate::cache::ChunkCache`]) is the blob reader for real
+//! use; [`DirectReader`] reads a source with no cache at all.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,12 +17,10 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use serde::Serialize;
 
-use crate::archive::EntryReader;
 use crate::digest::{BlobHasher, Digest};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::source::Source;
-use crate::view::Content;
 
 /// When bytes are checked against their digest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,26 +105,15 @@ impl Counters {
     }
 }
 
-/// Reads file contents.
+/// Reads blobs, verified.
 #[async_trait]
-pub trait Reader: Send + Sync + fmt::Debug {
-    /// Exactly `min(len, size - offset)` bytes of `content` from `offset`,
-    /// checked as the reader's [`Verify`] mode says.
-    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes>;
+pub trait BlobReader: Send + Sync + fmt::Debug {
+    /// Exactly `min(len, blob.size - offset)` bytes of `blob` from
+    /// `offset`, checked as the reader's [`Verify`] mode says.
+    async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes>;
 
     /// The counters so far.
     fn stats(&self) -> Stats;
-
-    /// An owned handle on this reader, for work that outlives a call (a
-    /// decoder kept between reads); `None` if it has none.
-    fn shared(&self) -> Option<Arc<dyn Reader>> {
-        None
-    }
-
-    /// This reader as the chunk cache, if it is one.
-    fn as_cache(&self) -> Option<&crate::ChunkCache> {
-        None
-    }
 }
 
 /// Reads straight from a source, without caching. In strict mode the whole
@@ -140,7 +128,6 @@ pub struct DirectReader {
     verify: Verify,
     tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
     counters: Counters,
-    entries: EntryReader,
 }
 
 /// The chunk size of [`DirectReader`]'s checks.
@@ -154,7 +141,6 @@ impl DirectReader {
             verify,
             tables: Mutex::new(HashMap::new()),
             counters: Counters::default(),
-            entries: EntryReader::default(),
         }
     }
 
@@ -202,7 +188,7 @@ impl DirectReader {
         let bytes = self.source.read_range(blob, start, stop - start).await?;
         for (i, chunk) in bytes.chunks(DIRECT_CHUNK as usize).enumerate() {
             let n = start / DIRECT_CHUNK + i as u64;
-            if let Err(e) = crate::digest::check_chunk(table, blob, n, chunk) {
+            if let Err(e) = crate::digest::check_chunk(table, &blob.digest, n, chunk) {
                 Counters::bump(&self.counters.verify_failures);
                 return Err(e);
             }
@@ -249,25 +235,18 @@ pub async fn verify_stream(
 }
 
 #[async_trait]
-impl Reader for DirectReader {
-    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
-        match content {
-            Content::Blob(blob) => {
-                let table = self.table(blob).await?;
-                Counters::bump(&self.counters.requests);
-                let bytes = match &table {
-                    Some(t) => self.read_checked(blob, t, offset, len).await?,
-                    None => self.source.read_range(blob, offset, len).await?,
-                };
-                self.counters
-                    .bytes_fetched
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(bytes)
-            }
-            Content::Zip(_) | Content::Tar(_) | Content::Layer(_) => {
-                self.entries.read(self, content, offset, len).await
-            }
-        }
+impl BlobReader for DirectReader {
+    async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        let table = self.table(blob).await?;
+        Counters::bump(&self.counters.requests);
+        let bytes = match &table {
+            Some(t) => self.read_checked(blob, t, offset, len).await?,
+            None => self.source.read_range(blob, offset, len).await?,
+        };
+        self.counters
+            .bytes_fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     fn stats(&self) -> Stats {

@@ -1,15 +1,39 @@
-//! Credentials from the places docker-compatible clients keep them:
+//! Credentials for a registry, and where they are found: the places
+//! docker-compatible clients keep them:
 //! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` (with `auths`,
 //! `credsStore` and `credHelpers`), then podman's `auth.json`
 //! (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`).
 
+use std::fmt;
 use std::path::PathBuf;
 
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
-use crate::source::Credentials;
+
+/// Credentials for one registry. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// HTTP basic, also used to obtain bearer tokens.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password or access token.
+        password: String,
+    },
+    /// A registry bearer token used as is.
+    Token(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Basic { username, .. } => write!(f, "Basic({username:?}, <redacted>)"),
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
 
 /// The key docker clients file Docker Hub credentials under.
 pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";

@@ -7,12 +7,12 @@
 //! the seekable format keeps its seek table in one, so walking the frames
 //! covers seekable-format layers too, with no need to read that table.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead as _, BufReader, Read};
 
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
-use super::FramePoint;
 use super::gzip::Input;
+use crate::content::FramePoint;
 
 /// The least uncompressed distance between two points, by default: a
 /// point costs a few bytes, but frames much closer than this (zstd:chunked
@@ -367,6 +367,59 @@ pub fn decode_from<R: Read>(
     Ok(())
 }
 
+/// A zstd stream of one or more frames.
+pub struct Zstd<R: Read> {
+    state: ZstdState<R>,
+}
+
+enum ZstdState<R: Read> {
+    Between(BufReader<R>),
+    Frame(Box<ruzstd::decoding::StreamingDecoder<BufReader<R>, ruzstd::decoding::FrameDecoder>>),
+    Done,
+}
+
+impl<R: Read> std::fmt::Debug for Zstd<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zstd").finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Zstd<R> {
+    /// A decoder of the frames of `r`, one after the other.
+    pub fn new(r: R) -> Self {
+        Zstd {
+            state: ZstdState::Between(BufReader::new(r)),
+        }
+    }
+}
+
+impl<R: Read> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match std::mem::replace(&mut self.state, ZstdState::Done) {
+                ZstdState::Done => return Ok(0),
+                ZstdState::Between(mut r) => {
+                    if r.fill_buf()?.is_empty() {
+                        return Ok(0);
+                    }
+                    let frame = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
+                    })?;
+                    self.state = ZstdState::Frame(Box::new(frame));
+                }
+                ZstdState::Frame(mut frame) => {
+                    let n = frame.read(buf)?;
+                    if n > 0 || buf.is_empty() {
+                        self.state = ZstdState::Frame(frame);
+                        return Ok(n);
+                    }
+                    self.state = ZstdState::Between(frame.into_inner());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::OnceLock;
@@ -374,7 +427,7 @@ mod tests {
     use ruzstd::encoding::{CompressionLevel, compress_to_vec};
 
     use super::*;
-    use crate::image::gzip::tests::{noise, text};
+    use crate::codec::gzip::tests::{noise, text};
 
     fn frame(data: &[u8], level: CompressionLevel) -> Vec<u8> {
         compress_to_vec(data, level)

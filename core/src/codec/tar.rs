@@ -1,5 +1,7 @@
-//! A layer's table of contents: its tar stream walked once, headers only
-//! (ustar, GNU long names and links, PAX records).
+//! The one tar walker: a tar stream walked once, headers only (ustar, GNU
+//! long names and links, PAX records), into a table of contents. Image
+//! layers and tar packages both go through it; they differ only in what
+//! an entry name may be ([`Names`]).
 
 use std::fmt;
 use std::io::{self, Read};
@@ -63,6 +65,11 @@ pub const MAX_LAYER_ENTRIES: usize = 1_000_000;
 pub const PATH_MAX: usize = 4095;
 /// The longest path component.
 pub const NAME_MAX: usize = 255;
+/// The mode of a package's entry whose header has none that parses (the
+/// view gives it its own); never a real mode, which fits in `0o7777`.
+pub const UNKNOWN_MODE: u32 = u32::MAX;
+/// The longest entry name (and symlink target) of a package.
+pub const MAX_NAME: usize = PATH_MAX;
 /// The largest PAX extended header read.
 const MAX_PAX: u64 = 1 << 20;
 const BLOCK: u64 = 512;
@@ -243,8 +250,47 @@ pub fn normalize(name: &str) -> Result<String, String> {
 /// problem; a stream that cannot be walked (a bad header checksum, a size
 /// past the end, too many entries, a read error) is an error.
 pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<Toc, WalkError> {
-    let mut w = Walker { input, pos: 0 };
     let mut toc = Toc::default();
+    toc.len = walk_each(input, max_entries, Names::Layer, |entry| match entry {
+        Ok(e) => toc.entries.push(e),
+        Err(problem) => toc.problems.push(problem),
+    })?;
+    Ok(toc)
+}
+
+/// What an entry name may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    /// As a container runtime unpacks a layer: a leading `/` and `.`
+    /// components are dropped and `..` is resolved ([`normalize`]).
+    Layer,
+    /// As a package shown as a directory: anything that could land outside
+    /// it or that no filesystem shows is refused (absolute paths, `..`,
+    /// backslashes, drive prefixes).
+    Package,
+}
+
+impl Names {
+    fn path(self, name: &str) -> Result<String, String> {
+        match self {
+            Names::Layer => normalize(name),
+            Names::Package => super::names::entry_components(name).map(|c| c.join("/")),
+        }
+    }
+}
+
+/// Walks a tar stream, handing each entry to `sink` as it is found (an
+/// entry left out as its problem line, `entry "NAME": REASON`), so that a
+/// caller keeps only what it needs of each. The length of the stream
+/// walked (to its end-of-archive marker); errors as [`walk`].
+pub fn walk_each<I: TarInput + ?Sized>(
+    input: &mut I,
+    max_entries: usize,
+    names: Names,
+    mut sink: impl FnMut(Result<TocEntry, String>),
+) -> Result<u64, WalkError> {
+    let mut w = Walker { input, pos: 0 };
+    let mut found = 0usize;
     let mut pending = Pending::default();
     let mut headers = 0usize;
     while let Some(block) = w.block()? {
@@ -317,9 +363,18 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
             &what,
         )?;
 
+        // Packages show no owners: a tool that leaves the fields empty
+        // makes a readable package still.
+        let owner = |id: io::Result<u64>, what: &str| -> Result<u32, String> {
+            match id {
+                Ok(id) => u32::try_from(id).map_err(|_| format!("a {what} over 2^32")),
+                Err(_) if names == Names::Package => Ok(0),
+                Err(_) => Err(format!("a bad {what}")),
+            }
+        };
         let entry = (|| -> Result<TocEntry, String> {
             let name = std::str::from_utf8(&raw_name).map_err(|_| "the name is not UTF-8")?;
-            let path = normalize(name)?;
+            let path = names.path(name)?;
             let link = p
                 .link
                 .or_else(|| header.link_name_bytes().map(|l| l.into_owned()))
@@ -335,7 +390,9 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
                 }
                 (EntryKind::Symlink, link)
             } else if kind.is_hard_link() {
-                let to = normalize(&link).map_err(|r| format!("hard link target: {r}"))?;
+                let to = names
+                    .path(&link)
+                    .map_err(|r| format!("hard link target: {r}"))?;
                 if to.is_empty() {
                     return Err("a hard link to the root".into());
                 }
@@ -362,16 +419,19 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
             Ok(TocEntry {
                 path,
                 kind,
-                mode: header.mode().map_err(|_| "a bad mode")? & 0o7777,
+                mode: match header.mode() {
+                    Ok(m) => m & 0o7777,
+                    // A package's files get the view's mode instead.
+                    Err(_) if names == Names::Package => UNKNOWN_MODE,
+                    Err(_) => return Err("a bad mode".into()),
+                },
                 uid: match p.uid {
                     Some(u) => u,
-                    None => u32::try_from(header.uid().map_err(|_| "a bad uid")?)
-                        .map_err(|_| "a uid over 2^32")?,
+                    None => owner(header.uid(), "uid")?,
                 },
                 gid: match p.gid {
                     Some(g) => g,
-                    None => u32::try_from(header.gid().map_err(|_| "a bad gid")?)
-                        .map_err(|_| "a gid over 2^32")?,
+                    None => owner(header.gid(), "gid")?,
                 },
                 mtime: p
                     .mtime
@@ -393,18 +453,15 @@ pub fn walk<I: TarInput + ?Sized>(input: &mut I, max_entries: usize) -> Result<T
                 xattrs: p.xattrs,
             })
         })();
-        match entry {
-            Ok(e) => toc.entries.push(e),
-            Err(reason) => toc.problems.push(format!("entry {shown:?}: {reason}")),
-        }
-        if toc.entries.len() + toc.problems.len() > max_entries {
+        found += 1;
+        if found > max_entries {
             return Err(WalkError::Bad(format!(
                 "more than {max_entries} entries (the limit)"
             )));
         }
+        sink(entry.map_err(|reason| format!("entry {shown:?}: {reason}")));
     }
-    toc.len = w.pos;
-    Ok(toc)
+    Ok(w.pos)
 }
 
 /// A name as messages show it: lossy UTF-8, cut at 200 characters (a

@@ -10,7 +10,7 @@
 
 use std::io::{self, Read};
 
-use super::GzipPoint;
+use crate::content::GzipPoint;
 
 /// Uncompressed bytes between two seek points, by default.
 pub const DEFAULT_SPACING: u64 = 4 << 20;

@@ -1,7 +1,7 @@
 //! Entry names: what a name in an archive may be before it becomes a path
 //! in the view.
 
-use super::MAX_NAME;
+use crate::codec::tar::MAX_NAME;
 
 /// Splits an entry name into path components, refusing anything that could
 /// land outside the package's directory or that no filesystem shows:

@@ -1,0 +1,156 @@
+//! Where a file's bytes are: the vocabulary the tree builders write and the
+//! content reader reads, with no I/O of its own.
+//!
+//! A file of a view is a [`Content`]: a whole blob, an entry of a zip, or a
+//! range of a tar stream ([`TarFile`]): a package's `.tar`/`.tgz`/`.tar.zst`
+//! and an image layer alike, read from the [`SeekPoints`] recorded when the
+//! stream was walked.
+
+use std::sync::Arc;
+
+use crate::manifest::Descriptor;
+
+/// What a file's bytes are.
+// `Blob` is the common case and matched on everywhere, so it stays unboxed;
+// zip entries share their (larger) records through an `Arc`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// A whole blob.
+    Blob(Arc<Descriptor>),
+    /// An entry of a zip layer: its local header and data are read when
+    /// it is.
+    Zip(Arc<ZipEntry>),
+    /// A range of a tar stream: a file of a tar package (plain, gzip or
+    /// zstd) or of a container image's root filesystem.
+    Tar(TarFile),
+}
+
+impl Content {
+    /// The file size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Content::Blob(d) => d.size,
+            Content::Zip(e) => e.size,
+            Content::Tar(f) => f.size,
+        }
+    }
+
+    /// The blob the bytes are in (for a package entry, the package's).
+    pub fn blob(&self) -> &Descriptor {
+        match self {
+            Content::Blob(d) => d,
+            Content::Zip(e) => &e.blob,
+            Content::Tar(f) => &f.stream.blob,
+        }
+    }
+}
+
+/// How the bytes of a tar stream are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (`.tar.gz`, `.tgz`, `tar+gzip` layers).
+    Gzip,
+    /// zstd (`.tar.zst`, `tar+zstd` layers).
+    Zstd,
+}
+
+/// A file in a zip layer: where its local header is and what the central
+/// directory says of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZipEntry {
+    /// The zip layer (one allocation shared by all its entries).
+    pub blob: Arc<Descriptor>,
+    /// The entry's name in the archive.
+    pub name: String,
+    /// Offset of its local file header in the blob.
+    pub header_offset: u64,
+    /// Its size compressed, as the central directory says.
+    pub compressed_size: u64,
+    /// Its size, as the central directory says.
+    pub size: u64,
+    /// How it is compressed.
+    pub method: ZipMethod,
+    /// Its CRC-32, as the central directory says.
+    pub crc32: u32,
+}
+
+/// The zip compression methods ocifs reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZipMethod {
+    /// Stored as is.
+    Stored,
+    /// Deflate (RFC 1951).
+    Deflated,
+}
+
+/// A tar stream in a blob, as reading its files needs it: a tar package or
+/// an image layer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TarStream {
+    /// The blob.
+    pub blob: Descriptor,
+    /// How it is compressed.
+    pub compression: Compression,
+    /// The length of its uncompressed tar stream.
+    pub uncompressed_size: u64,
+    /// Where decoding can resume.
+    pub points: SeekPoints,
+    /// For a zstd image layer read from a registry: its decoded stream,
+    /// kept in the cache as a blob of its own (named by the layer's diff
+    /// ID), since a zstd stream can only be decoded from the start of a
+    /// frame and most zstd layers are a single frame.
+    pub decoded: Option<Descriptor>,
+}
+
+/// A file in a tar stream: bytes `offset..offset + size` of the stream's
+/// uncompressed bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TarFile {
+    /// The stream (one allocation shared by all its files).
+    pub stream: Arc<TarStream>,
+    /// Where the file's data starts in the uncompressed stream.
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+}
+
+/// A point in a gzip stream where inflating can resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GzipPoint {
+    /// Offset in the compressed stream of the first byte inflating reads
+    /// from here on (if `bits` is not 0, the byte before it holds `bits`
+    /// bits of input that belong to this point too).
+    pub compressed: u64,
+    /// Bits (0 to 7) of the byte at `compressed - 1` that are still input.
+    pub bits: u8,
+    /// Offset in the uncompressed stream this point decodes from.
+    pub uncompressed: u64,
+    /// The last (up to) 32 KiB of uncompressed output before this point:
+    /// the dictionary inflate needs to resume. Empty at the start of a
+    /// gzip member.
+    pub window: Vec<u8>,
+}
+
+/// A zstd frame: a point where decoding can start afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FramePoint {
+    /// Offset of the frame's first byte in the compressed stream.
+    pub compressed: u64,
+    /// Offset in the uncompressed stream of the frame's first byte of output.
+    pub uncompressed: u64,
+}
+
+/// Where decoding can start inside a tar stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SeekPoints {
+    /// An uncompressed tar: every offset is one.
+    #[default]
+    None,
+    /// A gzip stream's points, in increasing order; the first is at 0.
+    Gzip(Vec<GzipPoint>),
+    /// A zstd stream's frames, in increasing order; the first is at 0.
+    Zstd(Vec<FramePoint>),
+}

@@ -1,0 +1,558 @@
+//! Reading: one content reader from a file's [`Content`] to its bytes,
+//! over a [`BlobReader`].
+//!
+//! [`Reader`] is the seam the filesystem backends and `ocifs cat` read
+//! through; [`ContentReader`] is its implementation, once for every kind
+//! of content: a whole blob is a range of the blob; a zip entry is its
+//! local header and data, inflated and CRC-checked; a file of a tar stream
+//! (a package's or an image layer's) is decoded from the seek point before
+//! it, fetching only the compressed bytes from there to the first point
+//! past the range. Decoded entries and spans are kept in a memory LRU;
+//! decoders of single-frame zstd streams are parked between reads; a zstd
+//! image layer's decoded copy is kept in the cache given with
+//! [`ContentReader::keeping_copies_in`].
+//!
+//! Every byte comes through the blob reader, so `--verify` holds as for
+//! any blob.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+
+use crate::blob::{BlobReader, Stats};
+use crate::cache::ChunkCache;
+use crate::codec::input::{BlobRead, Bounded, reader_error, with_stream};
+use crate::codec::zip::{self, DECODE_WHOLE_MAX};
+use crate::codec::zstd::Zstd;
+use crate::codec::{BOMB, Tee, decoder, gzip, inflate_limit, zstd};
+use crate::content::{Compression, Content, FramePoint, SeekPoints, TarFile, TarStream, ZipMethod};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::Descriptor;
+
+/// Reads file contents.
+#[async_trait]
+pub trait Reader: Send + Sync + fmt::Debug {
+    /// Exactly `min(len, size - offset)` bytes of `content` from `offset`,
+    /// checked as the blob reader's [`crate::Verify`] mode says.
+    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// The counters so far.
+    fn stats(&self) -> Stats;
+}
+
+/// Memory for decoded entries and spans.
+pub const DECODED_BUDGET: u64 = 256 << 20;
+
+type Key = (Digest, u64);
+
+/// The one [`Reader`]: reads every kind of [`Content`] through a
+/// [`BlobReader`], keeping decoded entries in memory.
+pub struct ContentReader {
+    blobs: Arc<dyn BlobReader>,
+    /// Where zstd layers' decoded copies are kept, if anywhere.
+    copies: Option<ChunkCache>,
+    decoded: Mutex<Decoded>,
+    /// One decode per entry at a time: later readers wait and find it done.
+    decoding: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Decoders of tar streams parked between reads.
+    cursors: Cursors,
+}
+
+struct Decoded {
+    entries: LruCache<Key, Bytes>,
+    used: u64,
+    budget: u64,
+}
+
+impl fmt::Debug for ContentReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, used) = self
+            .decoded
+            .lock()
+            .map_or((0, 0), |d| (d.entries.len(), d.used));
+        f.debug_struct("ContentReader")
+            .field("blobs", &self.blobs)
+            .field("decoded_entries", &n)
+            .field("decoded_bytes", &used)
+            .finish()
+    }
+}
+
+impl ContentReader {
+    /// A reader of contents whose blobs `blobs` reads.
+    pub fn new(blobs: Arc<dyn BlobReader>) -> Self {
+        ContentReader {
+            blobs,
+            copies: None,
+            decoded: Mutex::new(Decoded {
+                entries: LruCache::unbounded(),
+                used: 0,
+                budget: DECODED_BUDGET,
+            }),
+            decoding: Mutex::new(HashMap::new()),
+            cursors: Cursors::default(),
+        }
+    }
+
+    /// A reader of contents over `cache`, keeping zstd layers' decoded
+    /// copies in it too.
+    pub fn over_cache(cache: &ChunkCache) -> Self {
+        Self::new(Arc::new(cache.clone())).keeping_copies_in(cache.clone())
+    }
+
+    /// Keeps the decoded copy of a zstd image layer (named by its diff ID,
+    /// [`TarStream::decoded`]) in `cache`, made the first time one of its
+    /// files is read: most zstd layers are a single frame, which can only
+    /// be decoded from its start.
+    pub fn keeping_copies_in(mut self, cache: ChunkCache) -> Self {
+        self.copies = cache.store().is_some().then_some(cache);
+        self
+    }
+
+    /// The blob reader below.
+    pub fn blobs(&self) -> &Arc<dyn BlobReader> {
+        &self.blobs
+    }
+
+    fn cached(&self, key: &Key) -> Option<Bytes> {
+        self.decoded
+            .lock()
+            .ok()
+            .and_then(|mut d| d.entries.get(key).cloned())
+    }
+
+    /// The decoded entry `key`, decoding it with `decode` if no one has.
+    async fn whole<F, Fut>(&self, key: Key, decode: F) -> Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes>>,
+    {
+        if let Some(b) = self.cached(&key) {
+            return Ok(b);
+        }
+        let lock = self
+            .decoding
+            .lock()
+            .map(|mut m| m.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        let _guard = lock.lock().await;
+        if let Some(b) = self.cached(&key) {
+            return Ok(b);
+        }
+        let result = decode().await;
+        if let Ok(bytes) = &result
+            && let Ok(mut d) = self.decoded.lock()
+        {
+            let n = bytes.len() as u64;
+            if n <= d.budget {
+                if let Some(old) = d.entries.put(key.clone(), bytes.clone()) {
+                    d.used -= old.len() as u64;
+                }
+                d.used += n;
+                while d.used > d.budget {
+                    match d.entries.pop_lru() {
+                        Some((_, old)) => d.used -= old.len() as u64,
+                        None => break,
+                    }
+                }
+            }
+        }
+        if let Ok(mut m) = self.decoding.lock() {
+            m.remove(&key);
+        }
+        result
+    }
+
+    /// Bytes `offset..offset + len` of zip entry `e` (inside it).
+    async fn read_zip(&self, e: &crate::content::ZipEntry, offset: u64, len: u64) -> Result<Bytes> {
+        let blobs = &self.blobs;
+        if e.method == ZipMethod::Stored && e.size > DECODE_WHOLE_MAX {
+            return zip::read_stored_range(blobs, e, offset, len).await;
+        }
+        if e.size > DECODE_WHOLE_MAX {
+            return zip::read_deflated_range(blobs, e, offset, len).await;
+        }
+        let key = (e.blob.digest.clone(), e.header_offset);
+        let whole = self
+            .whole(key, || async { zip::read_whole(blobs, e).await })
+            .await?;
+        Ok(whole.slice(offset as usize..(offset + len) as usize))
+    }
+}
+
+#[async_trait]
+impl Reader for ContentReader {
+    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
+        let size = content.size();
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        match content {
+            Content::Blob(d) => self.blobs.read_blob(d, offset, end - offset).await,
+            Content::Zip(e) => self.read_zip(e, offset, end - offset).await,
+            Content::Tar(f) => self.read_tar(f, offset, end - offset).await,
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.blobs.stats()
+    }
+}
+
+/// Spans between seek points up to this size are decoded whole and kept
+/// (for reads of files too large to keep whole).
+const SPAN_MAX: u64 = 16 << 20;
+/// Marks a decoded span's key apart from a decoded file's (tar data
+/// offsets are multiples of 512, far below this bit).
+const SPAN_KEY: u64 = 1 << 63;
+
+impl ContentReader {
+    /// Bytes `offset..offset + len` of `f` (inside it: the caller clamps).
+    /// Files of compressed streams up to [`DECODE_WHOLE_MAX`] are decoded
+    /// whole and kept; larger ones are read span by span.
+    async fn read_tar(&self, f: &TarFile, offset: u64, len: u64) -> Result<Bytes> {
+        let stream = &f.stream;
+        if stream.compression == Compression::None {
+            return self
+                .blobs
+                .read_blob(&stream.blob, f.offset + offset, len)
+                .await;
+        }
+        if stream.compression == Compression::Zstd {
+            if let Some(bytes) = self.read_decoded(stream, f.offset + offset, len).await {
+                return Ok(bytes);
+            }
+            // Frames are few (often one): a decoder carries on from where the
+            // last read left it.
+            if f.size <= DECODE_WHOLE_MAX {
+                let key = (stream.blob.digest.clone(), f.offset);
+                let whole = self
+                    .whole(key, || self.read_on(stream, f.offset, f.size))
+                    .await?;
+                let end = (offset + len).min(whole.len() as u64);
+                return Ok(whole.slice(offset as usize..end as usize));
+            }
+            return self.read_on(stream, f.offset + offset, len).await;
+        }
+        // gzip: a decoded span between two seek points serves every small file
+        // in it.
+        self.read_spans(stream, f.offset + offset, len).await
+    }
+}
+
+/// Decoders parked where their last read ended, per layer: a read at or a
+/// little past one carries on decoding rather than starting over from a
+/// seek point (a single-frame zstd layer has only one, at its start).
+#[derive(Default)]
+struct Cursors {
+    parked: Mutex<HashMap<Digest, Vec<Cursor>>>,
+    making: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl fmt::Debug for Cursors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self
+            .parked
+            .lock()
+            .map_or(0, |p| p.values().map(Vec::len).sum());
+        f.debug_struct("Cursors").field("parked", &n).finish()
+    }
+}
+
+struct Cursor {
+    /// Where in the uncompressed stream the next byte comes from.
+    pos: u64,
+    decoder: Box<dyn Read + Send>,
+}
+
+/// Decoders kept per layer.
+const CURSORS_PER_LAYER: usize = 4;
+/// How far a parked decoder is run forward rather than a new one started
+/// at a seek point.
+const CURSOR_REACH: u64 = 512 << 20;
+
+impl Cursors {
+    /// The parked decoder of `digest` best placed for a read at `at`.
+    fn take(&self, digest: &Digest, at: u64, point: u64) -> Option<Cursor> {
+        let mut parked = self.parked.lock().ok()?;
+        let list = parked.get_mut(digest)?;
+        let best = list
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.pos <= at && at - c.pos <= CURSOR_REACH && c.pos >= point)
+            .max_by_key(|(_, c)| c.pos)?
+            .0;
+        Some(list.swap_remove(best))
+    }
+
+    /// The lock held while a layer's decoded copy is made.
+    fn decoding(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        self.making
+            .lock()
+            .map(|mut m| m.entry(digest.clone()).or_default().clone())
+            .unwrap_or_default()
+    }
+
+    fn park(&self, digest: Digest, cursor: Cursor) {
+        if let Ok(mut parked) = self.parked.lock() {
+            let list = parked.entry(digest).or_default();
+            if list.len() >= CURSORS_PER_LAYER {
+                // The one furthest behind goes.
+                if let Some((i, _)) = list.iter().enumerate().min_by_key(|(_, c)| c.pos) {
+                    list.swap_remove(i);
+                }
+            }
+            list.push(cursor);
+        }
+    }
+}
+
+impl ContentReader {
+    /// Bytes `at..at + len` of a zstd stream, from a parked decoder or one
+    /// started at the last frame at or before `at`.
+    async fn read_on(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
+        let SeekPoints::Zstd(points) = &stream.points else {
+            return self.decode(stream, at, len).await;
+        };
+        let point = zstd::point_before(points, at)
+            .copied()
+            .unwrap_or(FramePoint {
+                compressed: 0,
+                uncompressed: 0,
+            });
+        let digest = stream.blob.digest.clone();
+        let parked = self.cursors.take(&digest, at, point.uncompressed);
+        let blob = stream.blob.clone();
+        let cursor = parked.unwrap_or_else(|| {
+            // A megabyte at a time, as decoding asks (no read-ahead: the
+            // cache's own reads ahead for sequential reading).
+            let input = BlobRead::new(
+                self.blobs.clone(),
+                Arc::new(blob.clone()),
+                point.compressed..blob.size,
+                Some(1 << 20),
+            );
+            Cursor {
+                pos: point.uncompressed,
+                decoder: Box::new(Bounded::new(
+                    Zstd::new(input),
+                    inflate_limit(blob.size).saturating_sub(point.uncompressed),
+                    BOMB,
+                )),
+            }
+        });
+        let done = tokio::task::spawn_blocking(move || -> Result<(Bytes, Cursor)> {
+            let mut cursor = cursor;
+            let fail = |e: io::Error| {
+                // The blob reader's own error (network, integrity) if it is one.
+                reader_error(&e).unwrap_or_else(|| Error::Layer {
+                    layer: blob.digest.to_string(),
+                    entry: None,
+                    reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+                })
+            };
+            let skip = at - cursor.pos;
+            let skipped =
+                io::copy(&mut (&mut cursor.decoder).take(skip), &mut io::sink()).map_err(fail)?;
+            let mut out = Vec::with_capacity(len.min(DECODE_WHOLE_MAX) as usize);
+            (&mut cursor.decoder)
+                .take(len)
+                .read_to_end(&mut out)
+                .map_err(fail)?;
+            if skipped < skip || (out.len() as u64) < len {
+                return Err(Error::Layer {
+                    layer: blob.digest.to_string(),
+                    entry: None,
+                    reason: format!(
+                        "the stream ends at {}, before offset {}",
+                        cursor.pos + skipped + out.len() as u64,
+                        at + len
+                    ),
+                });
+            }
+            cursor.pos = at + len;
+            Ok((Bytes::from(out), cursor))
+        })
+        .await
+        .map_err(|e| Error::io("decoding a layer", io::Error::other(e.to_string())))?;
+        let (bytes, cursor) = done?;
+        self.cursors.park(digest, cursor);
+        Ok(bytes)
+    }
+
+    /// Bytes `at..at + len` of a gzip stream, through decoded spans kept
+    /// in memory where spans are small enough.
+    async fn read_spans(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
+        let SeekPoints::Gzip(points) = &stream.points else {
+            return self.decode(stream, at, len).await;
+        };
+        let end = at + len;
+        let mut out = BytesMut::with_capacity(len as usize);
+        let mut pos = at;
+        while pos < end {
+            let i = points.partition_point(|p| p.uncompressed <= pos);
+            let start = i.checked_sub(1).map_or(0, |i| points[i].uncompressed);
+            let stop = points
+                .get(i)
+                .map_or(stream.uncompressed_size, |p| p.uncompressed);
+            if stop <= pos || stop - start > SPAN_MAX {
+                out.extend_from_slice(&self.decode(stream, pos, end - pos).await?);
+                break;
+            }
+            let key = (stream.blob.digest.clone(), start | SPAN_KEY);
+            let span = self
+                .whole(key, || self.decode(stream, start, stop - start))
+                .await?;
+            let from = (pos - start) as usize;
+            let to = ((end.min(stop)) - start) as usize;
+            out.extend_from_slice(&span[from..to.min(span.len())]);
+            pos = stop;
+        }
+        Ok(out.freeze())
+    }
+
+    /// Bytes `at..at + len` of the uncompressed `stream`, decoded from the
+    /// last seek point at or before `at`.
+    async fn decode(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
+        let blob = stream.blob.clone();
+        let limit = inflate_limit(blob.size);
+        let digest = blob.digest.to_string();
+        let fail = move |e: io::Error| Error::Layer {
+            layer: digest.clone(),
+            entry: None,
+            reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+        };
+        let capacity = len.min(DECODE_WHOLE_MAX) as usize;
+        let blobs = &self.blobs;
+        match &stream.points {
+            SeekPoints::Gzip(points) if let Some(p) = gzip::point_before(points, at) => {
+                let p = p.clone();
+                let end = gzip::compressed_end(points, at + len, blob.size);
+                with_stream(blobs, &blob, p.input_start()..end, move |r| {
+                    let mut out = Vec::with_capacity(capacity);
+                    gzip::inflate_from(&p, r, at - p.uncompressed, &mut out, len, limit)
+                        .map_err(fail)?;
+                    Ok(Bytes::from(out))
+                })
+                .await
+            }
+            SeekPoints::Zstd(points) if let Some(p) = zstd::point_before(points, at) => {
+                let p = *p;
+                let end = zstd::compressed_end(points, at + len, blob.size);
+                with_stream(blobs, &blob, p.compressed..end, move |r| {
+                    let mut out = Vec::with_capacity(capacity);
+                    zstd::decode_from(&p, r, at - p.uncompressed, &mut out, len, limit)
+                        .map_err(fail)?;
+                    Ok(Bytes::from(out))
+                })
+                .await
+            }
+            _ => {
+                // No seek points: from the start of the stream.
+                let (b, compression) = (blob.clone(), stream.compression);
+                with_stream(blobs, &blob, 0..blob.size, move |r| {
+                    let mut d = decoder(r, compression, &b);
+                    let skipped =
+                        io::copy(&mut (&mut d).take(at), &mut io::sink()).map_err(&fail)?;
+                    let mut out = Vec::with_capacity(capacity);
+                    (&mut d).take(len).read_to_end(&mut out).map_err(&fail)?;
+                    if skipped < at || (out.len() as u64) < len {
+                        return Err(fail(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("the stream ends at {}", skipped + out.len() as u64),
+                        )));
+                    }
+                    Ok(Bytes::from(out))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Bytes `at..at + len` of a zstd layer's stream from its decoded copy
+    /// in the cache, making the copy first if it is not there (once per
+    /// layer at a time); `None` where there is no copy to be had (no cache
+    /// to keep it in, no diff ID, a failure, which is logged): the caller
+    /// decodes.
+    async fn read_decoded(&self, stream: &TarStream, at: u64, len: u64) -> Option<Bytes> {
+        let decoded = stream.decoded.as_ref()?;
+        let cache = self.copies.as_ref()?;
+        let store = cache.store()?.clone();
+        if !store.has_complete(&decoded.digest) {
+            let lock = self.cursors.decoding(&stream.blob.digest);
+            let _guard = lock.lock().await;
+            if !store.has_complete(&decoded.digest)
+                && let Err(e) = materialize(cache, stream, decoded).await
+            {
+                tracing::warn!(layer = %stream.blob.digest, error = %e, "decoding the layer into the cache failed; decoding it per read");
+                return None;
+            }
+        }
+        match cache.read_blob(decoded, at, len).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::debug!(layer = %stream.blob.digest, error = %e, "the decoded layer is gone");
+                None
+            }
+        }
+    }
+}
+
+/// Streams a zstd layer once (verified) and keeps its decoded stream in
+/// the cache under its diff ID, if it hashes to it.
+async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descriptor) -> Result<()> {
+    let store = cache
+        .store()
+        .ok_or_else(|| Error::io("decoding a layer", io::Error::other("no cache")))?
+        .clone();
+    let (tmp, file) = store.temp_file()?;
+    let blob = stream.blob.clone();
+    let chunk_size = cache.chunk_size();
+    let limit = inflate_limit(blob.size);
+    let scanned = cache
+        .scan(&stream.blob, move |r| {
+            let d = Bounded::new(Zstd::new(r), limit, BOMB);
+            let mut tee = Tee::new(d, file, chunk_size);
+            io::copy(&mut tee, &mut io::sink())
+                .and_then(|_| tee.finish())
+                .map_err(|e| Error::Layer {
+                    layer: blob.digest.to_string(),
+                    entry: None,
+                    reason: format!("unreadable stream: {e}"),
+                })
+        })
+        .await;
+    match scanned {
+        Ok(s) if s.value.digest == decoded.digest && s.value.len == decoded.size => {
+            let d = s.value;
+            cache.adopt(
+                &tmp,
+                &decoded.digest,
+                decoded.size,
+                Some((d.chunk_size, d.table)),
+            )
+        }
+        Ok(s) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::Layer {
+                layer: stream.blob.digest.to_string(),
+                entry: None,
+                reason: format!(
+                    "decodes to {} ({} bytes), not the diff ID {} ({} bytes) the image config names",
+                    s.value.digest, s.value.len, decoded.digest, decoded.size
+                ),
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
