@@ -181,8 +181,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     };
     let (opened, _, tree) = open_tree(&args.source, &args.view, reference, Some(path)).await?;
     let ino = tree.resolve_path(path)?;
-    let entries: Vec<(ocifs_core::Ino, ocifs_core::Entry)> = match tree.node(ino) {
-        Some(n) if !n.is_dir() => vec![(ino, tree.entry(ino))],
+    let entries: Vec<(ocifs_core::Ino, ocifs_core::Row)> = match tree.node(ino) {
+        Some(n) if !n.is_dir() => vec![(ino, tree.row(ino))],
         _ if args.recursive => {
             let base = tree.path_of(ino);
             tree.walk(ino)
@@ -195,7 +195,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
                         .unwrap_or(&e.path)
                         .trim_start_matches('/')
                         .to_owned();
-                    Some((i, ocifs_core::Entry { path: rel, ..e }))
+                    Some((i, ocifs_core::Row { path: rel, ..e }))
                 })
                 .collect()
         }
@@ -204,9 +204,9 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
             .map(|(name, i)| {
                 (
                     i,
-                    ocifs_core::Entry {
+                    ocifs_core::Row {
                         path: name.to_owned(),
-                        ..tree.entry(i)
+                        ..tree.row(i)
                     },
                 )
             })
@@ -214,7 +214,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     };
     let mut out = String::new();
     if args.json {
-        let rows: Vec<&ocifs_core::Entry> = entries.iter().map(|(_, e)| e).collect();
+        let rows: Vec<&ocifs_core::Row> = entries.iter().map(|(_, e)| e).collect();
         out = serde_json::to_string_pretty(&rows)?;
         out.push('\n');
     } else {

@@ -88,7 +88,7 @@ pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{IndexStep, Resolution, resolve};
 pub use retry::{Resumption, RetryPolicy};
 pub use source::{LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
-pub use tree::{Entry, Ino, Node, NodeKind, SpecialKind, Tree, Xattrs, format_time};
+pub use tree::{Ino, Node, NodeKind, Row, SpecialKind, Tree, Xattrs, format_time};
 pub use view::{Expand, View, ViewOptions};
 
 /// What only the fuzz targets, benchmarks and memory tests reach into:
@@ -98,7 +98,5 @@ pub use view::{Expand, View, ViewOptions};
 pub mod internals {
     pub use crate::codec::{MAX_RATIO, gzip, inflate_limit, tar, zstd};
     pub use crate::image::{build as build_image, format, layer_compression, layer_index, overlay};
-    pub use crate::package::{
-        Index as PackageIndex, Item, ItemKind, MAX_ENTRIES, index as package_index,
-    };
+    pub use crate::package::{Item, ItemKind, Listing, MAX_ENTRIES, list as list_package};
 }

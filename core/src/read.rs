@@ -59,7 +59,7 @@ pub struct ContentReader {
     copies: Option<ChunkCache>,
     decoded: Mutex<Decoded>,
     /// One decode per entry at a time: later readers wait and find it done.
-    decoding: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    decoding: OnePerKey<Key>,
     /// Decoders of tar streams parked between reads.
     cursors: Cursors,
 }
@@ -95,7 +95,7 @@ impl ContentReader {
                 used: 0,
                 budget: DECODED_BUDGET,
             }),
-            decoding: Mutex::new(HashMap::new()),
+            decoding: OnePerKey::default(),
             cursors: Cursors::default(),
         }
     }
@@ -136,12 +136,7 @@ impl ContentReader {
         if let Some(b) = self.cached(&key) {
             return Ok(b);
         }
-        let lock = self
-            .decoding
-            .lock()
-            .map(|mut m| m.entry(key.clone()).or_default().clone())
-            .unwrap_or_default();
-        let _guard = lock.lock().await;
+        let _turn = self.decoding.turn(&key).await;
         if let Some(b) = self.cached(&key) {
             return Ok(b);
         }
@@ -162,9 +157,6 @@ impl ContentReader {
                     }
                 }
             }
-        }
-        if let Ok(mut m) = self.decoding.lock() {
-            m.remove(&key);
         }
         result
     }
@@ -247,13 +239,68 @@ impl ContentReader {
     }
 }
 
+/// One holder at a time per key: who comes while a key is held waits for
+/// its turn (and then finds the work done). A key is forgotten when its
+/// last holder or waiter leaves.
+struct OnePerKey<K> {
+    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K> Default for OnePerKey<K> {
+    fn default() -> Self {
+        OnePerKey {
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A turn of [`OnePerKey`], held until dropped.
+struct Turn<'a, K: Eq + std::hash::Hash + Clone> {
+    keys: &'a OnePerKey<K>,
+    key: K,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> OnePerKey<K> {
+    /// Waits for `key`'s turn.
+    async fn turn(&self, key: &K) -> Turn<'_, K> {
+        let lock = self
+            .locks
+            .lock()
+            .map(|mut m| m.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        let guard = lock.clone().lock_owned().await;
+        Turn {
+            keys: self,
+            key: key.clone(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Drop for Turn<'_, K> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if let Ok(mut m) = self.keys.locks.lock()
+            // The map's and this turn's: no one else waits.
+            && Arc::strong_count(&self.lock) == 2
+            && m.get(&self.key).is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            m.remove(&self.key);
+        }
+    }
+}
+
 /// Decoders parked where their last read ended, per layer: a read at or a
 /// little past one carries on decoding rather than starting over from a
 /// seek point (a single-frame zstd layer has only one, at its start).
 #[derive(Default)]
 struct Cursors {
     parked: Mutex<HashMap<Digest, Vec<Cursor>>>,
-    making: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// One decoded copy of a layer made at a time.
+    making: OnePerKey<Digest>,
 }
 
 impl fmt::Debug for Cursors {
@@ -290,14 +337,6 @@ impl Cursors {
             .max_by_key(|(_, c)| c.pos)?
             .0;
         Some(list.swap_remove(best))
-    }
-
-    /// The lock held while a layer's decoded copy is made.
-    fn decoding(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
-        self.making
-            .lock()
-            .map(|mut m| m.entry(digest.clone()).or_default().clone())
-            .unwrap_or_default()
     }
 
     fn park(&self, digest: Digest, cursor: Cursor) {
@@ -486,8 +525,7 @@ impl ContentReader {
         let cache = self.copies.as_ref()?;
         let store = cache.store()?.clone();
         if !store.has_complete(&decoded.digest) {
-            let lock = self.cursors.decoding(&stream.blob.digest);
-            let _guard = lock.lock().await;
+            let _turn = self.cursors.making.turn(&stream.blob.digest).await;
             if !store.has_complete(&decoded.digest)
                 && let Err(e) = materialize(cache, stream, decoded).await
             {

@@ -111,7 +111,7 @@ pub struct Tree {
 /// One row of a listing, for `ls --json` and tests.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Entry {
+pub struct Row {
     /// The path from the root, `/`-separated, without a leading `/`.
     pub path: String,
     /// `file`, `dir`, `symlink`, `char`, `block` or `fifo`.
@@ -394,12 +394,12 @@ impl Tree {
     }
 
     /// Every entry under `ino` (not `ino` itself), depth first, sorted.
-    pub fn walk(&self, ino: Ino) -> Vec<Entry> {
+    pub fn walk(&self, ino: Ino) -> Vec<Row> {
         let mut out = Vec::new();
         let mut stack: Vec<Ino> = self.children(ino).map(|(_, i)| i).collect();
         stack.reverse();
         while let Some(i) = stack.pop() {
-            out.push(self.entry(i));
+            out.push(self.row(i));
             let mut kids: Vec<Ino> = self.children(i).map(|(_, c)| c).collect();
             kids.reverse();
             stack.extend(kids);
@@ -408,9 +408,9 @@ impl Tree {
     }
 
     /// The listing row of `ino`.
-    pub fn entry(&self, ino: Ino) -> Entry {
+    pub fn row(&self, ino: Ino) -> Row {
         let Some(n) = self.node(ino) else {
-            return Entry {
+            return Row {
                 path: String::new(),
                 kind: "dir",
                 size: 0,
@@ -447,7 +447,7 @@ impl Tree {
                 (name, None, None, None)
             }
         };
-        Entry {
+        Row {
             path: self.path_of(ino),
             kind,
             size: n.size(),

@@ -150,11 +150,11 @@ impl Tree {
                 if let Shape::Archive { keep_file: true } = shape {
                     tree.add_layer_file(layer, &components, options, mtime)?;
                 }
-                let index = package::Index::default();
+                let index = package::Listing::default();
                 tree.add_package(layer, &dir, &shape, index, options, mtime)?;
                 continue;
             }
-            match package::index(blobs, layer, format).await {
+            match package::list(blobs, layer, format).await {
                 Ok(index) => {
                     if let Shape::Archive { keep_file: true } = shape {
                         tree.add_layer_file(layer, &components, options, mtime)?;
@@ -204,7 +204,7 @@ impl Tree {
         layer: &Descriptor,
         dir: &[String],
         shape: &Shape,
-        index: package::Index,
+        index: package::Listing,
         options: &ViewOptions,
         mtime: SystemTime,
     ) -> Result<()> {
@@ -715,8 +715,8 @@ mod tests {
             b"#!bridge"
         );
         let br = t.resolve_path("cni-linux-amd64-v1/linux-amd64/br").unwrap();
-        assert_eq!(t.entry(br).kind, "symlink");
-        assert_eq!(t.entry(br).target.as_deref(), Some("bridge"));
+        assert_eq!(t.row(br).kind, "symlink");
+        assert_eq!(t.row(br).target.as_deref(), Some("bridge"));
         assert!(matches!(
             t.resolve_follow("cni-linux-amd64-v1/linux-amd64/abs"),
             Err(Error::WrongKind { .. })
@@ -813,7 +813,7 @@ mod tests {
         let t = Tree::build(&manifest(d), &keep, reader.blobs())
             .await
             .unwrap();
-        assert_eq!(t.entry(t.resolve_path("junk.tgz").unwrap()).kind, "file");
+        assert_eq!(t.row(t.resolve_path("junk.tgz").unwrap()).kind, "file");
         assert!(
             t.problems()
                 .iter()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ocifs_core::internals::package_index as index;
+use ocifs_core::internals::list_package as index;
 use ocifs_core::{
     BlobReader, Compression, Descriptor, Digest, DirectReader, Format, LayoutSource, Verify,
 };

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::{Parsed, media_type};
+use ocifs_core::{Parsed, media_type, parse_manifest};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         3 => Some(media_type::DOCKER_LIST),
         _ => Some("application/json"),
     };
-    if let Ok(Parsed::Index(index)) = manifest::parse(bytes, declared, "fuzz") {
+    if let Ok(Parsed::Index(index)) = parse_manifest(bytes, declared, "fuzz") {
         for entry in &index.manifests {
             if let Some(p) = &entry.platform {
                 assert!(p.matches(p), "{p:?} does not match itself");

@@ -8,11 +8,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use ocifs_core::Compression;
 use ocifs_core::internals::overlay::{MergeLayer, merge};
-use ocifs_core::internals::tar::{self as toc, Stream};
-use ocifs_core::image::{EntryKind, ImageLayer};
-use ocifs_core::{Descriptor, Digest};
+use ocifs_core::internals::tar::{self as toc, EntryKind, Stream};
+use ocifs_core::{Compression, Descriptor, Digest, TarStream};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(walked) = toc::walk(&mut Stream(data), 10_000) else {
@@ -24,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(e.offset + e.size <= data.len() as u64, "{e:?}");
         }
     }
-    let layer = Arc::new(ImageLayer {
+    let layer = Arc::new(TarStream {
         blob: Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
             digest: Digest::of(data),

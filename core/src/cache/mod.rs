@@ -21,6 +21,7 @@
 
 mod memory;
 mod offline;
+mod resume;
 mod scan;
 mod store;
 mod table;
@@ -800,11 +801,7 @@ impl Inner {
     /// Fetches the rest of a blob with one streaming request from its first
     /// missing chunk, hashing as the bytes arrive (the present prefix is
     /// hashed from disk first), and promotes it if the digest checks out. A
-    /// broken stream resumes from the new first missing chunk, under the
-    /// source's retry policy counted from the last progress: a download of
-    /// any length goes on while it advances, and fails once it went the
-    /// policy's whole time without a byte (a stall), or broke its attempts
-    /// over without a new chunk.
+    /// broken stream resumes where it broke ([`resume::Resuming`]).
     async fn stream_whole(
         self: &Arc<Self>,
         store: &Arc<DiskStore>,
@@ -814,133 +811,96 @@ impl Inner {
         /// Bytes written per blocking write (whole chunks).
         const BATCH: u64 = 4 << 20;
         let cs = partial.chunk_size;
-        let mut retry = self.source.retry_policy().resumption();
-        let what = format!("blob {} from {}", blob.digest, self.source.name());
+        let p = partial.clone();
+        let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
+            Ok((start, p.hash_prefix(start)?))
+        })
+        .await
+        .map_err(join_error)??;
+        if start >= blob.size {
+            return self.finish_stream(store, blob, partial, hasher).await;
+        }
+        self.counters
+            .misses
+            .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
+        let mut stream = resume::Resuming::new(self.source.as_ref(), blob, &self.counters, start);
+        let mut hasher = Some(hasher);
+        let mut writing: Option<tokio::task::JoinHandle<(BlobHasher, Result<bool>)>> = None;
+        let mut pos = start;
+        let mut pending = BytesMut::new();
         loop {
-            let p = partial.clone();
-            let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
-                let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
-                Ok((start, p.hash_prefix(start)?))
-            })
-            .await
-            .map_err(join_error)??;
-            if start >= blob.size {
-                return self.finish_stream(store, blob, partial, hasher).await;
-            }
-            Counters::bump(&self.counters.requests);
-            self.counters
-                .misses
-                .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
-            let opened = retry
-                .within(&what, self.source.stream_from(blob, start))
-                .await
-                .and_then(|r| r);
-            let mut stream = match opened {
-                Ok(stream) => stream,
-                Err(e) if retry.again(&what, &e).await => continue,
-                Err(e) => return Err(e),
+            let next = match stream.next().await {
+                Ok(next) => next,
+                Err(e) => {
+                    if let Some(last) = writing.take() {
+                        let _ = Self::batch_done(last).await;
+                    }
+                    return Err(e);
+                }
             };
-            let mut hasher = Some(hasher);
-            let mut writing: Option<tokio::task::JoinHandle<(BlobHasher, Result<bool>)>> = None;
-            let mut pos = start;
-            let mut pending = BytesMut::new();
-            let broke = loop {
-                // Silence is bounded here too: not every source times out
-                // an idle stream itself.
-                let next = match retry.within(&what, stream.next()).await {
-                    Ok(next) => next,
-                    Err(e) => Some(Err(e)),
-                };
-                let end_of_stream = next.is_none();
-                match next {
-                    Some(Ok(bytes)) => {
-                        retry.alive();
-                        if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
-                            store.drop_partial(&blob.digest);
-                            return Err(Error::DigestMismatch {
-                                what: format!(
-                                    "blob {} (the registry sent more than its {} bytes; dropped)",
-                                    blob.digest, blob.size
-                                ),
-                                expected: blob.digest.to_string(),
-                                actual: "a longer blob".into(),
-                            });
-                        }
-                        self.counters
-                            .bytes_fetched
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        pending.extend_from_slice(&bytes);
-                    }
-                    Some(Err(e)) => break Some(e),
-                    None => {}
-                }
-                // Write whole chunks (and the short last one at the end).
-                let reached_end = pos + pending.len() as u64 == blob.size;
-                let whole = if reached_end {
-                    pending.len() as u64
-                } else {
-                    pending.len() as u64 / cs * cs
-                };
-                if whole > 0 && (whole >= BATCH || reached_end || end_of_stream) {
-                    let bytes = pending.split_to(whole as usize).freeze();
-                    // One batch is hashed and written while the next one
-                    // arrives; the hasher passes from batch to batch.
-                    if let Some(previous) = writing.take() {
-                        match Self::batch_done(previous).await? {
-                            Some(h) => hasher = Some(h),
-                            None => return Ok(()),
-                        }
-                    }
-                    let (p, mut h) = (
-                        partial.clone(),
-                        hasher.take().unwrap_or_else(|| BlobHasher::new(cs)),
-                    );
-                    let (s, d) = (store.clone(), blob.digest.clone());
-                    let first = pos / cs;
-                    writing = Some(tokio::task::spawn_blocking(move || {
-                        let r = write_batch(&s, &d, &p, first, &bytes, &mut h);
-                        (h, r)
-                    }));
-                    pos += whole;
-                    self.disk_usage.fetch_add(whole, Ordering::Relaxed);
-                }
-                if end_of_stream {
-                    break (pos < blob.size).then(|| Error::ShortRead {
-                        digest: blob.digest.to_string(),
-                        offset: start,
-                        expected: blob.size - start,
-                        got: pos - start,
+            let end_of_stream = next.is_none();
+            if let Some(bytes) = next {
+                if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
+                    store.drop_partial(&blob.digest);
+                    return Err(Error::DigestMismatch {
+                        what: format!(
+                            "blob {} (the registry sent more than its {} bytes; dropped)",
+                            blob.digest, blob.size
+                        ),
+                        expected: blob.digest.to_string(),
+                        actual: "a longer blob".into(),
                     });
                 }
-            };
-            if let Some(last) = writing.take() {
-                match Self::batch_done(last).await? {
-                    Some(h) => hasher = Some(h),
-                    None => return Ok(()),
-                }
+                pending.extend_from_slice(&bytes);
             }
-            match broke {
-                None => {
-                    return self
-                        .finish_stream(
-                            store,
-                            blob,
-                            partial,
-                            hasher.unwrap_or_else(|| BlobHasher::new(cs)),
-                        )
-                        .await;
-                }
-                Some(e) => {
-                    if pos > start {
-                        retry.progress();
+            // Write whole chunks (and the short last one at the end).
+            let reached_end = pos + pending.len() as u64 == blob.size;
+            let whole = if reached_end {
+                pending.len() as u64
+            } else {
+                pending.len() as u64 / cs * cs
+            };
+            if whole > 0 && (whole >= BATCH || reached_end) {
+                let bytes = pending.split_to(whole as usize).freeze();
+                // One batch is hashed and written while the next one
+                // arrives; the hasher passes from batch to batch.
+                if let Some(previous) = writing.take() {
+                    match Self::batch_done(previous).await? {
+                        Some(h) => hasher = Some(h),
+                        None => return Ok(()),
                     }
-                    if !retry.again(&what, &e).await {
-                        return Err(e);
-                    }
-                    tracing::debug!(digest = %blob.digest, at = pos, error = %e, "blob stream broke; resuming");
                 }
+                let (p, mut h) = (
+                    partial.clone(),
+                    hasher.take().unwrap_or_else(|| BlobHasher::new(cs)),
+                );
+                let (s, d) = (store.clone(), blob.digest.clone());
+                let first = pos / cs;
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    let r = write_batch(&s, &d, &p, first, &bytes, &mut h);
+                    (h, r)
+                }));
+                pos += whole;
+                self.disk_usage.fetch_add(whole, Ordering::Relaxed);
+            }
+            if end_of_stream {
+                break;
             }
         }
+        if let Some(last) = writing.take() {
+            match Self::batch_done(last).await? {
+                Some(h) => hasher = Some(h),
+                None => return Ok(()),
+            }
+        }
+        self.finish_stream(
+            store,
+            blob,
+            partial,
+            hasher.unwrap_or_else(|| BlobHasher::new(cs)),
+        )
+        .await
     }
 
     /// Waits for a batch write; gives the hasher back, or `None` if the

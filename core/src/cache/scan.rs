@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::{ChunkCache, Inner, join_error};
@@ -183,58 +182,18 @@ impl Inner {
             }
             return Ok(());
         }
-        let mut retry = self.source.retry_policy().resumption();
-        let what = format!("blob {} from {}", blob.digest, self.source.name());
+        let mut stream =
+            super::resume::Resuming::new(self.source.as_ref(), blob, &self.counters, 0);
         let mut pos = 0u64;
-        loop {
-            Counters::bump(&self.counters.requests);
-            let opened = retry
-                .within(&what, self.source.stream_from(blob, pos))
-                .await
-                .and_then(|r| r);
-            let mut stream = match opened {
-                Ok(s) => s,
-                Err(e) if retry.again(&what, &e).await => continue,
-                Err(e) => return Err(e),
-            };
-            let start = pos;
-            let broke = loop {
-                let next = match retry.within(&what, stream.next()).await {
-                    Ok(next) => next,
-                    Err(e) => Some(Err(e)),
-                };
-                match next {
-                    Some(Ok(bytes)) => {
-                        retry.alive();
-                        self.counters
-                            .bytes_fetched
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        pos += bytes.len() as u64;
-                        if tx.send(bytes).await.is_err() {
-                            return Ok(());
-                        }
-                        if pos > blob.size {
-                            // The digest check fails it.
-                            return Ok(());
-                        }
-                    }
-                    Some(Err(e)) => break Some(e),
-                    None => break None,
-                }
-            };
-            match broke {
-                None => return Ok(()),
-                Some(e) => {
-                    if pos > start {
-                        retry.progress();
-                    }
-                    if pos >= blob.size || !retry.again(&what, &e).await {
-                        return Err(e);
-                    }
-                    tracing::debug!(digest = %blob.digest, at = pos, error = %e, "blob stream broke; resuming");
-                }
+        while let Some(bytes) = stream.next().await? {
+            pos += bytes.len() as u64;
+            if tx.send(bytes).await.is_err() || pos > blob.size {
+                // The consumer has what it needs; or the blob is longer
+                // than it should be, which the digest check fails.
+                return Ok(());
             }
         }
+        Ok(())
     }
 }
 

@@ -588,13 +588,13 @@ mod tests {
         (f.uid, f.gid) = (1000, 100);
         f.xattrs = vec![("user.k".into(), b"v".to_vec())];
         let tree = merged(vec![vec![null, entry("run/fifo", EntryKind::Fifo), f]]);
-        let e = tree.entry(tree.resolve_path("dev/null").unwrap());
+        let e = tree.row(tree.resolve_path("dev/null").unwrap());
         assert_eq!(
             (e.kind, e.major, e.minor, e.mode),
             ("char", Some(1), Some(3), 0o666)
         );
         assert_eq!(
-            tree.entry(tree.resolve_path("run/fifo").unwrap()).kind,
+            tree.row(tree.resolve_path("run/fifo").unwrap()).kind,
             "fifo"
         );
         let n = tree.node(tree.resolve_path("home/u/f").unwrap()).unwrap();

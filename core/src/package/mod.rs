@@ -28,7 +28,7 @@
 //!
 //! Hostile packages are bounded everywhere: central directory size, entry
 //! count, name length, declared versus actual sizes, compression ratio.
-//! A bad entry is left out and reported ([`Index::problems`]); a package
+//! A bad entry is left out and reported ([`Listing::problems`]); a package
 //! that cannot be read at all is an [`crate::Error::Archive`].
 
 mod tar;
@@ -136,7 +136,7 @@ pub enum ItemKind {
 
 /// What [`index`] found in a package.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Index {
+pub struct Listing {
     /// The entries that can be shown, in archive order.
     pub items: Vec<Item>,
     /// The entries left out, each with the reason.
@@ -146,17 +146,17 @@ pub struct Index {
 /// Reads the directory of package `blob` through `blobs`.
 ///
 /// Entries that cannot be shown are left out and described in
-/// [`Index::problems`]; a package that cannot be read at all is an
+/// [`Listing::problems`]; a package that cannot be read at all is an
 /// [`crate::Error::Archive`] (other errors are the blob reader's: network,
 /// integrity).
-pub async fn index(
+pub async fn list(
     blobs: &Arc<dyn BlobReader>,
     blob: &Descriptor,
     format: Format,
-) -> Result<Index> {
+) -> Result<Listing> {
     let index = match format {
-        Format::Zip => zip::index(blobs, blob).await?,
-        Format::Tar(compression) => tar::index(blobs, blob, compression).await?,
+        Format::Zip => zip::list(blobs, blob).await?,
+        Format::Tar(compression) => tar::list(blobs, blob, compression).await?,
     };
     if index.items.len() > MAX_ENTRIES {
         return Err(archive_error(

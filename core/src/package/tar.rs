@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Index, Item, ItemKind, MAX_ENTRIES, problem};
+use super::{Item, ItemKind, Listing, MAX_ENTRIES, problem};
 use crate::blob::BlobReader;
 use crate::codec::input::with_stream;
 use crate::codec::names::check_target;
@@ -18,11 +18,11 @@ use crate::error::Result;
 use crate::manifest::Descriptor;
 
 /// Walks the tar stream of `blob` into an index.
-pub(super) async fn index(
+pub(super) async fn list(
     blobs: &Arc<dyn BlobReader>,
     blob: &Descriptor,
     compression: Compression,
-) -> Result<Index> {
+) -> Result<Listing> {
     let b = blob.clone();
     with_stream(blobs, blob, 0..blob.size, move |r| {
         let mut items = Items::new(&b, compression);
@@ -46,7 +46,7 @@ pub(super) async fn index(
 
 /// A package's items, made as the walker finds its entries.
 struct Items {
-    index: Index,
+    index: Listing,
     /// Where the files are, for hard links: a hash of the path to the items
     /// of that hash (a few bytes an entry, not a copy of each path).
     files: HashMap<u64, Vec<usize>>,
@@ -59,7 +59,7 @@ struct Items {
 impl Items {
     fn new(blob: &Descriptor, compression: Compression) -> Self {
         Items {
-            index: Index::default(),
+            index: Listing::default(),
             files: HashMap::new(),
             hasher: std::collections::hash_map::RandomState::new(),
             placeholder: Arc::new(TarStream {
@@ -143,7 +143,7 @@ impl Items {
     }
 
     /// The index, every file pointing at the stream with its seek points.
-    fn finish(self, points: SeekPoints, uncompressed_size: u64) -> Index {
+    fn finish(self, points: SeekPoints, uncompressed_size: u64) -> Listing {
         let mut index = self.index;
         let stream = Arc::new(TarStream {
             blob: self.placeholder.blob.clone(),
@@ -164,7 +164,7 @@ impl Items {
 
 /// Entries that share a name (but for directories, which merge) are left
 /// out, all of them: which one a reader gets would depend on the tool.
-fn dedupe(index: &mut Index) {
+fn dedupe(index: &mut Listing) {
     let mut count: HashMap<Vec<String>, usize> = HashMap::new();
     for item in &index.items {
         if item.kind != ItemKind::Dir {

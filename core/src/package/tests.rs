@@ -50,11 +50,11 @@ fn good_zip(zip64: bool) -> Vec<u8> {
     z.finish(zip64)
 }
 
-fn paths(index: &Index) -> Vec<String> {
+fn paths(index: &Listing) -> Vec<String> {
     index.items.iter().map(|i| i.path.join("/")).collect()
 }
 
-fn item<'a>(index: &'a Index, path: &str) -> &'a Item {
+fn item<'a>(index: &'a Listing, path: &str) -> &'a Item {
     index
         .items
         .iter()
@@ -100,7 +100,7 @@ async fn zip_entries_with_modes_symlinks_and_bytes() {
     for zip64 in [false, true] {
         let zip = good_zip(zip64);
         let (reader, d) = MemReader::new(&[("cni.zip", &zip)]);
-        let index = index(reader.blobs(), &d[0], Format::Zip).await.unwrap();
+        let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
         assert!(index.problems.is_empty(), "{:?}", index.problems);
         assert_eq!(
             paths(&index),
@@ -140,7 +140,7 @@ async fn lazy_reads_fetch_the_directory_and_the_entry_only() {
     z.add(&RawEntry::file("c", &big, false, 0o644));
     let zip = z.finish(false);
     let (reader, d) = MemReader::new(&[("p.zip", &zip)]);
-    let index = index(reader.blobs(), &d[0], Format::Zip).await.unwrap();
+    let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
     let directory = reader.read_so_far();
     assert!(directory < 70_000, "{directory}");
     let b = content(item(&index, "b"));
@@ -205,7 +205,7 @@ fn hostile_zip() -> (Vec<u8>, Vec<(&'static str, &'static str)>) {
 async fn hostile_zip_entries_are_left_out_naming_entry_and_reason() {
     let (zip, expected) = hostile_zip();
     let (reader, d) = MemReader::new(&[("evil.zip", &zip)]);
-    let index = index(reader.blobs(), &d[0], Format::Zip).await.unwrap();
+    let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
     assert_eq!(paths(&index), ["good"]);
     for (name, why) in expected {
         assert!(
@@ -243,7 +243,7 @@ async fn entries_that_lie_fail_when_read() {
     });
     let zip = z.finish(false);
     let (reader, d) = MemReader::new(&[("liar.zip", &zip)]);
-    let index = index(reader.blobs(), &d[0], Format::Zip).await.unwrap();
+    let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
     assert!(index.problems.is_empty(), "{:?}", index.problems);
     let err = |name: &'static str| {
         let c = content(item(&index, name)).clone();
@@ -265,7 +265,7 @@ async fn entries_that_lie_fail_when_read() {
 async fn not_a_zip_is_a_package_error() {
     for bytes in [&b""[..], b"PK\x03\x04 not really", &[0u8; 100_000]] {
         let (reader, d) = MemReader::new(&[("junk.zip", bytes)]);
-        let e = index(reader.blobs(), &d[0], Format::Zip).await.unwrap_err();
+        let e = list(reader.blobs(), &d[0], Format::Zip).await.unwrap_err();
         assert!(matches!(e, Error::Archive { .. }), "{e}");
         assert!(e.to_string().contains("junk.zip"), "{e}");
     }
@@ -328,7 +328,7 @@ async fn tar_entries_plain_gzip_and_zstd() {
         (Compression::Zstd, zstd(&tar)),
     ] {
         let (reader, d) = MemReader::new(&[("cni.tar", &bytes)]);
-        let index = index(reader.blobs(), &d[0], Format::Tar(compression))
+        let index = list(reader.blobs(), &d[0], Format::Tar(compression))
             .await
             .unwrap();
         assert!(index.problems.is_empty(), "{:?}", index.problems);
@@ -400,7 +400,7 @@ async fn hostile_tar_entries_are_left_out() {
         b.append_link(&mut h, "dangling", "nowhere").unwrap();
     });
     let (reader, d) = MemReader::new(&[("evil.tar", &tar)]);
-    let index = index(reader.blobs(), &d[0], Format::Tar(Compression::None))
+    let index = list(reader.blobs(), &d[0], Format::Tar(Compression::None))
         .await
         .unwrap();
     assert_eq!(paths(&index), ["good"]);
@@ -447,7 +447,7 @@ async fn broken_tars_are_package_errors() {
         (b"not gzip at all".to_vec(), Compression::Gzip, "unreadable"),
     ] {
         let (reader, d) = MemReader::new(&[("bad.tgz", &bytes)]);
-        let e = index(reader.blobs(), &d[0], Format::Tar(compression))
+        let e = list(reader.blobs(), &d[0], Format::Tar(compression))
             .await
             .unwrap_err();
         assert!(matches!(e, Error::Archive { .. }), "{e}");
@@ -459,7 +459,7 @@ async fn broken_tars_are_package_errors() {
 fn the_index_future_is_send() {
     fn send<T: Send>(_: &T) {}
     let (reader, d) = MemReader::new(&[("x.zip", b"")]);
-    send(&index(reader.blobs(), &d[0], Format::Zip));
+    send(&list(reader.blobs(), &d[0], Format::Zip));
     let content = crate::read::ContentReader::new(reader.blobs().clone());
     send(&crate::read::Reader::read(
         &content,
@@ -490,7 +490,7 @@ proptest! {
             Format::Tar(Compression::Gzip),
             Format::Tar(Compression::Zstd),
         ] {
-            let _ = rt.block_on(index(reader.blobs(), &d[0], format));
+            let _ = rt.block_on(list(reader.blobs(), &d[0], format));
         }
     }
 
@@ -512,7 +512,7 @@ proptest! {
             bytes[i] = value;
         }
         let (reader, d) = MemReader::new(&[("x", &bytes)]);
-        if let Ok(index) = rt.block_on(index(reader.blobs(), &d[0], format)) {
+        if let Ok(index) = rt.block_on(list(reader.blobs(), &d[0], format)) {
             for item in index.items {
                 if let ItemKind::File(c) = item.kind {
                     let _ = rt.block_on(reader.read(&c, 0, c.size().min(1 << 20)));
@@ -536,7 +536,7 @@ async fn a_zip_declaring_more_entries_than_the_limit_is_refused_before_its_direc
         zip[at + field..at + field + 8].copy_from_slice(&2_000_000u64.to_le_bytes());
     }
     let (reader, d) = MemReader::new(&[("p.zip", &zip)]);
-    let e = index(reader.blobs(), &d[0], Format::Zip).await.unwrap_err();
+    let e = list(reader.blobs(), &d[0], Format::Zip).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("declares 2000000 entries, over the limit"),
@@ -630,7 +630,7 @@ async fn a_tar_is_read_as_bsdtar_reads_it_where_the_old_walkers_disagreed() {
         (Compression::Gzip, gzip(&tar)),
     ] {
         let (reader, d) = MemReader::new(&[("odd.tar", &bytes)]);
-        let index = index(reader.blobs(), &d[0], Format::Tar(compression))
+        let index = list(reader.blobs(), &d[0], Format::Tar(compression))
             .await
             .unwrap();
         // Every entry bsdtar lists, but the device, which a package does
@@ -684,7 +684,7 @@ async fn a_file_from_the_middle_of_a_tgz_is_read_from_the_seek_point_before_it()
     let tgz = gzip(&tar);
     assert!(tgz.len() > 20 << 20);
     let (reader, d) = MemReader::new(&[("big.tgz", &tgz)]);
-    let index = index(reader.blobs(), &d[0], Format::Tar(Compression::Gzip))
+    let index = list(reader.blobs(), &d[0], Format::Tar(Compression::Gzip))
         .await
         .unwrap();
     let listed = reader.read_so_far();

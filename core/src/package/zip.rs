@@ -9,7 +9,7 @@ use rc_zip::fsm::{ArchiveFsm, FsmResult};
 use rc_zip::parse::{Method, Mode};
 use rc_zip::{Archive, EntryKind};
 
-use super::{Index, Item, ItemKind, MAX_CENTRAL_DIRECTORY, MAX_ENTRIES, problem};
+use super::{Item, ItemKind, Listing, MAX_CENTRAL_DIRECTORY, MAX_ENTRIES, problem};
 use crate::blob::BlobReader;
 use crate::codec::names::{check_target, entry_components};
 use crate::codec::tar::MAX_NAME;
@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 
 /// Reads the central directory of `blob` into an index.
-pub(super) async fn index(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Result<Index> {
+pub(super) async fn list(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Result<Listing> {
     refuse_too_many(blobs, blob).await?;
     let archive = central_directory(blobs, blob).await?;
     let shared = std::sync::Arc::new(blob.clone());
@@ -76,7 +76,7 @@ pub(super) async fn index(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Res
         }
     }
 
-    let mut index = Index::default();
+    let mut index = Listing::default();
     for (i, e) in entries.iter().enumerate() {
         if let Some(reason) = &bad[i] {
             index.problems.push(problem(&e.name, reason));

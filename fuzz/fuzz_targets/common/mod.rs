@@ -1,25 +1,26 @@
-//! What the package targets share: one blob in memory behind a [`Reader`],
+//! What the package targets share: one blob in memory behind a [`BlobReader`],
 //! and a current-thread runtime to drive core's async archive readers.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ocifs_core::archive::{self, EntryReader, Format, ItemKind};
-use ocifs_core::{Content, Descriptor, Digest, Error, Reader, Result, Stats};
+use ocifs_core::internals::{ItemKind, list_package};
+use ocifs_core::{
+    BlobReader, ContentReader, Descriptor, Digest, Error, Format, Reader, Result, Stats,
+};
 
-/// A reader over one blob in memory: its exact bytes for `Content::Blob`,
-/// package entries through an [`EntryReader`] of its own (so nothing is
-/// cached from one input to the next).
+/// One blob in memory: its exact bytes, read as a [`BlobReader`]; a fresh
+/// [`ContentReader`] over it per input (so nothing is cached from one
+/// input to the next).
 #[derive(Debug)]
-pub struct MemReader {
+pub struct MemBlob {
     pub blob: Descriptor,
     bytes: Bytes,
-    entries: EntryReader,
 }
 
-impl MemReader {
+impl MemBlob {
     pub fn new(bytes: &[u8]) -> Self {
         let blob = Descriptor {
             media_type: "application/octet-stream".into(),
@@ -33,29 +34,25 @@ impl MemReader {
             artifact_type: None,
             urls: Vec::new(),
         };
-        MemReader {
+        MemBlob {
             blob,
             bytes: Bytes::copy_from_slice(bytes),
-            entries: EntryReader::default(),
         }
     }
 }
 
 #[async_trait]
-impl Reader for MemReader {
-    async fn read(&self, content: &Content, offset: u64, len: u64) -> Result<Bytes> {
-        match content {
-            Content::Blob(d) if *d == self.blob => {
-                let start = offset.min(d.size) as usize;
-                let end = offset.saturating_add(len).min(d.size) as usize;
-                Ok(self.bytes.slice(start..end))
-            }
-            Content::Blob(d) => Err(Error::BlobNotFound {
+impl BlobReader for MemBlob {
+    async fn read_blob(&self, d: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        if *d != self.blob {
+            return Err(Error::BlobNotFound {
                 digest: d.digest.to_string(),
                 source_name: "memory".into(),
-            }),
-            _ => self.entries.read(self, content, offset, len).await,
+            });
         }
+        let start = offset.min(d.size) as usize;
+        let end = offset.saturating_add(len).min(d.size) as usize;
+        Ok(self.bytes.slice(start..end))
     }
 
     fn stats(&self) -> Stats {
@@ -77,9 +74,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// a read that succeeds returns exactly the bytes the `Reader` contract
 /// says (`min(len, size - offset)`).
 pub fn index_and_read(bytes: &[u8], format: Format) {
-    let reader = MemReader::new(bytes);
+    let mem = Arc::new(MemBlob::new(bytes));
+    let blob = mem.blob.clone();
+    let blobs: Arc<dyn BlobReader> = mem;
+    let reader = ContentReader::new(blobs.clone());
     runtime().block_on(async {
-        let Ok(index) = archive::index(&reader, &reader.blob, format).await else {
+        let Ok(index) = list_package(&blobs, &blob, format).await else {
             return;
         };
         for item in &index.items {
