@@ -15,7 +15,10 @@ use crate::source::{BlobStream, Source};
 /// under the source's retry policy counted from the last progress: a
 /// download of any length goes on while it advances, and fails once it
 /// went the policy's whole time without a byte (a stall), or broke its
-/// attempts over without a byte.
+/// attempts over without a byte. A request after a break starts at a
+/// multiple of the chunk size (as the first missing chunk would, and as a
+/// slicing cache in front of the registry stores ranges); what it sends
+/// again of the bytes already passed on is dropped here.
 pub(super) struct Resuming<'a> {
     source: &'a dyn Source,
     blob: &'a Descriptor,
@@ -26,16 +29,24 @@ pub(super) struct Resuming<'a> {
     pos: u64,
     /// Where the open request started.
     opened_at: u64,
+    /// Requests after a break start at a multiple of this.
+    align: u64,
+    /// Bytes the open request sends again, to drop.
+    again: u64,
+    /// Whether a request broke (the next one is a resumption).
+    broke: bool,
     stream: Option<BlobStream>,
 }
 
 impl<'a> Resuming<'a> {
-    /// `blob` from offset `from`, requests and bytes counted in `counters`.
+    /// `blob` from offset `from`, requests and bytes counted in `counters`,
+    /// resumed at multiples of `align`.
     pub(super) fn new(
         source: &'a dyn Source,
         blob: &'a Descriptor,
         counters: &'a Counters,
         from: u64,
+        align: u64,
     ) -> Self {
         Resuming {
             source,
@@ -45,6 +56,9 @@ impl<'a> Resuming<'a> {
             what: format!("blob {} from {}", blob.digest, source.name()),
             pos: from,
             opened_at: from,
+            align: align.max(1),
+            again: 0,
+            broke: false,
             stream: None,
         }
     }
@@ -61,13 +75,19 @@ impl<'a> Resuming<'a> {
                         return Ok(None);
                     }
                     Counters::bump(&self.counters.requests);
+                    let at = if self.broke {
+                        self.pos / self.align * self.align
+                    } else {
+                        self.pos
+                    };
                     let opened = self
                         .retry
-                        .within(&self.what, self.source.stream_from(self.blob, self.pos))
+                        .within(&self.what, self.source.stream_from(self.blob, at))
                         .await
                         .and_then(|r| r);
                     match opened {
                         Ok(stream) => {
+                            self.again = self.pos - at;
                             self.opened_at = self.pos;
                             self.stream.insert(stream)
                         }
@@ -83,13 +103,21 @@ impl<'a> Resuming<'a> {
                 Err(e) => Some(Err(e)),
             };
             let broke = match next {
-                Some(Ok(bytes)) => {
+                Some(Ok(mut bytes)) => {
                     self.retry.alive();
                     let n = bytes.len() as u64;
                     self.counters
                         .bytes_fetched
                         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    self.pos += n;
+                    if self.again > 0 {
+                        let drop = self.again.min(n);
+                        self.again -= drop;
+                        bytes = bytes.slice(drop as usize..);
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                    }
+                    self.pos += bytes.len() as u64;
                     return Ok(Some(bytes));
                 }
                 None if self.pos >= self.blob.size => return Ok(None),
@@ -102,6 +130,7 @@ impl<'a> Resuming<'a> {
                 Some(Err(e)) => e,
             };
             self.stream = None;
+            self.broke = true;
             if self.pos > self.opened_at {
                 self.retry.progress();
             }

@@ -182,8 +182,13 @@ impl Inner {
             }
             return Ok(());
         }
-        let mut stream =
-            super::resume::Resuming::new(self.source.as_ref(), blob, &self.counters, 0);
+        let mut stream = super::resume::Resuming::new(
+            self.source.as_ref(),
+            blob,
+            &self.counters,
+            0,
+            self.options.chunk_size,
+        );
         let mut pos = 0u64;
         while let Some(bytes) = stream.next().await? {
             pos += bytes.len() as u64;

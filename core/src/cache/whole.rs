@@ -1,0 +1,346 @@
+//! Whole blobs: strict mode's one stream of a blob, hashed whole and chunk
+//! by chunk as it is written, and the promotion of a blob that checked out
+//! into `blobs/` (with its chunk table beside it).
+
+use super::*;
+
+impl Inner {
+    /// Makes the blob complete and verified on disk (remote) or verified in
+    /// place (local).
+    pub(super) async fn ensure_complete(self: &Arc<Self>, blob: &Descriptor) -> Result<()> {
+        let Some(store) = self.store.clone() else {
+            if self
+                .verified_local
+                .lock()
+                .is_ok_and(|v| v.contains(&blob.digest))
+            {
+                return Ok(());
+            }
+            let inner = self.clone();
+            let b = blob.clone();
+            return self
+                .single_flight((blob.digest.clone(), WHOLE), async move {
+                    let cs = inner.options.chunk_size;
+                    let table =
+                        verify_stream(inner.source.as_ref(), &b, &inner.counters, cs).await?;
+                    // Every later read of the layout's file is checked
+                    // against this: its owner may rewrite it in place.
+                    inner.keep_table(&b, cs, table);
+                    if let Ok(mut v) = inner.verified_local.lock() {
+                        v.insert(b.digest.clone());
+                    }
+                    Ok(())
+                })
+                .await;
+        };
+        if store.has_complete(&blob.digest) {
+            return Ok(());
+        }
+        let inner = self.clone();
+        let b = blob.clone();
+        self.single_flight((blob.digest.clone(), WHOLE), async move {
+            if store.has_complete(&b.digest) {
+                return Ok(());
+            }
+            let result = inner
+                .with_room(&b, b.size, || inner.clone().stream_locked(store.clone(), b.clone()))
+                .await;
+            match &result {
+                Ok(()) => Counters::bump(&inner.counters.blobs_verified),
+                Err(e @ Error::DigestMismatch { .. }) => {
+                    Counters::bump(&inner.counters.verify_failures);
+                    inner.memory.remove_blob(&b.digest);
+                    tracing::error!(digest = %b.digest, error = %e, "blob failed verification; dropped from the cache");
+                }
+                Err(_) => {}
+            }
+            inner.maybe_evict();
+            result
+        })
+        .await
+    }
+
+    /// Streams `blob` whole into the cache under its stream lock: one process
+    /// streams a blob at a time, and another waiting here finds it complete
+    /// when it gets the lock.
+    pub(super) async fn stream_locked(
+        self: Arc<Self>,
+        store: Arc<DiskStore>,
+        blob: Descriptor,
+    ) -> Result<()> {
+        let partial = self.partial(&store, &blob)?;
+        let locking = partial.clone();
+        let lock = tokio::task::spawn_blocking(move || locking.lock_stream())
+            .await
+            .map_err(join_error)??;
+        let streamed = if store.has_complete(&blob.digest) {
+            Ok(())
+        } else {
+            self.stream_whole(&store, &blob, &partial).await
+        };
+        drop(lock);
+        self.forget_partial(&blob.digest);
+        streamed
+    }
+
+    /// Fetches the rest of a blob with one streaming request from its first
+    /// missing chunk, hashing as the bytes arrive (the present prefix is
+    /// hashed from disk first), and promotes it if the digest checks out. A
+    /// broken stream resumes where it broke ([`resume::Resuming`]).
+    pub(super) async fn stream_whole(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+    ) -> Result<()> {
+        /// Bytes written per blocking write (whole chunks).
+        const BATCH: u64 = 4 << 20;
+        let cs = partial.chunk_size;
+        let p = partial.clone();
+        let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
+            Ok((start, p.hash_prefix(start)?))
+        })
+        .await
+        .map_err(join_error)??;
+        if start >= blob.size {
+            return self.finish_stream(store, blob, partial, hasher).await;
+        }
+        self.counters
+            .misses
+            .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
+        let mut stream =
+            resume::Resuming::new(self.source.as_ref(), blob, &self.counters, start, cs);
+        let mut hasher = Some(hasher);
+        let mut writing: Option<tokio::task::JoinHandle<(BlobHasher, Result<bool>)>> = None;
+        let mut pos = start;
+        let mut pending = BytesMut::new();
+        loop {
+            let next = match stream.next().await {
+                Ok(next) => next,
+                Err(e) => {
+                    if let Some(last) = writing.take() {
+                        let _ = Self::batch_done(last).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let end_of_stream = next.is_none();
+            if let Some(bytes) = next {
+                if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
+                    store.drop_partial(&blob.digest);
+                    return Err(Error::DigestMismatch {
+                        what: format!(
+                            "blob {} (the registry sent more than its {} bytes; dropped)",
+                            blob.digest, blob.size
+                        ),
+                        expected: blob.digest.to_string(),
+                        actual: "a longer blob".into(),
+                    });
+                }
+                pending.extend_from_slice(&bytes);
+            }
+            // Write whole chunks (and the short last one at the end).
+            let reached_end = pos + pending.len() as u64 == blob.size;
+            let whole = if reached_end {
+                pending.len() as u64
+            } else {
+                pending.len() as u64 / cs * cs
+            };
+            if whole > 0 && (whole >= BATCH || reached_end) {
+                let bytes = pending.split_to(whole as usize).freeze();
+                // One batch is hashed and written while the next one
+                // arrives; the hasher passes from batch to batch.
+                if let Some(previous) = writing.take() {
+                    match Self::batch_done(previous).await? {
+                        Some(h) => hasher = Some(h),
+                        None => return Ok(()),
+                    }
+                }
+                let (p, mut h) = (
+                    partial.clone(),
+                    hasher.take().unwrap_or_else(|| BlobHasher::new(cs)),
+                );
+                let (s, d) = (store.clone(), blob.digest.clone());
+                let first = pos / cs;
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    let r = write_batch(&s, &d, &p, first, &bytes, &mut h);
+                    (h, r)
+                }));
+                pos += whole;
+                self.disk_usage.fetch_add(whole, Ordering::Relaxed);
+            }
+            if end_of_stream {
+                break;
+            }
+        }
+        if let Some(last) = writing.take() {
+            match Self::batch_done(last).await? {
+                Some(h) => hasher = Some(h),
+                None => return Ok(()),
+            }
+        }
+        self.finish_stream(
+            store,
+            blob,
+            partial,
+            hasher.unwrap_or_else(|| BlobHasher::new(cs)),
+        )
+        .await
+    }
+
+    /// Waits for a batch write; gives the hasher back, or `None` if the
+    /// blob turned out complete already (another process promoted it).
+    pub(super) async fn batch_done(
+        handle: tokio::task::JoinHandle<(BlobHasher, Result<bool>)>,
+    ) -> Result<Option<BlobHasher>> {
+        let (hasher, written) = handle.await.map_err(join_error)?;
+        written.map(|complete| (!complete).then_some(hasher))
+    }
+
+    pub(super) async fn finish_stream(
+        &self,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+        hasher: BlobHasher,
+    ) -> Result<()> {
+        let len = hasher.len();
+        let chunk_size = hasher.chunk_size();
+        let (actual, table) = hasher.finish();
+        if len != blob.size || actual != blob.digest {
+            store.drop_partial(&blob.digest);
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "blob {} in {} ({len} bytes, {} expected; dropped from the cache)",
+                    blob.digest,
+                    self.source.name(),
+                    blob.size
+                ),
+                expected: blob.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
+        let digests = table.clone();
+        tokio::task::spawn_blocking(move || s.promote_verified(&p, &d, &digests))
+            .await
+            .map_err(join_error)??;
+        // Hashed here on the way in, chunk by chunk: checked in this process.
+        self.keep_table(blob, chunk_size, table);
+        if chunk_size == self.options.chunk_size {
+            self.mark_checked(blob, 0..blob.size.div_ceil(chunk_size));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn promote(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: Arc<Partial>,
+    ) -> Result<()> {
+        let s = store.clone();
+        let digest = blob.digest.clone();
+        let result = tokio::task::spawn_blocking(move || s.promote(&partial, &digest))
+            .await
+            .map_err(join_error)?;
+        self.forget_partial(&blob.digest);
+        match result {
+            Ok(()) => {
+                Counters::bump(&self.counters.blobs_verified);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::DigestMismatch { .. }) {
+                    Counters::bump(&self.counters.verify_failures);
+                    self.memory.remove_blob(&blob.digest);
+                    tracing::error!(digest = %blob.digest, error = %e, "blob failed verification; dropped from the cache");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `attempt`, a write of `blob`'s bytes into the cache. When the
+    /// cache's filesystem is full (or over quota), evicts what is not in use
+    /// until `room` more bytes would fit and runs it once more; one that
+    /// still finds it full drops the blob's partial chunks (they would only
+    /// keep the disk full) and is an error naming the blob and the fix.
+    pub(super) async fn with_room<F: Future<Output = Result<()>>>(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        room: u64,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<()> {
+        let first = attempt().await;
+        let Some(store) = self.store.clone() else {
+            return first;
+        };
+        match first {
+            Err(e) if is_disk_full(&e) => {
+                tracing::warn!(digest = %blob.digest, "the cache's filesystem is full; evicting and trying again");
+                self.evict_for(&store, room).await;
+            }
+            done => return done,
+        }
+        match attempt().await {
+            Err(e) if is_disk_full(&e) => {
+                store.drop_partial(&blob.digest);
+                Err(disk_full(&store, blob, &e))
+            }
+            done => done,
+        }
+    }
+}
+
+/// Writes a batch of whole chunks of a stream into `p`, each under its
+/// chunk lock, and hashes what the blob on disk holds for them: the
+/// streamed bytes where they are written, the bytes already there where
+/// another writer (a lazy reader of another process) was first. Nothing is
+/// written once the blob is complete: another process promoted the file
+/// this partial wrote into, and it is the verified blob now. Returns
+/// whether the blob was found complete.
+///
+/// With every writer following these rules (chunks written under their
+/// lock, present chunks never rewritten, nothing written once complete),
+/// the bytes a promotion hashed are the bytes of the blob it promotes, and
+/// stay so.
+pub(super) fn write_batch(
+    store: &DiskStore,
+    digest: &Digest,
+    p: &Partial,
+    first: u64,
+    bytes: &[u8],
+    hasher: &mut BlobHasher,
+) -> Result<bool> {
+    let cs = p.chunk_size as usize;
+    let count = bytes.len().div_ceil(cs) as u64;
+    let mut locks = Vec::with_capacity(count as usize);
+    for n in first..first + count {
+        match p.lock_chunk(n) {
+            Ok(lock) => locks.push(lock),
+            // Evicted or promoted by another process meanwhile: this
+            // stream ends; the reader looks again (a complete blob, or a
+            // new generation to stream into).
+            Err(_) if p.is_gone() => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+    if store.has_complete(digest) {
+        return Ok(true);
+    }
+    for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
+        if p.has(n) {
+            hasher.update(&p.read(n * p.chunk_size, chunk.len())?);
+        } else {
+            hasher.update(chunk);
+            match p.write_chunks(n, chunk, false) {
+                Ok(()) => {}
+                Err(_) if p.is_gone() => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(false)
+}
