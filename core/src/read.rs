@@ -32,7 +32,7 @@ use crate::codec::zstd::Zstd;
 use crate::codec::{BOMB, Tee, decoder, gzip, inflate_limit, zstd};
 use crate::content::{Compression, Content, FramePoint, SeekPoints, TarFile, TarStream, ZipMethod};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
 
 /// Reads file contents.
@@ -356,6 +356,7 @@ impl ContentReader {
                     layer: blob.digest.to_string(),
                     entry: None,
                     reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+                    source: cause(e),
                 })
             };
             let skip = at - cursor.pos;
@@ -375,13 +376,14 @@ impl ContentReader {
                         cursor.pos + skipped + out.len() as u64,
                         at + len
                     ),
+                    source: None,
                 });
             }
             cursor.pos = at + len;
             Ok((Bytes::from(out), cursor))
         })
         .await
-        .map_err(|e| Error::io("decoding a layer", io::Error::other(e.to_string())))?;
+        .map_err(|e| Error::io("decoding a layer", io::Error::other(e)))?;
         let (bytes, cursor) = done?;
         self.cursors.park(digest, cursor);
         Ok(bytes)
@@ -428,6 +430,7 @@ impl ContentReader {
             layer: digest.clone(),
             entry: None,
             reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+            source: cause(e),
         };
         let capacity = len.min(DECODE_WHOLE_MAX) as usize;
         let blobs = &self.blobs;
@@ -526,6 +529,7 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
                     layer: blob.digest.to_string(),
                     entry: None,
                     reason: format!("unreadable stream: {e}"),
+                    source: cause(e),
                 })
         })
         .await;
@@ -548,6 +552,7 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
                     "decodes to {} ({} bytes), not the diff ID {} ({} bytes) the image config names",
                     s.value.digest, s.value.len, decoded.digest, decoded.size
                 ),
+                source: None,
             })
         }
         Err(e) => {

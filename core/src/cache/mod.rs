@@ -234,9 +234,10 @@ impl ChunkCache {
         options: CacheOptions,
     ) -> Result<Self> {
         if options.chunk_size < 4096 || !options.chunk_size.is_power_of_two() {
-            return Err(Error::InvalidReference {
-                input: options.chunk_size.to_string(),
-                reason: "the chunk size must be a power of two of at least 4096".into(),
+            return Err(Error::InvalidOption {
+                option: "chunk size".into(),
+                value: options.chunk_size.to_string(),
+                reason: "it must be a power of two of at least 4096".into(),
             });
         }
         let store = store.filter(|_| source.is_remote());
@@ -857,14 +858,14 @@ impl Inner {
                         retry.alive();
                         if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
                             store.drop_partial(&blob.digest);
-                            return Err(Error::DigestMismatch {
-                                what: format!(
-                                    "blob {} (the registry sent more than its {} bytes; dropped)",
-                                    blob.digest, blob.size
+                            return Err(Error::blob_mismatch(
+                                &blob.digest,
+                                format_args!(
+                                    "(the registry sent more than its {} bytes; dropped)",
+                                    blob.size
                                 ),
-                                expected: blob.digest.to_string(),
-                                actual: "a longer blob".into(),
-                            });
+                                "a longer blob",
+                            ));
                         }
                         self.counters
                             .bytes_fetched
@@ -964,16 +965,15 @@ impl Inner {
         let (actual, table) = hasher.finish();
         if len != blob.size || actual != blob.digest {
             store.drop_partial(&blob.digest);
-            return Err(Error::DigestMismatch {
-                what: format!(
-                    "blob {} in {} ({len} bytes, {} expected; dropped from the cache)",
-                    blob.digest,
+            return Err(Error::blob_mismatch(
+                &blob.digest,
+                format_args!(
+                    "in {} ({len} bytes, {} expected; dropped from the cache)",
                     self.source.name(),
                     blob.size
                 ),
-                expected: blob.digest.to_string(),
-                actual: actual.to_string(),
-            });
+                actual,
+            ));
         }
         let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
         let digests = table.clone();
@@ -1179,16 +1179,18 @@ impl Inner {
                 None => return Ok(None),
             },
         };
-        let damaged = |detail: String| Error::DigestMismatch {
-            what: format!(
-                "chunk {n} of blob {} in the cache at {} ({detail}; dropped)",
-                blob.digest,
-                path.display()
-            ),
-            expected: table
-                .get(n as usize)
-                .map_or_else(|| "no such chunk".into(), hex::encode),
-            actual: detail.clone(),
+        let damaged = |detail: String| {
+            Error::digest_mismatch(
+                format!(
+                    "chunk {n} of blob {} in the cache at {} ({detail}; dropped)",
+                    blob.digest,
+                    path.display()
+                ),
+                table
+                    .get(n as usize)
+                    .map_or_else(|| "no such chunk".into(), hex::encode),
+                detail,
+            )
         };
         let outcome = match read {
             Ok(bytes) => check_chunk(&table, &blob.digest, n, &bytes).map(|()| bytes),
@@ -1230,16 +1232,15 @@ impl Inner {
         let len = hasher.len();
         let (actual, digests) = hasher.finish();
         if len != blob.size || actual != blob.digest {
-            let e = Error::DigestMismatch {
-                what: format!(
-                    "blob {} in the cache at {} ({len} bytes, {} expected; dropped)",
-                    blob.digest,
+            let e = Error::blob_mismatch(
+                &blob.digest,
+                format_args!(
+                    "in the cache at {} ({len} bytes, {} expected; dropped)",
                     path.display(),
                     blob.size
                 ),
-                expected: blob.digest.to_string(),
-                actual: actual.to_string(),
-            };
+                actual,
+            );
             self.drop_corrupt_complete(store, blob, &e);
             return if self.source.can_fetch() {
                 Ok(None)
@@ -1686,7 +1687,7 @@ fn disk_full(store: &DiskStore, blob: &crate::manifest::Descriptor, e: &Error) -
 }
 
 fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::io("a cache task failed", std::io::Error::other(e.to_string()))
+    Error::io("a cache task failed", std::io::Error::other(e))
 }
 
 #[async_trait]
