@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context as _, bail};
 use ocifs_core::Hasher;
 use ocifs_core::{Content, NodeKind, format_time};
-use ocifs_core::{Error, Resolution, Tree, ViewOptions, resolve};
+use ocifs_core::{Error, Kind, Resolution, Tree, ViewOptions, resolve};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
@@ -277,7 +277,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let NodeKind::File(content) = &node.kind else {
         return Err(Error::WrongKind {
             path: path.clone(),
-            reason: "is a directory",
+            kind: Kind::IsDirectory,
         }
         .into());
     };
@@ -315,11 +315,11 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     };
     if offset != blob.size || actual != blob.digest {
         opened.cache.discard(blob);
-        return Err(Error::DigestMismatch {
-            what: format!("{path} (the output written is corrupt)"),
-            expected: blob.digest.to_string(),
-            actual: actual.to_string(),
-        }
+        return Err(Error::digest_mismatch(
+            format!("{path} (the output written is corrupt)"),
+            &blob.digest,
+            actual,
+        )
         .into());
     }
     Ok(())
@@ -481,11 +481,11 @@ pub async fn cache(args: CacheCmdArgs) -> anyhow::Result<()> {
                 .count()
                 + bad.len();
             if let Some(first) = bad.first() {
-                return Err(Error::DigestMismatch {
-                    what: format!("{} of {checked} cached blobs (removed)", bad.len()),
-                    expected: first.to_string(),
-                    actual: "other content".into(),
-                }
+                return Err(Error::digest_mismatch(
+                    format!("{} of {checked} cached blobs (removed)", bad.len()),
+                    first,
+                    "other content",
+                )
                 .into());
             }
             println!("{checked} blobs verified");

@@ -109,7 +109,7 @@ fn main() -> ExitCode {
             .map(mount::ValueOptions::of)
             .unwrap_or_default();
         return mount::daemonize(args, &options).unwrap_or_else(|e| {
-            eprintln!("ocifs: {e:#}");
+            eprintln!("ocifs: {}", message(&e));
             ExitCode::from(ocifs_core::exit_code::OTHER)
         });
     }
@@ -155,10 +155,26 @@ fn main() -> ExitCode {
             }
             let _ = io::stdout().flush();
             // Not eprintln!: stderr may be a closed pipe (a daemon).
-            let _ = writeln!(io::stderr(), "ocifs: {e:#}");
+            let _ = writeln!(io::stderr(), "ocifs: {}", message(&e));
             ExitCode::from(exit_code_of(&e))
         }
     }
+}
+
+/// What `{e:#}` shows, the chain joined by ": ", but ending at the first
+/// core error: its message already says what its sources say.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for (i, c) in e.chain().enumerate() {
+        if i > 0 {
+            out.push_str(": ");
+        }
+        out.push_str(&c.to_string());
+        if c.is::<ocifs_core::Error>() {
+            break;
+        }
+    }
+    out
 }
 
 /// The exit code of the first core error in the chain, else "other".
@@ -172,7 +188,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 mod tests {
     use clap::CommandFactory as _;
 
-    use super::Cli;
+    use super::{Cli, message};
     use crate::mount::{ValueOptions, child_arguments};
 
     fn child(raw: &[&str]) -> Vec<String> {
@@ -216,6 +232,17 @@ mod tests {
             child(&["mount", "--password-stdin", "-u", "c", "r", "/m"]),
             ["mount", "-u", "c", "r", "/m"]
         );
+    }
+
+    #[test]
+    fn a_message_says_a_core_error_and_its_context_and_each_cause_once() {
+        use anyhow::Context as _;
+        let io = std::io::Error::other("disk on fire");
+        let core = ocifs_core::Error::io("reading /c/x", io);
+        let e = Err::<(), _>(core).context("cat r:1 f").unwrap_err();
+        assert_eq!(message(&e), "cat r:1 f: reading /c/x: disk on fire");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message(&plain), format!("{plain:#}"));
     }
 
     #[test]

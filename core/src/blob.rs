@@ -219,16 +219,15 @@ pub async fn verify_stream(
     let (actual, table) = hasher.finish();
     if len != blob.size || actual != blob.digest {
         Counters::bump(&counters.verify_failures);
-        return Err(Error::DigestMismatch {
-            what: format!(
-                "blob {} in {} ({len} bytes read, {} expected)",
-                blob.digest,
+        return Err(Error::blob_mismatch(
+            &blob.digest,
+            format_args!(
+                "in {} ({len} bytes read, {} expected)",
                 source.name(),
                 blob.size
             ),
-            expected: blob.digest.to_string(),
-            actual: actual.to_string(),
-        });
+            actual,
+        ));
     }
     Counters::bump(&counters.blobs_verified);
     Ok(table)

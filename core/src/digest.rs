@@ -40,11 +40,7 @@ impl Digest {
         if &actual == self {
             Ok(())
         } else {
-            Err(Error::DigestMismatch {
-                what: what(),
-                expected: self.to_string(),
-                actual: actual.to_string(),
-            })
+            Err(Error::digest_mismatch(what(), self, actual))
         }
     }
 }
@@ -210,15 +206,15 @@ pub(crate) fn check_chunk(table: &[[u8; 32]], blob: &Digest, n: u64, bytes: &[u8
     let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
     match table.get(n as usize) {
         Some(expected) if *expected == actual => Ok(()),
-        expected => Err(Error::DigestMismatch {
-            what: format!(
+        expected => Err(Error::digest_mismatch(
+            format!(
                 "chunk {n} of blob {} ({} bytes; checked against its chunk digest table)",
                 blob,
                 bytes.len()
             ),
-            expected: expected.map_or_else(|| "no such chunk".into(), hex::encode),
-            actual: hex::encode(actual),
-        }),
+            expected.map_or_else(|| "no such chunk".into(), hex::encode),
+            hex::encode(actual),
+        )),
     }
 }
 

@@ -4,12 +4,17 @@
 //! reference, digest or path involved, and maps to one errno (for the
 //! filesystem backends) and one exit code (for the CLI).
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error another one was made from, kept as its `source()`; shared,
+/// because [`Error`] is `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong between a reference and the bytes of a file.
 ///
@@ -23,6 +28,17 @@ pub enum Error {
         /// What the user typed.
         input: String,
         /// Why it is not a reference.
+        reason: String,
+    },
+
+    /// A setting (of the cache, of a mount) has a value ocifs cannot use.
+    #[error("invalid {option} {value}: {reason}")]
+    InvalidOption {
+        /// The setting, in words ("chunk size").
+        option: String,
+        /// The value given.
+        value: String,
+        /// What a usable value is.
         reason: String,
     },
 
@@ -111,6 +127,9 @@ pub enum Error {
         registry: String,
         /// The underlying connection error.
         detail: String,
+        /// The connection error itself, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// An operation did not finish in time, retries included.
@@ -131,6 +150,9 @@ pub enum Error {
         what: String,
         /// The underlying error.
         detail: String,
+        /// The underlying error itself, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// The registry answered with an error status that retries did not cure.
@@ -144,6 +166,9 @@ pub enum Error {
         what: String,
         /// The error body or reason.
         detail: String,
+        /// The HTTP client's error, when the status came with one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// Content does not hash to the digest that names it. Never served.
@@ -175,6 +200,9 @@ pub enum Error {
         what: String,
         /// What is wrong with it.
         detail: String,
+        /// The parser's error, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A media type ocifs does not know how to handle.
@@ -195,6 +223,9 @@ pub enum Error {
         path: String,
         /// What is wrong with it.
         detail: String,
+        /// The I/O or parse error behind it, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A layer title cannot become a file name in the view.
@@ -217,6 +248,9 @@ pub enum Error {
         entry: Option<String>,
         /// What is wrong.
         reason: String,
+        /// The read or decoding error behind it, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A layer of a container image, or one entry of it, cannot be read.
@@ -228,6 +262,9 @@ pub enum Error {
         entry: Option<String>,
         /// What is wrong.
         reason: String,
+        /// The read or decoding error behind it, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// No such file or directory in the artifact.
@@ -237,13 +274,14 @@ pub enum Error {
         path: String,
     },
 
-    /// A path names a directory where a file is needed, or the reverse.
-    #[error("{path}: {reason}")]
+    /// A path names a directory where a file is needed, or the reverse,
+    /// or a symbolic link that cannot be followed.
+    #[error("{path}: {kind}")]
     WrongKind {
         /// The path asked for.
         path: String,
-        /// "is a directory" or "not a directory".
-        reason: &'static str,
+        /// What the path is that makes it wrong here.
+        kind: Kind,
     },
 
     /// A source returned fewer bytes than the range asked for.
@@ -295,6 +333,35 @@ pub enum Error {
     },
 }
 
+/// Why a path cannot be used as it is: the kind of [`Error::WrongKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory where a file is needed.
+    IsDirectory,
+    /// A file (or other non-directory) where a directory is needed.
+    NotDirectory,
+    /// Symbolic links followed more than 40 times on the way.
+    SymlinkLoop,
+    /// A symbolic link to an absolute path, outside the artifact.
+    AbsoluteSymlink,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::IsDirectory => "is a directory",
+            Kind::NotDirectory => "not a directory",
+            Kind::SymlinkLoop => "too many levels of symbolic links",
+            Kind::AbsoluteSymlink => "a symbolic link to an absolute path, outside the artifact",
+        })
+    }
+}
+
+/// `e` as the [`Cause`] an error made from it keeps.
+pub(crate) fn cause(e: impl std::error::Error + Send + Sync + 'static) -> Option<Cause> {
+    Some(Arc::new(e))
+}
+
 fn nearby_hint(nearby: &[String]) -> String {
     if nearby.is_empty() {
         String::new()
@@ -340,7 +407,7 @@ fn tls_hint(detail: &str) -> &'static str {
 pub mod exit_code {
     /// Anything not listed below.
     pub const OTHER: u8 = 1;
-    /// The command line, a reference, digest or platform is malformed.
+    /// The command line, a reference, digest, platform or setting is malformed.
     pub const USAGE: u8 = 2;
     /// A tag, manifest, platform, blob or path does not exist.
     pub const NOT_FOUND: u8 = 3;
@@ -363,6 +430,35 @@ impl Error {
         }
     }
 
+    /// Content that does not hash to the digest (or checksum) that names
+    /// it: `what` was checked, `expected` is what it should have had.
+    pub fn digest_mismatch(
+        what: impl Into<String>,
+        expected: impl fmt::Display,
+        actual: impl fmt::Display,
+    ) -> Self {
+        Error::DigestMismatch {
+            what: what.into(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+
+    /// A blob that is not the blob `digest` names (another digest, another
+    /// length): the message says "blob DIGEST DETAIL", `detail` saying where
+    /// it was read and how long it was.
+    pub fn blob_mismatch(
+        digest: impl fmt::Display,
+        detail: impl fmt::Display,
+        actual: impl fmt::Display,
+    ) -> Self {
+        Error::DigestMismatch {
+            what: format!("blob {digest} {detail}"),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+
     /// Whether trying the same request again may succeed (5xx, 429,
     /// connection errors, timeouts of a single attempt).
     pub fn is_transient(&self) -> bool {
@@ -381,6 +477,7 @@ impl Error {
         use exit_code::*;
         match self {
             Error::InvalidReference { .. }
+            | Error::InvalidOption { .. }
             | Error::InvalidDigest { .. }
             | Error::InvalidPlatform { .. } => USAGE,
             Error::ManifestNotFound { .. }
@@ -420,8 +517,10 @@ impl Error {
         const ETIMEDOUT: i32 = 110;
         match self {
             Error::PathNotFound { .. } => ENOENT,
-            Error::WrongKind { reason, .. } if reason.contains("is a directory") => EISDIR,
-            Error::WrongKind { .. } => ENOTDIR,
+            Error::WrongKind { kind, .. } => match kind {
+                Kind::IsDirectory => EISDIR,
+                Kind::NotDirectory | Kind::SymlinkLoop | Kind::AbsoluteSymlink => ENOTDIR,
+            },
             Error::AuthFailed { .. } | Error::AuthRequired { .. } => EACCES,
             Error::Timeout { .. } => ETIMEDOUT,
             // A local I/O error keeps its errno (EBUSY, EACCES, ENOSPC tell
@@ -461,6 +560,7 @@ mod tests {
             status,
             what: "x".into(),
             detail: String::new(),
+            source: None,
         };
         assert!(status(503).is_transient());
         assert!(status(429).is_transient());
@@ -485,10 +585,68 @@ mod tests {
     }
 
     #[test]
+    fn wrong_kinds_say_what_the_path_is_and_pick_the_errno() {
+        let e = |kind| Error::WrongKind {
+            path: "a/b".into(),
+            kind,
+        };
+        assert_eq!(e(Kind::IsDirectory).to_string(), "a/b: is a directory");
+        assert_eq!(e(Kind::IsDirectory).errno(), 21);
+        assert_eq!(e(Kind::NotDirectory).to_string(), "a/b: not a directory");
+        assert_eq!(e(Kind::NotDirectory).errno(), 20);
+        assert_eq!(e(Kind::SymlinkLoop).errno(), 20);
+        assert_eq!(e(Kind::AbsoluteSymlink).exit_code(), exit_code::NOT_FOUND);
+    }
+
+    #[test]
+    fn an_invalid_option_is_a_usage_error() {
+        let e = Error::InvalidOption {
+            option: "chunk size".into(),
+            value: "1000".into(),
+            reason: "it must be a power of two of at least 4096".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid chunk size 1000: it must be a power of two of at least 4096"
+        );
+        assert_eq!(e.exit_code(), exit_code::USAGE);
+    }
+
+    #[test]
+    fn digest_mismatches_read_as_their_literals_did() {
+        let e = Error::digest_mismatch("manifest r:1", "sha256:e", "sha256:a");
+        assert_eq!(
+            e.to_string(),
+            "digest mismatch for manifest r:1: expected sha256:e, got sha256:a"
+        );
+        let e = Error::blob_mismatch("sha256:e", "in r (3 bytes read, 4 expected)", "sha256:a");
+        assert_eq!(
+            e.to_string(),
+            "digest mismatch for blob sha256:e in r (3 bytes read, 4 expected): expected sha256:e, got sha256:a"
+        );
+        assert_eq!(e.exit_code(), exit_code::INTEGRITY);
+    }
+
+    #[test]
+    fn a_kept_cause_is_the_source_and_leaves_the_message_alone() {
+        let parse = serde_json::from_slice::<u32>(b"{").unwrap_err();
+        let e = Error::Malformed {
+            what: "m".into(),
+            detail: parse.to_string(),
+            source: cause(parse),
+        };
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(e.to_string(), format!("malformed m: {source}"));
+        let clone = e.clone();
+        assert!(std::error::Error::source(&clone).is_some());
+    }
+
+    #[test]
     fn tls_errors_suggest_plain_http() {
         let e = Error::Unreachable {
             registry: "localhost:5000".into(),
             detail: "invalid peer certificate: UnknownIssuer".into(),
+            source: None,
         };
         assert!(e.to_string().contains("--plain-http"));
     }

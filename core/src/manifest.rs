@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result, cause};
 use crate::platform::Platform;
 
 /// Manifests and indexes larger than this are refused (the distribution
@@ -152,15 +152,16 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
             limit: MAX_MANIFEST_SIZE,
         });
     }
-    let malformed = |detail: String| Error::Malformed {
+    let malformed = |detail: String, source: Option<Cause>| Error::Malformed {
         what: what.to_owned(),
         detail,
+        source,
     };
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(malformed("not a JSON object".into()));
+        return Err(malformed("not a JSON object".into(), None));
     }
-    let probe: Probe =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a JSON object: {e}")))?;
+    let probe: Probe = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(format!("not a JSON object: {e}"), cause(e)))?;
     match probe.schema_version.as_ref().and_then(|v| v.as_u64()) {
         Some(2) => {}
         Some(1) => {
@@ -172,7 +173,7 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
                         .into(),
             });
         }
-        _ => return Err(malformed("schemaVersion is missing or not 2".into())),
+        _ => return Err(malformed("schemaVersion is missing or not 2".into(), None)),
     }
     // The embedded media type is authoritative; a registry's Content-Type
     // may be generic (application/json, text/plain) for artifacts.
@@ -201,6 +202,7 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
             _ => {
                 return Err(malformed(
                     "no mediaType and neither a manifest nor an index by shape".into(),
+                    None,
                 ));
             }
         },
@@ -208,16 +210,18 @@ pub fn parse(bytes: &[u8], declared: Option<&str>, what: &str) -> Result<Parsed>
     if let (Some(embedded), Some(declared)) = (probe.media_type.as_deref(), declared)
         && embedded != declared
     {
-        return Err(malformed(format!(
-            "mediaType {embedded} disagrees with the descriptor's {declared}"
-        )));
+        return Err(malformed(
+            format!("mediaType {embedded} disagrees with the descriptor's {declared}"),
+            None,
+        ));
     }
     if is_index {
-        let index: Index = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        let index: Index =
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string(), cause(e)))?;
         Ok(Parsed::Index(index))
     } else {
         let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string(), cause(e)))?;
         Ok(Parsed::Manifest(Box::new(manifest)))
     }
 }

@@ -32,7 +32,7 @@ use crate::codec::zstd::Zstd;
 use crate::codec::{BOMB, Tee, decoder, gzip, inflate_limit, zstd};
 use crate::content::{Compression, Content, FramePoint, SeekPoints, TarFile, TarStream, ZipMethod};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
 
 /// Reads file contents.
@@ -395,6 +395,7 @@ impl ContentReader {
                     layer: blob.digest.to_string(),
                     entry: None,
                     reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+                    source: cause(e),
                 })
             };
             let skip = at - cursor.pos;
@@ -414,13 +415,14 @@ impl ContentReader {
                         cursor.pos + skipped + out.len() as u64,
                         at + len
                     ),
+                    source: None,
                 });
             }
             cursor.pos = at + len;
             Ok((Bytes::from(out), cursor))
         })
         .await
-        .map_err(|e| Error::io("decoding a layer", io::Error::other(e.to_string())))?;
+        .map_err(|e| Error::io("decoding a layer", io::Error::other(e)))?;
         let (bytes, cursor) = done?;
         self.cursors.park(digest, cursor);
         Ok(bytes)
@@ -467,6 +469,7 @@ impl ContentReader {
             layer: digest.clone(),
             entry: None,
             reason: format!("reading at offset {at} of the uncompressed stream: {e}"),
+            source: cause(e),
         };
         let capacity = len.min(DECODE_WHOLE_MAX) as usize;
         let blobs = &self.blobs;
@@ -564,6 +567,7 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
                     layer: blob.digest.to_string(),
                     entry: None,
                     reason: format!("unreadable stream: {e}"),
+                    source: cause(e),
                 })
         })
         .await;
@@ -586,6 +590,7 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
                     "decodes to {} ({} bytes), not the diff ID {} ({} bytes) the image config names",
                     s.value.digest, s.value.len, decoded.digest, decoded.size
                 ),
+                source: None,
             })
         }
         Err(e) => {

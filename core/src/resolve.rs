@@ -112,6 +112,7 @@ pub async fn resolve(
                     "descriptor says {size} bytes, the content has {}",
                     fetched.bytes.len()
                 ),
+                source: None,
             });
         }
         let declared_type = declared.clone().or(fetched.media_type.clone());
@@ -159,6 +160,7 @@ pub async fn resolve(
     Err(Error::Malformed {
         what: reference.to_string(),
         detail: format!("indexes nested more than {MAX_DEPTH} deep"),
+        source: None,
     })
 }
 
@@ -202,6 +204,7 @@ fn choose_in_index(
         return Err(Error::Malformed {
             what,
             detail: "the index has no entries".into(),
+            source: None,
         });
     }
     let with_platform: Vec<&Descriptor> = entries
@@ -320,6 +323,7 @@ async fn choose_root(
             return Err(Error::Layout {
                 path: reference.to_string(),
                 detail: "index.json has no entries".into(),
+                source: None,
             });
         }
         ([one], _) => return Ok(one.clone()),

@@ -197,6 +197,7 @@ mod tests {
             status: 503,
             what: "x".into(),
             detail: String::new(),
+            source: None,
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::content::Content;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// An inode number. The root is [`Tree::ROOT`].
 pub type Ino = u64;
@@ -192,7 +192,7 @@ impl Tree {
         if !self.node(top).is_some_and(Node::is_dir) {
             return Err(Error::WrongKind {
                 path: path.to_owned(),
-                reason: "not a directory",
+                kind: Kind::NotDirectory,
             });
         }
         // Number the kept nodes breadth first, the new root first.
@@ -347,7 +347,7 @@ impl Tree {
             if !self.node(ino).is_some_and(Node::is_dir) {
                 return Err(Error::WrongKind {
                     path: asked.to_owned(),
-                    reason: "not a directory",
+                    kind: Kind::NotDirectory,
                 });
             }
             let child = self.lookup(ino, c).ok_or_else(|| Error::PathNotFound {
@@ -360,7 +360,7 @@ impl Tree {
                     if *hops > 40 {
                         return Err(Error::WrongKind {
                             path: asked.to_owned(),
-                            reason: "too many levels of symbolic links",
+                            kind: Kind::SymlinkLoop,
                         });
                     }
                     if target.starts_with('/') && self.rootfs {
@@ -370,7 +370,7 @@ impl Tree {
                     if target.starts_with('/') {
                         return Err(Error::WrongKind {
                             path: asked.to_owned(),
-                            reason: "a symbolic link to an absolute path, outside the artifact",
+                            kind: Kind::AbsoluteSymlink,
                         });
                     }
                     ino = self.resolve_from(ino, target, true, hops, asked)?;

@@ -5,7 +5,7 @@
 //! platform; the Windows glue checks at compile time that they equal the
 //! `windows` crate's constants.
 
-use ocifs_core::Error;
+use ocifs_core::{Error, Kind};
 
 /// An HRESULT: `0` is success, negative values are errors.
 pub type Hresult = i32;
@@ -57,8 +57,10 @@ pub const UNEXPECTED: Hresult = 0x8000_FFFF_u32 as i32;
 pub fn of_error(error: &Error) -> Hresult {
     match error {
         Error::PathNotFound { .. } => FILE_NOT_FOUND,
-        Error::WrongKind { reason, .. } if reason.contains("is a directory") => ACCESS_DENIED,
-        Error::WrongKind { .. } => PATH_NOT_FOUND,
+        Error::WrongKind { kind, .. } => match kind {
+            Kind::IsDirectory => ACCESS_DENIED,
+            Kind::NotDirectory | Kind::SymlinkLoop | Kind::AbsoluteSymlink => PATH_NOT_FOUND,
+        },
         Error::AuthFailed { .. } | Error::AuthRequired { .. } | Error::Credentials { .. } => {
             ACCESS_DENIED
         }
@@ -95,12 +97,12 @@ mod tests {
         assert_eq!(of_error(&not_found), FILE_NOT_FOUND);
         let not_dir = Error::WrongKind {
             path: "f\\x".into(),
-            reason: "not a directory",
+            kind: Kind::NotDirectory,
         };
         assert_eq!(of_error(&not_dir), PATH_NOT_FOUND);
         let is_dir = Error::WrongKind {
             path: "d".into(),
-            reason: "is a directory",
+            kind: Kind::IsDirectory,
         };
         assert_eq!(of_error(&is_dir), ACCESS_DENIED);
         let corrupt = Error::DigestMismatch {
@@ -112,11 +114,13 @@ mod tests {
         let down = Error::Unreachable {
             registry: "r".into(),
             detail: "refused".into(),
+            source: None,
         };
         assert_eq!(of_error(&down), NETWORK_UNREACHABLE);
         let other = Error::Malformed {
             what: "m".into(),
             detail: "d".into(),
+            source: None,
         };
         assert_eq!(of_error(&other), IO_DEVICE);
     }

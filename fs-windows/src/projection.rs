@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ocifs_core::{Error, Ino, Result, Tree};
+use ocifs_core::{Error, Ino, Kind, Result, Tree};
 use ocifs_core::{Node, NodeKind};
 
 use crate::names;
@@ -225,7 +225,7 @@ impl Projection {
             let Some(listing) = self.listings.get(&ino) else {
                 return Err(Error::WrongKind {
                     path: path.to_owned(),
-                    reason: "not a directory",
+                    kind: Kind::NotDirectory,
                 });
             };
             let entry = listing.find(component).ok_or_else(|| Error::PathNotFound {

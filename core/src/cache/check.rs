@@ -171,16 +171,18 @@ impl Inner {
                 None => return Ok(None),
             },
         };
-        let damaged = |detail: String| Error::DigestMismatch {
-            what: format!(
-                "chunk {n} of blob {} in the cache at {} ({detail}; dropped)",
-                blob.digest,
-                path.display()
-            ),
-            expected: table
-                .get(n as usize)
-                .map_or_else(|| "no such chunk".into(), hex::encode),
-            actual: detail.clone(),
+        let damaged = |detail: String| {
+            Error::digest_mismatch(
+                format!(
+                    "chunk {n} of blob {} in the cache at {} ({detail}; dropped)",
+                    blob.digest,
+                    path.display()
+                ),
+                table
+                    .get(n as usize)
+                    .map_or_else(|| "no such chunk".into(), hex::encode),
+                detail,
+            )
         };
         let outcome = match read {
             Ok(bytes) => check_chunk(&table, &blob.digest, n, &bytes).map(|()| bytes),
@@ -222,16 +224,15 @@ impl Inner {
         let len = hasher.len();
         let (actual, digests) = hasher.finish();
         if len != blob.size || actual != blob.digest {
-            let e = Error::DigestMismatch {
-                what: format!(
-                    "blob {} in the cache at {} ({len} bytes, {} expected; dropped)",
-                    blob.digest,
+            let e = Error::blob_mismatch(
+                &blob.digest,
+                format_args!(
+                    "in the cache at {} ({len} bytes, {} expected; dropped)",
                     path.display(),
                     blob.size
                 ),
-                expected: blob.digest.to_string(),
-                actual: actual.to_string(),
-            };
+                actual,
+            );
             self.drop_corrupt_complete(store, blob, &e);
             return if self.source.can_fetch() {
                 Ok(None)

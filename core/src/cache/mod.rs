@@ -241,9 +241,10 @@ impl ChunkCache {
         options: CacheOptions,
     ) -> Result<Self> {
         if options.chunk_size < 4096 || !options.chunk_size.is_power_of_two() {
-            return Err(Error::InvalidReference {
-                input: options.chunk_size.to_string(),
-                reason: "the chunk size must be a power of two of at least 4096".into(),
+            return Err(Error::InvalidOption {
+                option: "chunk size".into(),
+                value: options.chunk_size.to_string(),
+                reason: "it must be a power of two of at least 4096".into(),
             });
         }
         let store = store.filter(|_| source.is_remote());
@@ -623,7 +624,7 @@ fn disk_full(store: &DiskStore, blob: &crate::manifest::Descriptor, e: &Error) -
 }
 
 fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::io("a cache task failed", std::io::Error::other(e.to_string()))
+    Error::io("a cache task failed", std::io::Error::other(e))
 }
 
 #[async_trait]

@@ -74,16 +74,15 @@ impl ChunkCache {
         produced?;
         if len != blob.size || actual != blob.digest {
             Counters::bump(&self.inner.counters.verify_failures);
-            return Err(Error::DigestMismatch {
-                what: format!(
-                    "blob {} in {} ({len} bytes read, {} expected)",
-                    blob.digest,
+            return Err(Error::blob_mismatch(
+                &blob.digest,
+                format_args!(
+                    "in {} ({len} bytes read, {} expected)",
                     self.inner.source.name(),
                     blob.size
                 ),
-                expected: blob.digest.to_string(),
-                actual: actual.to_string(),
-            });
+                actual,
+            ));
         }
         Counters::bump(&self.inner.counters.blobs_verified);
         if self.inner.store.is_none()

@@ -557,14 +557,14 @@ impl DiskStore {
         let (actual, digests) = hasher.finish();
         if len != p.size || &actual != digest {
             let _ = fs::remove_dir_all(&p.dir);
-            return Err(Error::DigestMismatch {
-                what: format!(
-                    "blob {digest} ({len} bytes fetched, {} expected; dropped from the cache)",
+            return Err(Error::blob_mismatch(
+                digest,
+                format_args!(
+                    "({len} bytes fetched, {} expected; dropped from the cache)",
                     p.size
                 ),
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
+                actual,
+            ));
         }
         p.data
             .sync_all()

@@ -119,6 +119,36 @@ fn cache(source: Arc<Fake>, dir: &std::path::Path, opts: CacheOptions) -> ChunkC
     ChunkCache::new(source, Some(store), opts).unwrap()
 }
 
+#[test]
+fn a_chunk_size_that_is_no_power_of_two_of_4096_or_more_is_refused_as_an_option() {
+    let (src, _) = Fake::with(&[]);
+    for bad in [0, 1000, 2048, 4097, 3 * 4096] {
+        let opts = CacheOptions {
+            chunk_size: bad,
+            ..options(Verify::Lazy)
+        };
+        let Err(e) = ChunkCache::new(src.clone(), None, opts) else {
+            panic!("chunk size {bad} accepted");
+        };
+        assert!(
+            matches!(&e, Error::InvalidOption { option, .. } if option == "chunk size"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("invalid chunk size {bad}: it must be a power of two of at least 4096")
+        );
+        assert_eq!(e.exit_code(), crate::error::exit_code::USAGE);
+    }
+    for good in [4096, 64 * 1024, DEFAULT_CHUNK_SIZE] {
+        let opts = CacheOptions {
+            chunk_size: good,
+            ..options(Verify::Lazy)
+        };
+        assert!(ChunkCache::new(src.clone(), None, opts).is_ok(), "{good}");
+    }
+}
+
 #[tokio::test]
 async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
     let blob = data(1_000_000, 1);
@@ -255,6 +285,7 @@ async fn a_failed_fetch_wakes_every_waiter_and_caches_nothing() {
                 status: 404,
                 what: "x".into(),
                 detail: "gone".into(),
+                source: None,
             })
         }
         async fn stream(&self, _: &Descriptor) -> Result<BlobStream> {
@@ -457,6 +488,7 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
                         registry: "r".into(),
                         what: "blob".into(),
                         detail: "connection reset".into(),
+                        source: None,
                     }),
                 ]
             };

@@ -129,14 +129,14 @@ impl Inner {
             if let Some(bytes) = next {
                 if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
                     store.drop_partial(&blob.digest);
-                    return Err(Error::DigestMismatch {
-                        what: format!(
-                            "blob {} (the registry sent more than its {} bytes; dropped)",
-                            blob.digest, blob.size
+                    return Err(Error::blob_mismatch(
+                        &blob.digest,
+                        format_args!(
+                            "(the registry sent more than its {} bytes; dropped)",
+                            blob.size
                         ),
-                        expected: blob.digest.to_string(),
-                        actual: "a longer blob".into(),
-                    });
+                        "a longer blob",
+                    ));
                 }
                 pending.extend_from_slice(&bytes);
             }
@@ -210,16 +210,15 @@ impl Inner {
         let (actual, table) = hasher.finish();
         if len != blob.size || actual != blob.digest {
             store.drop_partial(&blob.digest);
-            return Err(Error::DigestMismatch {
-                what: format!(
-                    "blob {} in {} ({len} bytes, {} expected; dropped from the cache)",
-                    blob.digest,
+            return Err(Error::blob_mismatch(
+                &blob.digest,
+                format_args!(
+                    "in {} ({len} bytes, {} expected; dropped from the cache)",
                     self.source.name(),
                     blob.size
                 ),
-                expected: blob.digest.to_string(),
-                actual: actual.to_string(),
-            });
+                actual,
+            ));
         }
         let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
         let digests = table.clone();

@@ -23,7 +23,7 @@ use std::io::{self, Read};
 
 use crate::content::{Compression, SeekPoints};
 use crate::digest::{BlobHasher, Digest};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
 
 /// The largest ratio of a decoded stream's (or a zip entry's) size to its
@@ -75,6 +75,23 @@ pub(crate) fn archive_error(
         package: package_name(blob),
         entry: entry.map(str::to_owned),
         reason: reason.into(),
+        source: None,
+    }
+}
+
+/// An [`archive_error`] that another error (a read, a decoder) caused: it is
+/// kept as the source.
+pub(crate) fn archive_error_from(
+    blob: &Descriptor,
+    entry: Option<&str>,
+    reason: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Archive {
+        package: package_name(blob),
+        entry: entry.map(str::to_owned),
+        reason: reason.into(),
+        source: cause(source),
     }
 }
 
@@ -84,6 +101,7 @@ pub(crate) fn layer_error(blob: &Descriptor, reason: impl Into<String>) -> Error
         layer: blob.digest.to_string(),
         entry: None,
         reason: reason.into(),
+        source: None,
     }
 }
 

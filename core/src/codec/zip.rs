@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::input::{Bounded, with_stream};
-use super::{archive_error, package_name};
+use super::{archive_error, archive_error_from, package_name};
 use crate::blob::BlobReader;
 use crate::content::{ZipEntry, ZipMethod};
 use crate::error::{Error, Result};
@@ -198,16 +198,10 @@ pub(crate) async fn read_whole(blobs: &Arc<dyn BlobReader>, e: &ZipEntry) -> Res
     let entry = e.clone();
     tokio::task::spawn_blocking(move || decode(&entry, data))
         .await
-        .map_err(|err| {
-            Error::io(
-                format!("decoding {}", e.name),
-                std::io::Error::other(err.to_string()),
-            )
-        })?
+        .map_err(|err| Error::io(format!("decoding {}", e.name), std::io::Error::other(err)))?
 }
 
 fn decode(e: &ZipEntry, data: Bytes) -> Result<Bytes> {
-    let bad = |reason: String| archive_error(&e.blob, Some(&e.name), reason);
     let out = match e.method {
         ZipMethod::Stored => data,
         ZipMethod::Deflated => {
@@ -215,7 +209,10 @@ fn decode(e: &ZipEntry, data: Bytes) -> Result<Bytes> {
             flate2::read::DeflateDecoder::new(&data[..])
                 .take(e.size.saturating_add(1))
                 .read_to_end(&mut out)
-                .map_err(|err| bad(format!("corrupt deflate data: {err}")))?;
+                .map_err(|err| {
+                    let reason = format!("corrupt deflate data: {err}");
+                    archive_error_from(&e.blob, Some(&e.name), reason, err)
+                })?;
             Bytes::from(out)
         }
     };
@@ -245,15 +242,15 @@ fn check_decoded(e: &ZipEntry, len: u64, crc: u32) -> Result<()> {
         ));
     }
     if crc != e.crc32 {
-        return Err(Error::DigestMismatch {
-            what: format!(
+        return Err(Error::digest_mismatch(
+            format!(
                 "entry {:?} of package {} (CRC-32)",
                 e.name,
                 package_name(&e.blob)
             ),
-            expected: format!("{:08x}", e.crc32),
-            actual: format!("{crc:08x}"),
-        });
+            format_args!("{:08x}", e.crc32),
+            format_args!("{crc:08x}"),
+        ));
     }
     Ok(())
 }
@@ -297,9 +294,10 @@ pub(crate) async fn read_deflated_range(
         let mut buf = vec![0u8; 64 << 10];
         let to_end = offset + len >= entry.size;
         loop {
-            let n = d
-                .read(&mut buf)
-                .map_err(|err| bad(format!("corrupt deflate data: {err}")))?;
+            let n = d.read(&mut buf).map_err(|err| {
+                let reason = format!("corrupt deflate data: {err}");
+                archive_error_from(&entry.blob, Some(&entry.name), reason, err)
+            })?;
             if n == 0 {
                 break;
             }

@@ -12,7 +12,7 @@ use crate::blob::BlobReader;
 use crate::codec::input::with_stream;
 use crate::codec::names::check_target;
 use crate::codec::tar::{EntryKind, Names, TocEntry, UNKNOWN_MODE, WalkError};
-use crate::codec::{archive_error, walk_stream};
+use crate::codec::{archive_error, archive_error_from, walk_stream};
 use crate::content::{Compression, Content, SeekPoints, TarFile, TarStream};
 use crate::error::Result;
 use crate::manifest::Descriptor;
@@ -36,7 +36,7 @@ pub(super) async fn list(
             |entry| items.add(entry),
         )
         .map_err(|e| match e {
-            WalkError::Io(e) => archive_error(&b, None, format!("unreadable stream: {e}")),
+            WalkError::Io(e) => archive_error_from(&b, None, format!("unreadable stream: {e}"), e),
             WalkError::Bad(reason) => archive_error(&b, None, reason),
         })?;
         Ok(items.finish(walked.points, walked.len))

@@ -14,7 +14,7 @@ use crate::blob::BlobReader;
 use crate::codec::names::{check_target, entry_components};
 use crate::codec::tar::MAX_NAME;
 use crate::codec::zip::{FLAG_ENCRYPTED, LOCAL_HEADER, le16, le32, read_whole};
-use crate::codec::{MAX_RATIO, archive_error};
+use crate::codec::{MAX_RATIO, archive_error, archive_error_from};
 use crate::content::{Content, ZipEntry, ZipMethod};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
@@ -296,7 +296,10 @@ async fn central_directory(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Re
         fsm = match fsm.process() {
             Ok(FsmResult::Continue(fsm)) => fsm,
             Ok(FsmResult::Done(archive)) => return Ok(archive),
-            Err(e) => return Err(bad(format!("not a readable zip: {e}"))),
+            Err(e) => {
+                let reason = format!("not a readable zip: {e}");
+                return Err(archive_error_from(blob, None, reason, e));
+            }
         };
     }
 }

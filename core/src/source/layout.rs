@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use super::beneath::{Beneath, is_refusal};
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result, cause};
 use crate::fsutil::{read_bounded, read_full_at};
 use crate::manifest::{self, Descriptor, Index, MAX_MANIFEST_SIZE};
 
@@ -44,32 +44,35 @@ impl LayoutSource {
     /// Opens the layout at `root`: checks `oci-layout` and parses `index.json`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        let layout_err = |detail: String| Error::Layout {
+        let layout_err = |detail: String, source: Option<Cause>| Error::Layout {
             path: root.display().to_string(),
             detail,
+            source,
         };
         let dir = Beneath::open(&root).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => layout_err("no such directory".into()),
-            _ => layout_err(format!("cannot open the directory: {e}")),
+            io::ErrorKind::NotFound => layout_err("no such directory".into(), None),
+            _ => layout_err(format!("cannot open the directory: {e}"), cause(e)),
         })?;
         let text = dir
             .open_file(Path::new("oci-layout"))
             .and_then(|f| read_bounded(&f, 64 * 1024))
             .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => {
-                    layout_err("no oci-layout file (is this an OCI image layout?)".into())
-                }
-                _ if is_refusal(&e) => layout_err(e.to_string()),
-                _ => layout_err(format!("cannot read oci-layout: {e}")),
+                io::ErrorKind::NotFound => layout_err(
+                    "no oci-layout file (is this an OCI image layout?)".into(),
+                    None,
+                ),
+                _ if is_refusal(&e) => layout_err(e.to_string(), cause(e)),
+                _ => layout_err(format!("cannot read oci-layout: {e}"), cause(e)),
             })?;
         let version: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| layout_err(format!("oci-layout is not JSON: {e}")))?;
+            .map_err(|e| layout_err(format!("oci-layout is not JSON: {e}"), cause(e)))?;
         match version.get("imageLayoutVersion").and_then(|v| v.as_str()) {
             Some(v) if v.starts_with("1.") => {}
             other => {
-                return Err(layout_err(format!(
-                    "unsupported imageLayoutVersion {other:?} (expected 1.x)"
-                )));
+                return Err(layout_err(
+                    format!("unsupported imageLayoutVersion {other:?} (expected 1.x)"),
+                    None,
+                ));
             }
         }
         let index_path = root.join("index.json");
@@ -77,8 +80,8 @@ impl LayoutSource {
             .open_file(Path::new("index.json"))
             .and_then(|f| read_bounded(&f, MAX_MANIFEST_SIZE))
             .map_err(|e| match e {
-                e if is_refusal(&e) => layout_err(e.to_string()),
-                e => layout_err(format!("cannot read index.json: {e}")),
+                e if is_refusal(&e) => layout_err(e.to_string(), cause(e)),
+                e => layout_err(format!("cannot read index.json: {e}"), cause(e)),
             })?;
         let index = match manifest::parse(
             &bytes,
@@ -87,7 +90,10 @@ impl LayoutSource {
         )? {
             manifest::Parsed::Index(i) => i,
             manifest::Parsed::Manifest(_) => {
-                return Err(layout_err("index.json is a manifest, not an index".into()));
+                return Err(layout_err(
+                    "index.json is a manifest, not an index".into(),
+                    None,
+                ));
             }
         };
         Ok(LayoutSource {
@@ -141,6 +147,7 @@ impl LayoutSource {
                 _ if is_refusal(&e) => Error::Layout {
                     path: self.root.display().to_string(),
                     detail: format!("blob {}: {e}", blob.digest),
+                    source: cause(e),
                 },
                 _ => Error::io(format!("opening {}", path.display()), e),
             })?;
@@ -155,6 +162,7 @@ impl LayoutSource {
                     "blob {} is {len} bytes, its descriptor says {}",
                     blob.digest, blob.size
                 ),
+                source: None,
             });
         }
         let file = Arc::new(file);
@@ -186,6 +194,7 @@ impl LayoutSource {
             _ if is_refusal(&e) => Error::Layout {
                 path: self.root.display().to_string(),
                 detail: format!("manifest {digest}: {e}"),
+                source: cause(e),
             },
             _ => Error::io(format!("reading {}", path.display()), e),
         })?;

@@ -41,7 +41,7 @@ use reqwest::{Response, Url};
 use super::{BlobStream, FetchedManifest, Selector, Source, nearby_tags, skip_bytes};
 use crate::credentials::Credentials;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, cause};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, media_type};
 use crate::reference::{DOCKER_HUB, RegistryRef};
 use crate::retry::RetryPolicy;
@@ -362,6 +362,7 @@ impl RegistrySource {
             .map_err(|e| Error::Unreachable {
                 registry: host.clone(),
                 detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+                source: cause(e),
             })?;
         let trusted_realms = std::env::var(TRUSTED_REALMS_ENV)
             .unwrap_or_default()
@@ -426,7 +427,7 @@ impl RegistrySource {
                     .get(format!("{}://{}/v2/", self.scheme, self.host))
                     .send()
                     .await
-                    .map_err(|e| self.map_reqwest(&e, &what))?;
+                    .map_err(|e| self.map_reqwest(e, &what))?;
                 let status = response.status().as_u16();
                 if (200..300).contains(&status) {
                     // Open: no header until a 401 says otherwise.
@@ -504,7 +505,7 @@ impl RegistrySource {
         let response = request
             .send()
             .await
-            .map_err(|e| self.map_reqwest(&e, &what))?;
+            .map_err(|e| self.map_reqwest(e, &what))?;
         let status = response.status().as_u16();
         if status != 200 {
             if status == 429 || status >= 500 {
@@ -526,7 +527,7 @@ impl RegistrySource {
         }
         let body = match read_bounded(response, MAX_SMALL_BODY).await {
             Ok(b) => b,
-            Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+            Err(BodyError::Transfer(e)) => return Err(self.map_body(e, &what)),
             Err(BodyError::TooLarge(size)) => {
                 return Err(Error::TooLarge {
                     what,
@@ -543,6 +544,7 @@ impl RegistrySource {
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
             what: format!("the answer of the token service {origin}"),
             detail: e.to_string(),
+            source: cause(e),
         })?;
         answer
             .token
@@ -551,6 +553,7 @@ impl RegistrySource {
             .ok_or_else(|| Error::Malformed {
                 what: format!("the answer of the token service {origin}"),
                 detail: "no token in it".into(),
+                source: None,
             })
     }
 
@@ -566,7 +569,7 @@ impl RegistrySource {
             let response = request
                 .send()
                 .await
-                .map_err(|e| self.map_reqwest(&e, what))?;
+                .map_err(|e| self.map_reqwest(e, what))?;
             if response.status().as_u16() == 401 && !reauthed {
                 reauthed = true;
                 let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
@@ -607,15 +610,17 @@ impl RegistrySource {
             status,
             what: what.to_owned(),
             detail,
+            source: None,
         }
     }
 
-    fn map_reqwest(&self, e: &reqwest::Error, what: &str) -> Error {
+    fn map_reqwest(&self, e: reqwest::Error, what: &str) -> Error {
         if e.is_redirect() {
             // Refused by the redirect policy: not transient, never retried.
             Error::Malformed {
                 what: format!("redirect of {what} from {}", self.host),
-                detail: chain(e),
+                detail: chain(&e),
+                source: cause(e),
             }
         } else if e.is_timeout() {
             Error::Timeout {
@@ -625,26 +630,29 @@ impl RegistrySource {
         } else if e.is_connect() {
             Error::Unreachable {
                 registry: self.host.clone(),
-                detail: chain(e),
+                detail: chain(&e),
+                source: cause(e),
             }
         } else if let Some(status) = e.status() {
             Error::Registry {
                 registry: self.host.clone(),
                 status: status.as_u16(),
                 what: what.to_owned(),
-                detail: chain(e),
+                detail: chain(&e),
+                source: cause(e),
             }
         } else {
             Error::Transfer {
                 registry: self.host.clone(),
                 what: what.to_owned(),
-                detail: chain(e),
+                detail: chain(&e),
+                source: cause(e),
             }
         }
     }
 
     /// An error while reading a body: it broke off, or went silent.
-    fn map_body(&self, e: &reqwest::Error, what: &str) -> Error {
+    fn map_body(&self, e: reqwest::Error, what: &str) -> Error {
         if e.is_timeout() {
             Error::Timeout {
                 what: format!("{what} from {}", self.host),
@@ -654,7 +662,8 @@ impl RegistrySource {
             Error::Transfer {
                 registry: self.host.clone(),
                 what: what.to_owned(),
-                detail: chain(e),
+                detail: chain(&e),
+                source: cause(e),
             }
         }
     }
@@ -703,7 +712,7 @@ impl RegistrySource {
         }
         let bytes = match read_bounded(response, MAX_MANIFEST_SIZE).await {
             Ok(b) => b,
-            Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+            Err(BodyError::Transfer(e)) => return Err(self.map_body(e, &what)),
             Err(BodyError::TooLarge(size)) => {
                 return Err(Error::TooLarge {
                     what,
@@ -716,11 +725,7 @@ impl RegistrySource {
         if let Selector::Digest(expected) = selector
             && expected != &digest
         {
-            return Err(Error::DigestMismatch {
-                what,
-                expected: expected.to_string(),
-                actual: digest.to_string(),
-            });
+            return Err(Error::digest_mismatch(what, expected, digest));
         }
         // A registry that states a digest must state the true one.
         if let Some(claimed) = headers
@@ -729,11 +734,11 @@ impl RegistrySource {
             && let Ok(claimed) = claimed.parse::<Digest>()
             && claimed != digest
         {
-            return Err(Error::DigestMismatch {
-                what: format!("{what} (Docker-Content-Digest header)"),
-                expected: claimed.to_string(),
-                actual: digest.to_string(),
-            });
+            return Err(Error::digest_mismatch(
+                format!("{what} (Docker-Content-Digest header)"),
+                claimed,
+                digest,
+            ));
         }
         let media_type = headers
             .get(CONTENT_TYPE)
@@ -784,6 +789,7 @@ impl RegistrySource {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("without a Content-Range")
                         ),
+                        source: None,
                     });
                 }
                 0
@@ -811,6 +817,7 @@ impl RegistrySource {
                     registry: host.clone(),
                     what: what.clone(),
                     detail: chain(&e),
+                    source: cause(e),
                 }
             }
         }));
@@ -903,7 +910,7 @@ impl Source for RegistrySource {
                 }
                 let body = match read_bounded(response, MAX_SMALL_BODY).await {
                     Ok(b) => b,
-                    Err(BodyError::Transfer(e)) => return Err(self.map_body(&e, &what)),
+                    Err(BodyError::Transfer(e)) => return Err(self.map_body(e, &what)),
                     Err(BodyError::TooLarge(size)) => {
                         return Err(Error::TooLarge {
                             what: what.clone(),
@@ -916,6 +923,7 @@ impl Source for RegistrySource {
                     serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                         what: what.clone(),
                         detail: e.to_string(),
+                        source: cause(e),
                     })?;
                 Ok(list.tags.unwrap_or_default())
             })
