@@ -155,14 +155,7 @@ impl Read for BlobRead {
 
 impl TarInput for BlobRead {
     fn read_full(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let mut got = 0;
-        while got < out.len() {
-            match self.read(&mut out[got..])? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        Ok(got)
+        super::tar::read_full(self, out)
     }
 
     /// Skips without reading what is not already read.

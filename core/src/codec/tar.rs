@@ -87,18 +87,23 @@ pub trait TarInput {
 #[derive(Debug)]
 pub struct Stream<R>(pub R);
 
+/// Fills `buf` from `r` as far as it goes; the count read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 impl<R: Read> TarInput for Stream<R> {
     fn read_full(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.0.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(got)
+        read_full(&mut self.0, buf)
     }
 
     fn skip(&mut self, n: u64) -> io::Result<u64> {
