@@ -323,6 +323,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// A cache directory in a format this ocifs does not read (made by a
+    /// newer one, or damaged): refused, never misread.
+    #[error("refusing the cache directory {path}: {detail}")]
+    CacheFormat {
+        /// The directory.
+        path: String,
+        /// What was found, and the fix.
+        detail: String,
+    },
+
     /// Something is not in the cache and the network may not be used.
     #[error("{what} is not in the cache, and {why}")]
     NotCached {
@@ -502,7 +512,7 @@ impl Error {
             | Error::InvalidTitle { .. }
             | Error::Archive { .. }
             | Error::Layer { .. } => INVALID_CONTENT,
-            Error::Io { .. } | Error::UnsafeCache { .. } => OTHER,
+            Error::Io { .. } | Error::UnsafeCache { .. } | Error::CacheFormat { .. } => OTHER,
         }
     }
 

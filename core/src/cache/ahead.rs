@@ -77,9 +77,8 @@ impl Inner {
                     return Ok(());
                 }
                 let partial = inner.partial(&store, &blob)?;
-                let wanted: Vec<u64> = (0..blob.size.div_ceil(partial.chunk_size))
-                    .filter(|c| !partial.has(*c))
-                    .collect();
+                let wanted =
+                    partial.missing(0..=blob.size.div_ceil(partial.chunk_size).saturating_sub(1));
                 // A few chunks at a time: a reader that wants one of them
                 // waits for a short request, not for the whole blob.
                 for batch in wanted.chunks(BACKGROUND_BATCH) {
@@ -162,11 +161,7 @@ impl Inner {
                 return;
             };
             let ahead_end = end.saturating_add(window).min(blob.size);
-            let mut wanted: Vec<u64> = partial
-                .chunks_covering(end, ahead_end)
-                .filter(|c| !partial.has(*c))
-                .collect();
-            wanted.dedup();
+            let wanted = partial.missing(partial.chunks_covering(end, ahead_end));
             if wanted.is_empty() {
                 return;
             }

@@ -126,8 +126,8 @@ impl Inner {
             None => return Ok(None),
         };
         if partial
-            .chunks_covering(offset, offset + len as u64)
-            .all(|c| partial.has(c))
+            .missing(partial.chunks_covering(offset, offset + len as u64))
+            .is_empty()
         {
             let bytes = partial.read(offset, len)?;
             if let Some(table) = table

@@ -43,7 +43,7 @@ impl Inner {
         results.into_iter().collect()
     }
 
-    /// One range request for chunks `first..=last`, under their chunk locks.
+    /// One range request for chunks `first..=last`, under their chunk lock.
     pub(super) async fn fetch_run(
         self: Arc<Self>,
         blob: Descriptor,
@@ -61,24 +61,21 @@ impl Inner {
         let store = self.store.clone();
         let digest = blob.digest.clone();
         let (locks, missing) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut locks = Vec::new();
-            for n in first..=last {
-                match locking.lock_chunk(n) {
-                    Ok(lock) => locks.push(lock),
-                    // Dropped by another process: nothing to fetch into;
-                    // the reader looks again (complete now, or a new
-                    // generation).
-                    Err(_) if locking.is_gone() => return Ok((Vec::new(), Vec::new())),
-                    Err(e) => return Err(e),
-                }
-            }
+            let locks = match locking.lock_chunks(first, last) {
+                Ok(lock) => Some(lock),
+                // Dropped by another process: nothing to fetch into;
+                // the reader looks again (complete now, or a new
+                // generation).
+                Err(_) if locking.is_gone() => return Ok((None, Vec::new())),
+                Err(e) => return Err(e),
+            };
             // Complete: another process promoted the file this partial
             // writes into; not a byte more goes into it.
             if store.is_some_and(|s| s.has_complete(&digest)) {
                 return Ok((locks, Vec::new()));
             }
             // Another process may have fetched some while we waited.
-            let missing: Vec<u64> = (first..=last).filter(|n| !locking.has(*n)).collect();
+            let missing = locking.missing(first..=last);
             Ok((locks, missing))
         })
         .await

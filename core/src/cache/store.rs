@@ -1,14 +1,16 @@
 //! The on-disk content store, shared by any number of ocifs processes.
 //!
 //! ```text
+//! ROOT/ocifs-cache.json                  {"format":2}: the layout below
 //! ROOT/oci-layout                        so other tools can read ROOT as a layout
 //! ROOT/blobs/sha256/<hex>                complete blobs, verified before they got there
 //! ROOT/chunks/sha256/<hex>               the chunk digest table of a complete blob
-//! ROOT/partial/sha256/<hex>/<gen>/data         a sparse file of the blob's size
-//! ROOT/partial/sha256/<hex>/<gen>/meta         {"size":…, "chunkSize":…}
-//! ROOT/partial/sha256/<hex>/<gen>/have/<n>     empty marker: chunk n of data is written and synced
-//! ROOT/partial/sha256/<hex>/<gen>/lock/<n>     lock file of chunk n (held while fetching it)
-//! ROOT/partial/sha256/<hex>/<gen>/promote.lock held while verifying and promoting the blob
+//! ROOT/partial/sha256/<hex>/v2-<gen>/data  a sparse file of the blob's size
+//! ROOT/partial/sha256/<hex>/v2-<gen>/meta  {"size":…, "chunkSize":…}
+//! ROOT/partial/sha256/<hex>/v2-<gen>/map   one byte a chunk: 1 once the chunk is
+//!                                          written (and synced); byte-range locks on
+//!                                          it are the chunk locks
+//! ROOT/partial/sha256/<hex>/stream.lock  held by the one process streaming the blob whole
 //! ROOT/refs/<registry>/<repository>/<tag>  the digest a tag last resolved to
 //! ROOT/tmp/                              temp files, renamed into place when complete
 //! ```
@@ -16,11 +18,18 @@
 //! Invariants that make sharing and crashes safe:
 //! - a name under `blobs/` only ever appears by `rename` of a file whose
 //!   digest was checked, so it never holds half-written or wrong bytes;
-//! - a chunk is present only once its marker exists, and the marker is made
-//!   (by rename) after the chunk's bytes were written and synced, so a crash
-//!   mid-write leaves the chunk absent, never half-present;
-//! - a chunk is fetched by whoever holds its lock file; others wait on the
-//!   lock and then find the marker, so two processes fetch it once;
+//! - a chunk is present only once its byte in the map is set, and that
+//!   byte is written after the chunk's bytes were written (and, for a
+//!   chunk served before the whole blob is checked, synced), so a crash
+//!   mid-write leaves the chunk absent, never half-present. One byte a
+//!   chunk, not one bit: two processes marking neighbouring chunks never
+//!   read-modify-write each other's marks;
+//! - a chunk is written by whoever holds its lock: an open file
+//!   description lock (`F_OFD_SETLKW`) on the chunk's byte of the map, one
+//!   call for a run of chunks, taken on a descriptor of its own so threads
+//!   of one process exclude each other too; others wait and then find the
+//!   chunk marked, so two processes fetch it once. (Where the system has
+//!   no such locks, the whole map is locked: one writer a blob at a time);
 //! - a blob is streamed whole by whoever holds its stream lock, which is
 //!   the blob's (beside its generations): racing makers may each hold a
 //!   different generation, yet only one downloads;
@@ -31,10 +40,19 @@
 //!   again, which appears whole (made in `tmp/`, renamed into place) and
 //!   whose `data` is never replaced. A process that opened a generation
 //!   keeps using its files; once the generation is dropped (promoted,
-//!   evicted, found corrupt) and a new one made, the old handle's markers
-//!   can no longer be taken for the new file's, nor the reverse. (With one
-//!   shared directory, a handle on a dropped partial read the chunks a new
-//!   one marked from its own, older file: zeros.)
+//!   evicted, found corrupt) and a new one made, the old handle's marks
+//!   can no longer be taken for the new file's, nor the reverse.
+//!
+//! Format 1 (before `ocifs-cache.json`) kept a file per chunk marker and per
+//! chunk lock (`g<gen>/have/<n>`, `g<gen>/lock/<n>`): 2,048 files made per GiB
+//! fetched. A format 1 cache is migrated when it is opened: its complete
+//! blobs, tables, indexes and refs are the same in both formats and kept,
+//! its partial downloads are dropped (fetched again when read), and a
+//! warning says so. An older ocifs still running on it never sees a
+//! format 2 partial (it looks for `g*` generations only), and a format 2
+//! process never uses one of its partials and says so: they share complete,
+//! verified blobs only. A cache in a format this code does not know is
+//! refused, never misread.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _};
@@ -50,6 +68,21 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fsutil::{read_full_at, write_all_at};
 use crate::reference::RegistryRef;
+
+/// The cache format this code reads and writes (see the module docs).
+pub const FORMAT: u64 = 2;
+
+/// The file naming the format, at the root.
+const FORMAT_FILE: &str = "ocifs-cache.json";
+
+/// The prefix of a format 2 generation's directory name.
+const GENERATION: &str = "v2-";
+
+/// The prefix of a format 1 generation's directory name.
+const V1_GENERATION: &str = "g";
+
+/// The byte of the map whose lock is the promotion lock (past any chunk).
+const PROMOTE_BYTE: u64 = 1 << 62;
 
 /// The store's own directories.
 const STORE_DIRS: [&str; 6] = [
@@ -123,6 +156,17 @@ fn io_err(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> Error {
 pub struct DiskStore {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Whether this process said that an older ocifs shares the cache.
+    warned_old: std::sync::atomic::AtomicBool,
+}
+
+/// What opening a format 1 cache did to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Migration {
+    /// Partial downloads dropped.
+    pub partials: u64,
+    /// Bytes they held.
+    pub bytes: u64,
 }
 
 /// What one blob occupies in the store, for `ocifs cache ls`.
@@ -153,6 +197,8 @@ struct PartialMeta {
 pub struct Partial {
     dir: PathBuf,
     data: File,
+    /// One byte a chunk: 1 once present.
+    map: File,
     /// The blob's size.
     pub size: u64,
     /// The chunk size this partial blob was created with (it may differ from
@@ -189,18 +235,108 @@ impl DiskStore {
                 check_private(&dir)?;
             }
         }
-        let marker = root.join("oci-layout");
-        if !marker.exists() {
-            let store = DiskStore {
-                root: root.clone(),
-                tmp_counter: AtomicU64::new(0),
-            };
-            store.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        }
-        Ok(DiskStore {
+        let store = DiskStore {
             root,
             tmp_counter: AtomicU64::new(0),
-        })
+            warned_old: std::sync::atomic::AtomicBool::new(false),
+        };
+        store.check_format()?;
+        let marker = store.root.join("oci-layout");
+        if !marker.exists() {
+            store.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        Ok(store)
+    }
+
+    /// Reads the cache's format, refusing one this code does not know and
+    /// migrating a format 1 cache (see the module docs). A new cache gets
+    /// its format file before anything else, so a process racing to open
+    /// it never takes it for an old one.
+    fn check_format(&self) -> Result<()> {
+        let path = self.root.join(FORMAT_FILE);
+        let refuse = |detail: String| Error::CacheFormat {
+            path: self.root.display().to_string(),
+            detail,
+        };
+        match fs::read(&path) {
+            Ok(bytes) => {
+                #[derive(Deserialize)]
+                struct Format {
+                    format: u64,
+                }
+                match serde_json::from_slice::<Format>(&bytes) {
+                    Ok(f) if f.format == FORMAT => Ok(()),
+                    Ok(f) => Err(refuse(format!(
+                        "it is in cache format {}, and this ocifs reads format {FORMAT} \
+                         (it was made by {} ocifs); use that ocifs, or give this one \
+                         another --cache-dir",
+                        f.format,
+                        if f.format > FORMAT {
+                            "a newer"
+                        } else {
+                            "another"
+                        }
+                    ))),
+                    Err(e) => Err(refuse(format!(
+                        "its format file {} is unreadable ({e}); if nothing else uses the \
+                         cache, remove the directory (it is only a cache)",
+                        path.display()
+                    ))),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.root.join("oci-layout").exists() {
+                    let m = self.migrate_v1();
+                    tracing::warn!(
+                        cache = %self.root.display(),
+                        "the cache was written by an older ocifs (cache format 1) and is now \
+                         format {FORMAT}: its complete blobs are kept; {} partial downloads \
+                         ({} bytes) were dropped and are fetched again when read; an older \
+                         ocifs still using this cache shares only complete blobs with this one",
+                        m.partials,
+                        m.bytes
+                    );
+                }
+                self.write_atomic(&path, format!("{{\"format\":{FORMAT}}}").as_bytes())
+            }
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Drops the partial downloads of a format 1 cache (the rest of it is
+    /// the same in format 2).
+    fn migrate_v1(&self) -> Migration {
+        let mut m = Migration::default();
+        let partials = self.root.join("partial/sha256");
+        for blob in fs::read_dir(&partials).into_iter().flatten().flatten() {
+            for generation in fs::read_dir(blob.path()).into_iter().flatten().flatten() {
+                if !generation
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(V1_GENERATION)
+                {
+                    continue;
+                }
+                m.bytes += v1_present(&generation.path());
+                if fs::remove_dir_all(generation.path()).is_ok() {
+                    m.partials += 1;
+                }
+            }
+        }
+        m
+    }
+
+    /// Says, once a process, that an older ocifs is writing partial
+    /// downloads into this cache (`found`, one of its generations).
+    fn warn_old_generation(&self, found: &Path) {
+        if !self.warned_old.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %found.display(),
+                "an ocifs older than cache format {FORMAT} is using this cache: its partial \
+                 downloads are not used here, nor ours there (only complete, verified blobs \
+                 are shared); give it its own --cache-dir, or upgrade it"
+            );
+        }
     }
 
     /// Bytes free for an unprivileged user on the store's filesystem, where
@@ -233,34 +369,44 @@ impl DiskStore {
     }
 
     /// The usable generation of a partial blob: the first by name whose
-    /// meta is for `size` and whose data is still there.
+    /// meta is for `size` and whose data and map are still there.
     fn open_generation(&self, container: &Path, size: u64) -> Option<Partial> {
-        let mut gens: Vec<PathBuf> = fs::read_dir(container)
-            .ok()?
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with('g'))
-            .map(|e| e.path())
-            .collect();
+        let mut gens: Vec<PathBuf> = Vec::new();
+        for e in fs::read_dir(container).ok()?.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(GENERATION) {
+                gens.push(e.path());
+            } else if name.starts_with(V1_GENERATION) {
+                self.warn_old_generation(&e.path());
+            }
+        }
         gens.sort();
         gens.into_iter().find_map(|dir| {
-            let meta = fs::read(dir.join("meta")).ok()?;
-            let meta: PartialMeta = serde_json::from_slice(&meta).ok()?;
+            let meta = read_meta(&dir)?;
             if meta.size != size || meta.chunk_size == 0 {
                 return None;
             }
             // Never created here: a generation whose data is gone was
             // promoted or is being removed.
-            let data = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(dir.join("data"))
-                .ok()?;
-            (data.metadata().ok()?.len() == size).then_some(Partial {
-                dir,
-                data,
-                size,
-                chunk_size: meta.chunk_size,
-            })
+            let open = |name: &str| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join(name))
+                    .ok()
+            };
+            let (data, map) = (open("data")?, open("map")?);
+            let count = size.div_ceil(meta.chunk_size);
+            (data.metadata().ok()?.len() == size && map.metadata().ok()?.len() == count).then_some(
+                Partial {
+                    dir,
+                    data,
+                    map,
+                    size,
+                    chunk_size: meta.chunk_size,
+                },
+            )
         })
     }
 
@@ -474,19 +620,19 @@ impl DiskStore {
             // each add theirs; every one then takes the first by name.
             let tmp = self.tmp_path();
             let made = (|| -> io::Result<()> {
-                fs::create_dir_all(tmp.join("have"))?;
-                fs::create_dir_all(tmp.join("lock"))?;
+                fs::create_dir_all(&tmp)?;
                 let meta = PartialMeta { size, chunk_size };
                 fs::write(
                     tmp.join("meta"),
                     serde_json::to_vec(&meta).unwrap_or_default(),
                 )?;
                 File::create(tmp.join("data"))?.set_len(size)?;
+                File::create(tmp.join("map"))?.set_len(size.div_ceil(chunk_size))?;
                 fs::create_dir_all(&container)?;
                 let name = tmp
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                fs::rename(&tmp, container.join(format!("g{name}")))
+                fs::rename(&tmp, container.join(format!("{GENERATION}{name}")))
             })();
             if let Err(e) = made {
                 let _ = fs::remove_dir_all(&tmp);
@@ -527,26 +673,12 @@ impl DiskStore {
         if final_path.is_file() {
             return Ok(());
         }
-        let lock_path = p.dir.join("promote.lock");
-        let lock = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        {
-            Ok(f) => f,
+        let _lock = match p.lock_range(PROMOTE_BYTE, 1) {
+            Ok(lock) => lock,
             // The generation is gone: another process promoted (or dropped) it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if final_path.is_file() {
-                    Ok(())
-                } else {
-                    Err(Error::io(format!("promoting {digest}"), e))
-                };
-            }
-            Err(e) => return Err(Error::io(format!("promoting {digest}"), e)),
+            Err(_) if final_path.is_file() => return Ok(()),
+            Err(e) => return Err(e),
         };
-        lock.lock()
-            .map_err(io_err(|| format!("locking {}", lock_path.display())))?;
         if final_path.is_file() {
             return Ok(());
         }
@@ -684,19 +816,22 @@ impl DiskStore {
             let mut found: Option<StoredBlob> = None;
             for generation in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
                 let dir = generation.path();
-                let Ok(meta) = fs::read(dir.join("meta"))
-                    .map_err(|_| ())
-                    .and_then(|b| serde_json::from_slice::<PartialMeta>(&b).map_err(|_| ()))
-                else {
+                let Some(meta) = read_meta(&dir) else {
                     continue;
                 };
-                let have = fs::read_dir(dir.join("have"))
-                    .map(|d| d.flatten().count() as u64)
-                    .unwrap_or(0);
                 let used = fs::metadata(dir.join("data"))
                     .map(|m| secs(&m))
                     .unwrap_or(0);
-                let present = (have * meta.chunk_size).min(meta.size);
+                // An older ocifs's generation counts too: it takes room.
+                let present = if generation
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(V1_GENERATION)
+                {
+                    v1_present(&dir)
+                } else {
+                    map_present(&dir, meta)
+                };
                 let b = found.get_or_insert(StoredBlob {
                     digest: digest.clone(),
                     state: "partial",
@@ -873,6 +1008,66 @@ impl DiskStore {
     }
 }
 
+/// A generation's meta, if readable.
+fn read_meta(dir: &Path) -> Option<PartialMeta> {
+    let meta = fs::read(dir.join("meta")).ok()?;
+    serde_json::from_slice(&meta).ok()
+}
+
+/// Bytes present in a format 2 generation, from its map.
+fn map_present(dir: &Path, meta: PartialMeta) -> u64 {
+    let Ok(map) = fs::read(dir.join("map")) else {
+        return 0;
+    };
+    let cs = meta.chunk_size.max(1);
+    (0..)
+        .zip(&map)
+        .filter(|(_, m)| **m == 1)
+        .map(|(n, _)| ((n + 1) * cs).min(meta.size).saturating_sub(n * cs))
+        .sum()
+}
+
+/// Bytes present in a format 1 generation, from its chunk markers.
+fn v1_present(dir: &Path) -> u64 {
+    let Some(meta) = read_meta(dir) else {
+        return 0;
+    };
+    let have = fs::read_dir(dir.join("have"))
+        .map(|d| d.flatten().count() as u64)
+        .unwrap_or(0);
+    (have * meta.chunk_size).min(meta.size)
+}
+
+/// Takes a write lock on `[start, start+len)` of `file`, waiting for it:
+/// an open file description lock, so it belongs to this open of the file
+/// (not to the process), is released when the file is closed, and
+/// excludes other opens in this process as in any other.
+#[cfg(target_os = "linux")]
+fn lock_range(file: &File, start: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use nix::libc;
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: i64::try_from(start).map_err(io::Error::other)?,
+        l_len: i64::try_from(len).map_err(io::Error::other)?,
+        l_pid: 0,
+    };
+    loop {
+        match fcntl(file, FcntlArg::F_OFD_SETLKW(&lock)) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Without byte-range locks: the whole file, one holder at a time.
+#[cfg(not(target_os = "linux"))]
+fn lock_range(file: &File, _start: u64, _len: u64) -> io::Result<()> {
+    file.lock()
+}
+
 /// Hashes a file from its start, whole and in chunks of `chunk_size`,
 /// reading at most one buffer past `size` (a longer file then fails the
 /// caller's length check without being read to its end).
@@ -912,9 +1107,36 @@ impl Partial {
         offset / self.chunk_size..=last / self.chunk_size
     }
 
+    /// The number of chunks.
+    fn count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    /// The map's bytes for chunks `first..first+len` (a map cut short
+    /// reads as absent chunks).
+    fn marks(&self, first: u64, len: u64) -> Vec<u8> {
+        let len = len.min(self.count().saturating_sub(first));
+        let mut buf = vec![0u8; len as usize];
+        let got = read_full_at(&self.map, &mut buf, first).unwrap_or(0);
+        buf.truncate(got);
+        buf
+    }
+
     /// Whether chunk `n` is present.
     pub fn has(&self, n: u64) -> bool {
-        self.dir.join("have").join(n.to_string()).exists()
+        self.marks(n, 1).first() == Some(&1)
+    }
+
+    /// The chunks of `chunks` that are not present.
+    pub fn missing(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+        let (first, last) = (*chunks.start(), *chunks.end());
+        if last < first {
+            return Vec::new();
+        }
+        let marks = self.marks(first, last - first + 1);
+        (first..=last)
+            .filter(|n| marks.get((n - first) as usize) != Some(&1))
+            .collect()
     }
 
     /// Whether this generation was dropped (promoted, evicted, found
@@ -922,38 +1144,43 @@ impl Partial {
     pub fn is_gone(&self) -> bool {
         // Removal (eviction, promotion by another process) takes the
         // directory apart in no set order: either half gone is gone.
-        !self.dir.join("data").exists() || !self.dir.join("lock").is_dir()
+        !self.dir.join("data").exists() || !self.dir.join("map").exists()
     }
 
     /// Whether every chunk is present.
     pub fn is_complete(&self) -> bool {
-        let count = self.size.div_ceil(self.chunk_size);
-        match fs::read_dir(self.dir.join("have")) {
-            Ok(d) => d.flatten().count() as u64 >= count && (0..count).all(|n| self.has(n)),
-            Err(_) => false,
-        }
+        self.first_missing().is_none() && !self.is_gone()
     }
 
-    /// Takes the lock of chunk `n`, waiting for another fetcher to finish.
-    /// Blocking: call from a blocking context.
-    pub fn lock_chunk(&self, n: u64) -> Result<ChunkLock> {
-        let path = self.dir.join("lock").join(n.to_string());
+    /// Locks `[start, start+len)` of this generation's map on a descriptor
+    /// of its own (see the module docs). Blocking.
+    fn lock_range(&self, start: u64, len: u64) -> Result<ChunkLock> {
+        let path = self.dir.join("map");
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(io_err(|| format!("opening {}", path.display())))?;
-        file.lock()
-            .map_err(io_err(|| format!("locking {}", path.display())))?;
+        lock_range(&file, start, len).map_err(io_err(|| format!("locking {}", path.display())))?;
         Ok(ChunkLock { _file: file })
+    }
+
+    /// Takes the lock of chunks `first..=last`, waiting for other writers
+    /// of any of them to finish. Blocking: call from a blocking context.
+    pub fn lock_chunks(&self, first: u64, last: u64) -> Result<ChunkLock> {
+        self.lock_range(first, last.saturating_sub(first) + 1)
+    }
+
+    /// Takes the lock of chunk `n` (see [`Partial::lock_chunks`]).
+    pub fn lock_chunk(&self, n: u64) -> Result<ChunkLock> {
+        self.lock_chunks(n, n)
     }
 
     /// Writes chunks starting at chunk `first` (bytes must start at its
     /// offset and cover whole chunks, the last one possibly short at the end
     /// of the blob), then marks them present. With `sync`, the bytes reach
-    /// the disk before the markers exist (lazy mode serves chunks from here);
-    /// without, a power loss may leave a marker over lost bytes, which the
+    /// the disk before the marks (lazy mode serves chunks from here);
+    /// without, a power loss may leave a mark over lost bytes, which the
     /// whole-blob check before promotion catches (strict mode serves nothing
     /// before it). A process crash loses nothing either way.
     pub fn write_chunks(&self, first: u64, bytes: &[u8], sync: bool) -> Result<()> {
@@ -963,23 +1190,26 @@ impl Partial {
         if sync {
             self.data.sync_data().map_err(io_err(ctx))?;
         }
+        // Whole chunks only; a short piece at the end of the blob is whole.
         let end = offset + bytes.len() as u64;
-        let mut n = first;
-        while n * self.chunk_size < end {
-            let chunk_end = ((n + 1) * self.chunk_size).min(self.size);
-            if chunk_end > end {
-                break; // not whole: leave it absent
-            }
-            let marker = self.dir.join("have").join(n.to_string());
-            File::create(&marker).map_err(io_err(|| format!("marking {}", marker.display())))?;
-            n += 1;
+        let whole = if end >= self.size {
+            self.count().saturating_sub(first)
+        } else {
+            bytes.len() as u64 / self.chunk_size
+        };
+        if whole > 0 {
+            let marks = vec![1u8; whole as usize];
+            write_all_at(&self.map, &marks, first).map_err(io_err(|| {
+                format!("marking chunks in {}", self.dir.join("map").display())
+            }))?;
         }
         Ok(())
     }
 
     /// The first chunk not present, if any.
     pub fn first_missing(&self) -> Option<u64> {
-        (0..self.size.div_ceil(self.chunk_size)).find(|n| !self.has(*n))
+        let marks = self.marks(0, self.count());
+        (0..self.count()).find(|n| marks.get(*n as usize) != Some(&1))
     }
 
     /// Hashes `[0, end)` of the data file (chunks already present).
@@ -1037,6 +1267,8 @@ impl Partial {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn store() -> (tempfile::TempDir, DiskStore) {
@@ -1073,14 +1305,14 @@ mod tests {
         let digest = Digest::of(b"racing");
         let first = s.partial(&digest, 6, 4).unwrap();
         let container = s.partial_dir(&digest);
-        let other = container.join("g0");
-        fs::create_dir_all(other.join("have")).unwrap();
-        fs::create_dir_all(other.join("lock")).unwrap();
+        let other = container.join(format!("{GENERATION}0"));
+        fs::create_dir_all(&other).unwrap();
         fs::copy(first.dir.join("meta"), other.join("meta")).unwrap();
         File::create(other.join("data"))
             .unwrap()
             .set_len(6)
             .unwrap();
+        File::create(other.join("map")).unwrap().set_len(2).unwrap();
         let second = s.partial(&digest, 6, 4).unwrap();
         assert_ne!(first.dir, second.dir, "the test needs two generations");
         let held = first.lock_stream().unwrap().expect("a lock");
@@ -1245,6 +1477,193 @@ mod tests {
         // The good one, from "an older cache", has its table now.
         assert!(s.get_table(&d_good, 4).is_some());
         assert!(s.get_table(&d_bad, 3).is_none());
+    }
+
+    #[test]
+    fn a_partial_is_three_files_whatever_its_chunk_count() {
+        // Format 1 made two files a chunk (a marker and a lock): 2,048 a GiB.
+        let (_d, s) = store();
+        let blob: Vec<u8> = (0..(64 * 4096 + 10) as u32)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        let digest = Digest::of(&blob);
+        let p = s.partial(&digest, blob.len() as u64, 4096).unwrap();
+        for n in 0..65u64 {
+            let (a, b) = (
+                (n * 4096) as usize,
+                ((n + 1) * 4096).min(blob.len() as u64) as usize,
+            );
+            let _lock = p.lock_chunk(n).unwrap();
+            p.write_chunks(n, &blob[a..b], n % 2 == 0).unwrap();
+        }
+        let mut files: Vec<String> = fs::read_dir(&p.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["data", "map", "meta"]);
+        assert!(p.is_complete());
+        assert_eq!(s.usage().unwrap(), blob.len() as u64);
+        s.promote(&p, &digest).unwrap();
+        assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
+    }
+
+    #[test]
+    fn chunk_locks_exclude_overlapping_runs_even_within_one_process() {
+        let (_d, s) = store();
+        let digest = Digest::of(b"locks");
+        let p = Arc::new(s.partial(&digest, 10 * 4096, 4096).unwrap());
+        let held = p.lock_chunks(2, 5).unwrap();
+        // A run that does not overlap is not held up.
+        drop(p.lock_chunks(6, 9).unwrap());
+        drop(p.lock_chunk(1).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let lock = p.lock_chunks(5, 7).unwrap();
+                tx.send(()).unwrap();
+                drop(lock);
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "another thread took chunk 5 while it was held"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the lock was not handed on");
+        waiter.join().unwrap();
+    }
+
+    /// Lays out a format 1 cache as ocifs before format 2 left it: a
+    /// complete blob with its table, and a partial download with a chunk
+    /// marker and a chunk lock file.
+    fn format1_cache(root: &Path, complete: &[u8], partial: &[u8]) -> (Digest, Digest) {
+        let (c, p) = (Digest::of(complete), Digest::of(partial));
+        for sub in STORE_DIRS {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        #[cfg(unix)]
+        for e in walk(root) {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&e, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        fs::write(
+            root.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        fs::write(root.join("blobs/sha256").join(c.hex()), complete).unwrap();
+        let mut h = BlobHasher::new(4096);
+        h.update(complete);
+        let (_, digests) = h.finish();
+        fs::write(
+            root.join("chunks/sha256").join(c.hex()),
+            table::encode(4096, complete.len() as u64, &digests),
+        )
+        .unwrap();
+        let g = root.join("partial/sha256").join(p.hex()).join("g123-0-0");
+        fs::create_dir_all(g.join("have")).unwrap();
+        fs::create_dir_all(g.join("lock")).unwrap();
+        fs::write(
+            g.join("meta"),
+            format!(r#"{{"size":{},"chunkSize":4096}}"#, partial.len()),
+        )
+        .unwrap();
+        let mut data = partial.to_vec();
+        data[4096..].fill(0);
+        fs::write(g.join("data"), &data).unwrap();
+        File::create(g.join("have/0")).unwrap();
+        File::create(g.join("lock/0")).unwrap();
+        (c, p)
+    }
+
+    fn walk(root: &Path) -> Vec<PathBuf> {
+        let mut out = vec![root.to_path_buf()];
+        let mut i = 0;
+        while i < out.len() {
+            if let Ok(d) = fs::read_dir(&out[i]) {
+                out.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn a_format1_cache_is_migrated_keeping_its_complete_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        let complete = vec![5u8; 9000];
+        let partial: Vec<u8> = (0..12_000u32).map(|i| (i % 241) as u8).collect();
+        let (c, p) = format1_cache(&root, &complete, &partial);
+        assert!(!root.join(FORMAT_FILE).exists());
+        let s = DiskStore::open(&root).unwrap();
+        // The format is written, the complete blob and its table kept.
+        assert_eq!(
+            fs::read_to_string(root.join(FORMAT_FILE)).unwrap(),
+            r#"{"format":2}"#
+        );
+        assert!(s.open_complete(&c).unwrap().is_some());
+        assert!(s.get_table(&c, 9000).is_some());
+        // The partial download is dropped: never read in the new format.
+        let container = s.partial_dir(&p);
+        assert_eq!(fs::read_dir(&container).unwrap().count(), 0);
+        let fresh = s.partial(&p, partial.len() as u64, 4096).unwrap();
+        assert!(!fresh.has(0));
+        assert_eq!(s.usage().unwrap(), 9000);
+        // Opening again is a no-op.
+        drop(DiskStore::open(&root).unwrap());
+        assert!(s.has_complete(&c));
+    }
+
+    #[test]
+    fn an_older_ocifs_partial_appearing_later_is_never_used() {
+        // An ocifs of format 1 still running on a migrated cache writes its
+        // own generations: this one must not take its markers for chunks.
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        let partial: Vec<u8> = (0..12_000u32).map(|i| (i % 239) as u8).collect();
+        let s = DiskStore::open(&root).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let (_, p) = format1_cache(scratch.path(), b"x", &partial);
+        let from = scratch.path().join("partial/sha256").join(p.hex());
+        let to = s.partial_dir(&p);
+        fs::create_dir_all(&to).unwrap();
+        fs::rename(from.join("g123-0-0"), to.join("g123-0-0")).unwrap();
+        let mine = s.partial(&p, partial.len() as u64, 4096).unwrap();
+        assert!(
+            mine.dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(GENERATION)
+        );
+        assert!(!mine.has(0), "took an older ocifs's marker for a chunk");
+        // It still counts against the budget, and eviction may remove it.
+        assert_eq!(s.usage().unwrap(), 4096);
+    }
+
+    #[test]
+    fn a_cache_in_an_unknown_format_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        drop(DiskStore::open(&root).unwrap());
+        fs::write(root.join(FORMAT_FILE), br#"{"format":3}"#).unwrap();
+        let err = DiskStore::open(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("cache format 3")
+                && err.contains("reads format 2")
+                && err.contains(&root.display().to_string()),
+            "{err}"
+        );
+        fs::write(root.join(FORMAT_FILE), b"{garbage").unwrap();
+        let err = DiskStore::open(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("unreadable") && err.contains(FORMAT_FILE),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1122,7 +1122,7 @@ mod background {
             std::fs::read_dir(&partial)
                 .map(|d| {
                     d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().starts_with('g'))
+                        .any(|e| e.file_name().to_string_lossy().starts_with("v2-"))
                 })
                 .unwrap_or(false)
         };

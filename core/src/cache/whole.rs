@@ -293,7 +293,7 @@ impl Inner {
     }
 }
 
-/// Writes a batch of whole chunks of a stream into `p`, each under its
+/// Writes a batch of whole chunks of a stream into `p`, under their
 /// chunk lock, and hashes what the blob on disk holds for them: the
 /// streamed bytes where they are written, the bytes already there where
 /// another writer (a lazy reader of another process) was first. Nothing is
@@ -315,29 +315,38 @@ pub(super) fn write_batch(
 ) -> Result<bool> {
     let cs = p.chunk_size as usize;
     let count = bytes.len().div_ceil(cs) as u64;
-    let mut locks = Vec::with_capacity(count as usize);
-    for n in first..first + count {
-        match p.lock_chunk(n) {
-            Ok(lock) => locks.push(lock),
-            // Evicted or promoted by another process meanwhile: this
-            // stream ends; the reader looks again (a complete blob, or a
-            // new generation to stream into).
-            Err(_) if p.is_gone() => return Ok(true),
-            Err(e) => return Err(e),
-        }
+    if count == 0 {
+        return Ok(false);
     }
+    let last = first + count - 1;
+    let _lock = match p.lock_chunks(first, last) {
+        Ok(lock) => lock,
+        // Evicted or promoted by another process meanwhile: this
+        // stream ends; the reader looks again (a complete blob, or a
+        // new generation to stream into).
+        Err(_) if p.is_gone() => return Ok(true),
+        Err(e) => return Err(e),
+    };
     if store.has_complete(digest) {
         return Ok(true);
     }
+    let missing = p.missing(first..=last);
+    let gone = |e: Error| if p.is_gone() { Ok(true) } else { Err(e) };
+    if missing.len() as u64 == count {
+        // The common case: the whole batch is new, one write and one mark.
+        hasher.update(bytes);
+        return p
+            .write_chunks(first, bytes, false)
+            .map(|()| false)
+            .or_else(gone);
+    }
     for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
-        if p.has(n) {
+        if missing.binary_search(&n).is_err() {
             hasher.update(&p.read(n * p.chunk_size, chunk.len())?);
         } else {
             hasher.update(chunk);
-            match p.write_chunks(n, chunk, false) {
-                Ok(()) => {}
-                Err(_) if p.is_gone() => return Ok(true),
-                Err(e) => return Err(e),
+            if let Err(e) = p.write_chunks(n, chunk, false) {
+                return gone(e);
             }
         }
     }

@@ -442,7 +442,10 @@ fn a_crash_during_a_fetch_is_recovered_by_the_next_process() {
     let markers = || -> usize {
         std::fs::read_dir(&generations).map_or(0, |gens| {
             gens.flatten()
-                .map(|g| std::fs::read_dir(g.path().join("have")).map_or(0, |d| d.count()))
+                .map(|g| {
+                    std::fs::read(g.path().join("map"))
+                        .map_or(0, |m| m.iter().filter(|b| **b == 1).count())
+                })
                 .sum()
         })
     };

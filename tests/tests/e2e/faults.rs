@@ -855,7 +855,10 @@ fn markers(cache: &Path, digest: &str) -> u64 {
     let generations = cache.join("partial/sha256").join(&digest[7..]);
     std::fs::read_dir(generations).map_or(0, |gens| {
         gens.flatten()
-            .map(|g| std::fs::read_dir(g.path().join("have")).map_or(0, |d| d.count() as u64))
+            .map(|g| {
+                std::fs::read(g.path().join("map"))
+                    .map_or(0, |m| m.iter().filter(|b| **b == 1).count() as u64)
+            })
             .sum()
     })
 }
