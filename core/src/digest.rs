@@ -133,36 +133,19 @@ impl Hasher {
 /// Hashes a blob whole and chunk by chunk as its bytes pass, in order.
 pub struct BlobHasher {
     whole: Hasher,
+    chunks: ChunkDigests,
+}
+
+/// The chunk digests of a blob, as its bytes pass.
+struct ChunkDigests {
     chunk: Sha256,
     in_chunk: u64,
     chunk_size: u64,
     digests: Vec<[u8; 32]>,
 }
 
-impl std::fmt::Debug for BlobHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobHasher")
-            .field("len", &self.whole.len())
-            .field("chunk_size", &self.chunk_size)
-            .finish()
-    }
-}
-
-impl BlobHasher {
-    /// A hasher of chunks of `chunk_size` (non-zero) bytes.
-    pub fn new(chunk_size: u64) -> Self {
-        BlobHasher {
-            whole: Hasher::new(),
-            chunk: Sha256::new(),
-            in_chunk: 0,
-            chunk_size: chunk_size.max(1),
-            digests: Vec::new(),
-        }
-    }
-
-    /// Feeds the next bytes of the blob.
-    pub fn update(&mut self, mut bytes: &[u8]) {
-        self.whole.update(bytes);
+impl ChunkDigests {
+    fn update(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let take = ((self.chunk_size - self.in_chunk) as usize).min(bytes.len());
             self.chunk.update(&bytes[..take]);
@@ -173,6 +156,50 @@ impl BlobHasher {
                     .push(std::mem::take(&mut self.chunk).finalize().into());
                 self.in_chunk = 0;
             }
+        }
+    }
+}
+
+/// Bytes fed at once from this many on are hashed on two threads: the
+/// whole digest on the caller's, the chunk digests on another.
+const PARALLEL_MIN: usize = 1 << 20;
+
+impl std::fmt::Debug for BlobHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobHasher")
+            .field("len", &self.whole.len())
+            .field("chunk_size", &self.chunks.chunk_size)
+            .finish()
+    }
+}
+
+impl BlobHasher {
+    /// A hasher of chunks of `chunk_size` (non-zero) bytes.
+    pub fn new(chunk_size: u64) -> Self {
+        BlobHasher {
+            whole: Hasher::new(),
+            chunks: ChunkDigests {
+                chunk: Sha256::new(),
+                in_chunk: 0,
+                chunk_size: chunk_size.max(1),
+                digests: Vec::new(),
+            },
+        }
+    }
+
+    /// Feeds the next bytes of the blob. Every byte is hashed twice (the
+    /// blob's digest, its chunk's): a large piece is hashed on two threads
+    /// at once, so the two passes cost the time of one.
+    pub fn update(&mut self, bytes: &[u8]) {
+        if bytes.len() >= PARALLEL_MIN {
+            let (whole, chunks) = (&mut self.whole, &mut self.chunks);
+            std::thread::scope(|s| {
+                s.spawn(|| chunks.update(bytes));
+                whole.update(bytes);
+            });
+        } else {
+            self.whole.update(bytes);
+            self.chunks.update(bytes);
         }
     }
 
@@ -188,16 +215,17 @@ impl BlobHasher {
 
     /// The chunk size of the table.
     pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
+        self.chunks.chunk_size
     }
 
     /// The whole-blob digest and the chunk digests (the last chunk may be
     /// short).
-    pub fn finish(mut self) -> (Digest, Vec<[u8; 32]>) {
-        if self.in_chunk > 0 {
-            self.digests.push(self.chunk.finalize().into());
+    pub fn finish(self) -> (Digest, Vec<[u8; 32]>) {
+        let mut chunks = self.chunks;
+        if chunks.in_chunk > 0 {
+            chunks.digests.push(chunks.chunk.finalize().into());
         }
-        (self.whole.finish(), self.digests)
+        (self.whole.finish(), chunks.digests)
     }
 }
 

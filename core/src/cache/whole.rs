@@ -333,12 +333,20 @@ pub(super) fn write_batch(
     let missing = p.missing(first..=last);
     let gone = |e: Error| if p.is_gone() { Ok(true) } else { Err(e) };
     if missing.len() as u64 == count {
-        // The common case: the whole batch is new, one write and one mark.
-        hasher.update(bytes);
-        return p
-            .write_chunks(first, bytes, false)
-            .map(|()| false)
-            .or_else(gone);
+        // The common case: the whole batch is new: one write and one mark,
+        // on a thread of its own while the batch is hashed.
+        let written = std::thread::scope(|s| {
+            let writing = s.spawn(|| p.write_chunks(first, bytes, false));
+            hasher.update(bytes);
+            writing.join()
+        });
+        return match written {
+            Ok(w) => w.map(|()| false).or_else(gone),
+            Err(_) => Err(Error::io(
+                "writing a batch of chunks",
+                std::io::Error::other("the writing thread panicked"),
+            )),
+        };
     }
     for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
         if missing.binary_search(&n).is_err() {
