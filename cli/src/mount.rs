@@ -294,6 +294,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let (opened, resolution, tree) = open_view(&args, reference).await?;
     options.fs_name = format!("ocifs:{}", opened.reference);
     options.passthrough = !args.no_passthrough;
+    options.read_ahead = Some(args.source.chunk_size);
     let cache = opened.cache.clone();
     // Only whole blobs: a package entry's bytes are not a file of their own.
     options.backing_files = Some(Arc::new(move |content: &Content| match content {

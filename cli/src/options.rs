@@ -183,8 +183,10 @@ pub struct SourceArgs {
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u64,
 
-    /// Memory cache budget.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    /// Memory cache budget for verified chunks. Small by default: a mount's
+    /// readers have the kernel's page cache in front of it, and `cat` of a
+    /// whole blob copies the checked file.
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub memory_cache_size: u64,
 
     /// With --verify lazy: fetch a blob up to this size whole in the

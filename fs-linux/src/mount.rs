@@ -86,12 +86,28 @@ pub fn mount(
     // Answered by the session just started.
     let dev = std::fs::metadata(&mountpoint).map(|m| m.dev()).ok();
     tracing::debug!(mountpoint = %mountpoint.display(), ?dev, "mounted");
+    if let (Some(bytes), Some(dev)) = (options.read_ahead, dev) {
+        set_read_ahead(dev, bytes);
+    }
     Ok(Mount {
         session: Some(session),
         mountpoint,
         dev,
         state,
     })
+}
+
+/// Sets the read-ahead of the mount whose device is `dev` (the kernel
+/// takes at most 128 KiB at FUSE's init; its backing device's sysfs knob
+/// takes more). Without the right to (not root), the kernel's stays.
+fn set_read_ahead(dev: u64, bytes: u64) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&knob, (bytes / 1024).max(4).to_string()) {
+        Ok(()) => tracing::debug!(%knob, bytes, "read-ahead set"),
+        Err(e) => tracing::debug!(%knob, error = %e, "read-ahead left as the kernel set it"),
+    }
 }
 
 impl Mount {

@@ -70,6 +70,11 @@ pub struct MountOptions {
     /// How long the kernel may cache attributes and names (and their
     /// absence). The content never changes while mounted, so long is right.
     pub attr_ttl: Duration,
+    /// The kernel's read-ahead for the mount, in bytes (its
+    /// `/sys/class/bdi/…/read_ahead_kb`, which only root may set; the
+    /// kernel's 128 KiB otherwise). A sequential reader then asks for a
+    /// chunk at a time, in requests of up to 1 MiB.
+    pub read_ahead: Option<u64>,
 }
 
 impl Default for MountOptions {
@@ -85,6 +90,7 @@ impl Default for MountOptions {
             uid: sys::euid(),
             gid: sys::egid(),
             attr_ttl: Duration::from_secs(24 * 60 * 60),
+            read_ahead: None,
         }
     }
 }
@@ -97,6 +103,7 @@ impl fmt::Debug for MountOptions {
             .field("fs_name", &self.fs_name)
             .field("passthrough", &self.passthrough)
             .field("backing_files", &self.backing_files.as_ref().map(|_| ".."))
+            .field("read_ahead", &self.read_ahead)
             .field("uid", &self.uid)
             .field("gid", &self.gid)
             .field("attr_ttl", &self.attr_ttl)

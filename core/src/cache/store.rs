@@ -668,19 +668,21 @@ impl DiskStore {
 
     /// Verifies a complete partial blob and moves it under `blobs/`. On a
     /// mismatch the partial blob is deleted, so nothing of it stays cached.
-    pub fn promote(&self, p: &Partial, digest: &Digest) -> Result<()> {
+    /// True if this call hashed the bytes (false: another process promoted
+    /// the blob first).
+    pub fn promote(&self, p: &Partial, digest: &Digest) -> Result<bool> {
         let final_path = self.blob_path(digest);
         if final_path.is_file() {
-            return Ok(());
+            return Ok(false);
         }
         let _lock = match p.lock_range(PROMOTE_BYTE, 1) {
             Ok(lock) => lock,
             // The generation is gone: another process promoted (or dropped) it.
-            Err(_) if final_path.is_file() => return Ok(()),
+            Err(_) if final_path.is_file() => return Ok(false),
             Err(e) => return Err(e),
         };
         if final_path.is_file() {
-            return Ok(());
+            return Ok(false);
         }
         let data_path = p.dir.join("data");
         let hasher = hash_file(&p.data, p.chunk_size, p.size)
@@ -704,7 +706,7 @@ impl DiskStore {
         self.put_table(digest, p.chunk_size, p.size, &digests)?;
         move_into_place(&data_path, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
-        Ok(())
+        Ok(true)
     }
 
     /// Moves a partial blob whose digest the caller computed and checked
@@ -977,7 +979,7 @@ impl DiskStore {
             }
             match self.open_generation(&container, b.size) {
                 Some(p) if p.is_complete() => match self.promote(&p, &b.digest) {
-                    Ok(()) => report(
+                    Ok(_) => report(
                         &b.digest,
                         "partial with every chunk, verified and completed",
                     ),

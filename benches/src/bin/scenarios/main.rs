@@ -475,6 +475,56 @@ fn boot(host: &str, rows: &mut Vec<Row>) {
     ));
 }
 
+/// What a cold `ocifs prefetch` of the blob costs the system, scaled to a
+/// GiB: syscalls (`strace -c -f`) and the files and directories it makes in
+/// the cache (successful `openat` with `O_CREAT`, and `mkdir`). Format 1 of
+/// the cache made two files a chunk: 2,048 a GiB.
+fn work_per_gib(host: &str, size: u64, rows: &mut Vec<Row>) {
+    let per_gib = |n: f64| n * (1024 * MIB) as f64 / size as f64;
+    let traced = |trace: &[&str]| -> String {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let out = cache.path().join("strace.out");
+        let mut c = Command::new("strace");
+        c.args(["-f", "-o"]).arg(&out).args(trace).arg(ocifs_bin());
+        c.args(["prefetch", "--plain-http", "--cache-dir"])
+            .arg(cache.path().join("c"))
+            .arg(format!("{host}/bench/big:v1"))
+            .arg("big.bin");
+        timed(c);
+        std::fs::read_to_string(&out).expect("strace output")
+    };
+    let summary = traced(&["-c"]);
+    let total: f64 = summary
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .expect("strace -c prints a total line");
+    let scenario = "work per GiB fetched, cold ocifs prefetch, strict";
+    rows.push(Row::new(
+        scenario,
+        "syscalls (strace -c -f; before cache format 2: 22,362)",
+        per_gib(total),
+        "calls",
+        None,
+    ));
+    let calls = traced(&["-e", "trace=openat,mkdir,mkdirat"]);
+    let made = calls
+        .lines()
+        .filter(|l| {
+            let ok = !l.contains("= -1");
+            ok && ((l.contains("openat(") && l.contains("O_CREAT")) || l.contains("mkdir"))
+        })
+        .count();
+    rows.push(Row::new(
+        scenario,
+        "files and directories made (before cache format 2: 2,073)",
+        per_gib(made as f64),
+        "files",
+        None,
+    ));
+}
+
 /// The scenarios on a blob of random bytes (1 GiB, 256 MiB with
 /// `--quick`): whole and partial reads, cold and warm, through `ocifs cat`
 /// and a mount, and 16 parallel readers.
@@ -543,6 +593,22 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
             Some(curl_rate),
         ));
     }
+
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new(ocifs_bin());
+    c.args(["prefetch", "--plain-http", "--cache-dir"])
+        .arg(cache.path())
+        .arg(format!("{host}/bench/big:v1"))
+        .arg("big.bin");
+    rows.push(Row::new(
+        format!("cold sequential read, {label}"),
+        "ocifs prefetch, strict (ratio to curl -o file)",
+        mbps(size, timed(c)),
+        "MB/s",
+        Some(curl_file),
+    ));
+    drop(cache);
+    work_per_gib(&host, size, rows);
 
     eprintln!("== warm sequential read");
     let cache = tempfile::tempdir().expect("tempdir");
