@@ -290,8 +290,8 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     {
         opened.cache.prefetch(blob).await?;
         let (cache, b) = (opened.cache.clone(), (**blob).clone());
-        let copied = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u64>> {
-            let Some(mut file) = cache.backing_file(&b) else {
+        let copied = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<u64>> {
+            let Some(mut file) = cache.checked_file(&b)? else {
                 return Ok(None);
             };
             let mut out = std::io::stdout().lock();

@@ -333,21 +333,42 @@ impl ChunkCache {
     /// and checked now (a blob that fails is dropped, and there is no
     /// backing file). The kernel then trusts the file as it is on disk.
     pub fn backing_file(&self, blob: &Descriptor) -> Option<File> {
+        self.checked_file(blob).ok().flatten()
+    }
+
+    /// [`ChunkCache::backing_file`], saying why there is none when a chunk
+    /// failed its check and the blob cannot be fetched again (no network):
+    /// the error naming the blob. Blocking.
+    pub fn checked_file(&self, blob: &Descriptor) -> Result<Option<File>> {
         let inner = &self.inner;
-        let store = inner.store.as_ref()?;
-        let file = store.open_complete(&blob.digest).ok().flatten()?;
-        if file.metadata().ok()?.len() != blob.size {
-            return None;
+        let Some(store) = inner.store.as_ref() else {
+            return Ok(None);
+        };
+        let Some(file) = store.open_complete(&blob.digest)? else {
+            return Ok(None);
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| {
+                Error::io(
+                    format!("reading {}", store.blob_path(&blob.digest).display()),
+                    e,
+                )
+            })?
+            .len();
+        if len != blob.size {
+            // Cut short or grown: the chunk reads find it and drop it.
+            return Ok(None);
         }
         for n in inner.unchecked(blob) {
-            if !matches!(
-                inner.checked_from_complete(store, blob, &file, n),
-                Ok(Some(_))
-            ) {
-                return None;
+            if inner
+                .checked_from_complete(store, blob, &file, n)?
+                .is_none()
+            {
+                return Ok(None);
             }
         }
-        Some(file)
+        Ok(Some(file))
     }
 
     /// Drops every copy of `blob` (memory, disk): for a caller that found
