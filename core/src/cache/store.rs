@@ -161,12 +161,12 @@ pub struct DiskStore {
 }
 
 /// What opening a format 1 cache did to it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Migration {
+#[derive(Debug, Default)]
+struct Migration {
     /// Partial downloads dropped.
-    pub partials: u64,
+    partials: u64,
     /// Bytes they held.
-    pub bytes: u64,
+    bytes: u64,
 }
 
 /// What one blob occupies in the store, for `ocifs cache ls`.
@@ -1126,7 +1126,7 @@ impl Partial {
 
     /// Whether chunk `n` is present.
     pub fn has(&self, n: u64) -> bool {
-        self.marks(n, 1).first() == Some(&1)
+        self.missing(n..=n).is_empty()
     }
 
     /// The chunks of `chunks` that are not present.
@@ -1173,11 +1173,6 @@ impl Partial {
         self.lock_range(first, last.saturating_sub(first) + 1)
     }
 
-    /// Takes the lock of chunk `n` (see [`Partial::lock_chunks`]).
-    pub fn lock_chunk(&self, n: u64) -> Result<ChunkLock> {
-        self.lock_chunks(n, n)
-    }
-
     /// Writes chunks starting at chunk `first` (bytes must start at its
     /// offset and cover whole chunks, the last one possibly short at the end
     /// of the blob), then marks them present. With `sync`, the bytes reach
@@ -1210,8 +1205,10 @@ impl Partial {
 
     /// The first chunk not present, if any.
     pub fn first_missing(&self) -> Option<u64> {
-        let marks = self.marks(0, self.count());
-        (0..self.count()).find(|n| marks.get(*n as usize) != Some(&1))
+        let count = self.count();
+        (count > 0)
+            .then(|| self.missing(0..=count - 1).first().copied())
+            .flatten()
     }
 
     /// Hashes `[0, end)` of the data file (chunks already present).
@@ -1272,6 +1269,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Writes `blob` into `p` one chunk at a time, each under its lock,
+    /// synced where `sync` says.
+    fn write_each_chunk(p: &Partial, blob: &[u8], sync: impl Fn(u64) -> bool) {
+        let cs = p.chunk_size as usize;
+        for (n, chunk) in (0u64..).zip(blob.chunks(cs)) {
+            let _lock = p.lock_chunks(n, n).unwrap();
+            p.write_chunks(n, chunk, sync(n)).unwrap();
+        }
+    }
 
     fn store() -> (tempfile::TempDir, DiskStore) {
         let d = tempfile::tempdir().unwrap();
@@ -1385,10 +1392,7 @@ mod tests {
         }
         assert!(fresh.has(1) && !fresh.has(2));
         // A stale handle cannot promote the new data either.
-        for n in 0..5u64 {
-            let (a, b) = ((n * 4096) as usize, ((n + 1) * 4096).min(20_000) as usize);
-            fresh.write_chunks(n, &blob[a..b], true).unwrap();
-        }
+        write_each_chunk(&fresh, &blob, |_| true);
         assert!(s.promote(&old, &digest).is_err() || s.has_complete(&digest));
         s.promote(&fresh, &digest).unwrap();
         assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
@@ -1490,14 +1494,7 @@ mod tests {
             .collect();
         let digest = Digest::of(&blob);
         let p = s.partial(&digest, blob.len() as u64, 4096).unwrap();
-        for n in 0..65u64 {
-            let (a, b) = (
-                (n * 4096) as usize,
-                ((n + 1) * 4096).min(blob.len() as u64) as usize,
-            );
-            let _lock = p.lock_chunk(n).unwrap();
-            p.write_chunks(n, &blob[a..b], n % 2 == 0).unwrap();
-        }
+        write_each_chunk(&p, &blob, |n| n % 2 == 0);
         let mut files: Vec<String> = fs::read_dir(&p.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1518,7 +1515,7 @@ mod tests {
         let held = p.lock_chunks(2, 5).unwrap();
         // A run that does not overlap is not held up.
         drop(p.lock_chunks(6, 9).unwrap());
-        drop(p.lock_chunk(1).unwrap());
+        drop(p.lock_chunks(1, 1).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let p = p.clone();
