@@ -1,15 +1,21 @@
 //! `ocifs`: browse and mount OCI artifacts, fetching bytes on first read.
 
 mod commands;
+mod config;
+mod helper;
 mod mount;
+mod notify;
 mod options;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use options::{CacheCmdArgs, CatArgs, InspectArgs, LsArgs, PrefetchArgs};
+use config::Config;
+use options::{
+    CacheCmdArgs, CatArgs, ConfigCmdArgs, ConfigCommand, InspectArgs, LsArgs, PrefetchArgs,
+};
 
 /// Browse OCI artifacts and images without pulling them.
 #[derive(Debug, Parser)]
@@ -22,6 +28,12 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+
+    /// Read the settings from this file only [default: /etc/ocifs/config.toml,
+    /// then $XDG_CONFIG_HOME/ocifs/config.toml; %ProgramData% and %APPDATA% on
+    /// Windows]. Flags win over it.
+    #[arg(long, value_name = "FILE", env = "OCIFS_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -45,6 +57,28 @@ enum Command {
     Umount(mount::UmountArgs),
     /// Show a mount's counters: hits, misses, bytes fetched.
     Stats(mount::StatsArgs),
+    /// Show the settings in effect and where each came from.
+    Config(ConfigCmdArgs),
+}
+
+impl Command {
+    /// Fills in what the config files say where no flag said it. `m` are
+    /// the command's own matches.
+    fn configure(&mut self, config: &Config, m: &ArgMatches) {
+        match self {
+            Command::Inspect(a) => config.apply_source(&mut a.source, m),
+            Command::Ls(a) => config.apply_source(&mut a.source, m),
+            Command::Cat(a) => config.apply_source(&mut a.source, m),
+            Command::Prefetch(a) => config.apply_source(&mut a.source, m),
+            Command::Mount(a) => config.apply_source(&mut a.source, m),
+            Command::Cache(a) => config.apply_cache(&mut a.cache, m),
+            Command::Config(a) => match (&mut a.command, m.subcommand()) {
+                (ConfigCommand::Show(s), Some((_, m))) => config.apply_source(&mut s.source, m),
+                (ConfigCommand::Show(_), None) => {}
+            },
+            Command::Umount(_) | Command::Stats(_) => {}
+        }
+    }
 }
 
 fn init_logging(
@@ -98,19 +132,89 @@ fn init_logging(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let lossy: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut root = Cli::command();
+    root.build();
+    let subcommands: Vec<String> = root
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .chain(["help".to_owned()])
+        .collect();
+    // As mount(8)'s helper, the arguments are translated, and every failure
+    // gets one of mount(8)'s exit codes.
+    let helper = helper::is_helper(&lossy, &subcommands);
+    let (raw, fake) = if helper {
+        let mount = root
+            .find_subcommand("mount")
+            .expect("ocifs has a mount command");
+        match helper::translate(&lossy[1..], mount) {
+            Ok(call) => (call.args, call.fake),
+            Err(e) => {
+                eprintln!("mount.fuse.ocifs: {e}");
+                return ExitCode::from(helper::EXIT_USAGE);
+            }
+        }
+    } else {
+        (lossy[1..].to_vec(), false)
+    };
+    let parsed = if helper {
+        root.clone()
+            .try_get_matches_from(std::iter::once("ocifs".to_owned()).chain(raw.clone()))
+    } else {
+        root.clone().try_get_matches_from(argv)
+    };
+    let matches = match parsed {
+        Ok(m) => m,
+        Err(e) if helper => {
+            let _ = e.print();
+            return ExitCode::from(helper::EXIT_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let config = match Config::load(cli.config.as_deref(), &config::default_files()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ocifs: {e:#}");
+            return ExitCode::from(if helper {
+                helper::EXIT_USAGE
+            } else {
+                ocifs_core::exit_code::USAGE
+            });
+        }
+    };
+    let (_, command_matches) = matches.subcommand().expect("clap requires a subcommand");
+    cli.command.configure(&config, command_matches);
+    if fake {
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Config(args) = &cli.command {
+        let ConfigCommand::Show(show) = &args.command;
+        let show_matches = command_matches
+            .subcommand()
+            .map_or(command_matches, |(_, m)| m);
+        print!("{}", config.show(&show.source, show_matches));
+        return ExitCode::SUCCESS;
+    }
     if let Command::Mount(args) = &cli.command
         && args.daemon
     {
-        let mut command = <Cli as clap::CommandFactory>::command();
-        command.build();
-        let options = command
+        let options = root
             .find_subcommand("mount")
             .map(mount::ValueOptions::of)
             .unwrap_or_default();
-        return mount::daemonize(args, &options).unwrap_or_else(|e| {
+        let code = mount::daemonize(args, &options, &raw).unwrap_or_else(|e| {
             eprintln!("ocifs: {}", message(&e));
-            ExitCode::from(ocifs_core::exit_code::OTHER)
+            ocifs_core::exit_code::OTHER
+        });
+        return ExitCode::from(match code {
+            0 => 0,
+            _ if helper => helper::EXIT_FAILURE,
+            c => c,
         });
     }
     let log_file = match &cli.command {
@@ -141,6 +245,7 @@ fn main() -> ExitCode {
             Command::Mount(args) => mount::mount(args).await,
             Command::Umount(args) => mount::umount(args),
             Command::Stats(args) => mount::stats(args),
+            Command::Config(_) => unreachable!("answered before the runtime starts"),
         }
     });
     match result {

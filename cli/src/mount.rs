@@ -2,7 +2,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -96,29 +96,37 @@ pub struct StatsArgs {
 /// `--password-stdin` and reads it from a pipe this process writes and closes.
 /// `options` names the mount command's options that take a value, to tell a
 /// password from the value of another option.
-pub fn daemonize(args: &MountArgs, options: &ValueOptions) -> anyhow::Result<ExitCode> {
+pub fn daemonize(args: &MountArgs, options: &ValueOptions, raw: &[String]) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding the ocifs executable")?;
-    let raw: Vec<String> = std::env::args().skip(1).collect();
     let password = match (&args.source.password, args.source.password_stdin) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => Some(crate::options::read_password_line()?),
         (None, false) => None,
     };
-    let mut child_args = child_arguments(&raw, options);
+    let mut child_args = child_arguments(raw, options);
+    // Options go before a `--`, after which everything is an operand.
+    let mut added = vec!["--notify-ready".to_owned()];
     if password.is_some() {
-        child_args.push("--password-stdin".into());
+        added.push("--password-stdin".into());
     }
+    let at = child_args
+        .iter()
+        .position(|a| a == "--")
+        .unwrap_or(child_args.len());
+    child_args.splice(at..at, added);
     let mut child = {
         let mut c = Command::new(exe);
         c.args(&child_args)
-            .arg("--notify-ready")
             .stdin(if password.is_some() {
                 Stdio::piped()
             } else {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // The service manager's main process is this one, which exits:
+            // a `Type=notify` unit runs `ocifs mount` without --daemon.
+            .env_remove("NOTIFY_SOCKET");
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c.spawn().context("starting the mount process")?
@@ -139,16 +147,14 @@ pub fn daemonize(args: &MountArgs, options: &ValueOptions) -> anyhow::Result<Exi
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         if line == READY {
             // Mounted: leave the child running with its pipes closed.
-            return Ok(ExitCode::SUCCESS);
+            return Ok(0);
         }
     }
     let _ = relay.join();
     let status = child.wait().context("waiting for the mount process")?;
-    Ok(ExitCode::from(
-        status
-            .code()
-            .map_or(ocifs_core::exit_code::OTHER, |c| c.clamp(1, 255) as u8),
-    ))
+    Ok(status
+        .code()
+        .map_or(ocifs_core::exit_code::OTHER, |c| c.clamp(1, 255) as u8))
 }
 
 /// The options of `ocifs mount` that take a value, by short and long name.
@@ -313,12 +319,14 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     if args.notify_ready {
         notify_ready()?;
     }
+    crate::notify::notify("READY=1");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: unmounting"),
         _ = terminate.recv() => tracing::info!("terminated: unmounting"),
         () = mount.unmounted() => tracing::info!("unmounted"),
     }
+    crate::notify::notify("STOPPING=1");
     let stats = mount.stats();
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
     opened.cache.close();

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use std::sync::Arc;
 
+use crate::config::RegistrySettings;
 use ocifs_core::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
     ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Manifest,
@@ -166,6 +167,14 @@ pub struct SourceArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub timeout: f64,
 
+    /// Retry a failed registry request this many times (within --timeout).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub retries: u32,
+
+    /// What the config file says per registry (plain_http, insecure).
+    #[arg(skip)]
+    pub registries: std::collections::BTreeMap<String, crate::config::RegistrySettings>,
+
     #[command(flatten)]
     pub cache: CacheArgs,
 
@@ -288,12 +297,20 @@ impl SourceArgs {
             Reference::Registry(r) => {
                 let s = self.cache.store()?;
                 store = Some(s.clone());
+                let configured = self.registries.get(&r.registry);
+                let from_file =
+                    |pick: fn(&RegistrySettings) -> &Option<crate::config::Set<bool>>| {
+                        configured
+                            .and_then(|c| pick(c).as_ref())
+                            .is_some_and(|s| s.value)
+                    };
                 let options = RegistryOptions {
-                    plain_http: self.plain_http,
-                    insecure: self.insecure,
+                    plain_http: self.plain_http || from_file(|r| &r.plain_http),
+                    insecure: self.insecure || from_file(|r| &r.insecure),
                     credentials: self.credentials(&r.registry)?,
                     retry: RetryPolicy {
                         total,
+                        max_attempts: self.retries.saturating_add(1),
                         ..RetryPolicy::default()
                     },
                     read_timeout: total.min(Duration::from_secs(30)),
@@ -427,4 +444,26 @@ pub struct CatArgs {
     /// REF, then the file to write to stdout.
     #[arg(value_name = "REF PATH", num_args = 1..=2, required = true)]
     pub operands: Vec<String>,
+}
+
+/// `ocifs config`.
+#[derive(Debug, Args)]
+pub struct ConfigCmdArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// What to do with the settings.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the settings in effect (with these flags) and where each came
+    /// from: a flag, the environment, a config file, or the default.
+    Show(ConfigShowArgs),
+}
+
+/// `ocifs config show`.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
