@@ -66,6 +66,16 @@ pub fn mount(
             io::Error::from(io::ErrorKind::NotFound),
         ));
     }
+    if options.allow_other && sys::euid() != 0 && !sys::users_may_allow_other() {
+        return Err(Error::io(
+            format!(
+                "{}: allow_other is for root only unless /etc/fuse.conf has a line \
+                 user_allow_other (an administrator adds it; fusermount3 refuses otherwise)",
+                context()
+            ),
+            io::Error::from_raw_os_error(libc::EPERM),
+        ));
+    }
     let state = Arc::new(State::new(tree, reader));
     let config = options.fuser_config();
     let fs = OciFs::new(Arc::clone(&state), &options, runtime);

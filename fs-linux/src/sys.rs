@@ -71,6 +71,16 @@ pub(crate) fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// Whether `/etc/fuse.conf` lets users other than root mount with
+/// `allow_other` (a line `user_allow_other`), as fusermount3 reads it.
+pub(crate) fn users_may_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|text| fuse_conf_allows_other(&text))
+}
+
+fn fuse_conf_allows_other(text: &str) -> bool {
+    text.lines().any(|l| l.trim() == "user_allow_other")
+}
+
 /// One line of `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct MountEntry {
@@ -181,6 +191,16 @@ mod tests {
         assert_eq!(m.source, "oci:x y");
         assert_eq!(m.super_options, "ro,user_id=0,group_id=0");
         assert!(parse_mountinfo_line("garbage").is_none());
+    }
+
+    #[test]
+    fn fuse_conf_allows_other_only_on_a_line_of_its_own() {
+        assert!(fuse_conf_allows_other(
+            "# c\n  user_allow_other  \nmount_max = 9\n"
+        ));
+        assert!(!fuse_conf_allows_other("#user_allow_other\n"));
+        assert!(!fuse_conf_allows_other("user_allow_other_not\n"));
+        assert!(!fuse_conf_allows_other(""));
     }
 
     #[test]

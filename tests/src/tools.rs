@@ -75,6 +75,9 @@ fn hermetic(command: &mut Command) {
         .env("no_proxy", "*")
         .env("DOCKER_CONFIG", &empty)
         .env("XDG_RUNTIME_DIR", &empty)
+        // No user's config file; a test that wants one sets its own.
+        .env("XDG_CONFIG_HOME", &empty)
+        .env_remove("OCIFS_CONFIG")
         .env_remove("REGISTRY_AUTH_FILE");
 }
 

@@ -15,6 +15,7 @@ mod harness;
 mod integrity;
 mod layouts;
 mod mount;
+mod node;
 mod packages;
 mod platforms;
 mod rootfs;
