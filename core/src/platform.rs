@@ -28,6 +28,34 @@ pub struct Platform {
     pub os_version: String,
 }
 
+/// Operating systems as OCI (GOOS) names them.
+const OSES: [&str; 16] = [
+    "linux",
+    "windows",
+    "darwin",
+    "freebsd",
+    "netbsd",
+    "openbsd",
+    "dragonfly",
+    "solaris",
+    "illumos",
+    "aix",
+    "android",
+    "ios",
+    "plan9",
+    "js",
+    "wasip1",
+    "zos",
+];
+
+/// Architectures as OCI (GOARCH) names them, and the spellings
+/// [`normalize_arch`] understands.
+const ARCHES: [&str; 24] = [
+    "amd64", "x86_64", "x86-64", "arm64", "aarch64", "arm", "armhf", "armel", "386", "i386",
+    "i686", "x86", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le", "mips64", "mipsle", "mips",
+    "loong64", "wasm", "sparc64", "ppc",
+];
+
 fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     let arch = arch.to_ascii_lowercase();
     let variant = variant.to_ascii_lowercase();
@@ -134,7 +162,18 @@ impl FromStr for Platform {
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
+        // A bare architecture (`aarch64`, `arm/v7`) means this machine's OS.
+        let host = Platform::host();
+        let is_os = |p: &str| OSES.contains(&p.to_ascii_lowercase().as_str());
+        let is_arch = |p: &str| ARCHES.contains(&p.to_ascii_lowercase().as_str());
         let (os, arch, variant) = match parts.as_slice() {
+            [os] if is_os(os) => {
+                return Err(bad(
+                    "an OS alone: give OS/ARCH (e.g. linux/amd64) or an architecture",
+                ));
+            }
+            [arch] => (host.os.as_str(), *arch, ""),
+            [arch, variant] if is_arch(arch) && !is_os(arch) => (host.os.as_str(), *arch, *variant),
             [os, arch] => (*os, *arch, ""),
             [os, arch, variant] => (*os, *arch, *variant),
             _ => return Err(bad("wrong number of '/'-separated parts")),
@@ -216,6 +255,26 @@ mod tests {
         assert!(!p("linux/amd64").matches(&p("windows/amd64")));
         assert!(p("linux/arm/v7").matches(&p("linux/arm")));
         assert!(!p("linux/arm/v6").matches(&p("linux/arm/v7")));
+    }
+
+    #[test]
+    fn a_bare_architecture_means_this_machines_os() {
+        let os = Platform::host().os;
+        for bare in [
+            "aarch64",
+            "x86_64",
+            "arm64",
+            "arm/v7",
+            "arm64/v8",
+            "riscv64:1.0",
+        ] {
+            assert_eq!(p(bare), p(&format!("{os}/{bare}")), "{bare}");
+        }
+        assert!(p("aarch64").matches(&p(&format!("{os}/arm64/v8"))));
+        // An OS first is still OS/ARCH.
+        assert_eq!(p("windows/amd64").os, "windows");
+        let e = "linux".parse::<Platform>().unwrap_err().to_string();
+        assert!(e.contains("an OS alone"), "{e}");
     }
 
     #[test]

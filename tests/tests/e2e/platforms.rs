@@ -79,6 +79,10 @@ fn choices() -> Vec<(&'static str, usize)> {
         ("linux/arm64/v8:1.0", 1),
         ("linux/arm64:2.0", 2),
         ("windows/amd64", 3),
+        // A bare architecture is this machine's OS (Linux here) with it.
+        ("x86_64", 0),
+        ("aarch64:1.0", 1),
+        ("arm64/v8:2.0", 2),
     ]
 }
 
