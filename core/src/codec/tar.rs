@@ -350,11 +350,14 @@ pub fn walk_each<I: TarInput + ?Sized>(
         let raw_name = p.name.unwrap_or_else(|| header.path_bytes().into_owned());
         let shown = shown_name(&raw_name);
         let kind_byte = kind.as_byte();
-        let is_file = kind.is_file() || kind.is_contiguous() || kind_byte == 0;
+        // A v7 tar has no directory type: a regular file's name ending in
+        // `/` is a directory, as every tar reader takes it.
+        let dir_by_name = matches!(kind_byte, 0 | b'0') && raw_name.ends_with(b"/");
+        let is_file = (kind.is_file() || kind.is_contiguous() || kind_byte == 0) && !dir_by_name;
         // Only regular files carry data (a hard link's size field is
         // sometimes set; its data is not in the stream).
         let stored = p.size.unwrap_or(header_size);
-        let data_len = if is_file || kind.is_gnu_sparse() || kind_byte > b'7' {
+        let data_len = if is_file || dir_by_name || kind.is_gnu_sparse() || kind_byte > b'7' {
             stored
         } else {
             0
@@ -387,7 +390,7 @@ pub fn walk_each<I: TarInput + ?Sized>(
             let link = String::from_utf8(link).map_err(|_| "the link target is not UTF-8")?;
             let (kind, link) = if is_file {
                 (EntryKind::File, String::new())
-            } else if kind.is_dir() {
+            } else if kind.is_dir() || dir_by_name {
                 (EntryKind::Dir, String::new())
             } else if kind.is_symlink() {
                 if link.is_empty() || link.len() > PATH_MAX || link.contains('\0') {
@@ -618,6 +621,45 @@ mod tests {
         assert_eq!(toc.entries[4].link, "bin/su");
         assert_eq!((toc.entries[5].major, toc.entries[5].minor), (1, 3));
         assert_eq!((toc.entries[6].major, toc.entries[6].minor), (8, 1));
+    }
+
+    #[test]
+    fn a_v7_name_ending_in_a_slash_is_a_directory() {
+        let tar = build(|b| {
+            for (name, kind, data) in [
+                (&b"d/"[..], 0u8, &b""[..]),
+                (b"d/f", 0, b"abc"),
+                (b"d/e/", b'0', b""),
+                (b"d/e/g", b'0', b"xy"),
+            ] {
+                let mut h = tar::Header::new_old();
+                h.as_old_mut().name[..name.len()].copy_from_slice(name);
+                h.set_entry_type(tar::EntryType::new(kind));
+                h.set_size(data.len() as u64);
+                h.set_mode(0o755);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(1_700_000_000);
+                h.set_cksum();
+                b.append(&h, data).unwrap();
+            }
+        });
+        let toc = walk_bytes(&tar).unwrap();
+        assert!(toc.problems.is_empty(), "{:?}", toc.problems);
+        let kinds: Vec<(&str, EntryKind, u64)> = toc
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.size))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("d", EntryKind::Dir, 0),
+                ("d/f", EntryKind::File, 3),
+                ("d/e", EntryKind::Dir, 0),
+                ("d/e/g", EntryKind::File, 2),
+            ]
+        );
     }
 
     #[test]

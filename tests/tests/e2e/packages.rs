@@ -653,3 +653,61 @@ fn a_hostile_zip_lists_its_good_entries_and_names_the_bad_ones() {
     assert!(start.elapsed() < Duration::from_secs(30));
     assert!(mnt.log().contains("sizes disagree"), "{}", mnt.log());
 }
+
+#[test]
+fn a_v7_tar_from_bsdtar_shows_its_directories() {
+    // bsdtar's v7 format has no directory type: `d/` is a typeflag-0 entry
+    // whose name ends in `/`. Every reader takes it as a directory.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let src = dir.path().join("src");
+    for i in 0..12 {
+        let sub = src.join(format!("d/sub{}", i % 3));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(sub.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
+    }
+    let tar = dir.path().join("v7.tar");
+    let status = Command::new("bsdtar")
+        .current_dir(&src)
+        .args(["--format", "v7", "-cf"])
+        .arg(&tar)
+        .arg("d")
+        .status()
+        .expect("bsdtar (libarchive-tools) is installed");
+    assert!(status.success());
+    let bytes = std::fs::read(&tar).expect("read");
+    assert_eq!(bytes[156], 0, "bsdtar's v7 writes typeflag NUL for d/");
+    let extracted = dir.path().join("x");
+    std::fs::create_dir(&extracted).expect("mkdir");
+    let status = Command::new("bsdtar")
+        .args(["-xf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .expect("bsdtar");
+    assert!(status.success());
+    oras_push(
+        &registry.host(),
+        "v7/pkg:v1",
+        &[PushFile::new(&tar)],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/v7/pkg:v1", registry.host());
+    let mut want = vec!["v7/".to_owned()];
+    let mut tree = Vec::new();
+    walk(&extracted, &extracted, &mut tree);
+    assert_eq!(tree.len(), 1 + 3 + 12, "{tree:?}");
+    want.extend(tree.iter().map(|p| format!("v7/{p}")));
+    want.push("v7.tar".to_owned());
+    let out = run_ocifs(["ls", "-R", "--plain-http", "--expand", &reference]);
+    assert_eq!(lines(out.success()), want);
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--expand",
+        &reference,
+        "v7/d/sub1/f4.txt",
+    ]);
+    assert_eq!(out.success().stdout, b"file 4\n");
+}
