@@ -132,7 +132,7 @@ impl Items {
             Ok(kind) => self.index.items.push(Item {
                 path,
                 kind,
-                mode: (e.mode != UNKNOWN_MODE).then_some(e.mode & 0o777),
+                mode: (e.mode != UNKNOWN_MODE).then_some(e.mode & 0o7777),
                 mtime: u64::try_from(e.mtime)
                     .ok()
                     .filter(|s| *s > 0)

@@ -86,7 +86,17 @@ pub(super) async fn list(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Resu
             .ok()
             .filter(|s| *s > 0)
             .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        let mode = Some(e.mode.0 & 0o777).filter(|m| *m != 0);
+        // Shown as the attributes say, setuid, setgid and sticky bits too
+        // (a mount is nosuid whatever they say).
+        let special = [
+            (Mode::SETUID, 0o4000),
+            (Mode::SETGID, 0o2000),
+            (Mode::STICKY, 0o1000),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| e.mode.has(*flag))
+        .fold(0, |bits, (_, bit)| bits | bit);
+        let mode = Some((e.mode.0 & 0o777) | special).filter(|m| *m != 0);
         let kind = match e.kind() {
             EntryKind::Directory => ItemKind::Dir,
             EntryKind::File => {
@@ -116,11 +126,10 @@ fn check_entry(blob: &Descriptor, e: &rc_zip::Entry) -> Result<(), String> {
     if e.flags & FLAG_ENCRYPTED != 0 {
         return Err("encrypted (not supported)".into());
     }
-    if e.mode.has(Mode::DEVICE)
-        || e.mode.has(Mode::NAMED_PIPE)
-        || e.mode.has(Mode::SOCKET)
-        || e.mode.has(Mode::IRREGULAR)
-    {
+    // A FIFO is what Info-ZIP records for data it read from stdin
+    // (`… | zip - -`); unzip and Python extract a regular file, and so is
+    // it shown.
+    if e.mode.has(Mode::DEVICE) || e.mode.has(Mode::SOCKET) || e.mode.has(Mode::IRREGULAR) {
         return Err("not a regular file, directory or symlink".into());
     }
     if e.kind() == EntryKind::Directory {

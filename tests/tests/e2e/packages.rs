@@ -711,3 +711,93 @@ fn a_v7_tar_from_bsdtar_shows_its_directories() {
     ]);
     assert_eq!(out.success().stdout, b"file 4\n");
 }
+
+#[test]
+fn zip_modes_are_shown_as_the_attributes_say_and_stdin_entries_are_files() {
+    // Info-ZIP records setuid, setgid and sticky bits, and marks data it
+    // read from stdin (`… | zip pkg.zip -`) as a FIFO; unzip and Python
+    // extract that as a regular file.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("tmp")).expect("mkdir");
+    for (name, mode) in [("su", 0o4755), ("sg", 0o2755)] {
+        std::fs::write(src.join(name), name).expect("write");
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    }
+    std::fs::set_permissions(src.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
+    let zip = dir.path().join("modes.zip");
+    let status = Command::new("zip")
+        .current_dir(&src)
+        .args(["-q", "-r"])
+        .arg(&zip)
+        .args(["su", "sg", "tmp"])
+        .status()
+        .expect("zip");
+    assert!(status.success());
+    let mut child = Command::new("zip")
+        .arg("-q")
+        .arg(&zip)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("zip");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"from stdin\n")
+        .expect("write");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("zip").success());
+    // What Python's zipfile extracts of the stdin entry.
+    let py = dir.path().join("py");
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&zip)
+        .arg(&py)
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let extracted = std::fs::read(py.join("-")).expect("Python extracted a regular file");
+    oras_push(
+        &registry.host(),
+        "modes/pkg:v1",
+        &[PushFile::new(&zip)],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/modes/pkg:v1", registry.host());
+    let out = run_ocifs([
+        "ls",
+        "-R",
+        "--json",
+        "--plain-http",
+        "--expand",
+        &reference,
+        "modes",
+    ]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.success().stdout).expect("json");
+    let row = |path: &str| {
+        rows.as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {rows}"))
+            .clone()
+    };
+    for (path, kind, mode) in [
+        ("su", "file", 0o4755),
+        ("sg", "file", 0o2755),
+        ("tmp", "dir", 0o1777),
+        ("-", "file", 0o600),
+    ] {
+        let r = row(path);
+        assert_eq!(
+            (r["type"].as_str(), r["mode"].as_u64()),
+            (Some(kind), Some(mode)),
+            "{r}"
+        );
+    }
+    // Paths are from the directory listed.
+    assert_eq!(row("-")["size"].as_u64(), Some(extracted.len() as u64));
+    let out = run_ocifs(["cat", "--plain-http", "--expand", &reference, "modes/-"]);
+    assert_eq!(out.success().stdout, extracted);
+}
