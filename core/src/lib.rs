@@ -96,7 +96,7 @@ pub use view::{Expand, View, ViewOptions};
 /// indexer. Not a stable interface.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::codec::{MAX_RATIO, gzip, inflate_limit, tar, zstd};
+    pub use crate::codec::{MAX_TRAILING, decoded_limit, gzip, tar, zstd};
     pub use crate::image::{build as build_image, format, layer_compression, layer_index, overlay};
     pub use crate::package::{Item, ItemKind, Listing, MAX_ENTRIES, list as list_package};
 }

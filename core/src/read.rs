@@ -29,7 +29,7 @@ use crate::cache::ChunkCache;
 use crate::codec::input::{BlobRead, Bounded, reader_error, with_stream};
 use crate::codec::zip::{self, DECODE_WHOLE_MAX};
 use crate::codec::zstd::Zstd;
-use crate::codec::{BOMB, Tee, decoder, gzip, inflate_limit, zstd};
+use crate::codec::{OVERRUN, Tee, decoded_limit, decoder, gzip, zstd};
 use crate::content::{Compression, Content, FramePoint, SeekPoints, TarFile, TarStream, ZipMethod};
 use crate::digest::Digest;
 use crate::error::{Error, Result, cause};
@@ -382,8 +382,8 @@ impl ContentReader {
                 pos: point.uncompressed,
                 decoder: Box::new(Bounded::new(
                     Zstd::new(input),
-                    inflate_limit(blob.size).saturating_sub(point.uncompressed),
-                    BOMB,
+                    decoded_limit(stream.uncompressed_size).saturating_sub(point.uncompressed),
+                    OVERRUN,
                 )),
             }
         });
@@ -463,7 +463,7 @@ impl ContentReader {
     /// last seek point at or before `at`.
     async fn decode(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
         let blob = stream.blob.clone();
-        let limit = inflate_limit(blob.size);
+        let limit = decoded_limit(stream.uncompressed_size);
         let digest = blob.digest.to_string();
         let fail = move |e: io::Error| Error::Layer {
             layer: digest.clone(),
@@ -498,9 +498,9 @@ impl ContentReader {
             }
             _ => {
                 // No seek points: from the start of the stream.
-                let (b, compression) = (blob.clone(), stream.compression);
+                let compression = stream.compression;
                 with_stream(blobs, &blob, 0..blob.size, move |r| {
-                    let mut d = decoder(r, compression, &b);
+                    let mut d = decoder(r, compression, limit);
                     let skipped =
                         io::copy(&mut (&mut d).take(at), &mut io::sink()).map_err(&fail)?;
                     let mut out = Vec::with_capacity(capacity);
@@ -556,10 +556,10 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
     let (tmp, file) = store.temp_file()?;
     let blob = stream.blob.clone();
     let chunk_size = cache.chunk_size();
-    let limit = inflate_limit(blob.size);
+    let limit = decoded_limit(stream.uncompressed_size);
     let scanned = cache
         .scan(&stream.blob, move |r| {
-            let d = Bounded::new(Zstd::new(r), limit, BOMB);
+            let d = Bounded::new(Zstd::new(r), limit, OVERRUN);
             let mut tee = Tee::new(d, file, chunk_size);
             io::copy(&mut tee, &mut io::sink())
                 .and_then(|_| tee.finish())

@@ -26,36 +26,39 @@ use crate::digest::{BlobHasher, Digest};
 use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
 
-/// The largest ratio of a decoded stream's (or a zip entry's) size to its
-/// compressed size: beyond it, a decompression bomb is assumed.
-pub const MAX_RATIO: u64 = 1000;
+/// Decoded bytes a layer's or package's stream may have past the end of
+/// its tar (tools pad the archive to a record: 10 KiB for GNU tar); more is
+/// refused. What bounds decoding is what the tar headers declare, not the
+/// ratio to the compressed size: a layer of zero-filled disk images
+/// legitimately compresses over 1000:1, and a stream is consumed as it is
+/// decoded, so memory stays bounded whatever it inflates to.
+pub const MAX_TRAILING: u64 = 1 << 20;
 
-/// What a decoder may give of a compressed stream of `compressed` bytes,
-/// at most: [`MAX_RATIO`] times as much (and at least 1 MiB, for tiny
-/// streams of zeros).
-pub fn inflate_limit(compressed: u64) -> u64 {
-    compressed.saturating_mul(MAX_RATIO).max(1 << 20)
+/// What a decoder may give of a stream whose walk found it `declared`
+/// bytes long (its tar to the end-of-archive marker): that, and
+/// [`MAX_TRAILING`] more.
+pub fn decoded_limit(declared: u64) -> u64 {
+    declared.saturating_add(MAX_TRAILING)
 }
 
-/// The message of a stream that grew past [`inflate_limit`].
-pub(crate) const BOMB: &str =
-    "the stream decompresses to over 1000 times its compressed size (a decompression bomb?)";
+/// The message of a stream that decoded past [`decoded_limit`].
+pub(crate) const OVERRUN: &str =
+    "the stream decodes to more than its tar declares (trailing data, or a decompression bomb)";
 
-/// The decompressed stream of `r`, bounded by [`inflate_limit`] of `blob`.
+/// The decompressed stream of `r`, bounded by `limit` ([`decoded_limit`]).
 pub(crate) fn decoder<'a, R: Read + 'a>(
     r: R,
     compression: Compression,
-    blob: &Descriptor,
+    limit: u64,
 ) -> Box<dyn Read + 'a> {
-    let limit = inflate_limit(blob.size);
     match compression {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(input::Bounded::new(
             flate2::read::MultiGzDecoder::new(r),
             limit,
-            BOMB,
+            OVERRUN,
         )),
-        Compression::Zstd => Box::new(input::Bounded::new(zstd::Zstd::new(r), limit, BOMB)),
+        Compression::Zstd => Box::new(input::Bounded::new(zstd::Zstd::new(r), limit, OVERRUN)),
     }
 }
 
@@ -121,7 +124,7 @@ pub(crate) struct Walked {
 /// recording where decoding can resume: gzip seek points (their windows
 /// thinned to a twentieth of the stream), zstd frames. With `copy`, the
 /// decoded stream is written to that file as it passes (zstd only).
-/// Decoding is bounded by [`inflate_limit`].
+/// Decoding past the end of the tar is bounded by [`decoded_limit`].
 pub(crate) fn walk_stream(
     r: &mut dyn Read,
     compression: Compression,
@@ -132,7 +135,6 @@ pub(crate) fn walk_stream(
     sink: impl FnMut(Result<tar::TocEntry, String>),
 ) -> Result<Walked, tar::WalkError> {
     use tar::{Stream, walk_each};
-    let limit = inflate_limit(compressed);
     match compression {
         Compression::None => {
             let walked = walk_each(&mut Stream(&mut *r), max_entries, names, sink)?;
@@ -145,8 +147,9 @@ pub(crate) fn walk_stream(
             })
         }
         Compression::Gzip => {
-            let mut g = gzip::GzipIndexer::new(r, gzip::DEFAULT_SPACING, limit)?;
-            walk_each(&mut Stream(&mut g), max_entries, names, sink)?;
+            let mut g = gzip::GzipIndexer::new(r, gzip::DEFAULT_SPACING, u64::MAX)?;
+            let walked = walk_each(&mut Stream(&mut g), max_entries, names, sink)?;
+            g.set_limit(decoded_limit(walked));
             let (points, len) = g.finish()?;
             // Windows beyond a twentieth of the stream are thinned out.
             let points = gzip::thin(points, (compressed / 20).max(256 << 10));
@@ -157,16 +160,18 @@ pub(crate) fn walk_stream(
             })
         }
         Compression::Zstd => {
-            let mut z = zstd::ZstdIndexer::new(r, zstd::DEFAULT_SPACING, limit);
+            let mut z = zstd::ZstdIndexer::new(r, zstd::DEFAULT_SPACING, u64::MAX);
             let copy = match copy {
                 Some((file, chunk_size)) => {
                     let mut tee = Tee::new(&mut z, file, chunk_size);
-                    walk_each(&mut Stream(&mut tee), max_entries, names, sink)?;
+                    let walked = walk_each(&mut Stream(&mut tee), max_entries, names, sink)?;
+                    tee.inner.set_limit(decoded_limit(walked));
                     io::copy(&mut tee, &mut io::sink())?;
                     Some(tee.finish()?)
                 }
                 None => {
-                    walk_each(&mut Stream(&mut z), max_entries, names, sink)?;
+                    let walked = walk_each(&mut Stream(&mut z), max_entries, names, sink)?;
+                    z.set_limit(decoded_limit(walked));
                     None
                 }
             };
@@ -228,5 +233,77 @@ impl<R: std::io::Read> std::io::Read for Tee<R> {
         std::io::Write::write_all(&mut self.out, &buf[..n])?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of one zero-filled file of `size` bytes, then `trailing`
+    /// zero bytes past its end-of-archive marker.
+    fn zero_tar(size: usize, trailing: usize) -> Vec<u8> {
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "disk.img", io::repeat(0).take(size as u64))
+            .unwrap();
+        let mut tar = b.into_inner().unwrap();
+        tar.resize(tar.len() + trailing, 0);
+        tar
+    }
+
+    fn walk(tar: &[u8], compression: Compression) -> Result<Vec<tar::TocEntry>, String> {
+        let stream = match compression {
+            Compression::Gzip => gzip::tests::gzip(tar, 9),
+            Compression::Zstd => {
+                ruzstd::encoding::compress_to_vec(tar, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+            Compression::None => tar.to_vec(),
+        };
+        let mut entries = Vec::new();
+        walk_stream(
+            &mut &stream[..],
+            compression,
+            stream.len() as u64,
+            10,
+            tar::Names::Layer,
+            None,
+            |e| entries.push(e.unwrap()),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(entries)
+    }
+
+    #[test]
+    fn a_zero_filled_layer_is_walked_whatever_its_ratio() {
+        let tar = zero_tar(20 << 20, 0);
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let entries = walk(&tar, compression).unwrap();
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].size, 20 << 20);
+        }
+        // Over 1000:1 indeed.
+        assert!(gzip::tests::gzip(&tar, 9).len() * 1000 < tar.len());
+    }
+
+    #[test]
+    fn output_past_the_end_of_the_tar_is_bounded() {
+        // A little padding past the end-of-archive marker is what tools write.
+        let padded = zero_tar(1 << 20, 10 << 10);
+        let far = zero_tar(1 << 20, 4 << 20);
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            assert!(walk(&padded, compression).is_ok(), "{compression:?}");
+            let e = walk(&far, compression).unwrap_err();
+            assert!(
+                e.contains("more than its tar declares"),
+                "{compression:?}: {e}"
+            );
+        }
     }
 }

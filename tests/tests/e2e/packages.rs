@@ -801,3 +801,65 @@ fn zip_modes_are_shown_as_the_attributes_say_and_stdin_entries_are_files() {
     let out = run_ocifs(["cat", "--plain-http", "--expand", &reference, "modes/-"]);
     assert_eq!(out.success().stdout, extracted);
 }
+
+#[test]
+fn a_zero_filled_package_over_1000_to_1_is_shown_and_read() {
+    // A disk image of zeros deflates over 1000:1: legitimate, and bounded
+    // by what the tar headers declare, not by the ratio.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    let size = 20usize << 20;
+    std::fs::write(src.join("disk.img"), vec![0u8; size]).expect("write");
+    std::fs::write(src.join("note.txt"), b"zeros\n").expect("write");
+    let tgz = dir.path().join("zeros.tgz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C '{}' -cf - disk.img note.txt | gzip -9 > '{}'",
+            src.display(),
+            tgz.display()
+        ))
+        .status()
+        .expect("tar and gzip");
+    assert!(status.success());
+    let compressed = std::fs::metadata(&tgz).expect("stat").len();
+    assert!(
+        compressed * 1000 < size as u64,
+        "only {compressed} bytes: not over 1000:1"
+    );
+    oras_push(
+        &registry.host(),
+        "zeros/pkg:v1",
+        &[PushFile::new(&tgz)],
+        &PushOptions::default(),
+    );
+    let reference = format!("{}/zeros/pkg:v1", registry.host());
+    let out = run_ocifs(["ls", "-R", "--plain-http", "--expand", &reference]);
+    assert_eq!(
+        lines(out.success()),
+        ["zeros/", "zeros/disk.img", "zeros/note.txt", "zeros.tgz"]
+    );
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--expand",
+        &reference,
+        "zeros/disk.img",
+    ]);
+    let got = &out.success().stdout;
+    assert!(
+        got.len() == size && got.iter().all(|b| *b == 0),
+        "{} bytes",
+        got.len()
+    );
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        "--expand",
+        &reference,
+        "zeros/note.txt",
+    ]);
+    assert_eq!(out.success().stdout, b"zeros\n");
+}
