@@ -45,6 +45,7 @@
 //! ```
 
 mod blobs;
+mod containerd;
 mod layout;
 mod mounts;
 mod proxy;
@@ -58,6 +59,7 @@ mod util;
 pub mod walk;
 
 pub use blobs::{BlobHost, HostRequest};
+pub use containerd::Containerd;
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
 pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options};
 pub use proxy::{

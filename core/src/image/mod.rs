@@ -88,6 +88,23 @@ pub fn is_image(manifest: &Manifest) -> bool {
             .all(|l| layer_compression(&l.media_type).is_some() && l.title().is_none())
 }
 
+/// The annotation that marks an eStargz layer (its TOC's digest).
+const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+/// The files eStargz adds at the root of a layer: its table of contents
+/// and the prefetch landmarks.
+const ESTARGZ_SIDE_FILES: [&str; 3] = [
+    "stargz.index.json",
+    ".prefetch.landmark",
+    ".no.prefetch.landmark",
+];
+
+/// Whether `layer` is an eStargz layer (by the annotation its converter
+/// writes).
+fn is_estargz(layer: &Descriptor) -> bool {
+    layer.annotations.contains_key(ESTARGZ_TOC_DIGEST)
+}
+
 /// The layers of a layer index file read, at most.
 const MAX_INDEX_FILE: u64 = 512 << 20;
 /// Layers indexed at once.
@@ -151,6 +168,16 @@ async fn layer(
     if !chunk_digests.is_empty() {
         cache.set_chunk_digests(blob, chunk_size, chunk_digests);
     }
+    let entries = if is_estargz(blob) {
+        // eStargz's own files are not the image's (stargz-snapshotter
+        // hides them too); `--layers` still shows the layer whole.
+        entries
+            .into_iter()
+            .filter(|e| !ESTARGZ_SIDE_FILES.contains(&e.path.as_str()))
+            .collect()
+    } else {
+        entries
+    };
     Ok(overlay::MergeLayer {
         layer: Arc::new(TarStream {
             blob: blob.clone(),

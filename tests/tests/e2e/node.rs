@@ -100,6 +100,19 @@ fn daemon_running(dir: &Path) -> bool {
         })
 }
 
+/// Lazily unmounts what a failed test left mounted, when dropped.
+struct Unmounts(Vec<PathBuf>);
+
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if is_mounted(dir) {
+                let _ = Command::new("umount").arg("-l").arg(dir).status();
+            }
+        }
+    }
+}
+
 /// A real command's run (not ocifs), with a fresh `$OCIFS_CACHE` it
 /// ignores where its options name a cache.
 fn system(program: &str, args: &[&str]) -> ocifs_tests::Output {
@@ -117,6 +130,7 @@ fn an_fstab_line_mounts_through_mount8_and_umount8_unmounts_it() {
     let plain = dir.path().join("plain");
     std::fs::create_dir_all(&cni).expect("mkdir");
     std::fs::create_dir_all(&plain).expect("mkdir");
+    let _cleanup = Unmounts(vec![cni.clone(), plain.clone()]);
     let cache = dir.path().join("cache");
     let log = dir.path().join("mount.log");
     let fstab = dir.path().join("fstab");
@@ -197,6 +211,7 @@ fn mount8_exit_codes_say_what_went_wrong_and_leave_nothing_mounted() {
     let dir = temp_dir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
+    let _cleanup = Unmounts(vec![mnt.clone()]);
     let m = mnt.display().to_string();
     let cache = format!("cache_dir={}", dir.path().join("cache").display());
     let mount = |reference: &str, options: &str| {
@@ -249,6 +264,7 @@ fn mount_fuse3_runs_ocifs_in_its_argument_form() {
     let dir = temp_dir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
+    let _cleanup = Unmounts(vec![mnt.clone()]);
     // mount.fuse3 runs `ocifs REF DIR -o OPTIONS`, finding ocifs on $PATH.
     let bin_dir = ocifs_bin().parent().expect("bin dir").to_owned();
     let path = format!(
@@ -277,6 +293,7 @@ fn a_notify_service_is_told_ready_once_mounted_and_stopping_on_sigterm() {
     let dir = temp_dir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
+    let _cleanup = Unmounts(vec![mnt.clone()]);
     let socket = dir.path().join("notify.sock");
     let listener = UnixDatagram::bind(&socket).expect("binding the notify socket");
     listener
@@ -542,6 +559,7 @@ fn a_user_mounts_without_root_and_allow_other_needs_user_allow_other() {
         std::fs::create_dir(d).expect("mkdir");
         chown(d, Some(65534), Some(65534)).expect("chown");
     }
+    let _cleanup = Unmounts(vec![mnt.clone()]);
     let bin = ocifs_bin().display().to_string();
     let m = mnt.display().to_string();
     let reference = artifact.reference();
