@@ -104,18 +104,28 @@ impl Default for CacheOptions {
     }
 }
 
-/// The default cache directory: `$OCIFS_CACHE`, else `$XDG_CACHE_HOME/ocifs`,
-/// else `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
+/// The default cache directory: `$OCIFS_CACHE`; else, on Windows,
+/// `%LOCALAPPDATA%\ocifs`; else `$XDG_CACHE_HOME/ocifs`, else
+/// `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
+///
+/// Windows puts `%LOCALAPPDATA%` first because a Windows process may well
+/// inherit `HOME` or `XDG_CACHE_HOME` (from Git for Windows or MSYS2; Wine
+/// passes a Linux `XDG_CACHE_HOME` through): the cache belongs where Windows
+/// keeps per-user, per-machine data all the same.
 pub fn default_dir() -> Option<PathBuf> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    env("OCIFS_CACHE")
+    let local_app_data = || env("LOCALAPPDATA").map(|d| d.join("ocifs"));
+    let first = env("OCIFS_CACHE");
+    #[cfg(windows)]
+    let first = first.or_else(local_app_data);
+    first
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ocifs")))
         .or_else(|| env("HOME").map(|h| h.join(".cache/ocifs")))
-        .or_else(|| env("LOCALAPPDATA").map(|d| d.join("ocifs")))
+        .or_else(local_app_data)
 }
 
 /// The result every waiter of one fetch gets.
