@@ -348,7 +348,8 @@ impl ChunkCache {
 
     /// [`ChunkCache::backing_file`], saying why there is none when a chunk
     /// failed its check and the blob cannot be fetched again (no network):
-    /// the error naming the blob. Blocking.
+    /// the error naming the blob. The file is at its start, for a reader
+    /// that reads it in order (`cat` copies it to stdout). Blocking.
     pub fn checked_file(&self, blob: &Descriptor) -> Result<Option<File>> {
         let inner = &self.inner;
         let Some(store) = inner.store.as_ref() else {
@@ -378,6 +379,16 @@ impl ChunkCache {
                 return Ok(None);
             }
         }
+        // On Windows a positional read moves the file's position (see
+        // `fsutil`): after the checks above it would be at the end, and a
+        // reader in order would find nothing to read.
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).map_err(|e| {
+            Error::io(
+                format!("reading {}", store.blob_path(&blob.digest).display()),
+                e,
+            )
+        })?;
         Ok(Some(file))
     }
 
