@@ -314,6 +314,12 @@ fn the_default_cache_is_in_localappdata_and_linux_reads_it_alike() {
     let linux_cache = cache.display().to_string();
     let windows_cache = format!("C:\\users\\{user}\\AppData\\Local\\ocifs");
     let du = windows_default(&["cache", "du"]);
+    // A promotion on Windows leaves its emptied partial directories (the
+    // promoting process still has the files open); the next open sweeps
+    // them (checked before the Linux build opens the cache too).
+    let left = dirs_under(&cache.join("partial/sha256"));
+    assert!(left.is_empty(), "partial directories stayed: {left:?}");
+
     let linux_du = run_ocifs(["cache", "du", "--cache-dir", &linux_cache]);
     // The one difference: the path `du` names, each system's own.
     assert_eq!(
@@ -327,12 +333,6 @@ fn the_default_cache_is_in_localappdata_and_linux_reads_it_alike() {
         "\t{windows_cache} ({} complete blobs, 0 partial;",
         fx.files.len() + 1
     ));
-    // A promotion on Windows leaves its emptied partial directories (the
-    // promoting process still has the files open); the next open sweeps
-    // them.
-    let left = dirs_under(&cache.join("partial/sha256"));
-    assert!(left.is_empty(), "partial directories stayed: {left:?}");
-
     for args in [
         &["cache", "ls"][..],
         &["cache", "ls", "--json"],
