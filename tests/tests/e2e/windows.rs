@@ -221,6 +221,13 @@ fn cat_under_wine_writes_the_bytes_linux_writes() {
     for title in ["hello.txt", "big.bin", "nested/dir/deep.txt"] {
         cases.push((title.into(), vec![], fx.file(title).content.clone()));
     }
+    // Lazy: chunks served as they arrive (the store's chunk locks and
+    // partial blobs on Windows).
+    cases.push((
+        "big.bin".into(),
+        vec!["--verify", "lazy"],
+        fx.file("big.bin").content.clone(),
+    ));
     for pkg in ["pkg-zip", "pkg-tgz"] {
         for (path, bytes) in &package {
             cases.push((format!("{pkg}/{path}"), vec!["--expand"], bytes.clone()));
