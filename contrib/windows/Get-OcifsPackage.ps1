@@ -100,14 +100,23 @@ function ConvertTo-CommandLineArgument([string] $Argument) {
     return '"' + $escaped + '"'
 }
 
-# Runs ocifs with stdout to a file (bytes as they are: no PowerShell pipeline
-# in between) or to this console; returns its exit code.
+# Runs ocifs with stdout copied to a file (bytes as they are: no PowerShell
+# pipeline in between) or left on this console; stderr stays on the console.
+# Waits for ocifs alone, not for a `mount --daemon` child it leaves running
+# (Start-Process -Wait would wait for that too).
 function Invoke-Ocifs([string[]] $Arguments, [string] $StdoutFile) {
-    $line = ($Arguments | ForEach-Object { ConvertTo-CommandLineArgument $_ }) -join ' '
-    Write-Verbose "$Ocifs $line"
-    $start = @{ FilePath = $Ocifs; ArgumentList = $line; NoNewWindow = $true; Wait = $true; PassThru = $true }
-    if ($StdoutFile) { $start.RedirectStandardOutput = $StdoutFile }
-    $process = Start-Process @start
+    $info = New-Object System.Diagnostics.ProcessStartInfo
+    $info.FileName = $Ocifs
+    $info.Arguments = ($Arguments | ForEach-Object { ConvertTo-CommandLineArgument $_ }) -join ' '
+    $info.UseShellExecute = $false
+    $info.RedirectStandardOutput = [bool] $StdoutFile
+    Write-Verbose "$Ocifs $($info.Arguments)"
+    $process = [System.Diagnostics.Process]::Start($info)
+    if ($StdoutFile) {
+        $out = [System.IO.File]::Create($StdoutFile)
+        try { $process.StandardOutput.BaseStream.CopyTo($out) } finally { $out.Dispose() }
+    }
+    $process.WaitForExit()
     return $process.ExitCode
 }
 
