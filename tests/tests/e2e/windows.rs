@@ -1,6 +1,7 @@
 //! The Windows build, run: `ocifs.exe` under Wine (Debian's `wine64`)
 //! against the loopback registry. `ls`, `cat`, `inspect` and `--expand`
-//! print byte for byte what the Linux build prints; the cache lands in
+//! print byte for byte what the Linux build prints (but for the default
+//! `--platform`, each machine's own); the cache lands in
 //! `%LOCALAPPDATA%\ocifs`, and the Linux build reads the cache the Windows
 //! one wrote the same; two `ocifs.exe` share one cache (the whole-file lock
 //! path of the store) and fetch a blob once; `cache verify` finds a flipped
@@ -655,4 +656,50 @@ fn the_powershell_example_runs_its_ocifs_command_lines_under_wine() {
     let https = fill(&lines["prefetch"], &values);
     assert!(!https.iter().any(String::is_empty), "{https:?}");
     assert!(!https.iter().any(|a| a == "--plain-http"), "{https:?}");
+}
+
+#[test]
+fn the_default_platform_is_the_machines_own_and_an_explicit_one_prints_alike() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let mut layout = ocifs_tests::OciLayoutBuilder::new(dir.path().join("layout"));
+    let platforms = [
+        ocifs_tests::Platform::new("linux", "amd64"),
+        ocifs_tests::Platform::new("windows", "amd64"),
+    ];
+    let manifests: Vec<_> = platforms
+        .iter()
+        .map(|p| {
+            let file = layout.file("platform.txt", format!("{p}\n").as_bytes());
+            layout.image_manifest(p, &[file])
+        })
+        .collect();
+    let index = layout.index(&manifests);
+    layout.add(&index, Some("v1"));
+    let reference = format!("{}/win/multi:v1", registry.host());
+    ocifs_tests::skopeo_copy(
+        &format!("oci:{}:v1", dir.path().join("layout").display()),
+        &format!("docker://{reference}"),
+        &["--all", "--preserve-digests", "--dest-tls-verify=false"],
+    );
+    let cat = ["cat", "--plain-http", reference.as_str(), "platform.txt"];
+    // The one legitimate difference: without --platform each build takes
+    // its own machine's entry of an index (a Windows node gets the
+    // windows/amd64 manifest).
+    let linux = run_ocifs(cat);
+    let cache = temp_dir();
+    let windows = wine_run(cache.path(), &cat);
+    assert_eq!(linux.success().stdout_str(), "linux/amd64\n", "{linux}");
+    assert_eq!(
+        windows.success().stdout_str(),
+        "windows/amd64\n",
+        "{windows}"
+    );
+    for platform in ["linux/amd64", "windows/amd64"] {
+        let mut args = cat.to_vec();
+        args.extend(["--platform", platform]);
+        let (linux, windows) = both(&args);
+        linux.stdout_has(platform);
+        assert_same_stdout(&linux, &windows);
+    }
 }
