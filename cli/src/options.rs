@@ -105,7 +105,8 @@ impl ViewArgs {
 #[derive(Debug, Args)]
 pub struct CacheArgs {
     /// The cache directory, shared by every ocifs process that names it
-    /// [default: $OCIFS_CACHE, else $XDG_CACHE_HOME/ocifs, else ~/.cache/ocifs].
+    /// [default: $OCIFS_CACHE, else (Windows) %LOCALAPPDATA%\ocifs, else
+    /// $XDG_CACHE_HOME/ocifs, else ~/.cache/ocifs].
     #[arg(long, value_name = "DIR", env = "OCIFS_CACHE", global = true)]
     pub cache_dir: Option<PathBuf>,
 

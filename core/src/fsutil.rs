@@ -1,5 +1,10 @@
 //! Positional file I/O that works the same on Unix and Windows, and bounded
 //! whole-file reads.
+//!
+//! One difference stays: on Windows a positional read or write
+//! (`seek_read`, `seek_write`) also moves the file's position to where it
+//! ended, where Unix's `pread`/`pwrite` leave it alone. Code that hands a
+//! file on to be read in order rewinds it first.
 
 use std::fs::File;
 use std::io::{self, Read as _};

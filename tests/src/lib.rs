@@ -21,6 +21,8 @@
 //! - [`ocifs`] and [`run_ocifs`] run the binary under test in a hermetic
 //!   environment and give back an [`Output`] with assertion helpers;
 //!   [`Mounted`] is a live `ocifs mount --daemon`.
+//! - [`Wine`] runs the Windows build of ocifs (`ocifs.exe`) under Debian's
+//!   `wine64`, in one Wine prefix made once and shared by every test.
 //! - [`rootfs_image`] is the container-image fixture: a Debian minbase
 //!   root filesystem (debootstrap) under two crafted layers, assembled by
 //!   umoci and pushed by skopeo (gzip or zstd); [`walk()`] rows a tree (a
@@ -57,6 +59,7 @@ mod token;
 mod tools;
 mod util;
 pub mod walk;
+mod wine;
 
 pub use blobs::{BlobHost, HostRequest};
 pub use containerd::Containerd;
@@ -76,3 +79,4 @@ pub use tools::{
 };
 pub use util::{closed_port, random_bytes, sha256_digest, sha256_hex, temp_dir};
 pub use walk::walk;
+pub use wine::{Wine, ocifs_exe, windows_path};

@@ -17,7 +17,7 @@ use serde_json::json;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The README's test command, named in every "missing tool" failure.
-const TEST_COMMAND: &str = "scripts/test";
+pub(crate) const TEST_COMMAND: &str = "scripts/test";
 
 /// Proxy variables a test process must not inherit: every test server is on
 /// loopback, and a proxy in the way would change what is counted.
@@ -53,7 +53,7 @@ pub fn target_dir() -> PathBuf {
 
 /// An empty directory for `$DOCKER_CONFIG` and `$XDG_RUNTIME_DIR`, so that
 /// the credentials of whoever runs the tests never leak into them.
-fn no_credentials_dir() -> PathBuf {
+pub(crate) fn no_credentials_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = target_dir().join("ocifs-tests/no-credentials");
@@ -65,7 +65,7 @@ fn no_credentials_dir() -> PathBuf {
 
 /// Makes `command` hermetic: no proxies, no credentials from the caller's
 /// docker or podman config.
-fn hermetic(command: &mut Command) {
+pub(crate) fn hermetic(command: &mut Command) {
     for var in PROXY_VARS {
         command.env_remove(var);
     }

@@ -104,18 +104,28 @@ impl Default for CacheOptions {
     }
 }
 
-/// The default cache directory: `$OCIFS_CACHE`, else `$XDG_CACHE_HOME/ocifs`,
-/// else `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
+/// The default cache directory: `$OCIFS_CACHE`; else, on Windows,
+/// `%LOCALAPPDATA%\ocifs`; else `$XDG_CACHE_HOME/ocifs`, else
+/// `~/.cache/ocifs` (root on a node might prefer `/var/cache/ocifs`).
+///
+/// Windows puts `%LOCALAPPDATA%` first because a Windows process may well
+/// inherit `HOME` or `XDG_CACHE_HOME` (from Git for Windows or MSYS2; Wine
+/// passes a Linux `XDG_CACHE_HOME` through): the cache belongs where Windows
+/// keeps per-user, per-machine data all the same.
 pub fn default_dir() -> Option<PathBuf> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    env("OCIFS_CACHE")
+    let local_app_data = || env("LOCALAPPDATA").map(|d| d.join("ocifs"));
+    let first = env("OCIFS_CACHE");
+    #[cfg(windows)]
+    let first = first.or_else(local_app_data);
+    first
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ocifs")))
         .or_else(|| env("HOME").map(|h| h.join(".cache/ocifs")))
-        .or_else(|| env("LOCALAPPDATA").map(|d| d.join("ocifs")))
+        .or_else(local_app_data)
 }
 
 /// The result every waiter of one fetch gets.
@@ -338,7 +348,8 @@ impl ChunkCache {
 
     /// [`ChunkCache::backing_file`], saying why there is none when a chunk
     /// failed its check and the blob cannot be fetched again (no network):
-    /// the error naming the blob. Blocking.
+    /// the error naming the blob. The file is at its start, for a reader
+    /// that reads it in order (`cat` copies it to stdout). Blocking.
     pub fn checked_file(&self, blob: &Descriptor) -> Result<Option<File>> {
         let inner = &self.inner;
         let Some(store) = inner.store.as_ref() else {
@@ -368,6 +379,16 @@ impl ChunkCache {
                 return Ok(None);
             }
         }
+        // On Windows a positional read moves the file's position (see
+        // `fsutil`): after the checks above it would be at the end, and a
+        // reader in order would find nothing to read.
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).map_err(|e| {
+            Error::io(
+                format!("reading {}", store.blob_path(&blob.digest).display()),
+                e,
+            )
+        })?;
         Ok(Some(file))
     }
 

@@ -245,7 +245,28 @@ impl DiskStore {
         if !marker.exists() {
             store.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
+        store.sweep_emptied_partials();
         Ok(store)
+    }
+
+    /// Removes the empty directories a dropped or promoted partial blob can
+    /// leave behind. On Windows a file still open in some process is only
+    /// marked for deletion, so the `remove_dir_all` after a promotion (the
+    /// promoting process still holds the generation's `map` and `data`)
+    /// empties the generation's directory but cannot remove it, nor the
+    /// blob's; once the files are closed the empty directories stay, one
+    /// pair a blob fetched. Only empty directories go (`remove_dir`): a
+    /// generation always appears whole, so an empty one is never in use,
+    /// and a maker racing this finds its blob's directory gone and tries
+    /// again (see [`DiskStore::partial`]).
+    fn sweep_emptied_partials(&self) {
+        let partials = self.root.join("partial/sha256");
+        for blob in fs::read_dir(&partials).into_iter().flatten().flatten() {
+            for generation in fs::read_dir(blob.path()).into_iter().flatten().flatten() {
+                let _ = fs::remove_dir(generation.path());
+            }
+            let _ = fs::remove_dir(blob.path());
+        }
     }
 
     /// Reads the cache's format, refusing one this code does not know and
@@ -1606,9 +1627,10 @@ mod tests {
         );
         assert!(s.open_complete(&c).unwrap().is_some());
         assert!(s.get_table(&c, 9000).is_some());
-        // The partial download is dropped: never read in the new format.
+        // The partial download is dropped: never read in the new format
+        // (and its emptied directory swept).
         let container = s.partial_dir(&p);
-        assert_eq!(fs::read_dir(&container).unwrap().count(), 0);
+        assert!(!container.exists());
         let fresh = s.partial(&p, partial.len() as u64, 4096).unwrap();
         assert!(!fresh.has(0));
         assert_eq!(s.usage().unwrap(), 9000);
@@ -1663,6 +1685,24 @@ mod tests {
             err.contains("unreadable") && err.contains(FORMAT_FILE),
             "{err}"
         );
+    }
+
+    #[test]
+    fn emptied_partial_directories_are_swept_when_the_store_is_opened() {
+        let (dir, store) = store();
+        let kept = Digest::of(b"kept");
+        let p = store.partial(&kept, 4, 1).expect("partial");
+        // What a promotion on Windows leaves: an empty generation in an
+        // otherwise empty blob directory.
+        let root = dir.path().join("cache");
+        let emptied = root.join("partial/sha256").join("ab".repeat(32));
+        std::fs::create_dir_all(emptied.join(format!("{GENERATION}1-2-3"))).expect("mkdir");
+        drop(store);
+        let store = DiskStore::open(&root).expect("reopen");
+        assert!(!emptied.exists(), "the emptied partial directories stayed");
+        assert!(p.dir.join("data").is_file(), "a live generation was swept");
+        let again = store.partial(&kept, 4, 1).expect("partial");
+        assert_eq!(again.dir, p.dir);
     }
 
     #[test]

@@ -1105,6 +1105,8 @@ mod background {
         assert_eq!(&got[..], &blob[10..110]);
         let store = DiskStore::open(dir.path()).unwrap();
         until("completion", || store.has_complete(&d[0].digest)).await;
+        // The count follows the promotion (the blob is in place first).
+        until("the count", || c.counters().snapshot().blobs_verified == 1).await;
         assert_eq!(src.bytes.load(Ordering::SeqCst), 600_000);
         assert_eq!(c.counters().snapshot().blobs_verified, 1);
     }
