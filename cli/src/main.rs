@@ -4,6 +4,7 @@ mod commands;
 mod config;
 mod helper;
 mod mount;
+#[cfg(target_os = "linux")]
 mod notify;
 mod options;
 

@@ -1,6 +1,6 @@
 //! systemd's service notification protocol (`Type=notify`): one datagram
 //! per state change to the socket `$NOTIFY_SOCKET` names, a path or, with a
-//! leading `@`, a name in the abstract namespace.
+//! leading `@`, a name in the abstract namespace. Linux only.
 
 /// Sends `state` (`READY=1`, `STOPPING=1`) to the service manager, if one
 /// asked for it. A socket that cannot be reached is logged, not fatal: the
@@ -18,7 +18,6 @@ pub fn notify(state: &str) {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn send(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     use std::os::linux::net::SocketAddrExt as _;
     use std::os::unix::ffi::OsStrExt as _;
@@ -32,15 +31,7 @@ fn send(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
-fn send(_socket: &std::ffi::OsStr, _state: &str) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "no service manager protocol on this platform",
-    ))
-}
-
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use std::os::linux::net::SocketAddrExt as _;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
