@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use ocifs_core::Verify;
 
-use crate::options::{CacheArgs, SourceArgs, parse_size};
+use crate::options::{CacheArgs, RegistryDefaults, SourceArgs, parse_size};
 
 /// A size as a file writes it: `10G`, `"512K"` or a number of bytes.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -260,7 +260,18 @@ impl Config {
             memory_cache_size,
             background_fetch_max
         );
-        args.registries = self.registry.clone();
+        let on = |s: &Option<Set<bool>>| s.as_ref().is_some_and(|s| s.value);
+        args.registries = self
+            .registry
+            .iter()
+            .map(|(name, r)| {
+                let defaults = RegistryDefaults {
+                    plain_http: on(&r.plain_http),
+                    insecure: on(&r.insecure),
+                };
+                (name.clone(), defaults)
+            })
+            .collect();
     }
 
     /// `ocifs config show`: every setting `args` ends up with (after

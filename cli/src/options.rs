@@ -9,7 +9,6 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use std::sync::Arc;
 
-use crate::config::RegistrySettings;
 use ocifs_core::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
     ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Manifest,
@@ -172,9 +171,9 @@ pub struct SourceArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub retries: u32,
 
-    /// What the config file says per registry (plain_http, insecure).
+    /// What the config file says per registry.
     #[arg(skip)]
-    pub registries: std::collections::BTreeMap<String, crate::config::RegistrySettings>,
+    pub registries: std::collections::BTreeMap<String, RegistryDefaults>,
 
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -208,6 +207,15 @@ pub struct SourceArgs {
     /// Print the read counters (hits, misses, bytes fetched) to stderr at exit.
     #[arg(long)]
     pub stats: bool,
+}
+
+/// What the config file says of one registry (a flag can only turn these on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistryDefaults {
+    /// Talk to it over plain HTTP.
+    pub plain_http: bool,
+    /// Accept any TLS certificate from it.
+    pub insecure: bool,
 }
 
 /// The first line of stdin, without its line ending: `--password-stdin`.
@@ -298,16 +306,14 @@ impl SourceArgs {
             Reference::Registry(r) => {
                 let s = self.cache.store()?;
                 store = Some(s.clone());
-                let configured = self.registries.get(&r.registry);
-                let from_file =
-                    |pick: fn(&RegistrySettings) -> &Option<crate::config::Set<bool>>| {
-                        configured
-                            .and_then(|c| pick(c).as_ref())
-                            .is_some_and(|s| s.value)
-                    };
+                let configured = self
+                    .registries
+                    .get(&r.registry)
+                    .copied()
+                    .unwrap_or_default();
                 let options = RegistryOptions {
-                    plain_http: self.plain_http || from_file(|r| &r.plain_http),
-                    insecure: self.insecure || from_file(|r| &r.insecure),
+                    plain_http: self.plain_http || configured.plain_http,
+                    insecure: self.insecure || configured.insecure,
                     credentials: self.credentials(&r.registry)?,
                     retry: RetryPolicy {
                         total,
