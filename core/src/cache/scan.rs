@@ -1,6 +1,7 @@
 //! Streaming a whole blob once, verified, to a consumer (the layer indexer),
-//! without keeping it; and the chunk digest tables taken on the way, which
-//! let strict mode serve chunks of that blob without fetching all of it.
+//! keeping it in the cache as a complete blob once it checked out; and the
+//! chunk digest tables taken on the way, which let strict mode serve chunks
+//! of that blob without fetching all of it.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -26,25 +27,45 @@ pub struct Scanned<T> {
     pub chunk_digests: Vec<[u8; 32]>,
 }
 
-/// A `Read` that hashes what passes: the whole, and each chunk.
+/// A `Read` that hashes what passes (the whole, and each chunk) and, if
+/// it has a copy to make, writes it there too.
 struct Hashing<R> {
     inner: R,
     hasher: BlobHasher,
+    copy: Option<io::BufWriter<std::fs::File>>,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        if let Some(copy) = &mut self.copy
+            && let Err(e) = io::Write::write_all(copy, &buf[..n])
+        {
+            // A full disk costs the copy, not the scan.
+            tracing::debug!(error = %e, "not keeping the scanned blob");
+            self.copy = None;
+        }
         Ok(n)
+    }
+}
+
+impl<R> Hashing<R> {
+    /// The copy, flushed and synced; `None` if there is none or it failed.
+    fn finish_copy(&mut self) -> Option<()> {
+        let copy = self.copy.take()?;
+        let file = copy.into_inner().ok()?;
+        file.sync_all().ok()
     }
 }
 
 impl ChunkCache {
     /// Streams the whole of `blob` once through `consume` (on a blocking
     /// thread), checking its digest, and takes the digest of each chunk.
-    /// The bytes are not kept: a complete copy already in the cache is
-    /// read, else the source is streamed (resumed where it breaks).
+    /// A complete copy already in the cache is read, else the source is
+    /// streamed (resumed where it breaks) and, where there is a disk tier
+    /// and the blob fits its budget, written beside the consumer and kept
+    /// as a complete blob once its digest checked out.
     ///
     /// If the blob fails its digest, that is the error, whatever `consume`
     /// made of the bytes (so a stream that stops early is still read to
@@ -57,22 +78,71 @@ impl ChunkCache {
         F: FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
     {
         let chunk_size = self.inner.options.chunk_size;
+        // A blob streamed whole is kept, once verified, as a complete blob
+        // like any other (under the budget): a layer indexed on its first
+        // mount is not fetched again for its files.
+        let copy = match &self.inner.store {
+            Some(store)
+                if blob.size <= self.inner.options.disk_budget
+                    && !store.has_complete(&blob.digest) =>
+            {
+                store.temp_file().ok()
+            }
+            _ => None,
+        };
+        let (tmp, file) = copy.map_or((None, None), |(t, f)| (Some(t), Some(f)));
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let consumer = tokio::task::spawn_blocking(move || {
             let mut r = Hashing {
                 inner: StreamRead::new(rx),
                 hasher: BlobHasher::new(chunk_size),
+                copy: file.map(|f| io::BufWriter::with_capacity(1 << 20, f)),
             };
             let value = consume(&mut r);
             // The digest is of the whole blob, whatever the consumer read.
-            let _ = io::copy(&mut r, &mut io::sink());
+            let drained = io::copy(&mut r, &mut io::sink());
+            let copied = drained.is_ok() && r.finish_copy().is_some();
             let len = r.hasher.len();
-            (value, len, r.hasher.finish())
+            (value, len, r.hasher.finish(), copied)
         });
         let produced = self.inner.clone().produce(blob, tx).await;
-        let (value, len, (actual, chunk_digests)) = consumer.await.map_err(join_error)?;
-        produced?;
-        if len != blob.size || actual != blob.digest {
+        let joined = consumer.await.map_err(join_error);
+        let keep = |ok: bool| {
+            if let Some(tmp) = &tmp
+                && !ok
+            {
+                let _ = std::fs::remove_file(tmp);
+            }
+        };
+        let (value, len, (actual, chunk_digests), copied) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                keep(false);
+                return Err(e);
+            }
+        };
+        if let Err(e) = produced {
+            keep(false);
+            return Err(e);
+        }
+        let verified = len == blob.size && actual == blob.digest;
+        if verified
+            && copied
+            && let Some(tmp) = &tmp
+        {
+            if let Err(e) = self.adopt(
+                tmp,
+                &blob.digest,
+                blob.size,
+                Some((chunk_size, chunk_digests.clone())),
+            ) {
+                tracing::debug!(digest = %blob.digest, error = %e, "not keeping the scanned blob");
+                keep(false);
+            }
+        } else {
+            keep(false);
+        }
+        if !verified {
             Counters::bump(&self.inner.counters.verify_failures);
             return Err(Error::blob_mismatch(
                 &blob.digest,

@@ -808,7 +808,7 @@ async fn a_partial_blob_dropped_by_another_process_is_replaced_not_fatal() {
 }
 
 #[tokio::test]
-async fn a_scan_checks_the_digest_and_keeps_nothing() {
+async fn a_scan_checks_the_digest_and_keeps_the_blob_only_once_it_checked_out() {
     let blob = data(700_000, 40);
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
@@ -833,6 +833,22 @@ async fn a_scan_checks_the_digest_and_keeps_nothing() {
             &blob[3 * 65536..4 * 65536]
         ))
     );
+    // The verified blob is kept whole: reading it fetches nothing more.
+    let listed = DiskStore::open(dir.path()).unwrap().list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].state, listed[0].size), ("complete", 700_000));
+    let fetched = src.bytes.load(Ordering::SeqCst);
+    let got = c.read_blob(&d[0], 600_000, 1000).await.unwrap();
+    assert_eq!(&got[..], &blob[600_000..601_000]);
+    assert_eq!(src.bytes.load(Ordering::SeqCst), fetched);
+
+    // A lying source: the digest is the error, whatever the consumer made,
+    // and nothing of it is kept (no blob, no temporary file).
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = c.scan(&d[0], |_| Ok(())).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     assert!(
         DiskStore::open(dir.path())
             .unwrap()
@@ -840,10 +856,33 @@ async fn a_scan_checks_the_digest_and_keeps_nothing() {
             .unwrap()
             .is_empty()
     );
-    // A lying source: the digest is the error, whatever the consumer made.
-    src.corrupt.store(true, Ordering::SeqCst);
-    let err = c.scan(&d[0], |_| Ok(())).await.unwrap_err();
-    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    let tmp = std::fs::read_dir(dir.path().join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tmp, 0, "a temporary file was left behind");
+}
+
+#[tokio::test]
+async fn a_scan_keeps_no_blob_over_the_disk_budget() {
+    let blob = data(700_000, 43);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(
+        src.clone(),
+        dir.path(),
+        CacheOptions {
+            disk_budget: 500_000,
+            ..options(Verify::Strict)
+        },
+    );
+    c.scan(&d[0], |_| Ok(())).await.unwrap();
+    assert!(
+        DiskStore::open(dir.path())
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -852,7 +891,13 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let table = c.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
+    // The table from a scan elsewhere (a scan keeps the blob it verified).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let table = cache(src.clone(), elsewhere.path(), options(Verify::Strict))
+        .scan(&d[0], |_| Ok(()))
+        .await
+        .unwrap()
+        .chunk_digests;
     let scanned_bytes = src.bytes.load(Ordering::SeqCst);
     c.set_chunk_digests(&d[0], 64 * 1024, table.clone());
     let content = d[0].clone();
@@ -901,7 +946,13 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     // A strict one with digests never serves it, drops it, then fetches
     // it afresh.
     let strict = cache(src.clone(), dir.path(), options(Verify::Strict));
-    let table = strict.scan(&d[0], |_| Ok(())).await.unwrap().chunk_digests;
+    // The table from a scan elsewhere (a scan keeps the blob it verified).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let table = cache(src.clone(), elsewhere.path(), options(Verify::Strict))
+        .scan(&d[0], |_| Ok(()))
+        .await
+        .unwrap()
+        .chunk_digests;
     strict.set_chunk_digests(&d[0], 64 * 1024, table);
     let err = strict.read_blob(&content, 70_000, 10).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
