@@ -50,17 +50,8 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("running containerd (Debian package containerd): {e}"));
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("cat >/dev/null; kill -9 \"$1\" 2>/dev/null")
-            .arg("ocifs-containerd-watchdog")
-            .arg(child.id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let (watchdog, stdin) = crate::util::watchdog(child.id(), "ocifs-containerd-watchdog")
             .expect("starting the watchdog");
-        let stdin = watchdog.stdin.take();
         let me = Containerd {
             child,
             watchdog,

@@ -298,24 +298,15 @@ fn start_process(
                 "running {REGISTRY_BIN} (Debian package docker-registry): {e}"
             ))
         })?;
-    let mut watchdog = match Command::new("sh")
-        .arg("-c")
-        .arg("cat >/dev/null; kill -9 \"$1\" 2>/dev/null")
-        .arg("ocifs-registry-watchdog")
-        .arg(child.id().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(StartError::Failed(format!("starting the watchdog: {e}")));
-        }
-    };
-    let watchdog_stdin = watchdog.stdin.take();
+    let (mut watchdog, watchdog_stdin) =
+        match crate::util::watchdog(child.id(), "ocifs-registry-watchdog") {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StartError::Failed(format!("starting the watchdog: {e}")));
+            }
+        };
     let stop = |child: &mut Child, watchdog: &mut Child| {
         let _ = watchdog.kill();
         let _ = watchdog.wait();

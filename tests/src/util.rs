@@ -111,6 +111,28 @@ pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A watchdog for the server process `pid`: `sh` reading a pipe from this
+/// process, which kills the server when the pipe closes (this process
+/// died without stopping it). Keep the returned stdin open as long as the
+/// server should live; kill the watchdog before the server when stopping.
+pub(crate) fn watchdog(
+    pid: u32,
+    name: &str,
+) -> std::io::Result<(std::process::Child, Option<std::process::ChildStdin>)> {
+    use std::process::{Command, Stdio};
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg("cat >/dev/null; kill -9 \"$1\" 2>/dev/null")
+        .arg(name)
+        .arg(pid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdin = watchdog.stdin.take();
+    Ok((watchdog, stdin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -885,19 +885,24 @@ async fn a_scan_keeps_no_blob_over_the_disk_budget() {
     );
 }
 
+/// The chunk table of `blob` from a scan by a cache of its own (a scan
+/// keeps the blob it verified, which the caller's cache must not have).
+async fn table_from_a_scan_elsewhere(src: &Arc<Fake>, blob: &Descriptor) -> Vec<[u8; 32]> {
+    let elsewhere = tempfile::tempdir().unwrap();
+    cache(src.clone(), elsewhere.path(), options(Verify::Strict))
+        .scan(blob, |_| Ok(()))
+        .await
+        .unwrap()
+        .chunk_digests
+}
+
 #[tokio::test]
 async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each() {
     let blob = data(2_000_000, 41);
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let c = cache(src.clone(), dir.path(), options(Verify::Strict));
-    // The table from a scan elsewhere (a scan keeps the blob it verified).
-    let elsewhere = tempfile::tempdir().unwrap();
-    let table = cache(src.clone(), elsewhere.path(), options(Verify::Strict))
-        .scan(&d[0], |_| Ok(()))
-        .await
-        .unwrap()
-        .chunk_digests;
+    let table = table_from_a_scan_elsewhere(&src, &d[0]).await;
     let scanned_bytes = src.bytes.load(Ordering::SeqCst);
     c.set_chunk_digests(&d[0], 64 * 1024, table.clone());
     let content = d[0].clone();
@@ -946,13 +951,7 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     // A strict one with digests never serves it, drops it, then fetches
     // it afresh.
     let strict = cache(src.clone(), dir.path(), options(Verify::Strict));
-    // The table from a scan elsewhere (a scan keeps the blob it verified).
-    let elsewhere = tempfile::tempdir().unwrap();
-    let table = cache(src.clone(), elsewhere.path(), options(Verify::Strict))
-        .scan(&d[0], |_| Ok(()))
-        .await
-        .unwrap()
-        .chunk_digests;
+    let table = table_from_a_scan_elsewhere(&src, &d[0]).await;
     strict.set_chunk_digests(&d[0], 64 * 1024, table);
     let err = strict.read_blob(&content, 70_000, 10).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
