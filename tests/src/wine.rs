@@ -92,6 +92,25 @@ impl Wine {
             }
             let prefix = target_dir().join("ocifs-tests/wine-prefix");
             make_prefix(&prefix);
+            // One wineserver for the whole run, kept up between the tests'
+            // processes: left to itself it exits 3 s after its last client,
+            // and an ocifs.exe started just then could fail to start at all
+            // (exit 1, nothing on stderr, seen once in CI).
+            // (It daemonizes: no pipes to wait on. Exit 2 is "one is
+            // running already", an earlier run's, itself persistent.)
+            let mut server = Command::new(WINESERVER);
+            wine_env(&mut server, &prefix);
+            let status = server
+                .arg("--persistent=120")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("ocifs-tests: starting {WINESERVER}: {e}"));
+            assert!(
+                matches!(status.code(), Some(0 | 2)),
+                "ocifs-tests: {WINESERVER} --persistent failed ({status})"
+            );
             Wine { prefix, exe }
         })
     }
