@@ -301,6 +301,10 @@ struct Cursors {
     parked: Mutex<HashMap<Digest, Vec<Cursor>>>,
     /// One decoded copy of a layer made at a time.
     making: OnePerKey<Digest>,
+    /// Layers whose decoded copy could not be made (a config whose diff ID
+    /// the decoded stream is not, a full disk): not tried again by this
+    /// reader, which decodes them per read from their seek points.
+    failed: Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl fmt::Debug for Cursors {
@@ -527,12 +531,35 @@ impl ContentReader {
         let decoded = stream.decoded.as_ref()?;
         let cache = self.copies.as_ref()?;
         let store = cache.store()?.clone();
-        if !store.has_complete(&decoded.digest) {
+        let failed = |c: &Cursors| {
+            c.failed
+                .lock()
+                .is_ok_and(|f| f.contains(&stream.blob.digest))
+        };
+        // The copy is this layer's only where decoding the layer was seen to
+        // give it: the diff ID alone may name another blob of the cache
+        // (even the layer itself).
+        let proven = |s: &crate::cache::DiskStore| {
+            s.decoded_of(&stream.blob.digest).as_ref() == Some(&decoded.digest)
+                && s.has_complete(&decoded.digest)
+        };
+        if !proven(&store) {
+            if failed(&self.cursors) {
+                return None;
+            }
             let _turn = self.cursors.making.turn(&stream.blob.digest).await;
-            if !store.has_complete(&decoded.digest)
+            if failed(&self.cursors) {
+                return None;
+            }
+            if !proven(&store)
                 && let Err(e) = materialize(cache, stream, decoded).await
             {
-                tracing::warn!(layer = %stream.blob.digest, error = %e, "decoding the layer into the cache failed; decoding it per read");
+                // Once: a layer that cannot be decoded into the cache is
+                // decoded per read, not streamed whole again for each.
+                if let Ok(mut f) = self.cursors.failed.lock() {
+                    f.insert(stream.blob.digest.clone());
+                }
+                tracing::warn!(layer = %stream.blob.digest, error = %e, "decoding the layer into the cache failed; decoding it per read from now on");
                 return None;
             }
         }
@@ -579,7 +606,8 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
                 &decoded.digest,
                 decoded.size,
                 Some((d.chunk_size, d.table)),
-            )
+            )?;
+            store.put_decoded(&stream.blob.digest, &decoded.digest)
         }
         Ok(s) => {
             let _ = std::fs::remove_file(&tmp);

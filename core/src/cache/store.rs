@@ -568,6 +568,27 @@ impl DiskStore {
         self.write_atomic(&self.index_path(digest), bytes)
     }
 
+    /// Records that decoding the complete blob `of` gives the complete blob
+    /// `decoded`: the caller decoded `of` and hashed the result. A decoded
+    /// copy is used only with this record (an image config's diff ID alone
+    /// could name any blob of the cache).
+    pub fn put_decoded(&self, of: &Digest, decoded: &Digest) -> Result<()> {
+        self.write_atomic(&self.decoded_path(of), decoded.to_string().as_bytes())
+    }
+
+    /// What decoding blob `of` was found to give, if recorded.
+    pub fn decoded_of(&self, of: &Digest) -> Option<Digest> {
+        fs::read_to_string(self.decoded_path(of))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn decoded_path(&self, of: &Digest) -> PathBuf {
+        self.root.join("decoded/sha256").join(of.hex())
+    }
+
     /// A new temporary file in the store, for a blob made here (a layer's
     /// decoded stream): hand it to [`DiskStore::adopt`] once its digest is
     /// known, or remove it.

@@ -306,7 +306,13 @@ pub async fn layer_index(
         if let (Some(tmp), Some(want)) = (&tmp, keep_decoded) {
             match decoded {
                 Some(d) if d.digest == *want => {
-                    if let Err(e) = cache.adopt(tmp, want, d.len, Some((d.chunk_size, d.table))) {
+                    let kept = cache
+                        .adopt(tmp, want, d.len, Some((d.chunk_size, d.table)))
+                        .and_then(|()| match cache.store() {
+                            Some(store) => store.put_decoded(&blob.digest, want),
+                            None => Ok(()),
+                        });
+                    if let Err(e) = kept {
                         tracing::warn!(layer = %blob.digest, error = %e, "keeping the decoded layer failed");
                     }
                 }

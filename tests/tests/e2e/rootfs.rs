@@ -1072,3 +1072,70 @@ fn a_first_mount_keeps_the_layers_it_streamed_and_fetches_each_once() {
         );
     }
 }
+
+#[test]
+fn a_zstd_layer_its_config_misnames_is_fetched_once_and_warned_of_once() {
+    // podman 4.3 writes a zstd:chunked base layer whose decoded tar is not
+    // the diff ID its config names. Here the config names the compressed
+    // digest (a lying config from the test's layout builder; the layer is
+    // Debian's `zstd` output, one frame): the verified blob is fetched once,
+    // and its decoded copy, which cannot be kept under that diff ID, is
+    // given up once rather than made again for every read.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let mut t = TarWriter::new();
+    let files: Vec<Vec<u8>> = (0..12).map(|i| random_bytes(300_000, 100 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        t.file(&format!("f{i}.bin"), 0o644, (0, 0), f);
+    }
+    let layer = zstd(&t.finish());
+    let mut layout = OciLayoutBuilder::new(dir.path().join("layout"));
+    let l = layout.blob(TAR_ZSTD, &layer);
+    let m = layout.image_manifest(&Platform::new("linux", "amd64"), &[l.clone()]);
+    layout.add(&m, Some("v1"));
+    skopeo_copy(
+        &format!("oci:{}:v1", dir.path().join("layout").display()),
+        &format!("docker://{}/lying/zstd:v1", registry.host()),
+        &["--preserve-digests", "--dest-tls-verify=false"],
+    );
+    let proxy = CountingProxy::start(&registry.host());
+    let reference = format!("{}/lying/zstd:v1", proxy.host());
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    // The diff ID names the layer blob itself, which the cache comes to
+    // hold complete: never served as the decoded stream (it once was, by
+    // cat and by a mount alike).
+    for (i, f) in files.iter().enumerate() {
+        let out = run_ocifs([
+            "cat",
+            "--plain-http",
+            "--cache-dir",
+            &cache_arg,
+            &reference,
+            &format!("f{i}.bin"),
+        ]);
+        assert!(out.success().stdout == *f, "cat f{i}.bin wrote other bytes");
+    }
+    assert_eq!(
+        layer_bytes(&proxy, std::slice::from_ref(&l.digest)),
+        layer.len() as u64,
+        "the cats of one cache fetched the layer more than once"
+    );
+    proxy.reset();
+    let mnt = Mounted::new(&reference, &["--plain-http", "--cache-dir", &cache_arg]);
+    // Out of archive order, so a parked decoder does not simply run on.
+    for i in [9usize, 2, 11, 5, 0] {
+        let got = std::fs::read(mnt.path(&format!("f{i}.bin"))).expect("read");
+        assert!(got == files[i], "f{i}.bin differs:\n{}", mnt.log());
+    }
+    // The mount of the same cache fetched nothing, and gave up the decoded
+    // copy once.
+    assert_eq!(layer_bytes(&proxy, std::slice::from_ref(&l.digest)), 0);
+    let log = mnt.log();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("decoding the layer into the cache failed"),
+        1,
+        "{log}"
+    );
+}
