@@ -1091,7 +1091,7 @@ fn a_zstd_layer_its_config_misnames_is_fetched_once_and_warned_of_once() {
     let layer = zstd(&t.finish());
     let mut layout = OciLayoutBuilder::new(dir.path().join("layout"));
     let l = layout.blob(TAR_ZSTD, &layer);
-    let m = layout.image_manifest(&Platform::new("linux", "amd64"), &[l.clone()]);
+    let m = layout.image_manifest(&Platform::new("linux", "amd64"), std::slice::from_ref(&l));
     layout.add(&m, Some("v1"));
     skopeo_copy(
         &format!("oci:{}:v1", dir.path().join("layout").display()),
