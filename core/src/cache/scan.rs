@@ -106,42 +106,33 @@ impl ChunkCache {
             (value, len, r.hasher.finish(), copied)
         });
         let produced = self.inner.clone().produce(blob, tx).await;
-        let joined = consumer.await.map_err(join_error);
-        let keep = |ok: bool| {
-            if let Some(tmp) = &tmp
-                && !ok
+        let outcome = consumer
+            .await
+            .map_err(join_error)
+            .and_then(|joined| produced.map(|()| joined));
+        // The copy becomes the complete blob only if the blob checked out.
+        let kept = match (&outcome, &tmp) {
+            (Ok((_, len, (actual, table), true)), Some(tmp))
+                if *len == blob.size && *actual == blob.digest =>
             {
-                let _ = std::fs::remove_file(tmp);
+                let adopted = self.adopt(
+                    tmp,
+                    &blob.digest,
+                    blob.size,
+                    Some((chunk_size, table.clone())),
+                );
+                if let Err(e) = &adopted {
+                    tracing::debug!(digest = %blob.digest, error = %e, "not keeping the scanned blob");
+                }
+                adopted.is_ok()
             }
+            _ => false,
         };
-        let (value, len, (actual, chunk_digests), copied) = match joined {
-            Ok(j) => j,
-            Err(e) => {
-                keep(false);
-                return Err(e);
-            }
-        };
-        if let Err(e) = produced {
-            keep(false);
-            return Err(e);
+        if !kept && let Some(tmp) = &tmp {
+            let _ = std::fs::remove_file(tmp);
         }
+        let (value, len, (actual, chunk_digests), _) = outcome?;
         let verified = len == blob.size && actual == blob.digest;
-        if verified
-            && copied
-            && let Some(tmp) = &tmp
-        {
-            if let Err(e) = self.adopt(
-                tmp,
-                &blob.digest,
-                blob.size,
-                Some((chunk_size, chunk_digests.clone())),
-            ) {
-                tracing::debug!(digest = %blob.digest, error = %e, "not keeping the scanned blob");
-                keep(false);
-            }
-        } else {
-            keep(false);
-        }
         if !verified {
             Counters::bump(&self.inner.counters.verify_failures);
             return Err(Error::blob_mismatch(

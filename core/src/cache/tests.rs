@@ -849,17 +849,7 @@ async fn a_scan_checks_the_digest_and_keeps_the_blob_only_once_it_checked_out() 
     src.corrupt.store(true, Ordering::SeqCst);
     let err = c.scan(&d[0], |_| Ok(())).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-    assert!(
-        DiskStore::open(dir.path())
-            .unwrap()
-            .list()
-            .unwrap()
-            .is_empty()
-    );
-    let tmp = std::fs::read_dir(dir.path().join("tmp"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(tmp, 0, "a temporary file was left behind");
+    assert_nothing_kept(dir.path());
 }
 
 #[tokio::test]
@@ -876,13 +866,16 @@ async fn a_scan_keeps_no_blob_over_the_disk_budget() {
         },
     );
     c.scan(&d[0], |_| Ok(())).await.unwrap();
-    assert!(
-        DiskStore::open(dir.path())
-            .unwrap()
-            .list()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_kept(dir.path());
+}
+
+/// Nothing is in the store at `dir`: no blob, and no temporary file left.
+#[track_caller]
+fn assert_nothing_kept(dir: &std::path::Path) {
+    let listed = DiskStore::open(dir).unwrap().list().unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    let tmp = std::fs::read_dir(dir.join("tmp")).map_or(0, |d| d.count());
+    assert_eq!(tmp, 0, "a temporary file was left behind");
 }
 
 /// The chunk table of `blob` from a scan by a cache of its own (a scan

@@ -15,6 +15,8 @@ use ocifs_tests::{
 };
 use tempfile::TempDir;
 
+use crate::support::sh;
+
 const CNI: &[&str] = &["bridge", "host-local", "loopback"];
 const ZIP: &str = "cni-plugins-zip-v1.zip";
 const TGZ: &str = "cni-plugins-linux-amd64-v1.tgz";
@@ -26,19 +28,6 @@ fn cni_dir() -> &'static Path {
         "containernetworking-plugins is not installed (scripts/test installs it)"
     );
     cni
-}
-
-fn sh(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} (scripts/test installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The CNI plugins under `linux-amd64/` (with a symlink `br -> bridge`),

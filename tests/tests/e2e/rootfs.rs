@@ -18,7 +18,8 @@ use ocifs_tests::tarfile::{TarHeader, TarKind, TarWriter, gzip, zstd};
 use ocifs_tests::walk::{Kind, Row, diff, file_sha256};
 use ocifs_tests::{
     CountingProxy, Mounted, OciLayoutBuilder, Output, Platform, Registry, RegistryAuth,
-    mount_options, random_bytes, rootfs_image, run_ocifs, sha256_hex, skopeo_copy, temp_dir, walk,
+    RootfsImage, mount_options, random_bytes, rootfs_image, run_ocifs, sha256_hex, skopeo_copy,
+    temp_dir, walk,
 };
 use serde_json::Value;
 
@@ -409,14 +410,22 @@ fn evict_layers(cache: &Path, digests: &[String]) {
     }
 }
 
-#[test]
-fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
-    let image = rootfs_image();
+/// The fixture pushed as gzip behind a counting proxy: the registry (kept
+/// alive by the caller), the proxy, the reference through it, and the
+/// layers' digests.
+fn proxied_gzip(image: &RootfsImage) -> (Registry, CountingProxy, String, Vec<String>) {
     let registry = Registry::start(RegistryAuth::None);
     image.push(&registry.host(), REPO, LayerCompression::Gzip);
     let proxy = CountingProxy::start(&registry.host());
     let reference = format!("{}/{REPO}", proxy.host());
-    let digests: Vec<String> = image.layers().iter().map(|l| l.digest.clone()).collect();
+    let digests = image.layers().iter().map(|l| l.digest.clone()).collect();
+    (registry, proxy, reference, digests)
+}
+
+#[test]
+fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
+    let image = rootfs_image();
+    let (_registry, proxy, reference, digests) = proxied_gzip(image);
     let work = temp_dir();
     let cache = work.path().join("cache");
     let cache_arg = cache.display().to_string();
@@ -1030,11 +1039,7 @@ fn a_first_mount_keeps_the_layers_it_streamed_and_fetches_each_once() {
     // kept as the complete blob, so reading files afterwards fetches no
     // layer bytes again (it used to fetch 4–7 MB more for one binary).
     let image = rootfs_image();
-    let registry = Registry::start(RegistryAuth::None);
-    image.push(&registry.host(), REPO, LayerCompression::Gzip);
-    let proxy = CountingProxy::start(&registry.host());
-    let reference = format!("{}/{REPO}", proxy.host());
-    let digests: Vec<String> = image.layers().iter().map(|l| l.digest.clone()).collect();
+    let (_registry, proxy, reference, digests) = proxied_gzip(image);
     let total: u64 = image.layers().iter().map(|l| l.size).sum();
     let work = temp_dir();
     let cache = work.path().join("cache");

@@ -109,3 +109,19 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+/// Runs `program ARGS` in `dir` (a third-party tool making a fixture),
+/// failing the test with its stderr if it fails.
+pub fn sh(dir: &Path, program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} (scripts/test installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

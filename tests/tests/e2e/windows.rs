@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use ocifs_tests::{
@@ -23,7 +23,7 @@ use ocifs_tests::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{FileSpec, push_files};
+use crate::support::{FileSpec, push_files, sh};
 
 const MIB: usize = 1 << 20;
 
@@ -110,20 +110,6 @@ impl Fixture {
             .find(|f| f.title == title)
             .unwrap_or_else(|| panic!("no file {title}"))
     }
-}
-
-fn sh(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} (scripts/test installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `ocifs.exe ARGS…` under Wine with the cache `cache` (a Linux path,
