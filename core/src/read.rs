@@ -305,6 +305,9 @@ struct Cursors {
     /// the decoded stream is not, a full disk): not tried again by this
     /// reader, which decodes them per read from their seek points.
     failed: Mutex<std::collections::HashSet<Digest>>,
+    /// Layers whose decoded copy this reader found recorded as theirs: a
+    /// read then checks only that the copy is still there, as before.
+    proven: Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl fmt::Debug for Cursors {
@@ -531,17 +534,25 @@ impl ContentReader {
         let decoded = stream.decoded.as_ref()?;
         let cache = self.copies.as_ref()?;
         let store = cache.store()?.clone();
-        let failed = |c: &Cursors| {
-            c.failed
-                .lock()
-                .is_ok_and(|f| f.contains(&stream.blob.digest))
+        let known = |set: &Mutex<std::collections::HashSet<Digest>>| {
+            set.lock().is_ok_and(|f| f.contains(&stream.blob.digest))
         };
+        let failed = |c: &Cursors| known(&c.failed);
         // The copy is this layer's only where decoding the layer was seen to
         // give it: the diff ID alone may name another blob of the cache
-        // (even the layer itself).
+        // (even the layer itself). The record is read once per reader.
         let proven = |s: &crate::cache::DiskStore| {
-            s.decoded_of(&stream.blob.digest).as_ref() == Some(&decoded.digest)
-                && s.has_complete(&decoded.digest)
+            if !s.has_complete(&decoded.digest) {
+                return false;
+            }
+            if known(&self.cursors.proven) {
+                return true;
+            }
+            let ours = s.decoded_of(&stream.blob.digest).as_ref() == Some(&decoded.digest);
+            if ours && let Ok(mut p) = self.cursors.proven.lock() {
+                p.insert(stream.blob.digest.clone());
+            }
+            ours
         };
         if !proven(&store) {
             if failed(&self.cursors) {
