@@ -718,9 +718,13 @@ impl DiskStore {
             return Ok(false);
         }
         let _lock = match p.lock_range(PROMOTE_BYTE, 1) {
-            Ok(lock) => lock,
+            Ok(lock) => Some(lock),
             // The generation is gone: another process promoted (or dropped) it.
             Err(_) if final_path.is_file() => return Ok(false),
+            // Dropped (evicted by another process): its bytes are still in
+            // the open file, checked and placed below; no other process
+            // promotes this generation any more.
+            Err(_) if p.is_gone() => None,
             Err(e) => return Err(e),
         };
         if final_path.is_file() {
@@ -746,7 +750,7 @@ impl DiskStore {
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
         self.put_table(digest, p.chunk_size, p.size, &digests)?;
-        move_into_place(&data_path, &final_path)?;
+        self.place(p, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(true)
     }
@@ -770,9 +774,52 @@ impl DiskStore {
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
         self.put_table(digest, p.chunk_size, p.size, digests)?;
-        move_into_place(&data_path, &final_path)?;
+        self.place(p, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
+    }
+
+    /// Renames `p`'s checked data into place at `final_path`. If its
+    /// generation was dropped meanwhile (evicted by another process) and no
+    /// copy is there, the bytes just checked are still in the open file:
+    /// they are copied into place instead (no reader gets an error for it).
+    fn place(&self, p: &Partial, final_path: &Path) -> Result<()> {
+        let data_path = p.dir.join("data");
+        match fs::rename(&data_path, final_path) {
+            Ok(()) => Ok(()),
+            Err(_) if final_path.is_file() => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!(path = %data_path.display(), "the partial blob was dropped while promoted; copying it into place");
+                let (tmp, mut out) = self.temp_file()?;
+                let copied = (|| -> io::Result<()> {
+                    use std::io::Seek as _;
+                    let mut src = p.data.try_clone()?;
+                    src.seek(io::SeekFrom::Start(0))?;
+                    let n = io::copy(&mut src.take(p.size), &mut out)?;
+                    if n != p.size {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{n} of {} bytes", p.size),
+                        ));
+                    }
+                    out.sync_all()
+                })();
+                drop(out);
+                let placed = copied
+                    .map_err(io_err(|| {
+                        format!("copying {} into place", data_path.display())
+                    }))
+                    .and_then(|()| move_into_place(&tmp, final_path));
+                if placed.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                placed
+            }
+            Err(e) => Err(Error::io(
+                format!("moving {} into place", data_path.display()),
+                e,
+            )),
+        }
     }
 
     /// Drops a partial blob (after a failed check).
@@ -1525,6 +1572,25 @@ mod tests {
         // The good one, from "an older cache", has its table now.
         assert!(s.get_table(&d_good, 4).is_some());
         assert!(s.get_table(&d_bad, 3).is_none());
+    }
+
+    #[test]
+    fn a_partial_dropped_by_another_process_while_promoted_still_lands_whole() {
+        // Another process evicts the generation (its directory goes) after
+        // this one opened it complete: the checked bytes are still in the
+        // open file, and are copied into place rather than failing a read.
+        let (_d, s) = store();
+        let blob: Vec<u8> = (0..(5 * 4096 + 7) as u32)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let digest = Digest::of(&blob);
+        let p = s.partial(&digest, blob.len() as u64, 4096).unwrap();
+        write_each_chunk(&p, &blob, |_| true);
+        fs::remove_dir_all(s.partial_dir(&digest)).unwrap();
+        assert!(s.promote(&p, &digest).unwrap());
+        assert_eq!(fs::read(s.blob_path(&digest)).unwrap(), blob);
+        let tmp = fs::read_dir(s.root.join("tmp")).map_or(0, |d| d.count());
+        assert_eq!(tmp, 0, "a temporary file was left behind");
     }
 
     #[test]
