@@ -113,8 +113,120 @@ pub struct TarFile {
     pub stream: Arc<TarStream>,
     /// Where the file's data starts in the uncompressed stream.
     pub offset: u64,
-    /// Its size.
+    /// Its size (a sparse file's whole size, holes included).
     pub size: u64,
+    /// A sparse file's map: which ranges of it are stored (back to back
+    /// from `offset`); the rest reads as zeros. `None` for a file stored
+    /// whole.
+    pub sparse: Option<Arc<SparseMap>>,
+}
+
+impl TarFile {
+    /// How many bytes of the stream the file's data takes: its size, or
+    /// for a sparse file the bytes of its stored ranges.
+    pub fn stored_len(&self) -> u64 {
+        self.sparse.as_ref().map_or(self.size, |m| m.stored_len())
+    }
+}
+
+/// The most stored ranges a sparse file may have.
+pub const MAX_SPARSE_EXTENTS: usize = 1 << 20;
+
+/// One stored range of a sparse file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Where the range starts in the file.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Where its bytes start in the file's stored data.
+    pub stored: u64,
+}
+
+/// Which ranges of a sparse file are stored (GNU sparse maps: the old `S`
+/// type's and PAX 0.0, 0.1 and 1.0): in increasing order, not
+/// overlapping, none empty, all inside the file. Everything else is a hole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparseMap {
+    extents: Vec<Extent>,
+    stored: u64,
+    size: u64,
+}
+
+impl SparseMap {
+    /// The map of a file of `size` bytes from its `(offset, length)` pairs
+    /// as an archive lists them; empty ranges are dropped (GNU tar ends a
+    /// map with one at the file's end). The reason a map is not one.
+    pub fn new(pairs: &[(u64, u64)], size: u64) -> Result<SparseMap, String> {
+        if pairs.len() > MAX_SPARSE_EXTENTS {
+            return Err(format!(
+                "a sparse map of {} ranges (the limit is {MAX_SPARSE_EXTENTS})",
+                pairs.len()
+            ));
+        }
+        let mut extents = Vec::with_capacity(pairs.len());
+        let (mut end, mut stored) = (0u64, 0u64);
+        for &(offset, len) in pairs {
+            let past = offset
+                .checked_add(len)
+                .filter(|p| *p <= size)
+                .ok_or_else(|| {
+                    format!("a sparse range {offset}+{len} past the file's size {size}")
+                })?;
+            if offset < end {
+                return Err(format!(
+                    "sparse ranges out of order or overlapping (at offset {offset})"
+                ));
+            }
+            if len == 0 {
+                continue;
+            }
+            extents.push(Extent {
+                offset,
+                len,
+                stored,
+            });
+            stored += len;
+            end = past;
+        }
+        Ok(SparseMap {
+            extents,
+            stored,
+            size,
+        })
+    }
+
+    /// The file's size, holes included.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The stored ranges, in order.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
+    /// The bytes stored: the sum of the ranges' lengths.
+    pub fn stored_len(&self) -> u64 {
+        self.stored
+    }
+
+    /// The stored ranges that meet `offset..end` of the file, cut to it.
+    pub fn within(&self, offset: u64, end: u64) -> impl Iterator<Item = Extent> + '_ {
+        let first = self.extents.partition_point(|e| e.offset + e.len <= offset);
+        self.extents[first..]
+            .iter()
+            .take_while(move |e| e.offset < end)
+            .map(move |e| {
+                let from = e.offset.max(offset);
+                let to = (e.offset + e.len).min(end);
+                Extent {
+                    offset: from,
+                    len: to - from,
+                    stored: e.stored + (from - e.offset),
+                }
+            })
+    }
 }
 
 /// A point in a gzip stream where inflating can resume.

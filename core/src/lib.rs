@@ -70,8 +70,8 @@ pub use cache::{
     Scanned, StoredBlob, default_dir,
 };
 pub use content::{
-    Compression, Content, FramePoint, GzipPoint, SeekPoints, TarFile, TarStream, ZipEntry,
-    ZipMethod,
+    Compression, Content, Extent, FramePoint, GzipPoint, SeekPoints, SparseMap, TarFile, TarStream,
+    ZipEntry, ZipMethod,
 };
 pub use credentials::{Credentials, lookup as lookup_credentials};
 pub use digest::{Digest, Hasher};

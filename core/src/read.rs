@@ -210,6 +210,44 @@ impl ContentReader {
     /// Files of compressed streams up to [`DECODE_WHOLE_MAX`] are decoded
     /// whole and kept; larger ones are read span by span.
     async fn read_tar(&self, f: &TarFile, offset: u64, len: u64) -> Result<Bytes> {
+        let Some(map) = &f.sparse else {
+            return self.read_stored(f, offset, len).await;
+        };
+        // A sparse file: its stored ranges are a file of their own in the
+        // stream; holes are zeros, and a read of a hole reads nothing.
+        let stored = TarFile {
+            stream: f.stream.clone(),
+            offset: f.offset,
+            size: map.stored_len(),
+            sparse: None,
+        };
+        let end = offset + len;
+        let mut pieces = map.within(offset, end).peekable();
+        if let Some(x) = pieces.peek()
+            && x.offset == offset
+            && x.len == len
+        {
+            return self.read_stored(&stored, x.stored, x.len).await;
+        }
+        let mut out = vec![0u8; len as usize];
+        for x in pieces {
+            let bytes = self.read_stored(&stored, x.stored, x.len).await?;
+            if bytes.len() as u64 != x.len {
+                return Err(Error::ShortRead {
+                    digest: f.stream.blob.digest.to_string(),
+                    offset: f.offset + x.stored,
+                    expected: x.len,
+                    got: bytes.len() as u64,
+                });
+            }
+            let at = (x.offset - offset) as usize;
+            out[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Bytes `offset..offset + len` of `f`'s data as the stream stores it.
+    async fn read_stored(&self, f: &TarFile, offset: u64, len: u64) -> Result<Bytes> {
         let stream = &f.stream;
         if stream.compression == Compression::None {
             return self

@@ -29,6 +29,7 @@ fn entry(path: String, kind: EntryKind, offset: u64) -> TocEntry {
         major: 0,
         minor: 0,
         xattrs: Vec::new(),
+        sparse: None,
     }
 }
 

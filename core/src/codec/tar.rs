@@ -5,6 +5,9 @@
 
 use std::fmt;
 use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::content::{MAX_SPARSE_EXTENTS, SparseMap};
 
 /// What an entry of a layer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +60,9 @@ pub struct TocEntry {
     pub minor: u32,
     /// Extended attributes (PAX `SCHILY.xattr.NAME`), in archive order.
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// A sparse file's map (`size` is then its whole size, and its
+    /// stored ranges lie back to back from `offset`); `None` otherwise.
+    pub sparse: Option<Arc<SparseMap>>,
 }
 
 /// The most entries one layer may have, by default.
@@ -70,6 +76,10 @@ pub const NAME_MAX: usize = 255;
 pub const UNKNOWN_MODE: u32 = u32::MAX;
 /// The longest entry name (and symlink target) of a package.
 pub const MAX_NAME: usize = PATH_MAX;
+/// The most sparse ranges one archive may list, all its files together.
+const MAX_WALK_EXTENTS: usize = 4 * MAX_SPARSE_EXTENTS;
+/// The longest number in a 1.0 sparse map (`u64::MAX` has 20 digits).
+const MAX_MAP_DIGITS: usize = 20;
 /// The largest PAX extended header read.
 const MAX_PAX: u64 = 1 << 20;
 const BLOCK: u64 = 512;
@@ -156,6 +166,35 @@ struct Pending {
     uid: Option<u32>,
     gid: Option<u32>,
     xattrs: Vec<(String, Vec<u8>)>,
+    sparse: PaxSparse,
+}
+
+/// What PAX records say of a GNU sparse file.
+#[derive(Default)]
+struct PaxSparse {
+    /// `GNU.sparse.major` (1: the map is at the start of the data).
+    major: Option<u64>,
+    /// `GNU.sparse.name`: the file's real name (1.0).
+    name: Option<Vec<u8>>,
+    /// `GNU.sparse.size` (0.0, 0.1) or `GNU.sparse.realsize` (1.0).
+    size: Option<u64>,
+    /// The map of 0.1 (`GNU.sparse.map`) or of 0.0 (each
+    /// `GNU.sparse.offset` then `GNU.sparse.numbytes`), in order.
+    numbers: Vec<u64>,
+    /// Whether 0.0's or 0.1's records were seen.
+    pax_map: bool,
+}
+
+/// A sparse map as an archive lists it: `(offset, length)` pairs, and the
+/// file's real size.
+type RawMap = (Vec<(u64, u64)>, u64);
+
+/// Pairs `offset, length` from a flat list of numbers.
+fn pairs(numbers: &[u64]) -> Result<Vec<(u64, u64)>, String> {
+    if !numbers.len().is_multiple_of(2) {
+        return Err("a sparse map with an offset and no length".into());
+    }
+    Ok(numbers.chunks(2).map(|p| (p[0], p[1])).collect())
 }
 
 fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
@@ -298,6 +337,7 @@ pub fn walk_each<I: TarInput + ?Sized>(
     let mut found = 0usize;
     let mut pending = Pending::default();
     let mut headers = 0usize;
+    let mut sparse_extents = 0usize;
     while let Some(block) = w.block()? {
         if block.iter().all(|b| *b == 0) {
             break; // the end-of-archive marker
@@ -347,29 +387,80 @@ pub fn walk_each<I: TarInput + ?Sized>(
             continue;
         }
         let p = std::mem::take(&mut pending);
-        let raw_name = p.name.unwrap_or_else(|| header.path_bytes().into_owned());
+        let raw_name = p
+            .sparse
+            .name
+            .or(p.name)
+            .unwrap_or_else(|| header.path_bytes().into_owned());
         let shown = shown_name(&raw_name);
         let kind_byte = kind.as_byte();
         // A v7 tar has no directory type: a regular file's name ending in
         // `/` is a directory, as every tar reader takes it.
         let dir_by_name = matches!(kind_byte, 0 | b'0') && raw_name.ends_with(b"/");
-        let is_file = (kind.is_file() || kind.is_contiguous() || kind_byte == 0) && !dir_by_name;
+        let old_sparse = kind.is_gnu_sparse() && !dir_by_name;
+        let is_file = (kind.is_file() || kind.is_contiguous() || kind_byte == 0 || old_sparse)
+            && !dir_by_name;
         // Only regular files carry data (a hard link's size field is
         // sometimes set; its data is not in the stream).
         let stored = p.size.unwrap_or(header_size);
-        let data_len = if is_file || dir_by_name || kind.is_gnu_sparse() || kind_byte > b'7' {
+        let data_len = if is_file || dir_by_name || kind_byte > b'7' {
             stored
         } else {
             0
         };
-        let data_at = w.pos;
         let what = format!("entry {shown:?}");
-        w.skip(
-            data_len
-                .checked_add(padding(data_len))
-                .ok_or_else(|| bad_field("size"))?,
-            &what,
-        )?;
+        let mut physical = data_len
+            .checked_add(padding(data_len))
+            .ok_or_else(|| bad_field("size"))?;
+        // A sparse file's map: in the header and the blocks after it (the
+        // old `S` type), in PAX records (0.0, 0.1), or at the start of the
+        // data (1.0). `(map, real size)`, or why it is no map.
+        let mut map_len = 0u64;
+        let sparse: Option<Result<RawMap, String>> = if old_sparse {
+            Some(old_gnu_map(&mut w, &header, &what)?)
+        } else if is_file && p.sparse.major == Some(1) {
+            let (map, read) = map_in_data(&mut w, physical, &what)?;
+            map_len = read;
+            Some(map.and_then(|m| {
+                let size = p
+                    .sparse
+                    .size
+                    .ok_or("a sparse file without GNU.sparse.realsize")?;
+                Ok((m, size))
+            }))
+        } else if is_file && p.sparse.pax_map {
+            Some(pairs(&p.sparse.numbers).and_then(|m| {
+                let size = p
+                    .sparse
+                    .size
+                    .ok_or("a sparse file without GNU.sparse.size")?;
+                Ok((m, size))
+            }))
+        } else {
+            None
+        };
+        physical -= map_len;
+        let data_at = w.pos;
+        let sparse = sparse.map(|r| {
+            r.and_then(|(pairs, size)| {
+                sparse_extents += pairs.len();
+                if sparse_extents > MAX_WALK_EXTENTS {
+                    return Err(format!(
+                        "more than {MAX_WALK_EXTENTS} sparse ranges in the archive (the limit)"
+                    ));
+                }
+                let map = SparseMap::new(&pairs, size)?;
+                let there = data_len.saturating_sub(map_len);
+                if map.stored_len() > there {
+                    return Err(format!(
+                        "its sparse map lists {} bytes of data; the entry stores {there}",
+                        map.stored_len()
+                    ));
+                }
+                Ok(map)
+            })
+        });
+        w.skip(physical, &what)?;
 
         // Packages show no owners: a tool that leaves the fields empty
         // makes a readable package still.
@@ -381,6 +472,7 @@ pub fn walk_each<I: TarInput + ?Sized>(
             }
         };
         let entry = (|| -> Result<TocEntry, String> {
+            let sparse = sparse.transpose()?;
             let name = std::str::from_utf8(&raw_name).map_err(|_| "the name is not UTF-8")?;
             let path = names.path(name)?;
             let link = p
@@ -411,8 +503,6 @@ pub fn walk_each<I: TarInput + ?Sized>(
                 (EntryKind::BlockDevice, String::new())
             } else if kind.is_fifo() {
                 (EntryKind::Fifo, String::new())
-            } else if kind.is_gnu_sparse() {
-                return Err("a GNU sparse file (not supported)".into());
             } else {
                 return Err(format!(
                     "unsupported entry type {:?}",
@@ -445,7 +535,11 @@ pub fn walk_each<I: TarInput + ?Sized>(
                     .mtime
                     .or_else(|| header.mtime().ok().and_then(|t| i64::try_from(t).ok()))
                     .unwrap_or(0),
-                size: if is_file { stored } else { 0 },
+                size: match (&sparse, is_file) {
+                    (Some(m), _) => m.size(),
+                    (None, true) => stored,
+                    (None, false) => 0,
+                },
                 offset: if is_file { data_at } else { 0 },
                 link,
                 major: if device {
@@ -459,6 +553,7 @@ pub fn walk_each<I: TarInput + ?Sized>(
                     0
                 },
                 xattrs: p.xattrs,
+                sparse: sparse.map(Arc::new),
             })
         })();
         found += 1;
@@ -470,6 +565,124 @@ pub fn walk_each<I: TarInput + ?Sized>(
         sink(entry.map_err(|reason| format!("entry {shown:?}: {reason}")));
     }
     Ok(w.pos)
+}
+
+/// The map of an old GNU sparse file (type `S`): four ranges in the
+/// header, then 21 in each extension block that follows while the one
+/// before says another does. An error if the stream cannot be walked on;
+/// the inner `Err` if only this entry is unreadable.
+fn old_gnu_map<I: TarInput + ?Sized>(
+    w: &mut Walker<'_, I>,
+    header: &tar::Header,
+    what: &str,
+) -> Result<Result<RawMap, String>, WalkError> {
+    let Some(gnu) = header.as_gnu() else {
+        return Err(WalkError::Bad(format!(
+            "{what} is an old GNU sparse file without a GNU header"
+        )));
+    };
+    let mut map = Vec::new();
+    let mut bad = None;
+    let mut take = |s: &[tar::GnuSparseHeader], map: &mut Vec<(u64, u64)>| {
+        for s in s.iter().filter(|s| !s.is_empty()) {
+            match (s.offset(), s.length()) {
+                (Ok(o), Ok(l)) if map.len() < MAX_SPARSE_EXTENTS => map.push((o, l)),
+                (Ok(_), Ok(_)) => {
+                    bad.get_or_insert(format!(
+                        "a sparse map of over {MAX_SPARSE_EXTENTS} ranges (the limit)"
+                    ));
+                }
+                _ => {
+                    bad.get_or_insert("a sparse map with a bad number".to_owned());
+                }
+            }
+        }
+    };
+    take(&gnu.sparse, &mut map);
+    let size = gnu.real_size();
+    let mut extended = gnu.is_extended();
+    let mut blocks = 0usize;
+    while extended {
+        blocks += 1;
+        if blocks > MAX_SPARSE_EXTENTS / 21 + 1 {
+            return Err(WalkError::Bad(format!(
+                "{what} has more sparse map blocks than any map of {MAX_SPARSE_EXTENTS} ranges"
+            )));
+        }
+        let block = w.block()?.ok_or_else(|| {
+            WalkError::Bad(format!("the stream ends inside the sparse map of {what}"))
+        })?;
+        let mut ext = tar::GnuExtSparseHeader::new();
+        ext.as_mut_bytes().copy_from_slice(&block);
+        take(ext.sparse(), &mut map);
+        extended = ext.is_extended();
+    }
+    Ok(match (bad, size) {
+        (Some(bad), _) => Err(bad),
+        (None, Err(_)) => Err("a sparse file with a bad real size".into()),
+        (None, Ok(size)) => Ok((map, size)),
+    })
+}
+
+/// The map at the start of a 1.0 sparse file's data: decimal numbers, a
+/// line each (the count of ranges, then each range's offset and length),
+/// padded to a block. Reads whole blocks of the data's `physical` bytes
+/// until the map is complete; the map (or why it is none) and the bytes
+/// read.
+#[allow(clippy::type_complexity)]
+fn map_in_data<I: TarInput + ?Sized>(
+    w: &mut Walker<'_, I>,
+    physical: u64,
+    what: &str,
+) -> Result<(Result<Vec<(u64, u64)>, String>, u64), WalkError> {
+    let mut read = 0u64;
+    let mut numbers: Vec<u64> = Vec::new();
+    let mut count: Option<usize> = None;
+    let mut digits = String::new();
+    loop {
+        if count.is_some_and(|c| numbers.len() == 2 * c) {
+            return Ok((pairs(&numbers), read));
+        }
+        if read + BLOCK > physical {
+            return Ok((
+                Err("its sparse map runs past the entry's data".into()),
+                read,
+            ));
+        }
+        let block = w.block()?.ok_or_else(|| {
+            WalkError::Bad(format!("the stream ends inside the sparse map of {what}"))
+        })?;
+        read += BLOCK;
+        for &b in block.iter() {
+            if count.is_some_and(|c| numbers.len() == 2 * c) {
+                break; // the rest of the block is padding
+            }
+            match b {
+                b'0'..=b'9' if digits.len() < MAX_MAP_DIGITS => digits.push(char::from(b)),
+                b'\n' if !digits.is_empty() => {
+                    let Ok(n) = digits.parse::<u64>() else {
+                        return Ok((Err("a sparse map with a number over 2^64".into()), read));
+                    };
+                    digits.clear();
+                    match count {
+                        None => match usize::try_from(n) {
+                            Ok(c) if c <= MAX_SPARSE_EXTENTS => count = Some(c),
+                            _ => {
+                                return Ok((
+                                    Err(format!(
+                                        "a sparse map of {n} ranges (the limit is {MAX_SPARSE_EXTENTS})"
+                                    )),
+                                    read,
+                                ));
+                            }
+                        },
+                        Some(_) => numbers.push(n),
+                    }
+                }
+                _ => return Ok((Err("a malformed sparse map".into()), read)),
+            }
+        }
+    }
 }
 
 /// A name as messages show it: lossy UTF-8, cut at 200 characters (a
@@ -511,6 +724,34 @@ fn pax(data: &[u8], pending: &mut Pending) -> Result<(), String> {
             b"path" => pending.name = Some(value.to_vec()),
             b"linkpath" => pending.link = Some(value.to_vec()),
             b"size" => pending.size = Some(number(value, "size")?),
+            b"GNU.sparse.major" => pending.sparse.major = Some(number(value, "sparse major")?),
+            b"GNU.sparse.name" => pending.sparse.name = Some(value.to_vec()),
+            b"GNU.sparse.size" | b"GNU.sparse.realsize" => {
+                pending.sparse.size = Some(number(value, "sparse size")?)
+            }
+            b"GNU.sparse.map" => {
+                let s = &mut pending.sparse;
+                s.pax_map = true;
+                s.numbers.clear();
+                for n in value.split(|b| *b == b',').filter(|n| !n.is_empty()) {
+                    if s.numbers.len() >= 2 * MAX_SPARSE_EXTENTS {
+                        return Err("a sparse map over the limit".into());
+                    }
+                    s.numbers.push(number(n, "sparse map")?);
+                }
+            }
+            b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
+                let s = &mut pending.sparse;
+                s.pax_map = true;
+                // 0.0: each offset, then its length, in order.
+                if (key == b"GNU.sparse.offset") != s.numbers.len().is_multiple_of(2) {
+                    return Err("sparse offsets and lengths out of turn".into());
+                }
+                if s.numbers.len() >= 2 * MAX_SPARSE_EXTENTS {
+                    return Err("a sparse map over the limit".into());
+                }
+                s.numbers.push(number(value, "sparse map")?);
+            }
             b"uid" => {
                 pending.uid =
                     Some(u32::try_from(number(value, "uid")?).map_err(|_| "a uid over 2^32")?)
@@ -695,6 +936,298 @@ mod tests {
                 ("user.note".to_owned(), b"hi".to_vec())
             ]
         );
+    }
+
+    /// The ranges of a sparse test file, its size, and its stored data
+    /// (the `i`th range filled with byte `i + 1`).
+    fn sparse_file(ranges: &[(u64, u64)]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, (_, len)) in ranges.iter().enumerate() {
+            data.extend(std::iter::repeat_n(i as u8 + 1, *len as usize));
+        }
+        data
+    }
+
+    fn padded(mut v: Vec<u8>) -> Vec<u8> {
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    /// An old GNU sparse entry (type `S`): four ranges in the header, the
+    /// rest in extension blocks.
+    fn old_gnu_sparse(name: &str, ranges: &[(u64, u64)], size: u64) -> Vec<u8> {
+        let data = sparse_file(ranges);
+        let mut h = header(tar::EntryType::GNUSparse, data.len() as u64, 0o644);
+        h.set_path(name).unwrap();
+        let gnu = h.as_gnu_mut().unwrap();
+        for (s, (o, l)) in gnu.sparse.iter_mut().zip(ranges) {
+            s.set_offset(*o);
+            s.set_length(*l);
+        }
+        gnu.set_real_size(size);
+        let rest: Vec<_> = ranges.iter().skip(4).collect();
+        gnu.set_is_extended(!rest.is_empty());
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        let blocks: Vec<_> = rest.chunks(21).collect();
+        for (i, chunk) in blocks.iter().enumerate() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (s, (o, l)) in ext.sparse_mut().iter_mut().zip(chunk.iter()) {
+                s.set_offset(*o);
+                s.set_length(*l);
+            }
+            ext.set_is_extended(i + 1 < blocks.len());
+            out.extend_from_slice(ext.as_bytes());
+        }
+        out.extend(padded(data));
+        out
+    }
+
+    /// An entry's PAX records, its header's name and its data.
+    type PaxEntry<'a> = (Vec<(&'a str, &'a [u8])>, String, Vec<u8>);
+
+    /// A PAX sparse entry: 0.0, 0.1 or 1.0.
+    fn pax_sparse(version: &str, name: &str, ranges: &[(u64, u64)], size: u64) -> Vec<u8> {
+        let data = sparse_file(ranges);
+        let size_s = size.to_string();
+        let count = ranges.len().to_string();
+        let map: Vec<String> = ranges
+            .iter()
+            .flat_map(|(o, l)| [o.to_string(), l.to_string()])
+            .collect();
+        let joined = map.join(",");
+        let mut in_data = format!("{count}\n");
+        for n in &map {
+            in_data.push_str(n);
+            in_data.push('\n');
+        }
+        build(|b| {
+            let (records, header_name, body): PaxEntry<'_> = match version {
+                "0.0" => {
+                    let mut r: Vec<(&str, &[u8])> = vec![
+                        ("GNU.sparse.size", size_s.as_bytes()),
+                        ("GNU.sparse.numblocks", count.as_bytes()),
+                    ];
+                    for pair in map.chunks(2) {
+                        r.push(("GNU.sparse.offset", pair[0].as_bytes()));
+                        r.push(("GNU.sparse.numbytes", pair[1].as_bytes()));
+                    }
+                    (r, name.to_owned(), data.clone())
+                }
+                "0.1" => (
+                    vec![
+                        ("GNU.sparse.size", size_s.as_bytes()),
+                        ("GNU.sparse.numblocks", count.as_bytes()),
+                        ("GNU.sparse.map", joined.as_bytes()),
+                    ],
+                    name.to_owned(),
+                    data.clone(),
+                ),
+                _ => {
+                    let mut body = padded(in_data.clone().into_bytes());
+                    body.extend_from_slice(&data);
+                    (
+                        vec![
+                            ("GNU.sparse.major", b"1"),
+                            ("GNU.sparse.minor", b"0"),
+                            ("GNU.sparse.name", name.as_bytes()),
+                            ("GNU.sparse.realsize", size_s.as_bytes()),
+                        ],
+                        format!("GNUSparseFile.0/{}", name.rsplit('/').next().unwrap()),
+                        body,
+                    )
+                }
+            };
+            b.append_pax_extensions(records).unwrap();
+            let mut h = header(tar::EntryType::Regular, body.len() as u64, 0o644);
+            b.append_data(&mut h, header_name, &body[..]).unwrap();
+        })
+    }
+
+    /// The file an entry shows, read from the tar's bytes by its map.
+    fn expand(tar: &[u8], e: &TocEntry) -> Vec<u8> {
+        let mut out = vec![0u8; e.size as usize];
+        let map = e.sparse.as_ref().expect("a sparse entry");
+        for x in map.extents() {
+            let from = (e.offset + x.stored) as usize;
+            out[x.offset as usize..(x.offset + x.len) as usize]
+                .copy_from_slice(&tar[from..from + x.len as usize]);
+        }
+        out
+    }
+
+    fn after() -> Vec<u8> {
+        build(|b| {
+            let mut h = header(tar::EntryType::Regular, 5, 0o644);
+            b.append_data(&mut h, "after", &b"after"[..]).unwrap();
+        })
+    }
+
+    #[test]
+    fn every_gnu_sparse_format_shows_the_file_at_its_name_and_size() {
+        // Six ranges: the old format's header holds four, an extension
+        // block the rest. A hole at the start, between, and at the end.
+        let ranges = [
+            (4096, 100),
+            (8192, 512),
+            (1 << 20, 5000),
+            (2 << 20, 1),
+            ((2 << 20) + 4096, 700),
+            (3 << 20, 4096),
+        ];
+        let size = (4 << 20) + 17;
+        let mut want = vec![0u8; size as usize];
+        for (i, (o, l)) in ranges.iter().enumerate() {
+            want[*o as usize..(*o + *l) as usize].fill(i as u8 + 1);
+        }
+        for version in ["S", "0.0", "0.1", "1.0"] {
+            let mut tar = match version {
+                "S" => old_gnu_sparse("d/disk.img", &ranges, size),
+                v => {
+                    let mut t = pax_sparse(v, "d/disk.img", &ranges, size);
+                    t.truncate(t.len() - 1024); // the end marker
+                    t
+                }
+            };
+            tar.extend(after());
+            let toc = walk_bytes(&tar).unwrap();
+            assert!(toc.problems.is_empty(), "{version}: {:?}", toc.problems);
+            let paths: Vec<_> = toc.entries.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, ["d/disk.img", "after"], "{version}");
+            let e = &toc.entries[0];
+            assert_eq!((e.kind, e.size), (EntryKind::File, size), "{version}");
+            assert_eq!(e.sparse.as_ref().unwrap().extents().len(), 6, "{version}");
+            assert!(expand(&tar, e) == want, "{version}: the bytes differ");
+            let a = &toc.entries[1];
+            assert_eq!(&tar[a.offset as usize..a.offset as usize + 5], b"after");
+        }
+    }
+
+    #[test]
+    fn a_sparse_map_that_lies_leaves_out_its_entry_and_the_walk_goes_on() {
+        let size = 1 << 20;
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "out of order",
+                pax_sparse("0.1", "f", &[(8192, 10), (0, 10)], size),
+                "out of order",
+            ),
+            (
+                "past the end",
+                pax_sparse("0.0", "f", &[(size - 5, 10)], size),
+                "past the file's size",
+            ),
+            (
+                "overlapping",
+                pax_sparse("1.0", "f", &[(0, 100), (50, 100)], size),
+                "overlapping",
+            ),
+            (
+                "more than stored",
+                {
+                    // The map lists 600 bytes; the entry stores 512.
+                    let mut h = header(tar::EntryType::Regular, 512, 0o644);
+                    build(|b| {
+                        b.append_pax_extensions([
+                            ("GNU.sparse.size", &b"4096"[..]),
+                            ("GNU.sparse.map", &b"0,600"[..]),
+                        ])
+                        .unwrap();
+                        b.append_data(&mut h, "f", &[7u8; 512][..]).unwrap();
+                    })
+                },
+                "lists 600 bytes",
+            ),
+            (
+                "a 1.0 map with too many ranges",
+                {
+                    let mut body = padded(b"99999999999\n".to_vec());
+                    body.extend([0u8; 512]);
+                    let mut h = header(tar::EntryType::Regular, body.len() as u64, 0o644);
+                    build(|b| {
+                        b.append_pax_extensions([
+                            ("GNU.sparse.major", &b"1"[..]),
+                            ("GNU.sparse.name", &b"f"[..]),
+                            ("GNU.sparse.realsize", &b"4096"[..]),
+                        ])
+                        .unwrap();
+                        b.append_data(&mut h, "GNUSparseFile.0/f", &body[..])
+                            .unwrap();
+                    })
+                },
+                "the limit",
+            ),
+            (
+                "a 1.0 map that never ends",
+                {
+                    // 300 ranges announced, 127 in the one block there is.
+                    let mut body = b"300\n".to_vec();
+                    body.extend(b"1\n".repeat(254));
+                    let mut h = header(tar::EntryType::Regular, body.len() as u64, 0o644);
+                    build(|b| {
+                        b.append_pax_extensions([
+                            ("GNU.sparse.major", &b"1"[..]),
+                            ("GNU.sparse.name", &b"f"[..]),
+                            ("GNU.sparse.realsize", &b"4096"[..]),
+                        ])
+                        .unwrap();
+                        b.append_data(&mut h, "GNUSparseFile.0/f", &body[..])
+                            .unwrap();
+                    })
+                },
+                "runs past the entry's data",
+            ),
+            (
+                "a 1.0 map that is not numbers",
+                {
+                    let body = padded(b"2\nzero\n".to_vec());
+                    let mut h = header(tar::EntryType::Regular, body.len() as u64, 0o644);
+                    build(|b| {
+                        b.append_pax_extensions([
+                            ("GNU.sparse.major", &b"1"[..]),
+                            ("GNU.sparse.name", &b"f"[..]),
+                            ("GNU.sparse.realsize", &b"4096"[..]),
+                        ])
+                        .unwrap();
+                        b.append_data(&mut h, "GNUSparseFile.0/f", &body[..])
+                            .unwrap();
+                    })
+                },
+                "malformed sparse map",
+            ),
+            (
+                "no real size",
+                build(|b| {
+                    b.append_pax_extensions([("GNU.sparse.map", &b"0,5"[..])])
+                        .unwrap();
+                    let mut h = header(tar::EntryType::Regular, 5, 0o644);
+                    b.append_data(&mut h, "f", &b"12345"[..]).unwrap();
+                }),
+                "without GNU.sparse.size",
+            ),
+        ];
+        for (what, mut tar, reason) in cases {
+            tar.truncate(tar.len() - 1024);
+            tar.extend(after());
+            let toc = walk_bytes(&tar).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let paths: Vec<_> = toc.entries.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, ["after"], "{what}");
+            assert_eq!(toc.problems.len(), 1, "{what}: {:?}", toc.problems);
+            assert!(
+                toc.problems[0].contains(reason),
+                "{what}: {:?}",
+                toc.problems
+            );
+        }
+        // An offset without its length is a broken PAX header.
+        let tar = build(|b| {
+            b.append_pax_extensions([("GNU.sparse.numbytes", &b"5"[..])])
+                .unwrap();
+            let mut h = header(tar::EntryType::Regular, 5, 0o644);
+            b.append_data(&mut h, "f", &b"12345"[..]).unwrap();
+        });
+        let err = walk_bytes(&tar).unwrap_err().to_string();
+        assert!(err.contains("out of turn"), "{err}");
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //! length then that many bytes):
 //!
 //! ```text
-//! "OCIFSIDX"  u32 LE format version (1)
+//! "OCIFSIDX"  u32 LE format version (2)
 //! digest (32 raw bytes)  size  compression (u8)  uncompressed_size
 //! entries: count, then each:
-//!     flags (u8: kind in bits 0-2; 3 link, 4 device numbers, 5 xattrs,
+//!     flags (u8: kind in bits 0-2, 7 for a sparse file; 3 link, 4 device numbers, 5 xattrs,
 //!            6 same owner as the entry before, 7 data offset and size)
 //!     path: bytes shared with the previous path, then the rest as bytes
 //!     mode  [uid gid]  mtime (zigzag, minus the previous entry's)
 //!     [size, offset (zigzag, minus the end of the previous data)]
 //!     [link bytes]  [major minor]  [xattr count, then name bytes, value bytes]
+//!     [a sparse file: range count, then each range's offset (minus the
+//!      end of the range before) and length]
 //! problems: count, then bytes each
 //! points: u8 (0 none, 1 gzip, 2 zstd), count, then each
 //!     gzip: compressed and uncompressed (minus the previous point's),
@@ -34,14 +36,20 @@ use std::io::{Read as _, Write as _};
 use sha2::{Digest as _, Sha256};
 
 use super::LayerIndex;
+use std::sync::Arc;
+
 use crate::codec::tar::{EntryKind, MAX_LAYER_ENTRIES, NAME_MAX, PATH_MAX, TocEntry};
-use crate::content::{Compression, FramePoint, GzipPoint, SeekPoints};
+use crate::content::{
+    Compression, FramePoint, GzipPoint, MAX_SPARSE_EXTENTS, SeekPoints, SparseMap,
+};
 use crate::digest::Digest;
 
 /// The first bytes of an index file.
 pub const MAGIC: &[u8; 8] = b"OCIFSIDX";
 /// The format version this ocifs writes and reads.
-pub const VERSION: u32 = 1;
+/// Version 1 had no sparse files (an index it made shows them wrong: it
+/// is rebuilt).
+pub const VERSION: u32 = 2;
 
 /// The largest xattr value kept.
 const MAX_XATTR_VALUE: usize = 64 << 10;
@@ -65,6 +73,8 @@ const F_DEVICE: u8 = 1 << 4;
 const F_XATTRS: u8 = 1 << 5;
 const F_SAME_OWNER: u8 = 1 << 6;
 const F_DATA: u8 = 1 << 7;
+/// The kind code of a file with a sparse map.
+const SPARSE_FILE: u8 = 7;
 
 // ---------------------------------------------------------------------------
 // Encoding.
@@ -145,7 +155,10 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
     let mut prev_path: &[u8] = &[];
     let (mut prev_uid, mut prev_gid, mut prev_mtime, mut data_end) = (0u32, 0u32, 0i64, 0u64);
     for e in &index.entries {
-        let mut flags = kind_code(e.kind);
+        let mut flags = match (&e.sparse, e.kind) {
+            (Some(_), EntryKind::File) => SPARSE_FILE,
+            _ => kind_code(e.kind),
+        };
         if !e.link.is_empty() {
             flags |= F_LINK;
         }
@@ -192,6 +205,17 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
             for (name, value) in &e.xattrs {
                 put_bytes(&mut out, name.as_bytes());
                 put_bytes(&mut out, value);
+            }
+        }
+        if flags & 7 == SPARSE_FILE
+            && let Some(map) = &e.sparse
+        {
+            put_varint(&mut out, map.extents().len() as u64);
+            let mut end = 0;
+            for x in map.extents() {
+                put_varint(&mut out, x.offset - end);
+                put_varint(&mut out, x.len);
+                end = x.offset + x.len;
             }
         }
     }
@@ -343,6 +367,14 @@ fn shorten(s: &str) -> &str {
     }
 }
 
+/// Whether `bytes` are an index an older ocifs wrote (in a format before
+/// this one's): not damage, only work to do again.
+pub fn older(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER
+        && &bytes[..MAGIC.len()] == MAGIC
+        && u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) < VERSION
+}
+
 /// Decodes an index; the reason if it is not one this ocifs can use (the
 /// caller then rebuilds it).
 pub fn decode(bytes: &[u8]) -> Result<LayerIndex, String> {
@@ -451,7 +483,12 @@ struct EntryState {
 
 fn entry(b: &mut Body<'_>, prev: &mut EntryState) -> Result<TocEntry, String> {
     let flags = b.u8("flags")?;
-    let kind = kind_of(flags & 7).ok_or_else(|| b.at("an unknown kind"))?;
+    let sparse_file = flags & 7 == SPARSE_FILE;
+    let kind = if sparse_file {
+        EntryKind::File
+    } else {
+        kind_of(flags & 7).ok_or_else(|| b.at("an unknown kind"))?
+    };
     let shared = b.varint("the path")?;
     let shared = usize::try_from(shared)
         .ok()
@@ -523,6 +560,26 @@ fn entry(b: &mut Body<'_>, prev: &mut EntryState) -> Result<TocEntry, String> {
     } else {
         Vec::new()
     };
+    let sparse = if sparse_file {
+        // Two varints a range.
+        let n = b.count("the sparse range count", 2, MAX_SPARSE_EXTENTS)?;
+        let mut pairs = Vec::with_capacity(n.min(PREALLOCATE));
+        let mut end = 0u64;
+        for _ in 0..n {
+            let offset = end
+                .checked_add(b.varint("a sparse range")?)
+                .ok_or_else(|| b.at("a sparse range past 2^64"))?;
+            let len = b.varint("a sparse range")?;
+            end = offset
+                .checked_add(len)
+                .ok_or_else(|| b.at("a sparse range past 2^64"))?;
+            pairs.push((offset, len));
+        }
+        let map = SparseMap::new(&pairs, size).map_err(|e| b.at(&e))?;
+        Some(Arc::new(map))
+    } else {
+        None
+    };
     Ok(TocEntry {
         path,
         kind,
@@ -536,6 +593,7 @@ fn entry(b: &mut Body<'_>, prev: &mut EntryState) -> Result<TocEntry, String> {
         major,
         minor,
         xattrs,
+        sparse,
     })
 }
 
@@ -679,12 +737,29 @@ mod tests {
                 any::<i64>(),
             ),
             (data, "[^\u{0}]{1,40}", path(1), any::<(u32, u32)>(), xattrs),
+            prop::option::of(prop::collection::vec((0u64..1 << 20, 1u64..1 << 20), 0..8)),
         )
             .prop_map(
                 |(
                     (path, kind, mode, uid, gid, mtime),
                     ((size, offset), target, to, dev, xattrs),
+                    ranges,
                 )| {
+                    // A file may be sparse: ranges after gaps, and a hole
+                    // at the end maybe.
+                    let (size, sparse) = match ranges {
+                        Some(ranges) if kind == EntryKind::File => {
+                            let (mut end, mut pairs) = (0u64, Vec::new());
+                            for (gap, len) in ranges {
+                                pairs.push((end + gap, len));
+                                end += gap + len;
+                            }
+                            let size = end + size % 4096;
+                            let map = SparseMap::new(&pairs, size).expect("a valid map");
+                            (size, Some(Arc::new(map)))
+                        }
+                        _ => (size, None),
+                    };
                     let link = match kind {
                         EntryKind::Symlink => target,
                         EntryKind::Hardlink => to,
@@ -705,6 +780,7 @@ mod tests {
                         major,
                         minor,
                         xattrs,
+                        sparse,
                     }
                 },
             )
@@ -860,6 +936,7 @@ mod tests {
                         major: 0,
                         minor: 0,
                         xattrs: vec![],
+                        sparse: None,
                     });
                     offset += 512 + size.div_ceil(512) * 512;
                 }
@@ -958,11 +1035,17 @@ mod tests {
     #[test]
     fn another_version_says_so() {
         let mut bytes = encode(&typical(3));
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(
             decode(&bytes).unwrap_err(),
-            "index format version 2; this ocifs reads 1"
+            "index format version 3; this ocifs reads 2"
         );
+        assert!(!older(&bytes));
+        // Version 1 had no sparse files: its indexes are rebuilt, quietly.
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(decode(&bytes).is_err());
+        assert!(older(&bytes));
+        assert!(!older(&encode(&typical(3))));
         assert!(
             decode(b"not an index at all, but long enough")
                 .unwrap_err()

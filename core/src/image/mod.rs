@@ -232,6 +232,9 @@ pub async fn layer_index(
             Ok(_) => {
                 tracing::warn!(layer = %blob.digest, "the stored index is of another layer; rebuilding it")
             }
+            Err(_) if format::older(&bytes) => {
+                tracing::info!(layer = %blob.digest, "the stored index is of an older format; rebuilding it")
+            }
             Err(e) => {
                 tracing::warn!(layer = %blob.digest, "the stored index is unreadable ({e}); rebuilding it")
             }

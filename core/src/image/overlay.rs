@@ -252,6 +252,7 @@ impl Merge {
                         stream: layer.clone(),
                         offset: e.offset,
                         size: e.size,
+                        sparse: e.sparse.clone(),
                     }),
                     EntryKind::Symlink => Kind::Symlink(e.link.clone()),
                     EntryKind::CharDevice => {
@@ -376,6 +377,7 @@ mod tests {
             major: 0,
             minor: 0,
             xattrs: Vec::new(),
+            sparse: None,
         }
     }
 

@@ -95,6 +95,7 @@ impl Items {
                     stream: self.placeholder.clone(),
                     offset: e.offset,
                     size: e.size,
+                    sparse: e.sparse.clone(),
                 });
                 let h = self.path_hash(&path);
                 self.files

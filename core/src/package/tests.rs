@@ -383,6 +383,77 @@ async fn tar_entries_plain_gzip_and_zstd() {
 }
 
 #[tokio::test]
+async fn a_sparse_file_reads_as_zeros_in_its_holes_and_reading_a_hole_reads_nothing() {
+    // A 1.0 PAX sparse file (bsdtar's and GNU tar's): 8 MiB, data at 1 MiB
+    // (3 KiB) and at 5 MiB (an incompressible 100 KiB), a hard link to it.
+    let size: u64 = 8 << 20;
+    let first = vec![0xabu8; 3 << 10];
+    let second = noise(100 << 10, 7);
+    let (a, b) = (1u64 << 20, 5u64 << 20);
+    let mut body = format!("2\n{a}\n{}\n{b}\n{}\n", first.len(), second.len()).into_bytes();
+    body.resize(512, 0);
+    body.extend_from_slice(&first);
+    body.extend_from_slice(&second);
+    let tar = tar_of(|t| {
+        t.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", &b"0"[..]),
+            ("GNU.sparse.name", &b"img/disk.raw"[..]),
+            ("GNU.sparse.realsize", size.to_string().as_bytes()),
+        ])
+        .unwrap();
+        let mut h = header(::tar::EntryType::Regular, body.len() as u64, 0o644);
+        t.append_data(&mut h, "img/GNUSparseFile.0/disk.raw", &body[..])
+            .unwrap();
+        let mut h = header(::tar::EntryType::Link, 0, 0o644);
+        t.append_link(&mut h, "img/again.raw", "img/disk.raw")
+            .unwrap();
+    });
+    let mut want = vec![0u8; size as usize];
+    want[a as usize..a as usize + first.len()].copy_from_slice(&first);
+    want[b as usize..b as usize + second.len()].copy_from_slice(&second);
+    for (compression, bytes) in [
+        (Compression::None, tar.clone()),
+        (Compression::Gzip, gzip(&tar)),
+        (Compression::Zstd, zstd(&tar)),
+    ] {
+        let (reader, d) = MemReader::new(&[("img.tar", &bytes)]);
+        let index = list(reader.blobs(), &d[0], Format::Tar(compression))
+            .await
+            .unwrap();
+        assert!(index.problems.is_empty(), "{:?}", index.problems);
+        assert_eq!(paths(&index), ["img/disk.raw", "img/again.raw"]);
+        let c = content(item(&index, "img/disk.raw"));
+        assert_eq!(c.size(), size, "{compression:?}");
+        assert_eq!(content(item(&index, "img/again.raw")), c);
+        assert!(
+            read_all(&reader, c).await.unwrap() == want,
+            "{compression:?}"
+        );
+        // Across a range's edges, and inside one.
+        for (at, len) in [
+            (a - 10, 30),
+            (b + 4000, 100_000),
+            (b + 10, 20),
+            (size - 5, 10),
+        ] {
+            let got = reader.read(c, at, len).await.unwrap();
+            let end = (at + len).min(size) as usize;
+            assert!(got[..] == want[at as usize..end], "{compression:?} at {at}");
+        }
+        // A hole reads as zeros without reading the package.
+        let before = reader.read_so_far();
+        let got = reader.read(c, 2 << 20, 1 << 20).await.unwrap();
+        assert!(got.len() == 1 << 20 && got.iter().all(|b| *b == 0));
+        assert_eq!(
+            reader.read_so_far(),
+            before,
+            "{compression:?}: a hole read bytes"
+        );
+    }
+}
+
+#[tokio::test]
 async fn hostile_tar_entries_are_left_out() {
     let raw_name = |b: &mut ::tar::Builder<Vec<u8>>, name: &str| {
         // Set the name field directly: the builder refuses `..` itself.

@@ -15,7 +15,7 @@ use ocifs_tests::{
 };
 use tempfile::TempDir;
 
-use crate::support::sh;
+use crate::support::{SPARSE_DATA, SPARSE_SIZE, sh, sparse_bytes, sparse_tars};
 
 const CNI: &[&str] = &["bridge", "host-local", "loopback"];
 const ZIP: &str = "cni-plugins-zip-v1.zip";
@@ -860,4 +860,93 @@ fn a_zero_filled_package_over_1000_to_1_is_shown_and_read() {
         "zeros/note.txt",
     ]);
     assert_eq!(out.success().stdout, b"zeros\n");
+}
+
+#[test]
+fn sparse_tars_of_every_format_read_as_bsdtar_extracts_them_and_a_hole_fetches_nothing() {
+    // GNU tar's old `S` type and PAX 0.0, 0.1 and 1.0, and bsdtar's PAX:
+    // each shows its 20 MiB file under its own name, with its bytes.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let tars = sparse_tars(dir.path());
+    let want = sparse_bytes();
+    for (name, tar) in &tars {
+        let x = dir.path().join(format!("x-{name}"));
+        std::fs::create_dir(&x).expect("mkdir");
+        sh(&x, "bsdtar", &["-xf", &tar.display().to_string()]);
+        let got = std::fs::read(x.join(name).join("disk.raw")).expect("bsdtar extracted it");
+        assert!(got == want, "bsdtar -x of {name}.tar differs from the file");
+    }
+    let files: Vec<PushFile> = tars.iter().map(|(_, t)| PushFile::new(t)).collect();
+    oras_push(
+        &registry.host(),
+        "sparse/pkg:v1",
+        &files,
+        &PushOptions::default(),
+    );
+    let proxy = CountingProxy::start(&registry.host());
+    let reference = format!("{}/sparse/pkg:v1", proxy.host());
+    let out = run_ocifs(["ls", "-R", "--json", "--plain-http", "--expand", &reference]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.success().stdout).expect("json");
+    for (name, _) in &tars {
+        for file in ["disk.raw", "again.raw"] {
+            let path = format!("{name}/{name}/{file}");
+            let row = rows
+                .as_array()
+                .expect("array")
+                .iter()
+                .find(|r| r["path"] == path.as_str())
+                .unwrap_or_else(|| panic!("no {path} in {rows}"));
+            assert_eq!(
+                (row["type"].as_str(), row["size"].as_u64()),
+                (Some("file"), Some(SPARSE_SIZE)),
+                "{row}"
+            );
+        }
+        let out = run_ocifs([
+            "cat",
+            "--plain-http",
+            "--expand",
+            &reference,
+            &format!("{name}/{name}/again.raw"),
+        ]);
+        assert!(
+            out.success().stdout == want,
+            "ocifs cat of {name}'s file differs"
+        );
+    }
+
+    // Lazily, a read of a hole fetches nothing; a read of data its range.
+    let mnt = Mounted::new(
+        &reference,
+        &[
+            "--plain-http",
+            "--expand",
+            "--verify",
+            "lazy",
+            "--background-fetch-max",
+            "0",
+            "--chunk-size",
+            "64K",
+        ],
+    );
+    use std::os::unix::fs::FileExt as _;
+    for (name, _) in &tars {
+        let f = std::fs::File::open(mnt.path(&format!("{name}/{name}/disk.raw"))).expect("open");
+        assert_eq!(f.metadata().expect("stat").len(), SPARSE_SIZE);
+        let mut buf = vec![0u8; 1 << 20];
+        let (at, len) = SPARSE_DATA[1];
+        f.read_exact_at(&mut buf, at).expect("read");
+        assert!(buf == want[at as usize..at as usize + buf.len()], "{name}");
+        proxy.reset();
+        f.read_exact_at(&mut buf, 3 << 20).expect("read a hole");
+        assert!(buf.iter().all(|b| *b == 0), "{name}: a hole is not zeros");
+        assert_eq!(
+            proxy.blob_bytes(),
+            0,
+            "{name}: reading a hole fetched:\n{}",
+            proxy.describe()
+        );
+        assert!(len < 1 << 20);
+    }
 }

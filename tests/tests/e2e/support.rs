@@ -125,3 +125,94 @@ pub fn sh(dir: &Path, program: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The sparse file of the sparse-tar tests: 20 MiB, holes at its start,
+/// between its three data ranges and at its end.
+pub const SPARSE_SIZE: u64 = 20 << 20;
+/// Where its data ranges are, and their lengths.
+pub const SPARSE_DATA: [(u64, u64); 3] = [(1 << 20, 5), (10 << 20, 100_000), (15 << 20, 4096)];
+
+/// The sparse file's bytes (holes are zeros).
+pub fn sparse_bytes() -> Vec<u8> {
+    let mut out = vec![0u8; SPARSE_SIZE as usize];
+    for (i, (at, len)) in SPARSE_DATA.iter().enumerate() {
+        let at = *at as usize;
+        out[at..at + *len as usize].copy_from_slice(&random_bytes(*len as usize, i as u64 + 1));
+    }
+    out
+}
+
+/// Tars of a directory `NAME/` holding the sparse file as `disk.raw` (and
+/// a hard link to it, `again.raw`), one for each sparse format real tools
+/// write: GNU tar's old `S` type, its PAX 0.0, 0.1 and 1.0, and bsdtar's
+/// PAX (1.0). `(NAME, the tar's path)`; each tar is checked to hold the
+/// format it is named for.
+pub fn sparse_tars(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    let formats: [(&str, &str, &[&str], &str); 5] = [
+        ("gnu", "tar", &["--sparse", "--format=gnu"], "GNU old"),
+        (
+            "pax00",
+            "tar",
+            &["--sparse", "--format=pax", "--sparse-version=0.0"],
+            "GNU.sparse.offset=",
+        ),
+        (
+            "pax01",
+            "tar",
+            &["--sparse", "--format=pax", "--sparse-version=0.1"],
+            "GNU.sparse.map=",
+        ),
+        (
+            "pax10",
+            "tar",
+            &["--sparse", "--format=pax", "--sparse-version=1.0"],
+            "GNU.sparse.major=1",
+        ),
+        (
+            "bsdtar",
+            "bsdtar",
+            &["--format", "pax"],
+            "GNU.sparse.major=1",
+        ),
+    ];
+    let bytes = sparse_bytes();
+    let mut out = Vec::new();
+    for (name, tool, args, marker) in formats {
+        let src = dir.join(format!("sparse-src-{name}"));
+        let d = src.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let file = std::fs::File::create(d.join("disk.raw")).expect("create");
+        file.set_len(SPARSE_SIZE).expect("truncate");
+        for (at, len) in SPARSE_DATA {
+            use std::os::unix::fs::FileExt as _;
+            file.write_all_at(&bytes[at as usize..(at + len) as usize], at)
+                .expect("write");
+        }
+        drop(file);
+        std::fs::hard_link(d.join("disk.raw"), d.join("again.raw")).expect("link");
+        let tar = dir.join(format!("{name}.tar"));
+        let mut a: Vec<&str> = args.to_vec();
+        let tar_s = tar.display().to_string();
+        a.extend(["-cf", &tar_s, name]);
+        sh(&src, tool, &a);
+        let written = std::fs::read(&tar).expect("read the tar");
+        let holds = if marker == "GNU old" {
+            // A header block whose typeflag is `S`.
+            written
+                .chunks(512)
+                .any(|b| b.len() == 512 && b[156] == b'S' && &b[257..263] == b"ustar ")
+        } else {
+            written
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+        };
+        assert!(holds, "{tool} {args:?} did not write {marker}");
+        assert!(
+            (written.len() as u64) < SPARSE_SIZE / 10,
+            "{tool} {args:?} stored the holes ({} bytes)",
+            written.len()
+        );
+        out.push((name, tar));
+    }
+    out
+}
