@@ -1144,3 +1144,80 @@ fn a_zstd_layer_its_config_misnames_is_fetched_once_and_warned_of_once() {
         "{log}"
     );
 }
+
+#[test]
+fn sparse_files_of_every_tar_format_in_image_layers_equal_the_reference_unpack() {
+    // Five layers, one a sparse format each (GNU tar's `S`, PAX 0.0, 0.1
+    // and 1.0, bsdtar's PAX), added by umoci and pushed by skopeo. The
+    // mount equals `umoci unpack` (Go's archive/tar expands every sparse
+    // format), from the layers and then again from the stored indexes.
+    let registry = Registry::start(RegistryAuth::None);
+    let work = temp_dir();
+    let tars = crate::support::sparse_tars(work.path());
+    let layout = work.path().join("layout");
+    let umoci = ocifs_tests::rootfs::umoci;
+    umoci(&["init", "--layout", &layout.display().to_string()]);
+    let image = format!("{}:v1", layout.display());
+    umoci(&["new", "--image", &image]);
+    let add = |tar: &Path| {
+        umoci(&[
+            "raw",
+            "add-layer",
+            "--image",
+            &image,
+            &tar.display().to_string(),
+        ])
+    };
+    // umoci 0.4.7 refuses the old `S` type ("unknown typeflag"): its
+    // layer goes on top after the unpack, and bsdtar extracts it there.
+    let (old, pax): (Vec<_>, Vec<_>) = tars.iter().partition(|(name, _)| *name == "gnu");
+    for (_, tar) in &pax {
+        add(tar);
+    }
+    let bundle = work.path().join("bundle");
+    umoci(&["unpack", "--image", &image, &bundle.display().to_string()]);
+    let rootfs = bundle.join("rootfs");
+    for (_, tar) in &old {
+        add(tar);
+        let status = Command::new("bsdtar")
+            .arg("-xpf")
+            .arg(tar)
+            .arg("-C")
+            .arg(&rootfs)
+            .status()
+            .expect("bsdtar");
+        assert!(status.success());
+    }
+    let want = walk(&rootfs, true);
+    let bytes = crate::support::sparse_bytes();
+    for (name, _) in &tars {
+        let got = std::fs::read(rootfs.join(name).join("disk.raw"))
+            .expect("the reference unpacked the sparse file");
+        assert!(got == bytes, "the reference's {name}/disk.raw differs");
+    }
+    let host = registry.host();
+    skopeo_copy(
+        &format!("oci:{image}"),
+        &format!("docker://{host}/sparse:v1"),
+        &["--dest-tls-verify=false"],
+    );
+    let cache = work.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    for round in ["from the layers", "from the stored indexes"] {
+        let mnt = Mounted::new(
+            &format!("{host}/sparse:v1"),
+            &["--plain-http", "--cache-dir", &cache_arg],
+        );
+        let got = walk(mnt.dir(), true);
+        if let Some(d) = diff("umoci unpack", &want, "ocifs mount", &got, 40) {
+            panic!("{round}: {d}\nmount log (tail):\n{}", tail(&mnt.log(), 30));
+        }
+        mnt.unmount();
+    }
+    assert!(
+        std::fs::read_dir(cache.join("index/sha256"))
+            .expect("the cache has layer indexes")
+            .count()
+            >= tars.len()
+    );
+}
