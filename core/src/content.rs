@@ -98,11 +98,12 @@ pub struct TarStream {
     pub uncompressed_size: u64,
     /// Where decoding can resume.
     pub points: SeekPoints,
-    /// For a zstd image layer read from a registry: its decoded stream,
-    /// kept in the cache as a blob of its own (named by the layer's diff
-    /// ID), since a zstd stream can only be decoded from the start of a
-    /// frame and most zstd layers are a single frame.
-    pub decoded: Option<Descriptor>,
+    /// Whether its decoded stream is kept in the cache as a blob of its
+    /// own (a zstd image layer read from a registry: a zstd stream can only
+    /// be decoded from the start of a frame, and most zstd layers are a
+    /// single frame). The copy is named by its own digest, found by the
+    /// record the cache keeps of what decoding the (verified) layer gave.
+    pub keep_decoded: bool,
 }
 
 /// A file in a tar stream: bytes `offset..offset + size` of the stream's

@@ -339,13 +339,13 @@ struct Cursors {
     parked: Mutex<HashMap<Digest, Vec<Cursor>>>,
     /// One decoded copy of a layer made at a time.
     making: OnePerKey<Digest>,
-    /// Layers whose decoded copy could not be made (a config whose diff ID
-    /// the decoded stream is not, a full disk): not tried again by this
-    /// reader, which decodes them per read from their seek points.
+    /// Layers whose decoded copy could not be made (a stream that does not
+    /// decode, a full disk): not tried again by this reader, which decodes
+    /// them per read from their seek points.
     failed: Mutex<std::collections::HashSet<Digest>>,
-    /// Layers whose decoded copy this reader found recorded as theirs: a
-    /// read then checks only that the copy is still there, as before.
-    proven: Mutex<std::collections::HashSet<Digest>>,
+    /// The decoded copy this reader found recorded for each layer: a read
+    /// then checks only that the copy is still there.
+    proven: Mutex<HashMap<Digest, Descriptor>>,
 }
 
 impl fmt::Debug for Cursors {
@@ -566,65 +566,99 @@ impl ContentReader {
     /// Bytes `at..at + len` of a zstd layer's stream from its decoded copy
     /// in the cache, making the copy first if it is not there (once per
     /// layer at a time); `None` where there is no copy to be had (no cache
-    /// to keep it in, no diff ID, a failure, which is logged): the caller
-    /// decodes.
+    /// to keep it in, a failure, which is logged): the caller decodes.
     async fn read_decoded(&self, stream: &TarStream, at: u64, len: u64) -> Option<Bytes> {
-        let decoded = stream.decoded.as_ref()?;
+        if !stream.keep_decoded {
+            return None;
+        }
         let cache = self.copies.as_ref()?;
         let store = cache.store()?.clone();
-        let known = |set: &Mutex<std::collections::HashSet<Digest>>| {
-            set.lock().is_ok_and(|f| f.contains(&stream.blob.digest))
-        };
-        let failed = |c: &Cursors| known(&c.failed);
-        // The copy is this layer's only where decoding the layer was seen to
-        // give it: the diff ID alone may name another blob of the cache
-        // (even the layer itself). The record is read once per reader.
-        let proven = |s: &crate::cache::DiskStore| {
-            if !s.has_complete(&decoded.digest) {
-                return false;
-            }
-            if known(&self.cursors.proven) {
-                return true;
-            }
-            let ours = s.decoded_of(&stream.blob.digest).as_ref() == Some(&decoded.digest);
-            if ours && let Ok(mut p) = self.cursors.proven.lock() {
-                p.insert(stream.blob.digest.clone());
-            }
-            ours
-        };
-        if !proven(&store) {
-            if failed(&self.cursors) {
-                return None;
-            }
-            let _turn = self.cursors.making.turn(&stream.blob.digest).await;
-            if failed(&self.cursors) {
-                return None;
-            }
-            if !proven(&store)
-                && let Err(e) = materialize(cache, stream, decoded).await
-            {
-                // Once: a layer that cannot be decoded into the cache is
-                // decoded per read, not streamed whole again for each.
-                if let Ok(mut f) = self.cursors.failed.lock() {
-                    f.insert(stream.blob.digest.clone());
+        let layer = &stream.blob.digest;
+        let failed = || self.cursors.failed.lock().is_ok_and(|f| f.contains(layer));
+        // The copy is the layer's only where decoding the layer was seen to
+        // give it: the record names it (read once per reader).
+        let proven = |s: &crate::cache::DiskStore| -> Option<Descriptor> {
+            let known = self
+                .cursors
+                .proven
+                .lock()
+                .ok()
+                .and_then(|p| p.get(layer).cloned());
+            let copy = match known {
+                Some(d) => d,
+                None => {
+                    let (digest, size) = s.decoded_of(layer)?;
+                    let d = decoded_descriptor(digest, size.unwrap_or(stream.uncompressed_size));
+                    if let Ok(mut p) = self.cursors.proven.lock() {
+                        p.insert(layer.clone(), d.clone());
+                    }
+                    d
                 }
-                tracing::warn!(layer = %stream.blob.digest, error = %e, "decoding the layer into the cache failed; decoding it per read from now on");
-                return None;
+            };
+            s.has_complete(&copy.digest).then_some(copy)
+        };
+        let copy = match proven(&store) {
+            Some(copy) => copy,
+            None => {
+                if failed() {
+                    return None;
+                }
+                let _turn = self.cursors.making.turn(layer).await;
+                if failed() {
+                    return None;
+                }
+                if let Ok(mut p) = self.cursors.proven.lock() {
+                    p.remove(layer);
+                }
+                match proven(&store) {
+                    Some(copy) => copy,
+                    None => match materialize(cache, stream).await {
+                        Ok(copy) => {
+                            if let Ok(mut p) = self.cursors.proven.lock() {
+                                p.insert(layer.clone(), copy.clone());
+                            }
+                            copy
+                        }
+                        Err(e) => {
+                            // Once: a layer that cannot be decoded into the
+                            // cache is decoded per read, not streamed whole
+                            // again for each.
+                            if let Ok(mut f) = self.cursors.failed.lock() {
+                                f.insert(layer.clone());
+                            }
+                            tracing::warn!(layer = %layer, error = %e, "decoding the layer into the cache failed; decoding it per read from now on");
+                            return None;
+                        }
+                    },
+                }
             }
-        }
-        match cache.read_blob(decoded, at, len).await {
+        };
+        match cache.read_blob(&copy, at, len).await {
             Ok(bytes) => Some(bytes),
             Err(e) => {
-                tracing::debug!(layer = %stream.blob.digest, error = %e, "the decoded layer is gone");
+                tracing::debug!(layer = %layer, error = %e, "the decoded layer is gone");
                 None
             }
         }
     }
 }
 
+/// The descriptor of a layer's decoded copy (a plain tar).
+pub(crate) fn decoded_descriptor(digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        digest,
+        size,
+        annotations: Default::default(),
+        platform: None,
+        artifact_type: None,
+        urls: Vec::new(),
+    }
+}
+
 /// Streams a zstd layer once (verified) and keeps its decoded stream in
-/// the cache under its diff ID, if it hashes to it.
-async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descriptor) -> Result<()> {
+/// the cache under its own digest, recorded as the layer's; the copy.
+async fn materialize(cache: &ChunkCache, stream: &TarStream) -> Result<Descriptor> {
     let store = cache
         .store()
         .ok_or_else(|| Error::io("decoding a layer", io::Error::other("no cache")))?
@@ -648,27 +682,15 @@ async fn materialize(cache: &ChunkCache, stream: &TarStream, decoded: &Descripto
         })
         .await;
     match scanned {
-        Ok(s) if s.value.digest == decoded.digest && s.value.len == decoded.size => {
-            let d = s.value;
-            cache.adopt(
-                &tmp,
-                &decoded.digest,
-                decoded.size,
-                Some((d.chunk_size, d.table)),
-            )?;
-            store.put_decoded(&stream.blob.digest, &decoded.digest)
-        }
         Ok(s) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(Error::Layer {
-                layer: stream.blob.digest.to_string(),
-                entry: None,
-                reason: format!(
-                    "decodes to {} ({} bytes), not the diff ID {} ({} bytes) the image config names",
-                    s.value.digest, s.value.len, decoded.digest, decoded.size
-                ),
-                source: None,
-            })
+            let d = s.value;
+            let kept = cache
+                .adopt(&tmp, &d.digest, d.len, Some((d.chunk_size, d.table)))
+                .and_then(|()| store.put_decoded(&stream.blob.digest, &d.digest, d.len));
+            if kept.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            kept.map(|()| decoded_descriptor(d.digest, d.len))
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -48,7 +48,7 @@ fn a_100k_entry_image_tree_fits_in_well_under_100_mib() {
         compression: Compression::Gzip,
         uncompressed_size: 1 << 31,
         points: Default::default(),
-        decoded: None,
+        keep_decoded: false,
     });
     let before = common::live();
     let tree = {

@@ -569,20 +569,27 @@ impl DiskStore {
     }
 
     /// Records that decoding the complete blob `of` gives the complete blob
-    /// `decoded`: the caller decoded `of` and hashed the result. A decoded
-    /// copy is used only with this record (an image config's diff ID alone
-    /// could name any blob of the cache).
-    pub fn put_decoded(&self, of: &Digest, decoded: &Digest) -> Result<()> {
-        self.write_atomic(&self.decoded_path(of), decoded.to_string().as_bytes())
+    /// `decoded` of `size` bytes: the caller decoded `of` (verified) and
+    /// hashed the result. A decoded copy is found only by this record
+    /// (an image config's diff ID may name another blob, or none).
+    pub fn put_decoded(&self, of: &Digest, decoded: &Digest, size: u64) -> Result<()> {
+        self.write_atomic(
+            &self.decoded_path(of),
+            format!("{decoded} {size}").as_bytes(),
+        )
     }
 
-    /// What decoding blob `of` was found to give, if recorded.
-    pub fn decoded_of(&self, of: &Digest) -> Option<Digest> {
-        fs::read_to_string(self.decoded_path(of))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// What decoding blob `of` was found to give, if recorded: the digest
+    /// and the size (`None` in a record an older ocifs wrote).
+    pub fn decoded_of(&self, of: &Digest) -> Option<(Digest, Option<u64>)> {
+        let record = fs::read_to_string(self.decoded_path(of)).ok()?;
+        let mut words = record.split_whitespace();
+        let digest = words.next()?.parse().ok()?;
+        let size = match words.next() {
+            Some(w) => Some(w.parse().ok()?),
+            None => None,
+        };
+        Some((digest, size))
     }
 
     fn decoded_path(&self, of: &Digest) -> PathBuf {

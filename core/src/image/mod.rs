@@ -151,10 +151,12 @@ async fn layer(
     diff_id: Option<Digest>,
 ) -> Result<overlay::MergeLayer> {
     // A zstd layer's decoded copy, where there is a cache to keep it.
-    let diff_id = diff_id.filter(|_| {
-        layer_compression(&blob.media_type) == Some(Compression::Zstd) && cache.store().is_some()
+    let keep_decoded =
+        layer_compression(&blob.media_type) == Some(Compression::Zstd) && cache.store().is_some();
+    let decoding = keep_decoded.then_some(Decoding {
+        diff_id: diff_id.as_ref(),
     });
-    let index = layer_index(cache, blob, options, diff_id.as_ref()).await?;
+    let index = layer_index(cache, blob, options, decoding).await?;
     let LayerIndex {
         compression,
         uncompressed_size,
@@ -184,19 +186,19 @@ async fn layer(
             compression,
             uncompressed_size,
             points,
-            decoded: diff_id.map(|digest| Descriptor {
-                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                digest,
-                size: uncompressed_size,
-                annotations: Default::default(),
-                platform: None,
-                artifact_type: None,
-                urls: Vec::new(),
-            }),
+            keep_decoded,
         }),
         entries,
         problems,
     })
+}
+
+/// A zstd layer whose decoded stream is kept while it is indexed.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoding<'a> {
+    /// What the image config says the decoded stream is (warned of if it
+    /// is not).
+    pub diff_id: Option<&'a Digest>,
 }
 
 /// The index of layer `blob`: the cache's, else built (and stored).
@@ -204,7 +206,7 @@ pub async fn layer_index(
     cache: &ChunkCache,
     blob: &Descriptor,
     options: &ImageOptions,
-    keep_decoded: Option<&Digest>,
+    keep_decoded: Option<Decoding<'_>>,
 ) -> Result<LayerIndex> {
     let max_entries = options.max_entries;
     let compression = layer_compression(&blob.media_type).ok_or_else(|| {
@@ -269,7 +271,8 @@ pub async fn layer_index(
     } else {
         let b = blob.clone();
         // The decoded stream of a zstd layer goes to a temporary file as
-        // it passes, adopted once it hashed to the layer's diff ID.
+        // it passes, adopted under the digest it hashed to once the layer's
+        // own digest checked out.
         let copy = match (keep_decoded, cache.store()) {
             (Some(_), Some(store)) => Some(store.temp_file()?),
             _ => None,
@@ -306,23 +309,31 @@ pub async fn layer_index(
         };
         let (toc, walked) = scanned.value;
         let (points, uncompressed_size, decoded) = (walked.points, walked.len, walked.copy);
-        if let (Some(tmp), Some(want)) = (&tmp, keep_decoded) {
+        if let (Some(tmp), Some(decoding)) = (&tmp, keep_decoded) {
             match decoded {
-                Some(d) if d.digest == *want => {
+                Some(d) => {
+                    if let Some(want) = decoding.diff_id
+                        && d.digest != *want
+                    {
+                        // The layer's own digest checked out, so its decoded
+                        // bytes are what they are: the config is wrong.
+                        tracing::warn!(layer = %blob.digest, decoded = %d.digest, diff_id = %want,
+                            "the decoded layer is not the diff ID the image config names; its decoded copy is kept under its own digest");
+                    }
+                    let (digest, len) = (d.digest.clone(), d.len);
                     let kept = cache
-                        .adopt(tmp, want, d.len, Some((d.chunk_size, d.table)))
+                        .adopt(tmp, &digest, len, Some((d.chunk_size, d.table)))
                         .and_then(|()| match cache.store() {
-                            Some(store) => store.put_decoded(&blob.digest, want),
+                            Some(store) => store.put_decoded(&blob.digest, &digest, len),
                             None => Ok(()),
                         });
                     if let Err(e) = kept {
+                        let _ = std::fs::remove_file(tmp);
                         tracing::warn!(layer = %blob.digest, error = %e, "keeping the decoded layer failed");
                     }
                 }
-                other => {
+                None => {
                     let _ = std::fs::remove_file(tmp);
-                    tracing::warn!(layer = %blob.digest, decoded = ?other.map(|o| o.digest.to_string()), diff_id = %want,
-                        "the decoded layer is not the diff ID the image config names; not kept");
                 }
             }
         }

@@ -359,7 +359,7 @@ mod tests {
             compression: Compression::None,
             uncompressed_size: 0,
             points: Default::default(),
-            decoded: None,
+            keep_decoded: false,
         })
     }
 

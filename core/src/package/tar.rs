@@ -67,7 +67,7 @@ impl Items {
                 compression,
                 uncompressed_size: 0,
                 points: SeekPoints::None,
-                decoded: None,
+                keep_decoded: false,
             }),
         }
     }
@@ -151,7 +151,7 @@ impl Items {
             compression: self.placeholder.compression,
             uncompressed_size,
             points,
-            decoded: None,
+            keep_decoded: false,
         });
         for item in &mut index.items {
             if let ItemKind::File(Content::Tar(f)) = &mut item.kind {
