@@ -347,10 +347,39 @@ impl SourceArgs {
             background_fetch_max: self.background_fetch_max,
             ..CacheOptions::default()
         };
-        let cache = ChunkCache::new(source.clone(), store, options)?;
+        let layout = store.is_none();
+        let cache = ChunkCache::new(source.clone(), store, options.clone())?;
+        let reader = if layout {
+            // A layout's blobs are read in place; its zstd layers' decoded
+            // copies are kept in the cache directory (a zstd layer is
+            // mostly one frame, decoded only from its start), if there is
+            // one to be had.
+            let copies = match self.cache.store() {
+                Ok(s) => ChunkCache::new(
+                    source.clone(),
+                    Some(s),
+                    CacheOptions {
+                        copies_only: true,
+                        ..options
+                    },
+                )
+                .ok(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no cache directory: zstd layers of the layout are decoded per read");
+                    None
+                }
+            };
+            let reader = ContentReader::new(Arc::new(cache.clone()));
+            match copies {
+                Some(c) => reader.keeping_copies_in(c),
+                None => reader,
+            }
+        } else {
+            ContentReader::over_cache(&cache)
+        };
         Ok(Opened {
             source,
-            reader: Arc::new(ContentReader::over_cache(&cache)),
+            reader: Arc::new(reader),
             cache,
             reference,
             platform: self.platform.clone(),

@@ -63,6 +63,10 @@ pub struct Stats {
     pub blobs_verified: u64,
     /// Blobs or chunks whose digest did not.
     pub verify_failures: u64,
+    /// Bytes of compressed tar streams (gzip, zstd) decoded to serve
+    /// reads, those decoded only to reach a read's offset included (a
+    /// content reader's count; 0 from a blob reader).
+    pub decoded_bytes: u64,
 }
 
 /// Atomic counters behind [`Stats`].
@@ -101,6 +105,7 @@ impl Counters {
             bytes_fetched: g(&self.bytes_fetched),
             blobs_verified: g(&self.blobs_verified),
             verify_failures: g(&self.verify_failures),
+            decoded_bytes: 0,
         }
     }
 }

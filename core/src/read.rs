@@ -62,6 +62,8 @@ pub struct ContentReader {
     decoding: OnePerKey<Key>,
     /// Decoders of tar streams parked between reads.
     cursors: Cursors,
+    /// See [`Stats::decoded_bytes`].
+    decoded_bytes: std::sync::atomic::AtomicU64,
 }
 
 struct Decoded {
@@ -97,7 +99,14 @@ impl ContentReader {
             }),
             decoding: OnePerKey::default(),
             cursors: Cursors::default(),
+            decoded_bytes: Default::default(),
         }
+    }
+
+    /// Counts `n` bytes decoded.
+    fn count_decoded(&self, n: u64) {
+        self.decoded_bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A reader of contents over `cache`, keeping zstd layers' decoded
@@ -194,7 +203,12 @@ impl Reader for ContentReader {
     }
 
     fn stats(&self) -> Stats {
-        self.blobs.stats()
+        Stats {
+            decoded_bytes: self
+                .decoded_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ..self.blobs.stats()
+        }
     }
 }
 
@@ -432,6 +446,7 @@ impl ContentReader {
                 )),
             }
         });
+        let from = cursor.pos;
         let done = tokio::task::spawn_blocking(move || -> Result<(Bytes, Cursor)> {
             let mut cursor = cursor;
             let fail = |e: io::Error| {
@@ -469,6 +484,7 @@ impl ContentReader {
         .await
         .map_err(|e| Error::io("decoding a layer", io::Error::other(e)))?;
         let (bytes, cursor) = done?;
+        self.count_decoded(at + len - from);
         self.cursors.park(digest, cursor);
         Ok(bytes)
     }
@@ -507,6 +523,18 @@ impl ContentReader {
     /// Bytes `at..at + len` of the uncompressed `stream`, decoded from the
     /// last seek point at or before `at`.
     async fn decode(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
+        let from = match &stream.points {
+            SeekPoints::Gzip(points) => gzip::point_before(points, at).map(|p| p.uncompressed),
+            SeekPoints::Zstd(points) => zstd::point_before(points, at).map(|p| p.uncompressed),
+            SeekPoints::None => None,
+        };
+        let bytes = self.decode_from_point(stream, at, len).await?;
+        self.count_decoded(at + bytes.len() as u64 - from.unwrap_or(0));
+        Ok(bytes)
+    }
+
+    /// [`ContentReader::decode`], uncounted.
+    async fn decode_from_point(&self, stream: &TarStream, at: u64, len: u64) -> Result<Bytes> {
         let blob = stream.blob.clone();
         let limit = decoded_limit(stream.uncompressed_size);
         let digest = blob.digest.to_string();
@@ -614,6 +642,7 @@ impl ContentReader {
                     Some(copy) => copy,
                     None => match materialize(cache, stream).await {
                         Ok(copy) => {
+                            self.count_decoded(copy.size);
                             if let Ok(mut p) = self.cursors.proven.lock() {
                                 p.insert(layer.clone(), copy.clone());
                             }

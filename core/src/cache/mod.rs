@@ -86,6 +86,12 @@ pub struct CacheOptions {
     /// process ends, so no unchecked chunk of it outlives the process.
     /// 0 turns both off.
     pub background_fetch_max: u64,
+    /// A cache that keeps only what is made of its source's blobs (zstd
+    /// layers' decoded copies), never the blobs themselves, even a blob
+    /// streamed whole ([`ChunkCache::scan`]): for a local layout, whose
+    /// blobs are read in place (without this, a cache over a local source
+    /// has no disk tier).
+    pub copies_only: bool,
 }
 
 impl Default for CacheOptions {
@@ -100,6 +106,7 @@ impl Default for CacheOptions {
             parallel_requests: 8,
             parallel_per_blob: 4,
             background_fetch_max: 64 << 20,
+            copies_only: false,
         }
     }
 }
@@ -257,7 +264,7 @@ impl ChunkCache {
                 reason: "it must be a power of two of at least 4096".into(),
             });
         }
-        let store = store.filter(|_| source.is_remote());
+        let store = store.filter(|_| source.is_remote() || options.copies_only);
         let mut options = options;
         // Never a budget the filesystem cannot hold: at most nine tenths of
         // what the cache holds plus what is free.

@@ -83,7 +83,8 @@ impl ChunkCache {
         // mount is not fetched again for its files.
         let copy = match &self.inner.store {
             Some(store)
-                if blob.size <= self.inner.options.disk_budget
+                if !self.inner.options.copies_only
+                    && blob.size <= self.inner.options.disk_budget
                     && !store.has_complete(&blob.digest) =>
             {
                 store.temp_file().ok()

@@ -150,10 +150,12 @@ async fn layer(
     options: &ImageOptions,
     diff_id: Option<Digest>,
 ) -> Result<overlay::MergeLayer> {
-    // A zstd layer's decoded copy, where there is a cache to keep it.
-    let keep_decoded =
-        layer_compression(&blob.media_type) == Some(Compression::Zstd) && cache.store().is_some();
-    let decoding = keep_decoded.then_some(Decoding {
+    // A zstd layer's decoded copy: made as the layer is indexed where
+    // there is a cache to keep it in, else on its first read by a reader
+    // that keeps copies somewhere (a local layout's, in the cache
+    // directory).
+    let keep_decoded = layer_compression(&blob.media_type) == Some(Compression::Zstd);
+    let decoding = (keep_decoded && cache.store().is_some()).then_some(Decoding {
         diff_id: diff_id.as_ref(),
     });
     let index = layer_index(cache, blob, options, decoding).await?;
