@@ -460,3 +460,99 @@ pub(crate) fn package(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
     }
     assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
 }
+
+/// Files of usr/lib read in sorted order (not archive order) through a
+/// mount of an OCI layout: the fixture's gzip layout (umoci's) and a zstd
+/// one skopeo makes of it, against `cat` of the unpacked tree; and what the
+/// reader decoded to serve them (`.ocifs-stats`' `decoded_bytes`).
+pub(crate) fn layout_reads(rows: &mut Vec<Row>) {
+    const FILES: usize = 150;
+    let image = rootfs_image();
+    let work = tempfile::tempdir().expect("tempdir");
+    let zstd = work.path().join("zstd");
+    skopeo_copy(
+        &image.oci_ref(),
+        &format!("oci:{}:v1", zstd.display()),
+        &["--dest-compress-format", "zstd", "--dest-compress"],
+    );
+    let bundle = work.path().join("bundle");
+    let tree = image.unpack(&bundle);
+    let mut files: Vec<String> = ocifs_tests::walk(&tree, false)
+        .into_iter()
+        .filter(|r| {
+            r.kind == ocifs_tests::walk::Kind::File
+                && r.path.starts_with("usr/lib/")
+                && r.size > Some(0)
+        })
+        .map(|r| r.path)
+        .collect();
+    files.sort();
+    files.truncate(FILES);
+    let read_files = |root: &Path| -> (f64, u64) {
+        let start = Instant::now();
+        let mut n = 0;
+        for f in &files {
+            n += std::fs::read(root.join(f)).expect("read").len() as u64;
+        }
+        (start.elapsed().as_secs_f64(), n)
+    };
+    drop_page_cache();
+    let (floor, bytes) = read_files(&tree);
+    let scenario = format!(
+        "rootfs as an OCI layout: read {FILES} files of /usr/lib in sorted order ({bytes} bytes), first mount"
+    );
+    let decoded_scenario = format!("{scenario}: bytes decoded");
+    rows.push(Row::new(
+        scenario.clone(),
+        "cat of the unpacked tree (floor)",
+        floor,
+        "s",
+        None,
+    ));
+    rows.push(Row::new(
+        decoded_scenario.clone(),
+        "the bytes read",
+        bytes as f64,
+        "bytes",
+        None,
+    ));
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    for (tool, reference) in [
+        ("ocifs, gzip layout (umoci), strict", image.oci_ref()),
+        (
+            "ocifs, zstd layout (skopeo), strict",
+            format!("oci:{}:v1", zstd.display()),
+        ),
+    ] {
+        let cache = work
+            .path()
+            .join(format!("cache-{}", tool.replace([',', ' ', '(', ')'], "")));
+        drop_page_cache();
+        let mut c = Command::new(super::ocifs_bin());
+        c.args(["mount", "--daemon", "--cache-dir"])
+            .arg(&cache)
+            .arg(&reference)
+            .arg(&mnt);
+        let start = Instant::now();
+        timed(c);
+        let (_, n) = read_files(&mnt);
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(n, bytes, "{tool} read other files");
+        // An ocifs without the counter reports none.
+        let decoded = std::fs::read_to_string(mnt.join(".ocifs-stats"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["decoded_bytes"].as_u64())
+            .map_or(f64::NAN, |d| d as f64);
+        umount(&mnt);
+        rows.push(Row::new(scenario.clone(), tool, secs, "s", Some(floor)));
+        rows.push(Row::new(
+            decoded_scenario.clone(),
+            tool,
+            decoded,
+            "bytes",
+            Some(bytes as f64),
+        ));
+    }
+}
