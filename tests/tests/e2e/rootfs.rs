@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1360,4 +1361,163 @@ fn files_of_a_zstd_layout_read_out_of_order_decode_the_layer_once() {
         .as_u64()
         .expect("decoded_bytes");
     assert_eq!(decoded, 0, "a second mount decoded {decoded} bytes again");
+}
+
+#[test]
+fn podman_and_buildah_images_of_every_compression_equal_podman_image_mount() {
+    // podman 4.3 builds a two-layer image (FROM scratch, COPY twice, the
+    // second replacing a file and adding one) in storage of the test's own
+    // (vfs), and pushes it as OCI gzip, zstd and zstd:chunked and as docker
+    // v2s2; buildah pushes it as zstd. Each mounts as the tree
+    // `podman image mount` shows. A registry each: podman would otherwise
+    // push the layers it already pushed in another compression.
+    let work = temp_dir();
+    let ctx = work.path().join("ctx");
+    for (i, dir) in ["etc", "usr/lib/x", "usr/bin", "opt/app/data"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::create_dir_all(ctx.join("a").join(dir)).expect("mkdir");
+        for j in 0..8 {
+            let size = [0usize, 1, 511, 512, 4096, 100_000, 300_000, 1 << 20][j];
+            std::fs::write(
+                ctx.join("a").join(dir).join(format!("f{j}.bin")),
+                random_bytes(size, (i * 10 + j) as u64),
+            )
+            .expect("write");
+        }
+    }
+    std::fs::write(ctx.join("a/etc/os-release"), b"ID=podman-test\n").expect("write");
+    std::os::unix::fs::symlink("../usr/lib/x/f5.bin", ctx.join("a/etc/link")).expect("symlink");
+    std::fs::set_permissions(
+        ctx.join("a/usr/bin/f4.bin"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    std::fs::create_dir_all(ctx.join("b/etc")).expect("mkdir");
+    std::fs::write(ctx.join("b/etc/os-release"), b"ID=podman-test-2\n").expect("write");
+    std::fs::write(ctx.join("b/etc/added"), random_bytes(70_000, 99)).expect("write");
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM scratch\nCOPY a /\nCOPY b /\n",
+    )
+    .expect("write");
+    let root = work.path().join("storage");
+    let storage = |tool: &str| {
+        let mut c = Command::new(tool);
+        c.arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .arg("--storage-driver")
+            .arg("vfs");
+        c
+    };
+    let run = |mut c: Command, what: &str| -> String {
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{what} (scripts/test installs podman and buildah): {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let mut build = storage("podman");
+    build
+        .args(["build", "-q", "-t", "localhost/ocifs-test:v1", "-f"])
+        .arg(ctx.join("Containerfile"))
+        .arg(&ctx);
+    run(build, "podman build");
+    let pushes: [(&str, &str, &[&str], &str); 5] = [
+        (
+            "podman",
+            "gzip",
+            &["--compression-format", "gzip"],
+            "tar+gzip",
+        ),
+        (
+            "podman",
+            "zstd",
+            &["--compression-format", "zstd"],
+            "tar+zstd",
+        ),
+        (
+            "podman",
+            "chunked",
+            &["--compression-format", "zstd:chunked"],
+            "tar+zstd",
+        ),
+        (
+            "podman",
+            "v2s2",
+            &["--format", "v2s2"],
+            "docker.image.rootfs.diff.tar.gzip",
+        ),
+        (
+            "buildah",
+            "buildah-zstd",
+            &["--compression-format", "zstd"],
+            "tar+zstd",
+        ),
+    ];
+    let registries: Vec<Registry> = pushes
+        .iter()
+        .map(|_| Registry::start(RegistryAuth::None))
+        .collect();
+    for ((tool, tag, args, _), registry) in pushes.iter().zip(&registries) {
+        let host = registry.host();
+        let mut push = storage(tool);
+        push.args(["push", "--tls-verify=false"])
+            .args(*args)
+            .arg("localhost/ocifs-test:v1")
+            .arg(format!("docker://{host}/podman/{tag}:v1"));
+        run(push, &format!("{tool} push {args:?}"));
+    }
+    let mut mount = storage("podman");
+    mount.args(["image", "mount", "localhost/ocifs-test:v1"]);
+    let shown = PathBuf::from(run(mount, "podman image mount"));
+    let mut want = walk(&shown, true);
+    let mut unmount = storage("podman");
+    unmount.args(["image", "unmount", "localhost/ocifs-test:v1"]);
+    // The root directory is podman's storage's, not the image's.
+    want.retain(|r| r.path != ".");
+    assert!(want.iter().any(|r| r.path == "etc/added"), "{want:?}");
+
+    for ((tool, tag, _, media), registry) in pushes.iter().zip(&registries) {
+        let host = registry.host();
+        let manifest = registry_manifest(&host, &format!("podman/{tag}:v1"));
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert!(
+            layers.len() == 2
+                && layers
+                    .iter()
+                    .all(|l| l["mediaType"].as_str().is_some_and(|m| m.ends_with(media))),
+            "{tool} pushed other layers for {tag}: {manifest:#}"
+        );
+        if *tag == "chunked" {
+            assert!(
+                layers.iter().all(|l| {
+                    l["annotations"]["io.containers.zstd-chunked.manifest-checksum"].is_string()
+                }),
+                "podman did not write zstd:chunked: {manifest:#}"
+            );
+        }
+        let mnt = Mounted::new(&format!("{host}/podman/{tag}:v1"), &["--plain-http"]);
+        let mut got = walk(mnt.dir(), true);
+        got.retain(|r| r.path != ".");
+        if let Some(d) = diff(
+            "podman image mount",
+            &want,
+            &format!("ocifs mount of {tag}"),
+            &got,
+            40,
+        ) {
+            panic!("{d}\nmount log (tail):\n{}", tail(&mnt.log(), 30));
+        }
+        assert!(!mnt.log().contains("WARN"), "{tag}: {}", mnt.log());
+    }
+    run(unmount, "podman image unmount");
 }
