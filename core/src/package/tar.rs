@@ -151,7 +151,9 @@ impl Items {
             compression: self.placeholder.compression,
             uncompressed_size,
             points,
-            keep_decoded: false,
+            // A single-frame zstd package decodes only from its start: its
+            // decoded copy is kept where the reader keeps copies.
+            keep_decoded: self.placeholder.compression == Compression::Zstd,
         });
         for item in &mut index.items {
             if let ItemKind::File(Content::Tar(f)) = &mut item.kind {

@@ -950,3 +950,56 @@ fn sparse_tars_of_every_format_read_as_bsdtar_extracts_them_and_a_hole_fetches_n
         assert!(len < 1 << 20);
     }
 }
+
+#[test]
+fn a_tar_zst_package_read_out_of_order_decodes_once() {
+    // Debian's `zstd` writes one frame: without a decoded copy, every read
+    // before the last one decoded from the package's start.
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).expect("mkdir");
+    let files: Vec<Vec<u8>> = (0..40).map(|i| random_bytes(256 << 10, 500 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(src.join(format!("bin/tool{i:02}")), f).expect("write");
+    }
+    let pkg = dir.path().join("tools.tar.zst");
+    sh(
+        dir.path(),
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "tar -C '{}' -cf - bin | zstd -q -o '{}'",
+                src.display(),
+                pkg.display()
+            ),
+        ],
+    );
+    oras_push(
+        &registry.host(),
+        "zst/pkg:v1",
+        &[PushFile::new(&pkg)],
+        &PushOptions::default(),
+    );
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let mnt = Mounted::new(
+        &format!("{}/zst/pkg:v1", registry.host()),
+        &["--plain-http", "--expand", "--cache-dir", &cache_arg],
+    );
+    for i in (0..files.len()).rev() {
+        let got = std::fs::read(mnt.path(&format!("tools/bin/tool{i:02}"))).expect("read");
+        assert!(got == files[i], "tool{i:02} differs");
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mnt.path(".ocifs-stats")).expect("stats"))
+            .expect("JSON");
+    let decoded = stats["decoded_bytes"].as_u64().expect("decoded_bytes");
+    let tar_len: u64 = files.iter().map(|f| f.len() as u64 + 512).sum::<u64>() + (64 << 10);
+    eprintln!("40 files of a tar.zst read last first: {decoded} bytes decoded");
+    assert!(
+        decoded <= tar_len,
+        "40 files read last first decoded {decoded} bytes, over the package once ({tar_len})"
+    );
+}
