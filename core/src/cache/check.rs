@@ -110,7 +110,7 @@ impl Inner {
         let offset = n * cs;
         let len = (cs.min(blob.size - offset)) as usize;
         if let Some(f) = self.complete_handle(store, &blob.digest)? {
-            return self.checked_from_complete(store, blob, &f, n);
+            return self.checked_from_complete(store, blob, &f, n, Some(&f));
         }
         let table = self.table(blob);
         if self.options.verify == Verify::Strict && table.is_none() {
@@ -150,18 +150,38 @@ impl Inner {
     /// older cache, is hashed whole once to take one). A chunk that fails,
     /// or is cut short, drops the blob: `None`, so the read fetches it
     /// again, or, with no network to fetch from, the error naming the blob.
+    ///
+    /// `handle` is the cached handle `f` came from, if it did: another
+    /// reader may drop the blob and a fetch put a new file in its place
+    /// (whose chunks it marks checked) while this one still reads the old
+    /// file through it. The marks are trusted only while the handle is
+    /// still the one cached, read after them; a chunk of a handle no longer
+    /// cached that fails is read again through the current one, and drops
+    /// nothing.
     pub(super) fn checked_from_complete(
         &self,
         store: &DiskStore,
         blob: &Descriptor,
         f: &File,
         n: u64,
+        handle: Option<&Arc<File>>,
     ) -> Result<Option<Bytes>> {
         let cs = self.options.chunk_size;
         let (offset, len) = (n * cs, cs.min(blob.size - n * cs) as usize);
         let path = store.blob_path(&blob.digest);
+        let current = || {
+            handle.is_none_or(|h| {
+                self.handles
+                    .lock()
+                    .is_ok_and(|c| c.peek(&blob.digest).is_some_and(|c| Arc::ptr_eq(c, h)))
+            })
+        };
         let read = match DiskStore::read_at(f, &path, offset, len) {
-            Ok(bytes) if self.is_checked(&blob.digest, n) => return Ok(Some(Bytes::from(bytes))),
+            // The mark first, then the handle: a mark set for a file that
+            // replaced this one was set after this handle left the cache.
+            Ok(bytes) if self.is_checked(&blob.digest, n) && current() => {
+                return Ok(Some(Bytes::from(bytes)));
+            }
             read => read,
         };
         let table = match self.rest_table(blob) {
@@ -195,6 +215,16 @@ impl Inner {
             Ok(bytes) => {
                 self.mark_checked(blob, n..n + 1);
                 Ok(Some(Bytes::from(bytes)))
+            }
+            Err(_) if !current() => {
+                // A file another reader already dropped: read the chunk
+                // again through the handle cached now, if there is one.
+                match self.complete_handle(store, &blob.digest)? {
+                    Some(now) if handle.is_some_and(|h| !Arc::ptr_eq(h, &now)) => {
+                        self.checked_from_complete(store, blob, &now, n, Some(&now))
+                    }
+                    _ => Ok(None),
+                }
             }
             Err(e) => {
                 self.drop_corrupt_complete(store, blob, &e);

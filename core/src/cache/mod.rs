@@ -380,7 +380,7 @@ impl ChunkCache {
         }
         for n in inner.unchecked(blob) {
             if inner
-                .checked_from_complete(store, blob, &file, n)?
+                .checked_from_complete(store, blob, &file, n, None)?
                 .is_none()
             {
                 return Ok(None);

@@ -1096,6 +1096,43 @@ mod at_rest {
     }
 
     #[tokio::test]
+    async fn a_reader_still_holding_a_dropped_file_gets_the_bytes_of_the_one_in_its_place() {
+        // Seen in CI once, under load: a strict mount served a damaged chunk.
+        // A reader held the cached handle of a damaged complete blob while
+        // another dropped the blob, fetched it again and marked every chunk
+        // of the new file checked; the first then trusted those marks for
+        // what it read through the old handle.
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let path = blob_file(dir.path(), &d);
+        let chunk = 64 * 1024;
+        flip(&path, 5 * chunk + 10);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let store = c.inner.store.clone().unwrap();
+        let stale = c.inner.complete_handle(&store, &d.digest).unwrap().unwrap();
+        // The other reader: the blob dropped, a good file in its place,
+        // its chunks checked.
+        c.inner.handles.lock().unwrap().pop(&d.digest);
+        c.inner.forget_checked(&d.digest);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &blob).unwrap();
+        c.inner.mark_checked(&d, 0..d.size.div_ceil(chunk));
+        let got = c
+            .inner
+            .checked_from_complete(&store, &d, &stale, 5, Some(&stale))
+            .unwrap()
+            .expect("the chunk");
+        assert!(
+            got[..] == blob[5 * chunk as usize..6 * chunk as usize],
+            "the old file's damaged bytes were served"
+        );
+        assert!(
+            path.is_file(),
+            "the good file was dropped for the old one's damage"
+        );
+        assert_eq!(c.counters().snapshot().verify_failures, 0);
+    }
+
+    #[tokio::test]
     async fn passthrough_gets_only_a_file_checked_in_this_process() {
         let (src, d, blob, dir) = prefetched(Verify::Strict).await;
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
