@@ -55,6 +55,33 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
     Ok(done)
 }
 
+/// Up to `len` bytes at `offset`, fewer only at the end of the file, into
+/// a new buffer that is not zeroed first (on Unix: a large buffer from the
+/// heap would be, at the cost of a pass over it).
+pub(crate) fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    #[cfg(unix)]
+    {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut buf = vec![0; len];
+        let got = read_full_at(file, &mut buf, offset)?;
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
+
 pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
         match write_at(file, buf, offset) {

@@ -4,6 +4,41 @@
 
 use super::*;
 
+/// How many chunks past a sequential reader of a complete blob are checked
+/// ahead of it (`Inner::check_ahead`).
+pub(super) const CHECK_AHEAD: u64 = 4;
+
+/// A thread checking chunks ahead of a reader (`Inner::check_ahead`).
+pub(super) struct AheadCheck {
+    /// Where it is, changed only under this lock.
+    state: Mutex<AheadState>,
+    /// Told each time it checked a chunk, and when it stops.
+    moved: std::sync::Condvar,
+}
+
+#[derive(Clone, Copy)]
+struct AheadState {
+    /// The chunk it checks next.
+    next: u64,
+    /// Where it stops, moved on by the reader.
+    until: u64,
+    /// It stopped.
+    done: bool,
+}
+
+impl AheadCheck {
+    fn state(&self) -> Option<AheadState> {
+        self.state.lock().ok().map(|s| *s)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut AheadState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.moved.notify_all();
+    }
+}
+
 impl Inner {
     /// The chunk digest table a layer index gave for a blob, if any.
     pub(super) fn table(&self, blob: &Descriptor) -> Option<Arc<Vec<[u8; 32]>>> {
@@ -234,6 +269,171 @@ impl Inner {
                     Err(e)
                 }
             }
+        }
+    }
+
+    /// Whether chunks `c0..=c1` of a complete blob were all checked in
+    /// this process.
+    pub(super) fn all_checked(&self, digest: &Digest, c0: u64, c1: u64) -> bool {
+        self.checked.lock().is_ok_and(|c| {
+            let bits = c.get(digest);
+            (c0..=c1).all(|n| bit_set(bits, n))
+        })
+    }
+
+    /// Keeps the next [`CHECK_AHEAD`] chunks of a complete blob read in
+    /// sequence (chunks `c0..=c1` now, and the one before or the first of
+    /// them checked already) checked ahead of the reader, by one blocking
+    /// thread per blob that follows the reader as long as it reads on. The
+    /// reader then finds them checked, and in the page cache: reading and
+    /// hashing overlap, on two cores, instead of taking turns. A chunk that
+    /// fails is handled as the reader's own check would
+    /// (`checked_from_complete`: the blob is dropped), and the thread stops
+    /// there.
+    pub(super) fn check_ahead(self: &Arc<Self>, blob: &Descriptor, c0: u64, c1: u64) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let chunks = blob.size.div_ceil(self.options.chunk_size);
+        let until = (c1 + 1 + CHECK_AHEAD).min(chunks);
+        // Only a complete blob this process has open (its first read opened
+        // it): a partial one has no bytes at rest to check.
+        let open = self
+            .handles
+            .lock()
+            .is_ok_and(|h| h.peek(&blob.digest).is_some());
+        if c1 + 1 >= until || !open || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let first = {
+            let Ok(c) = self.checked.lock() else {
+                return;
+            };
+            let bits = c.get(&blob.digest);
+            let sequential = c0 == 0 || bit_set(bits, c0 - 1) || bit_set(bits, c0);
+            if !sequential {
+                return;
+            }
+            match (c1 + 1..until).find(|&n| !bit_set(bits, n)) {
+                Some(n) => n,
+                None => return,
+            }
+        };
+        let ahead = {
+            let Ok(mut running) = self.checking.lock() else {
+                return;
+            };
+            if let Some(ahead) = running.get(&blob.digest) {
+                // Already following this reader: it goes on further.
+                ahead.update(|s| s.until = s.until.max(until));
+                return;
+            }
+            let ahead = Arc::new(AheadCheck {
+                state: Mutex::new(AheadState {
+                    next: first,
+                    until,
+                    done: false,
+                }),
+                moved: std::sync::Condvar::new(),
+            });
+            running.insert(blob.digest.clone(), ahead.clone());
+            ahead
+        };
+        let inner = self.clone();
+        let blob = blob.clone();
+        tokio::task::spawn_blocking(move || {
+            let _pin = inner.pin(&blob.digest);
+            let cs = inner.options.chunk_size;
+            while let Some(AheadState { next: n, until, .. }) = ahead.state() {
+                if n >= until {
+                    // Stop, unless the reader moved the end meanwhile (it
+                    // does so under this lock).
+                    let Ok(mut running) = inner.checking.lock() else {
+                        break;
+                    };
+                    if ahead.state().is_some_and(|s| s.until > n) {
+                        continue;
+                    }
+                    running.remove(&blob.digest);
+                    drop(running);
+                    ahead.update(|s| s.done = true);
+                    return;
+                }
+                if inner.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                if !inner.is_checked(&blob.digest, n) {
+                    // Only a complete blob with a table: one without is
+                    // hashed whole by the reader's first read, not here.
+                    if inner.rest_table(&blob).is_none() {
+                        break;
+                    }
+                    let Ok(Some(f)) = inner.complete_handle(&store, &blob.digest) else {
+                        break;
+                    };
+                    // The kernel reads the next chunks in while this one is
+                    // hashed: the disk and the hashing overlap too.
+                    #[cfg(unix)]
+                    if n + 1 < until {
+                        let (start, end) = ((n + 1) * cs, (until * cs).min(blob.size));
+                        let advised = rustix::fs::fadvise(
+                            &*f,
+                            start,
+                            std::num::NonZeroU64::new(end - start),
+                            rustix::fs::Advice::WillNeed,
+                        );
+                        if let Err(e) = advised {
+                            tracing::trace!(error = %e, "fadvise");
+                        }
+                    }
+                    let checked = inner.checked_from_complete(&store, &blob, &f, n, Some(&f));
+                    if !matches!(checked, Ok(Some(_))) {
+                        break;
+                    }
+                }
+                ahead.update(|s| s.next = n + 1);
+            }
+            if let Ok(mut running) = inner.checking.lock() {
+                running.remove(&blob.digest);
+            }
+            ahead.update(|s| s.done = true);
+        });
+    }
+
+    /// Waits while the thread checking ahead of a reader has chunks
+    /// `c0..=c1` of a blob still to check: whether they are all checked
+    /// now. Returns at once, false, when no such thread has them all in
+    /// hand.
+    pub(super) fn wait_checked(&self, digest: &Digest, c0: u64, c1: u64) -> bool {
+        let ahead = self
+            .checking
+            .lock()
+            .ok()
+            .and_then(|running| running.get(digest).cloned());
+        let Some(ahead) = ahead else {
+            return self.all_checked(digest, c0, c1);
+        };
+        let Ok(mut state) = ahead.state.lock() else {
+            return false;
+        };
+        loop {
+            if self.all_checked(digest, c0, c1) {
+                return true;
+            }
+            let AheadState { next, until, done } = *state;
+            let in_hand = self.checked.lock().is_ok_and(|c| {
+                let bits = c.get(digest);
+                (c0..=c1).all(|n| bit_set(bits, n) || (next..until).contains(&n))
+            });
+            if done || !in_hand {
+                return false;
+            }
+            // Told after each chunk; the timeout only bounds a wait on a
+            // thread that is stuck on its disk.
+            state = match ahead.moved.wait_timeout(state, Duration::from_secs(1)) {
+                Ok((s, timeout)) if !timeout.timed_out() => s,
+                _ => return self.all_checked(digest, c0, c1),
+            };
         }
     }
 

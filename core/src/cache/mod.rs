@@ -21,6 +21,8 @@
 
 mod ahead;
 mod check;
+#[cfg(test)]
+use check::CHECK_AHEAD;
 mod evict;
 mod fetch;
 mod flight;
@@ -171,6 +173,9 @@ struct Inner {
     /// The chunks of complete blobs this process has read from disk and
     /// checked against their table (a bitmap per blob).
     checked: Mutex<HashMap<Digest, Vec<u64>>>,
+    /// Complete blobs whose chunks a thread is checking ahead of a
+    /// sequential reader (`Inner::check_ahead`).
+    checking: Mutex<HashMap<Digest, Arc<check::AheadCheck>>>,
     /// Small blobs this process fetched chunks of in lazy mode (see
     /// `CacheOptions::background_fetch_max`), and whether their background
     /// completion is running.
@@ -317,6 +322,7 @@ impl ChunkCache {
                 tables: Mutex::new(HashMap::new()),
                 own_tables: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
+                checking: Mutex::new(HashMap::new()),
                 lazy_small: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 requests,
@@ -489,6 +495,7 @@ impl Inner {
         }
         let cs = self.options.chunk_size;
         let (c0, c1) = (offset / cs, (end - 1) / cs);
+        self.check_ahead(blob, c0, c1);
         // A complete blob whose chunks here this process checked already:
         // straight from its file, in one read (the kernel's page cache is
         // the cache of these; the memory tier would only copy them again).
@@ -590,12 +597,18 @@ impl Inner {
             return Ok(None);
         };
         let cs = self.options.chunk_size;
-        let checked = self.checked.lock().is_ok_and(|c| {
-            let bits = c.get(&blob.digest);
-            (offset / cs..=(end - 1) / cs).all(|n| bit_set(bits, n))
-        });
-        if !checked {
-            return Ok(None);
+        let (c0, c1) = (offset / cs, (end - 1) / cs);
+        if !self.all_checked(&blob.digest, c0, c1) {
+            // A thread checking ahead may have them in hand: waiting for it
+            // costs less than reading and hashing them a second time.
+            let inner = self.clone();
+            let digest = blob.digest.clone();
+            let waited = tokio::task::spawn_blocking(move || inner.wait_checked(&digest, c0, c1))
+                .await
+                .map_err(join_error)?;
+            if !waited {
+                return Ok(None);
+            }
         }
         let Some(file) = self.complete_handle(store, &blob.digest)? else {
             return Ok(None);

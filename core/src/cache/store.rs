@@ -701,9 +701,9 @@ impl DiskStore {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        let got = read_full_at(file, &mut buf, offset)
+        let buf = crate::fsutil::read_vec_at(file, offset, len)
             .map_err(io_err(|| format!("reading {}", path_for_errors.display())))?;
+        let got = buf.len();
         if got < len {
             return Err(Error::ShortRead {
                 digest: path_for_errors.display().to_string(),

@@ -1000,6 +1000,73 @@ mod at_rest {
         assert_eq!(table[2], third);
     }
 
+    /// Waits until no thread checks chunks of `d` ahead of a reader.
+    async fn ahead_done(c: &ChunkCache, d: &Descriptor) {
+        for _ in 0..500 {
+            if !c.inner.checking.lock().unwrap().contains_key(&d.digest) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the check-ahead thread never ended");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_finds_the_chunks_ahead_of_it_checked_already() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        // The first read opens the blob and checks its chunk; the second,
+        // the next in sequence, sets the checking ahead going.
+        assert!(c.read_blob(&d, 0, 4096).await.unwrap()[..] == blob[..4096]);
+        assert!(c.read_blob(&d, 4096, 4096).await.unwrap()[..] == blob[4096..8192]);
+        ahead_done(&c, &d).await;
+        let checked: Vec<u64> = (0..d.size.div_ceil(CS))
+            .filter(|&n| c.inner.is_checked(&d.digest, n))
+            .collect();
+        assert_eq!(checked, (0..=CHECK_AHEAD).collect::<Vec<_>>());
+        // The reader now reads those from the file, with no check of its
+        // own; and a read far from the last one checks nothing ahead.
+        let at = (CHECK_AHEAD * CS) as usize;
+        assert!(c.read_blob(&d, at as u64, 100).await.unwrap()[..] == blob[at..at + 100]);
+        ahead_done(&c, &d).await;
+        let last = d.size.div_ceil(CS) - 1;
+        c.read_blob(&d, last * CS, 10).await.unwrap();
+        ahead_done(&c, &d).await;
+        assert!(!c.inner.is_checked(&d.digest, last - 2));
+        assert_eq!(c.counters().snapshot().verify_failures, 0);
+        assert_eq!(
+            src.requests.load(Ordering::SeqCst),
+            1,
+            "only the prefetch fetched"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_damaged_ahead_of_a_reader_is_never_served() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let bad = 3 * CS + 17;
+        flip(&blob_file(dir.path(), &d), bad);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        c.read_blob(&d, 0, 4096).await.unwrap();
+        c.read_blob(&d, 4096, 4096).await.unwrap();
+        ahead_done(&c, &d).await;
+        // Found by the thread ahead: the blob is dropped before the reader
+        // gets there.
+        assert_eq!(c.counters().snapshot().verify_failures, 1);
+        let store = DiskStore::open(dir.path()).unwrap();
+        assert!(!store.has_complete(&d.digest), "the damaged blob was kept");
+        let mut at = 8192;
+        while at < d.size {
+            let got = c.read_blob(&d, at, 65536).await.unwrap();
+            assert!(
+                got[..] == blob[at as usize..at as usize + got.len()],
+                "wrong bytes at {at}"
+            );
+            at += got.len() as u64;
+        }
+        assert_eq!(c.counters().snapshot().verify_failures, 1);
+    }
+
     #[tokio::test]
     async fn a_flipped_byte_at_rest_is_never_served_and_is_fetched_again() {
         for verify in [Verify::Strict, Verify::Lazy] {
