@@ -88,7 +88,7 @@ pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{IndexStep, Resolution, resolve};
 pub use retry::{Resumption, RetryPolicy};
 pub use source::{LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
-pub use tree::{Ino, Node, NodeKind, Row, SpecialKind, Tree, Xattrs, format_time};
+pub use tree::{Children, Ino, Node, NodeKind, Row, SpecialKind, Tree, Xattrs, format_time};
 pub use view::{Expand, View, ViewOptions};
 
 /// What only the fuzz targets, benchmarks and memory tests reach into:

@@ -8,7 +8,7 @@
 //! content reader. [`Tree::subtree`] re-roots a tree at one of its
 //! directories.
 
-use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +23,9 @@ pub type Ino = u64;
 /// The kind of a node, with what it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKind {
-    /// A directory: its entries by name.
-    Dir(BTreeMap<String, Ino>),
+    /// A directory: its entries (by name, through [`Tree::lookup`] and
+    /// [`Tree::children`]).
+    Dir(Children),
     /// A regular file.
     File(Content),
     /// A symbolic link (from a package) to this target, which may point
@@ -53,14 +54,38 @@ pub enum SpecialKind {
     Fifo,
 }
 
+/// A directory's entries: their inode numbers, sorted by name once the
+/// tree is built (8 bytes an entry: the names are the nodes' own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Children(Vec<Ino>);
+
+impl Children {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Extended attributes: (name, value), as the archive lists them.
 pub type Xattrs = Arc<Vec<(String, Vec<u8>)>>;
 
-/// One inode.
+/// Where a node's name is in its tree's names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Name {
+    at: u32,
+    len: u32,
+}
+
+/// One inode. Its name is the tree's to tell ([`Tree::name`]): the names
+/// of a tree are kept together, not one allocation each.
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// Its name in its parent (empty for the root).
-    pub name: String,
+    name: Name,
     /// Its parent (the root is its own parent).
     pub parent: Ino,
     /// What it is.
@@ -78,6 +103,24 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node to copy attributes from ([`Tree::push`]): a directory.
+    pub(crate) fn new(
+        mode: u32,
+        mtime: SystemTime,
+        owner: Option<(u32, u32)>,
+        xattrs: Option<Xattrs>,
+    ) -> Self {
+        Node {
+            name: Name::default(),
+            parent: Tree::ROOT,
+            kind: NodeKind::Dir(Children::default()),
+            mode,
+            mtime,
+            owner,
+            xattrs,
+        }
+    }
+
     /// Size in bytes (0 for directories; a symlink's is its target's length).
     pub fn size(&self) -> u64 {
         match &self.kind {
@@ -100,12 +143,51 @@ impl Node {
 }
 
 /// An immutable tree of inodes.
+///
+/// What it costs matters at a million entries (a package, a root
+/// filesystem): a node is about 100 bytes, its name is kept in one string
+/// of all the names, and a directory holds 8 bytes an entry. While a
+/// builder adds nodes, a hash table finds an entry by parent and name; at
+/// [`Tree::finish`] each directory's entries are sorted by name and the
+/// table is dropped, lookups then search the sorted entries.
 #[derive(Clone, Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
+    names: String,
+    /// (parent, name) → inode, while the tree is being built.
+    building: Option<Building>,
     pub(crate) problems: Vec<String>,
     /// A root filesystem: absolute symlinks resolve from the root.
     rootfs: bool,
+}
+
+/// The lookup table of a tree being built.
+#[derive(Clone, Default)]
+struct Building {
+    table: hashbrown::HashTable<Ino>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl fmt::Debug for Building {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Building")
+            .field("entries", &self.table.len())
+            .finish()
+    }
+}
+
+impl Building {
+    fn hash(&self, parent: Ino, name: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one((parent, name))
+    }
+}
+
+/// The name `name` in `names`.
+fn name_in(names: &str, name: Name) -> &str {
+    names
+        .get(name.at as usize..(name.at as usize + name.len as usize))
+        .unwrap_or("")
 }
 
 /// One row of a listing, for `ls --json` and tests.
@@ -151,27 +233,49 @@ impl Tree {
     pub(crate) fn empty(mtime: SystemTime, dir_mode: u32) -> Self {
         Tree {
             nodes: vec![Node {
-                name: String::new(),
+                name: Name::default(),
                 parent: Self::ROOT,
-                kind: NodeKind::Dir(BTreeMap::new()),
+                kind: NodeKind::Dir(Children::default()),
                 mode: dir_mode,
                 mtime,
                 owner: None,
                 xattrs: None,
             }],
+            names: String::new(),
+            building: Some(Building::default()),
             problems: Vec::new(),
             rootfs: false,
         }
     }
 
-    /// A tree of `nodes` (the root first; inode numbers are positions from
-    /// 1; every directory's children are nodes of the tree).
-    pub(crate) fn from_nodes(nodes: Vec<Node>, problems: Vec<String>, rootfs: bool) -> Self {
-        Tree {
-            nodes,
-            problems,
-            rootfs,
+    /// Marks this tree a container image's root filesystem.
+    pub(crate) fn set_rootfs(&mut self, problems: Vec<String>) {
+        self.rootfs = true;
+        self.problems = problems;
+    }
+
+    /// Ends the building: each directory's entries sorted by name, the
+    /// lookup table dropped. Every builder calls it before it hands the
+    /// tree out; it may be called again.
+    pub(crate) fn finish(&mut self) {
+        if self.building.take().is_none() {
+            return;
         }
+        let Tree { nodes, names, .. } = self;
+        for i in 0..nodes.len() {
+            let mut entries = match &mut nodes[i].kind {
+                NodeKind::Dir(Children(entries)) => std::mem::take(entries),
+                _ => continue,
+            };
+            entries.sort_by(|&a, &b| {
+                let name = |ino: Ino| name_in(names, nodes[(ino - 1) as usize].name);
+                name(a).cmp(name(b))
+            });
+            entries.shrink_to_fit();
+            nodes[i].kind = NodeKind::Dir(Children(entries));
+        }
+        nodes.shrink_to_fit();
+        names.shrink_to_fit();
     }
 
     /// Whether this is a container image's root filesystem.
@@ -189,48 +293,89 @@ impl Tree {
     /// own (`ocifs mount --root`). Symlinks on the way are followed.
     pub fn subtree(&self, path: &str) -> Result<Tree> {
         let top = self.resolve_follow(path)?;
-        if !self.node(top).is_some_and(Node::is_dir) {
+        let Some(root) = self.node(top).filter(|n| n.is_dir()) else {
             return Err(Error::WrongKind {
                 path: path.to_owned(),
                 kind: Kind::NotDirectory,
             });
-        }
-        // Number the kept nodes breadth first, the new root first.
-        let mut order = vec![top];
-        let mut renumber: HashMap<Ino, Ino> = HashMap::from([(top, Self::ROOT)]);
-        let mut i = 0;
-        while i < order.len() {
-            let ino = order[i];
-            for (_, child) in self.children(ino) {
-                renumber.insert(child, order.len() as Ino + 1);
-                order.push(child);
-            }
-            i += 1;
-        }
-        let nodes = order
-            .iter()
-            .filter_map(|&old| {
-                let n = self.node(old)?;
-                let mut node = n.clone();
-                if old == top {
-                    node.name = String::new();
-                    node.parent = Self::ROOT;
-                } else {
-                    node.parent = renumber.get(&n.parent).copied().unwrap_or(Self::ROOT);
-                }
-                if let NodeKind::Dir(children) = &mut node.kind {
-                    for ino in children.values_mut() {
-                        *ino = renumber.get(ino).copied().unwrap_or(Self::ROOT);
-                    }
-                }
-                Some(node)
-            })
+        };
+        let mut tree = Tree::empty(root.mtime, root.mode);
+        let new_root = tree.node_mut(Self::ROOT);
+        new_root.owner = root.owner;
+        new_root.xattrs = root.xattrs.clone();
+        // Breadth first, the new root first: (old inode, its new parent).
+        let mut order: std::collections::VecDeque<(Ino, Ino)> = self
+            .children(top)
+            .map(|(_, child)| (child, Self::ROOT))
             .collect();
-        Ok(Tree {
+        while let Some((old, parent)) = order.pop_front() {
+            let Some(n) = self.node(old) else {
+                continue;
+            };
+            let kind = match &n.kind {
+                NodeKind::Dir(_) => NodeKind::Dir(Children::default()),
+                other => other.clone(),
+            };
+            let ino = tree.push(parent, self.name(old), kind, n);
+            order.extend(self.children(old).map(|(_, child)| (child, ino)));
+        }
+        tree.problems = self.problems.clone();
+        tree.rootfs = self.rootfs;
+        tree.finish();
+        Ok(tree)
+    }
+
+    /// Adds a node under `parent`, named `name`, with `like`'s attributes
+    /// and `kind`, not looking for another entry of that name (the caller
+    /// knows there is none): its inode number. The parent's entries are in
+    /// the order of adding until [`Tree::finish`].
+    pub(crate) fn push(&mut self, parent: Ino, name: &str, kind: NodeKind, like: &Node) -> Ino {
+        let ino = self.nodes.len() as Ino + 1;
+        let name = self.add_name(name);
+        if let NodeKind::Dir(Children(entries)) = &mut self.node_mut(parent).kind {
+            entries.push(ino);
+        }
+        self.nodes.push(Node {
+            name,
+            parent,
+            kind,
+            mode: like.mode,
+            mtime: like.mtime,
+            owner: like.owner,
+            xattrs: like.xattrs.clone(),
+        });
+        let Tree {
             nodes,
-            problems: self.problems.clone(),
-            rootfs: self.rootfs,
-        })
+            names,
+            building,
+            ..
+        } = self;
+        if let Some(b) = building {
+            let hash = b.hash(parent, name_in(names, name));
+            let Building { table, hasher } = b;
+            table.insert_unique(hash, ino, |&i| {
+                use std::hash::BuildHasher as _;
+                let n = &nodes[(i - 1) as usize];
+                hasher.hash_one((n.parent, name_in(names, n.name)))
+            });
+        }
+        ino
+    }
+
+    fn add_name(&mut self, name: &str) -> Name {
+        let at = self.names.len();
+        self.names.push_str(name);
+        // Names are at most 255 bytes, and 4 GiB of them is far past any
+        // limit on entries: the offsets fit, else the name reads as empty.
+        Name {
+            at: u32::try_from(at).unwrap_or(u32::MAX),
+            len: name.len() as u32,
+        }
+    }
+
+    /// The name of `ino` in its parent (empty for the root).
+    pub fn name(&self, ino: Ino) -> &str {
+        self.node(ino).map_or("", |n| name_in(&self.names, n.name))
     }
 
     pub(crate) fn insert(
@@ -241,24 +386,22 @@ impl Tree {
         mode: u32,
         mtime: SystemTime,
     ) -> Result<Ino, String> {
-        let ino = self.nodes.len() as Ino + 1;
-        let NodeKind::Dir(children) = &mut self.node_mut(parent).kind else {
+        if !self.node(parent).is_some_and(Node::is_dir) {
             return Err("a parent path is a file".into());
-        };
-        if children.contains_key(name) {
+        }
+        if self.lookup(parent, name).is_some() {
             return Err(format!("another layer already has the name {name:?}"));
         }
-        children.insert(name.to_owned(), ino);
-        self.nodes.push(Node {
-            name: name.to_owned(),
+        let like = Node {
+            name: Name::default(),
             parent,
-            kind,
+            kind: NodeKind::Dir(Children::default()),
             mode,
             mtime,
             owner: None,
             xattrs: None,
-        });
-        Ok(ino)
+        };
+        Ok(self.push(parent, name, kind, &like))
     }
 
     pub(crate) fn ensure_dir(
@@ -271,7 +414,13 @@ impl Tree {
         match self.lookup(parent, name) {
             Some(ino) if self.node(ino).is_some_and(Node::is_dir) => Ok(ino),
             Some(_) => Err(format!("{name:?} is both a file and a directory")),
-            None => self.insert(parent, name, NodeKind::Dir(BTreeMap::new()), mode, mtime),
+            None => self.insert(
+                parent,
+                name,
+                NodeKind::Dir(Children::default()),
+                mode,
+                mtime,
+            ),
         }
     }
 
@@ -286,21 +435,31 @@ impl Tree {
 
     /// The entry `name` of directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &str) -> Option<Ino> {
-        match &self.node(parent)?.kind {
-            NodeKind::Dir(children) => children.get(name).copied(),
-            _ => None,
+        let NodeKind::Dir(Children(entries)) = &self.node(parent)?.kind else {
+            return None;
+        };
+        match &self.building {
+            Some(b) => b
+                .table
+                .find(b.hash(parent, name), |&i| {
+                    self.node(i)
+                        .is_some_and(|n| n.parent == parent && name_in(&self.names, n.name) == name)
+                })
+                .copied(),
+            None => entries
+                .binary_search_by(|&i| self.name(i).cmp(name))
+                .ok()
+                .map(|at| entries[at]),
         }
     }
 
     /// The entries of directory `ino`, sorted by name.
     pub fn children(&self, ino: Ino) -> impl Iterator<Item = (&str, Ino)> {
-        let children = match self.node(ino).map(|n| &n.kind) {
-            Some(NodeKind::Dir(c)) => Some(c),
-            _ => None,
+        let entries: &[Ino] = match self.node(ino).map(|n| &n.kind) {
+            Some(NodeKind::Dir(Children(c))) => c,
+            _ => &[],
         };
-        children
-            .into_iter()
-            .flat_map(|c| c.iter().map(|(k, v)| (k.as_str(), *v)))
+        entries.iter().map(move |&i| (self.name(i), i))
     }
 
     /// The number of inodes.
@@ -386,7 +545,7 @@ impl Tree {
         let mut parts = Vec::new();
         while ino != Self::ROOT {
             let Some(n) = self.node(ino) else { break };
-            parts.push(n.name.as_str());
+            parts.push(name_in(&self.names, n.name));
             ino = n.parent;
         }
         parts.reverse();

@@ -19,7 +19,6 @@
 //! (or, asked for, its layers as files), an artifact with its packages, and
 //! a `--root` directory of either.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +27,7 @@ use crate::content::{Compression, Content};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest, annotation};
 use crate::package::{self, Format, Item, ItemKind};
-use crate::tree::{Ino, NodeKind, Tree, parse_rfc3339};
+use crate::tree::{Children, Ino, NodeKind, Tree, parse_rfc3339};
 
 /// Which zip and tar layers are shown as directories.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +95,7 @@ impl Tree {
             let components = layer_components(layer)?;
             tree.add_layer_file(layer, &components, options, mtime)?;
         }
+        tree.finish();
         Ok(tree)
     }
 
@@ -169,6 +169,7 @@ impl Tree {
                 Err(e) => return Err(e),
             }
         }
+        tree.finish();
         Ok(tree)
     }
 
@@ -220,7 +221,7 @@ impl Tree {
             .insert(
                 parent,
                 name,
-                NodeKind::Dir(BTreeMap::new()),
+                NodeKind::Dir(Children::default()),
                 options.dir_mode,
                 mtime,
             )
@@ -486,6 +487,8 @@ fn crosses_symlink_or_missing(tree: &Tree, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use std::collections::BTreeMap;
 
     use super::*;
     use crate::digest::Digest;

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::tar::{EntryKind, TocEntry};
 use crate::content::{Content, TarFile, TarStream};
-use crate::tree::{Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
+use crate::tree::{Children, Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
 
 /// Symlinks followed on the way to one entry, at most (Linux's limit).
 const MAX_HOPS: u32 = 40;
@@ -290,52 +290,35 @@ impl Merge {
     /// The tree of what the root reaches, numbered breadth first.
     fn into_tree(self) -> Tree {
         let Merge { nodes, problems } = self;
-        let mut order: Vec<(usize, String, Ino)> = vec![(0, String::new(), Tree::ROOT)];
-        let mut i = 0;
-        while i < order.len() {
-            let (at, _, _) = &order[i];
-            if let Kind::Dir(children) = &nodes[*at].kind {
-                let parent_ino = i as Ino + 1;
-                for (name, &child) in children {
-                    order.push((child, name.clone(), parent_ino));
-                }
-            }
-            i += 1;
-        }
-        let mut out = Vec::with_capacity(order.len());
-        for (at, name, parent) in &order {
-            let m = &nodes[*at];
-            let kind = match &m.kind {
-                Kind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
-                Kind::File(f) => NodeKind::File(Content::Tar(f.clone())),
-                Kind::Symlink(t) => NodeKind::Symlink(t.clone()),
-                Kind::Special(kind, major, minor) => NodeKind::Special {
-                    kind: *kind,
-                    major: *major,
-                    minor: *minor,
-                },
+        let node_of = |m: &MNode| Node::new(m.mode, time(m.mtime), Some(m.owner), m.xattrs.clone());
+        let mut tree = Tree::empty(time(nodes[0].mtime), nodes[0].mode);
+        *tree.node_mut(Tree::ROOT) = node_of(&nodes[0]);
+        // (merge node, its inode), in the order numbered.
+        let mut order: std::collections::VecDeque<(usize, Ino)> =
+            std::collections::VecDeque::from([(0, Tree::ROOT)]);
+        while let Some((at, ino)) = order.pop_front() {
+            let Kind::Dir(children) = &nodes[at].kind else {
+                continue;
             };
-            out.push(Node {
-                name: name.clone(),
-                parent: *parent,
-                kind,
-                mode: m.mode,
-                mtime: time(m.mtime),
-                owner: Some(m.owner),
-                xattrs: m.xattrs.clone(),
-            });
-        }
-        // Each node's children, by their new numbers.
-        for (n, (_, name, parent)) in order.iter().enumerate().skip(1) {
-            if let Some(Node {
-                kind: NodeKind::Dir(children),
-                ..
-            }) = out.get_mut((*parent - 1) as usize)
-            {
-                children.insert(name.clone(), n as Ino + 1);
+            for (name, &child) in children {
+                let m = &nodes[child];
+                let kind = match &m.kind {
+                    Kind::Dir(_) => NodeKind::Dir(Children::default()),
+                    Kind::File(f) => NodeKind::File(Content::Tar(f.clone())),
+                    Kind::Symlink(t) => NodeKind::Symlink(t.clone()),
+                    Kind::Special(kind, major, minor) => NodeKind::Special {
+                        kind: *kind,
+                        major: *major,
+                        minor: *minor,
+                    },
+                };
+                let new = tree.push(ino, name, kind, &node_of(m));
+                order.push_back((child, new));
             }
         }
-        Tree::from_nodes(out, problems, true)
+        tree.set_rootfs(problems);
+        tree.finish();
+        tree
     }
 }
 
