@@ -20,7 +20,7 @@ pub enum Content {
     Blob(Arc<Descriptor>),
     /// An entry of a zip layer: its local header and data are read when
     /// it is.
-    Zip(Arc<ZipEntry>),
+    Zip(ZipEntry),
     /// A range of a tar stream: a file of a tar package (plain, gzip or
     /// zstd) or of a container image's root filesystem.
     Tar(TarFile),
@@ -31,7 +31,7 @@ impl Content {
     pub fn size(&self) -> u64 {
         match self {
             Content::Blob(d) => d.size,
-            Content::Zip(e) => e.size,
+            Content::Zip(e) => e.size(),
             Content::Tar(f) => f.size,
         }
     }
@@ -40,7 +40,7 @@ impl Content {
     pub fn blob(&self) -> &Descriptor {
         match self {
             Content::Blob(d) => d,
-            Content::Zip(e) => &e.blob,
+            Content::Zip(e) => e.blob(),
             Content::Tar(f) => &f.stream.blob,
         }
     }
@@ -57,24 +57,158 @@ pub enum Compression {
     Zstd,
 }
 
+/// What the central directory of one zip layer says of its files: about
+/// 40 bytes an entry, and their names kept in one string (a million
+/// entries are one table, not a million allocations).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ZipTable {
+    /// The zip layer.
+    pub blob: Descriptor,
+    records: Vec<ZipRecord>,
+    names: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ZipRecord {
+    header_offset: u64,
+    compressed_size: u64,
+    size: u64,
+    crc32: u32,
+    name_at: u32,
+    name_len: u16,
+    method: ZipMethod,
+}
+
+impl ZipTable {
+    /// An empty table of `blob`'s entries.
+    pub(crate) fn new(blob: Descriptor) -> Self {
+        ZipTable {
+            blob,
+            records: Vec::new(),
+            names: String::new(),
+        }
+    }
+
+    /// Adds an entry (its name at most 64 KiB, as a zip's are): its index.
+    pub(crate) fn push(
+        &mut self,
+        name: &str,
+        header_offset: u64,
+        compressed_size: u64,
+        size: u64,
+        method: ZipMethod,
+        crc32: u32,
+    ) -> u32 {
+        let at = self.names.len();
+        self.names.push_str(name);
+        self.records.push(ZipRecord {
+            header_offset,
+            compressed_size,
+            size,
+            crc32,
+            name_at: u32::try_from(at).unwrap_or(u32::MAX),
+            name_len: u16::try_from(name.len()).unwrap_or(u16::MAX),
+            method,
+        });
+        (self.records.len() - 1) as u32
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Frees what the table grew into and did not use.
+    pub(crate) fn shrink(&mut self) {
+        self.records.shrink_to_fit();
+        self.names.shrink_to_fit();
+    }
+
+    fn record(&self, index: u32) -> ZipRecord {
+        self.records
+            .get(index as usize)
+            .copied()
+            .unwrap_or(ZipRecord {
+                header_offset: 0,
+                compressed_size: 0,
+                size: 0,
+                crc32: 0,
+                name_at: 0,
+                name_len: 0,
+                method: ZipMethod::Stored,
+            })
+    }
+
+    /// The name of entry `index`, as the archive has it.
+    pub fn name(&self, index: u32) -> &str {
+        let r = self.record(index);
+        let at = r.name_at as usize;
+        self.names.get(at..at + r.name_len as usize).unwrap_or("")
+    }
+}
+
 /// A file in a zip layer: where its local header is and what the central
-/// directory says of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// directory says of it (an entry of its layer's [`ZipTable`]).
+#[derive(Clone, Debug)]
 pub struct ZipEntry {
-    /// The zip layer (one allocation shared by all its entries).
-    pub blob: Arc<Descriptor>,
+    table: Arc<ZipTable>,
+    index: u32,
+}
+
+impl PartialEq for ZipEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+            && (Arc::ptr_eq(&self.table, &other.table) || self.table == other.table)
+    }
+}
+
+impl Eq for ZipEntry {}
+
+impl ZipEntry {
+    /// Entry `index` of `table`.
+    pub(crate) fn new(table: Arc<ZipTable>, index: u32) -> Self {
+        ZipEntry { table, index }
+    }
+
+    /// The zip layer.
+    pub fn blob(&self) -> &Descriptor {
+        &self.table.blob
+    }
+
     /// The entry's name in the archive.
-    pub name: String,
+    pub fn name(&self) -> &str {
+        self.table.name(self.index)
+    }
+
     /// Offset of its local file header in the blob.
-    pub header_offset: u64,
+    pub fn header_offset(&self) -> u64 {
+        self.table.record(self.index).header_offset
+    }
+
     /// Its size compressed, as the central directory says.
-    pub compressed_size: u64,
+    pub fn compressed_size(&self) -> u64 {
+        self.table.record(self.index).compressed_size
+    }
+
     /// Its size, as the central directory says.
-    pub size: u64,
+    pub fn size(&self) -> u64 {
+        self.table.record(self.index).size
+    }
+
     /// How it is compressed.
-    pub method: ZipMethod,
+    pub fn method(&self) -> ZipMethod {
+        self.table.record(self.index).method
+    }
+
     /// Its CRC-32, as the central directory says.
-    pub crc32: u32,
+    pub fn crc32(&self) -> u32 {
+        self.table.record(self.index).crc32
+    }
 }
 
 /// The zip compression methods ocifs reads.

@@ -71,7 +71,7 @@ pub use cache::{
 };
 pub use content::{
     Compression, Content, Extent, FramePoint, GzipPoint, SeekPoints, SparseMap, TarFile, TarStream,
-    ZipEntry, ZipMethod,
+    ZipEntry, ZipMethod, ZipTable,
 };
 pub use credentials::{Credentials, lookup as lookup_credentials};
 pub use digest::{Digest, Hasher};
@@ -98,5 +98,7 @@ pub use view::{Expand, View, ViewOptions};
 pub mod internals {
     pub use crate::codec::{MAX_TRAILING, decoded_limit, gzip, tar, zstd};
     pub use crate::image::{build as build_image, format, layer_compression, layer_index, overlay};
-    pub use crate::package::{Item, ItemKind, Listing, MAX_ENTRIES, list as list_package};
+    pub use crate::package::{
+        Item, ItemKind, Items, Listing, MAX_ENTRIES, ZipItems, list as list_package,
+    };
 }

@@ -173,13 +173,13 @@ impl ContentReader {
     /// Bytes `offset..offset + len` of zip entry `e` (inside it).
     async fn read_zip(&self, e: &crate::content::ZipEntry, offset: u64, len: u64) -> Result<Bytes> {
         let blobs = &self.blobs;
-        if e.method == ZipMethod::Stored && e.size > DECODE_WHOLE_MAX {
+        if e.method() == ZipMethod::Stored && e.size() > DECODE_WHOLE_MAX {
             return zip::read_stored_range(blobs, e, offset, len).await;
         }
-        if e.size > DECODE_WHOLE_MAX {
+        if e.size() > DECODE_WHOLE_MAX {
             return zip::read_deflated_range(blobs, e, offset, len).await;
         }
-        let key = (e.blob.digest.clone(), e.header_offset);
+        let key = (e.blob().digest.clone(), e.header_offset());
         let whole = self
             .whole(key, || async { zip::read_whole(blobs, e).await })
             .await?;

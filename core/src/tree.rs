@@ -373,6 +373,26 @@ impl Tree {
         }
     }
 
+    /// Makes room for `additional` more nodes (a package whose entries
+    /// are about to be added), so that the table and the node list do not
+    /// grow by steps, each step holding the old beside the new.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.nodes.reserve(additional);
+        let Tree {
+            nodes,
+            names,
+            building,
+            ..
+        } = self;
+        if let Some(Building { table, hasher }) = building {
+            table.reserve(additional, |&i| {
+                use std::hash::BuildHasher as _;
+                let n = &nodes[(i - 1) as usize];
+                hasher.hash_one((n.parent, name_in(names, n.name)))
+            });
+        }
+    }
+
     /// The name of `ino` in its parent (empty for the root).
     pub fn name(&self, ino: Ino) -> &str {
         self.node(ino).map_or("", |n| name_in(&self.names, n.name))

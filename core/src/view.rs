@@ -231,29 +231,31 @@ impl Tree {
             self.problems
                 .push(format!("package {package}: {p}; left out"));
         }
+        self.reserve(index.items.len());
         for item in index.items {
             let Item {
-                mut path,
+                path,
                 kind,
                 mode,
                 mtime: item_mtime,
             } = item;
+            let mut components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
             if let Shape::Oras = shape {
                 // The tar holds the directory itself: `name/…`.
-                if path.first() != Some(name) {
+                if components.first() != Some(&name.as_str()) {
                     self.problems.push(format!(
-                        "package {package}: entry {:?}: outside the directory {name:?} the layer is titled; left out",
-                        path.join("/")
+                        "package {package}: entry {path:?}: outside the directory {name:?} the layer is titled; left out",
                     ));
                     continue;
                 }
-                path.remove(0);
+                components.remove(0);
             }
-            if let Err(reason) = self.add_item(root, &path, kind, mode, item_mtime, options, mtime)
+            if let Err(reason) =
+                self.add_item(root, &components, kind, mode, item_mtime, options, mtime)
             {
                 self.problems.push(format!(
                     "package {package}: entry {:?}: {reason}; left out",
-                    path.join("/")
+                    components.join("/")
                 ));
             }
         }
@@ -264,7 +266,7 @@ impl Tree {
     fn add_item(
         &mut self,
         root: Ino,
-        path: &[String],
+        path: &[&str],
         kind: ItemKind,
         mode: Option<u32>,
         item_mtime: Option<SystemTime>,

@@ -62,15 +62,15 @@ async fn local_header(
     e: &ZipEntry,
     first: Option<Bytes>,
 ) -> Result<Local> {
-    let bad = |reason: String| archive_error(&e.blob, Some(&e.name), reason);
+    let bad = |reason: String| archive_error(e.blob(), Some(e.name()), reason);
     let mut head = match first {
         Some(b) => b,
         None => {
             blobs
                 .read_blob(
-                    &e.blob,
-                    e.header_offset,
-                    LOCAL_HEADER + e.name.len() as u64 + LOCAL_SLACK,
+                    e.blob(),
+                    e.header_offset(),
+                    LOCAL_HEADER + e.name().len() as u64 + LOCAL_SLACK,
                 )
                 .await?
         }
@@ -78,7 +78,7 @@ async fn local_header(
     if (head.len() as u64) < LOCAL_HEADER || le32(&head, 0) != LOCAL_SIGNATURE {
         return Err(bad(format!(
             "no local file header at offset {}",
-            e.header_offset
+            e.header_offset()
         )));
     }
     let (flags, method) = (le16(&head, 6), le16(&head, 8));
@@ -87,7 +87,7 @@ async fn local_header(
     let header_len = LOCAL_HEADER + n + m;
     if (head.len() as u64) < header_len {
         head = blobs
-            .read_blob(&e.blob, e.header_offset, header_len)
+            .read_blob(e.blob(), e.header_offset(), header_len)
             .await?;
         if (head.len() as u64) < header_len {
             return Err(bad(
@@ -98,7 +98,7 @@ async fn local_header(
     if flags & FLAG_ENCRYPTED != 0 {
         return Err(bad("encrypted (not supported)".into()));
     }
-    let central_method = match e.method {
+    let central_method = match e.method() {
         ZipMethod::Stored => 0,
         ZipMethod::Deflated => 8,
     };
@@ -108,7 +108,7 @@ async fn local_header(
         )));
     }
     let name = &head[LOCAL_HEADER as usize..(LOCAL_HEADER + n) as usize];
-    if e.name.is_ascii() && name != e.name.as_bytes() {
+    if e.name().is_ascii() && name != e.name().as_bytes() {
         return Err(bad(format!(
             "its local header names it {:?}",
             String::from_utf8_lossy(name)
@@ -127,23 +127,26 @@ async fn local_header(
                 }
             }
         }
-        if local_size != e.size || local_csize != e.compressed_size {
+        if local_size != e.size() || local_csize != e.compressed_size() {
             return Err(bad(format!(
                 "sizes disagree: the central directory says {} bytes ({} compressed), the local header {} ({} compressed)",
-                e.size, e.compressed_size, local_size, local_csize
+                e.size(),
+                e.compressed_size(),
+                local_size,
+                local_csize
             )));
         }
-        if crc != e.crc32 {
+        if crc != e.crc32() {
             return Err(bad(format!(
                 "CRC-32 disagrees: the central directory says {:08x}, the local header {crc:08x}",
-                e.crc32
+                e.crc32()
             )));
         }
     }
-    if e.header_offset
+    if e.header_offset()
         .checked_add(header_len)
-        .and_then(|x| x.checked_add(e.compressed_size))
-        .is_none_or(|end| end > e.blob.size)
+        .and_then(|x| x.checked_add(e.compressed_size()))
+        .is_none_or(|end| end > e.blob().size)
     {
         return Err(bad("its data extends past the end of the archive".into()));
     }
@@ -169,27 +172,27 @@ fn zip64_sizes(mut extra: &[u8]) -> Option<(u64, u64)> {
 pub(crate) async fn read_whole(blobs: &Arc<dyn BlobReader>, e: &ZipEntry) -> Result<Bytes> {
     // One request for header and data, usually: the header's name and extra
     // field are about as long as the central directory's.
-    let guess = LOCAL_HEADER + e.name.len() as u64 + LOCAL_SLACK;
+    let guess = LOCAL_HEADER + e.name().len() as u64 + LOCAL_SLACK;
     let first = blobs
         .read_blob(
-            &e.blob,
-            e.header_offset,
-            guess.saturating_add(e.compressed_size),
+            e.blob(),
+            e.header_offset(),
+            guess.saturating_add(e.compressed_size()),
         )
         .await?;
     let local = local_header(blobs, e, Some(first.clone())).await?;
     let start = local.data_start;
-    let end = start + e.compressed_size;
+    let end = start + e.compressed_size();
     let data = if end <= first.len() as u64 {
         first.slice(start as usize..end as usize)
     } else {
         let got = blobs
-            .read_blob(&e.blob, e.header_offset + start, e.compressed_size)
+            .read_blob(e.blob(), e.header_offset() + start, e.compressed_size())
             .await?;
-        if got.len() as u64 != e.compressed_size {
+        if got.len() as u64 != e.compressed_size() {
             return Err(archive_error(
-                &e.blob,
-                Some(&e.name),
+                e.blob(),
+                Some(e.name()),
                 "its data is cut off by the end of the archive",
             ));
         }
@@ -198,20 +201,20 @@ pub(crate) async fn read_whole(blobs: &Arc<dyn BlobReader>, e: &ZipEntry) -> Res
     let entry = e.clone();
     tokio::task::spawn_blocking(move || decode(&entry, data))
         .await
-        .map_err(|err| Error::io(format!("decoding {}", e.name), std::io::Error::other(err)))?
+        .map_err(|err| Error::io(format!("decoding {}", e.name()), std::io::Error::other(err)))?
 }
 
 fn decode(e: &ZipEntry, data: Bytes) -> Result<Bytes> {
-    let out = match e.method {
+    let out = match e.method() {
         ZipMethod::Stored => data,
         ZipMethod::Deflated => {
-            let mut out = Vec::with_capacity(e.size.min(DECODE_WHOLE_MAX) as usize);
+            let mut out = Vec::with_capacity(e.size().min(DECODE_WHOLE_MAX) as usize);
             flate2::read::DeflateDecoder::new(&data[..])
-                .take(e.size.saturating_add(1))
+                .take(e.size().saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|err| {
                     let reason = format!("corrupt deflate data: {err}");
-                    archive_error_from(&e.blob, Some(&e.name), reason, err)
+                    archive_error_from(e.blob(), Some(e.name()), reason, err)
                 })?;
             Bytes::from(out)
         }
@@ -221,34 +224,34 @@ fn decode(e: &ZipEntry, data: Bytes) -> Result<Bytes> {
 }
 
 fn check_decoded(e: &ZipEntry, len: u64, crc: u32) -> Result<()> {
-    if len > e.size {
+    if len > e.size() {
         return Err(archive_error(
-            &e.blob,
-            Some(&e.name),
+            e.blob(),
+            Some(e.name()),
             format!(
                 "it decompresses to more than the {} bytes the central directory declares",
-                e.size
+                e.size()
             ),
         ));
     }
-    if len < e.size {
+    if len < e.size() {
         return Err(archive_error(
-            &e.blob,
-            Some(&e.name),
+            e.blob(),
+            Some(e.name()),
             format!(
                 "it decompresses to {len} bytes; the central directory declares {}",
-                e.size
+                e.size()
             ),
         ));
     }
-    if crc != e.crc32 {
+    if crc != e.crc32() {
         return Err(Error::digest_mismatch(
             format!(
                 "entry {:?} of package {} (CRC-32)",
-                e.name,
-                package_name(&e.blob)
+                e.name(),
+                package_name(e.blob())
             ),
-            format_args!("{:08x}", e.crc32),
+            format_args!("{:08x}", e.crc32()),
             format_args!("{crc:08x}"),
         ));
     }
@@ -265,7 +268,7 @@ pub(crate) async fn read_stored_range(
 ) -> Result<Bytes> {
     let local = local_header(blobs, e, None).await?;
     blobs
-        .read_blob(&e.blob, e.header_offset + local.data_start + offset, len)
+        .read_blob(e.blob(), e.header_offset() + local.data_start + offset, len)
         .await
 }
 
@@ -278,50 +281,55 @@ pub(crate) async fn read_deflated_range(
     len: u64,
 ) -> Result<Bytes> {
     let local = local_header(blobs, e, None).await?;
-    let start = e.header_offset + local.data_start;
+    let start = e.header_offset() + local.data_start;
     let entry = e.clone();
-    with_stream(blobs, &e.blob, start..start + e.compressed_size, move |r| {
-        let bad = |reason: String| archive_error(&entry.blob, Some(&entry.name), reason);
-        let inflate = flate2::read::DeflateDecoder::new(r);
-        let mut d = Bounded::new(
-            inflate,
-            entry.size,
-            "decompresses to more than its declared size",
-        );
-        let mut hasher = crc32fast::Hasher::new();
-        let mut out = Vec::with_capacity(len as usize);
-        let mut pos = 0u64;
-        let mut buf = vec![0u8; 64 << 10];
-        let to_end = offset + len >= entry.size;
-        loop {
-            let n = d.read(&mut buf).map_err(|err| {
-                let reason = format!("corrupt deflate data: {err}");
-                archive_error_from(&entry.blob, Some(&entry.name), reason, err)
-            })?;
-            if n == 0 {
-                break;
+    with_stream(
+        blobs,
+        e.blob(),
+        start..start + e.compressed_size(),
+        move |r| {
+            let bad = |reason: String| archive_error(entry.blob(), Some(entry.name()), reason);
+            let inflate = flate2::read::DeflateDecoder::new(r);
+            let mut d = Bounded::new(
+                inflate,
+                entry.size(),
+                "decompresses to more than its declared size",
+            );
+            let mut hasher = crc32fast::Hasher::new();
+            let mut out = Vec::with_capacity(len as usize);
+            let mut pos = 0u64;
+            let mut buf = vec![0u8; 64 << 10];
+            let to_end = offset + len >= entry.size();
+            loop {
+                let n = d.read(&mut buf).map_err(|err| {
+                    let reason = format!("corrupt deflate data: {err}");
+                    archive_error_from(entry.blob(), Some(entry.name()), reason, err)
+                })?;
+                if n == 0 {
+                    break;
+                }
+                let chunk = &buf[..n];
+                hasher.update(chunk);
+                let (a, b) = (pos, pos + n as u64);
+                let (from, to) = (a.max(offset), b.min(offset + len));
+                if from < to {
+                    out.extend_from_slice(&chunk[(from - a) as usize..(to - a) as usize]);
+                }
+                pos = b;
+                if !to_end && pos >= offset + len {
+                    break;
+                }
             }
-            let chunk = &buf[..n];
-            hasher.update(chunk);
-            let (a, b) = (pos, pos + n as u64);
-            let (from, to) = (a.max(offset), b.min(offset + len));
-            if from < to {
-                out.extend_from_slice(&chunk[(from - a) as usize..(to - a) as usize]);
+            if to_end {
+                check_decoded(&entry, pos, hasher.finalize())?;
+            } else if (out.len() as u64) < len {
+                return Err(bad(format!(
+                    "it decompresses to {pos} bytes; the central directory declares {}",
+                    entry.size()
+                )));
             }
-            pos = b;
-            if !to_end && pos >= offset + len {
-                break;
-            }
-        }
-        if to_end {
-            check_decoded(&entry, pos, hasher.finalize())?;
-        } else if (out.len() as u64) < len {
-            return Err(bad(format!(
-                "it decompresses to {pos} bytes; the central directory declares {}",
-                entry.size
-            )));
-        }
-        Ok(Bytes::from(out))
-    })
+            Ok(Bytes::from(out))
+        },
+    )
     .await
 }

@@ -34,6 +34,8 @@
 mod tar;
 mod zip;
 
+pub use zip::ZipItems;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -112,9 +114,10 @@ pub fn is_oras_directory(layer: &Descriptor) -> bool {
 /// One entry of a package, as the view shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
-    /// Path components from the package's directory (empty: the directory
-    /// itself).
-    pub path: Vec<String>,
+    /// Its path from the package's directory, its components joined by
+    /// `/` (empty: the directory itself). One string, not one a component:
+    /// a million items are a million allocations, not three million.
+    pub path: Box<str>,
     /// What it is.
     pub kind: ItemKind,
     /// Permission bits from the archive, if it has them.
@@ -135,12 +138,65 @@ pub enum ItemKind {
 }
 
 /// What [`index`] found in a package.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Listing {
     /// The entries that can be shown, in archive order.
-    pub items: Vec<Item>,
+    pub items: Items,
     /// The entries left out, each with the reason.
     pub problems: Vec<String>,
+}
+
+/// The entries of a package that can be shown, in archive order: a tar's
+/// as [`Item`]s, a zip's in its table ([`crate::ZipTable`]), each made
+/// into an [`Item`] only as it is taken (a million entries cost the table,
+/// not a million items beside the tree they go into).
+#[derive(Debug)]
+pub enum Items {
+    /// Items, made as the archive was walked.
+    List(Vec<Item>),
+    /// A zip's entries.
+    Zip(zip::ZipItems),
+}
+
+impl Default for Items {
+    fn default() -> Self {
+        Items::List(Vec::new())
+    }
+}
+
+impl Items {
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        match self {
+            Items::List(items) => items.len(),
+            Items::Zip(z) => z.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each one, made anew.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = Item> + '_> {
+        match self {
+            Items::List(items) => Box::new(items.iter().cloned()),
+            Items::Zip(z) => Box::new(z.iter()),
+        }
+    }
+}
+
+impl IntoIterator for Items {
+    type Item = Item;
+    type IntoIter = Box<dyn Iterator<Item = Item> + Send>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Items::List(items) => Box::new(items.into_iter()),
+            Items::Zip(z) => Box::new(z.into_iter()),
+        }
+    }
 }
 
 /// Reads the directory of package `blob` through `blobs`.
@@ -174,6 +230,25 @@ pub async fn list(
             .push(format!("and {more} more entries left out"));
     }
     Ok(index)
+}
+
+impl Item {
+    /// Its path's components.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.path.split('/').filter(|c| !c.is_empty())
+    }
+}
+
+/// A path as [`Item::path`] holds it.
+pub(crate) fn joined<S: AsRef<str>>(components: &[S]) -> Box<str> {
+    let mut out = String::new();
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(c.as_ref());
+    }
+    out.into_boxed_str()
 }
 
 /// A problem line: `entry "NAME": REASON`.

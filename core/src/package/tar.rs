@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Item, ItemKind, Listing, MAX_ENTRIES, problem};
+use super::{Item, ItemKind, Items, Listing, MAX_ENTRIES, joined, problem};
 use crate::blob::BlobReader;
 use crate::codec::input::with_stream;
 use crate::codec::names::check_target;
@@ -25,7 +25,7 @@ pub(super) async fn list(
 ) -> Result<Listing> {
     let b = blob.clone();
     with_stream(blobs, blob, 0..blob.size, move |r| {
-        let mut items = Items::new(&b, compression);
+        let mut items = Walked::new(&b, compression);
         let walked = walk_stream(
             r,
             compression,
@@ -45,21 +45,23 @@ pub(super) async fn list(
 }
 
 /// A package's items, made as the walker finds its entries.
-struct Items {
-    index: Listing,
-    /// Where the files are, for hard links: a hash of the path to the items
-    /// of that hash (a few bytes an entry, not a copy of each path).
-    files: HashMap<u64, Vec<usize>>,
+struct Walked {
+    items: Vec<Item>,
+    problems: Vec<String>,
+    /// Where the files are, for hard links: a hash of the path to the last
+    /// item of that hash (a few bytes an entry, not a copy of each path).
+    files: HashMap<u64, u32>,
     hasher: std::collections::hash_map::RandomState,
     /// The stream every file is in; its seek points are known only once
-    /// the walk is done ([`Items::finish`] puts in the real one).
+    /// the walk is done ([`Walked::finish`] puts in the real one).
     placeholder: Arc<TarStream>,
 }
 
-impl Items {
+impl Walked {
     fn new(blob: &Descriptor, compression: Compression) -> Self {
-        Items {
-            index: Listing::default(),
+        Walked {
+            items: Vec::new(),
+            problems: Vec::new(),
             files: HashMap::new(),
             hasher: std::collections::hash_map::RandomState::new(),
             placeholder: Arc::new(TarStream {
@@ -72,7 +74,7 @@ impl Items {
         }
     }
 
-    fn path_hash(&self, p: &[String]) -> u64 {
+    fn path_hash(&self, p: &str) -> u64 {
         use std::hash::BuildHasher as _;
         self.hasher.hash_one(p)
     }
@@ -80,15 +82,12 @@ impl Items {
     fn add(&mut self, entry: std::result::Result<TocEntry, String>) {
         let e = match entry {
             Ok(e) => e,
-            Err(problem) => return self.index.problems.push(problem),
+            Err(problem) => return self.problems.push(problem),
         };
-        let components = |p: &str| -> Vec<String> {
-            p.split('/')
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned)
-                .collect()
+        let normal = |p: &str| -> Box<str> {
+            joined(&p.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>())
         };
-        let path = components(&e.path);
+        let path = normal(&e.path);
         let kind = match e.kind {
             EntryKind::File => {
                 let content = Content::Tar(TarFile {
@@ -98,28 +97,24 @@ impl Items {
                     sparse: e.sparse.clone(),
                 });
                 let h = self.path_hash(&path);
-                self.files
-                    .entry(h)
-                    .or_default()
-                    .push(self.index.items.len());
+                self.files.insert(h, self.items.len() as u32);
                 Ok(ItemKind::File(content))
             }
             EntryKind::Dir => Ok(ItemKind::Dir),
             EntryKind::Symlink => check_target(&e.link).map(|()| ItemKind::Symlink(e.link.clone())),
             EntryKind::Hardlink => {
-                let to = components(&e.link);
-                let earlier = self.files.get(&self.path_hash(&to)).and_then(|candidates| {
-                    candidates
-                        .iter()
-                        .rev()
-                        .find_map(|&i| match &self.index.items[i] {
-                            Item {
-                                path,
-                                kind: ItemKind::File(content),
-                                ..
-                            } if *path == to => Some(content.clone()),
-                            _ => None,
-                        })
+                let to = normal(&e.link);
+                // The last file of that path (a different path of the
+                // same hash is not it: the link is then refused).
+                let earlier = self.files.get(&self.path_hash(&to)).and_then(|&i| {
+                    match self.items.get(i as usize) {
+                        Some(Item {
+                            path,
+                            kind: ItemKind::File(content),
+                            ..
+                        }) if *path == to => Some(content.clone()),
+                        _ => None,
+                    }
                 });
                 earlier.map(ItemKind::File).ok_or_else(|| {
                     format!("a hard link to {:?}, which is not an earlier file", e.link)
@@ -130,7 +125,7 @@ impl Items {
             }
         };
         match kind {
-            Ok(kind) => self.index.items.push(Item {
+            Ok(kind) => self.items.push(Item {
                 path,
                 kind,
                 mode: (e.mode != UNKNOWN_MODE).then_some(e.mode & 0o7777),
@@ -139,13 +134,17 @@ impl Items {
                     .filter(|s| *s > 0)
                     .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
             }),
-            Err(reason) => self.index.problems.push(problem(&e.path, reason)),
+            Err(reason) => self.problems.push(problem(&e.path, reason)),
         }
     }
 
     /// The index, every file pointing at the stream with its seek points.
     fn finish(self, points: SeekPoints, uncompressed_size: u64) -> Listing {
-        let mut index = self.index;
+        let mut index = Walked {
+            items: self.items,
+            problems: self.problems,
+            ..Walked::new(&self.placeholder.blob, self.placeholder.compression)
+        };
         let stream = Arc::new(TarStream {
             blob: self.placeholder.blob.clone(),
             compression: self.placeholder.compression,
@@ -161,26 +160,47 @@ impl Items {
             }
         }
         dedupe(&mut index);
-        index
+        Listing {
+            items: Items::List(index.items),
+            problems: index.problems,
+        }
     }
 }
 
 /// Entries that share a name (but for directories, which merge) are left
 /// out, all of them: which one a reader gets would depend on the tool.
-fn dedupe(index: &mut Listing) {
-    let mut count: HashMap<Vec<String>, usize> = HashMap::new();
-    for item in &index.items {
-        if item.kind != ItemKind::Dir {
-            *count.entry(item.path.clone()).or_default() += 1;
+/// Found by sorting a keyed hash of each path, then comparing the paths of
+/// equal hashes (not a copy of every path).
+fn dedupe(index: &mut Walked) {
+    use std::hash::BuildHasher as _;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut by_path: Vec<(u64, u32)> = index
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.kind != ItemKind::Dir)
+        .map(|(i, item)| (hasher.hash_one(&item.path), i as u32))
+        .collect();
+    by_path.sort_unstable();
+    let mut twice = vec![false; index.items.len()];
+    for run in by_path.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        for &(_, i) in run {
+            let path = &index.items[i as usize].path;
+            twice[i as usize] = run
+                .iter()
+                .any(|&(_, j)| j != i && index.items[j as usize].path == *path);
         }
     }
+    drop(by_path);
+    if !twice.contains(&true) {
+        return;
+    }
     let items = std::mem::take(&mut index.items);
-    for item in items {
-        if item.kind != ItemKind::Dir && count.get(&item.path).copied().unwrap_or(0) > 1 {
-            index.problems.push(problem(
-                &item.path.join("/"),
-                "more than one entry has this name",
-            ));
+    for (item, twice) in items.into_iter().zip(twice) {
+        if twice {
+            index
+                .problems
+                .push(problem(&item.path, "more than one entry has this name"));
         } else {
             index.items.push(item);
         }

@@ -51,19 +51,19 @@ fn good_zip(zip64: bool) -> Vec<u8> {
 }
 
 fn paths(index: &Listing) -> Vec<String> {
-    index.items.iter().map(|i| i.path.join("/")).collect()
+    index.items.iter().map(|i| i.path.to_string()).collect()
 }
 
-fn item<'a>(index: &'a Listing, path: &str) -> &'a Item {
+fn item(index: &Listing, path: &str) -> Item {
     index
         .items
         .iter()
-        .find(|i| i.path.join("/") == path)
+        .find(|i| &*i.path == path)
         .unwrap_or_else(|| panic!("no {path} in {:?}", paths(index)))
 }
 
-fn content(item: &Item) -> &Content {
-    match &item.kind {
+fn content(item: Item) -> Content {
+    match item.kind {
         ItemKind::File(c) => c,
         other => panic!("not a file: {other:?}"),
     }
@@ -120,13 +120,13 @@ async fn zip_entries_with_modes_symlinks_and_bytes() {
             item(&index, "linux-amd64/br").kind,
             ItemKind::Symlink("bridge".into())
         );
-        let c = content(bridge_item);
+        let c = &content(bridge_item);
         assert_eq!(c.size(), bridge().len() as u64);
         assert_eq!(read_all(&reader, c).await.unwrap(), bridge());
         // A range, served from the decoded entry.
         let part = reader.read(c, 1000, 5000).await.unwrap();
         assert_eq!(&part[..], &bridge()[1000..6000]);
-        let readme = content(item(&index, "linux-amd64/README"));
+        let readme = &content(item(&index, "linux-amd64/README"));
         assert_eq!(read_all(&reader, readme).await.unwrap(), b"plugins\n");
     }
 }
@@ -143,7 +143,7 @@ async fn lazy_reads_fetch_the_directory_and_the_entry_only() {
     let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
     let directory = reader.read_so_far();
     assert!(directory < 70_000, "{directory}");
-    let b = content(item(&index, "b"));
+    let b = &content(item(&index, "b"));
     assert_eq!(read_all(&reader, b).await.unwrap(), b"small one");
     let total = reader.read_so_far();
     assert!(
@@ -218,9 +218,9 @@ async fn hostile_zip_entries_are_left_out_naming_entry_and_reason() {
             index.problems
         );
     }
-    let good = content(item(&index, "good"));
+    let good = &content(item(&index, "good"));
     assert_eq!(read_all(&reader, good).await.unwrap(), b"fine\n");
-    let bomb = content(item(&index, "bomb"));
+    let bomb = &content(item(&index, "bomb"));
     let e = read_all(&reader, bomb).await.unwrap_err();
     assert!(matches!(e, Error::Archive { .. }), "{e}");
 }
@@ -250,7 +250,7 @@ async fn entries_that_lie_fail_when_read() {
     let index = list(reader.blobs(), &d[0], Format::Zip).await.unwrap();
     assert!(index.problems.is_empty(), "{:?}", index.problems);
     let err = |name: &'static str| {
-        let c = content(item(&index, name)).clone();
+        let c = content(item(&index, name));
         let reader = &reader;
         async move { read_all(reader, &c).await.unwrap_err() }
     };
@@ -355,11 +355,12 @@ async fn tar_entries_plain_gzip_and_zstd() {
             b.mtime,
             Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
         );
-        assert_eq!(read_all(&reader, content(b)).await.unwrap(), bridge());
-        let part = reader.read(content(b), 777, 1234).await.unwrap();
+        let b = &content(b);
+        assert_eq!(read_all(&reader, b).await.unwrap(), bridge());
+        let part = reader.read(b, 777, 1234).await.unwrap();
         assert_eq!(&part[..], &bridge()[777..777 + 1234]);
         assert_eq!(
-            read_all(&reader, content(item(&index, &long)))
+            read_all(&reader, &content(item(&index, &long)))
                 .await
                 .unwrap(),
             b"long"
@@ -369,12 +370,12 @@ async fn tar_entries_plain_gzip_and_zstd() {
             ItemKind::Symlink("bridge".into())
         );
         assert_eq!(
-            content(item(&index, "linux-amd64/hard")),
-            content(b),
+            &content(item(&index, "linux-amd64/hard")),
+            b,
             "a hard link is the same file"
         );
         assert_eq!(
-            read_all(&reader, content(item(&index, "linux-amd64/pax-name")))
+            read_all(&reader, &content(item(&index, "linux-amd64/pax-name")))
                 .await
                 .unwrap(),
             b"pax"
@@ -423,9 +424,9 @@ async fn a_sparse_file_reads_as_zeros_in_its_holes_and_reading_a_hole_reads_noth
             .unwrap();
         assert!(index.problems.is_empty(), "{:?}", index.problems);
         assert_eq!(paths(&index), ["img/disk.raw", "img/again.raw"]);
-        let c = content(item(&index, "img/disk.raw"));
+        let c = &content(item(&index, "img/disk.raw"));
         assert_eq!(c.size(), size, "{compression:?}");
-        assert_eq!(content(item(&index, "img/again.raw")), c);
+        assert_eq!(&content(item(&index, "img/again.raw")), c);
         assert!(
             read_all(&reader, c).await.unwrap() == want,
             "{compression:?}"
@@ -717,19 +718,19 @@ async fn a_tar_is_read_as_bsdtar_reads_it_where_the_old_walkers_disagreed() {
             index.problems
         );
         assert_eq!(
-            read_all(&reader, content(item(&index, name)))
+            read_all(&reader, &content(item(&index, name)))
                 .await
                 .unwrap(),
             b"hello"
         );
         assert_eq!(
-            read_all(&reader, content(item(&index, "hard")))
+            read_all(&reader, &content(item(&index, "hard")))
                 .await
                 .unwrap(),
             b"hello"
         );
         assert_eq!(
-            read_all(&reader, content(item(&index, "last")))
+            read_all(&reader, &content(item(&index, "last")))
                 .await
                 .unwrap(),
             b"end"
@@ -759,7 +760,7 @@ async fn a_file_from_the_middle_of_a_tgz_is_read_from_the_seek_point_before_it()
         .unwrap();
     let listed = reader.read_so_far();
     assert_eq!(listed, tgz.len() as u64, "listing reads the package once");
-    let middle = content(item(&index, "f40"));
+    let middle = &content(item(&index, "f40"));
     let Content::Tar(f) = middle else {
         panic!("a tar file: {middle:?}")
     };

@@ -82,7 +82,7 @@ pub fn index_and_read(bytes: &[u8], format: Format) {
         let Ok(index) = list_package(&blobs, &blob, format).await else {
             return;
         };
-        for item in &index.items {
+        for item in index.items.iter() {
             let ItemKind::File(content) = &item.kind else {
                 continue;
             };
