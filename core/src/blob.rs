@@ -117,6 +117,13 @@ pub trait BlobReader: Send + Sync + fmt::Debug {
     /// `offset`, checked as the reader's [`Verify`] mode says.
     async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes>;
 
+    /// Like [`BlobReader::read_blob`], for bytes read once in a pass over
+    /// the blob (a package's directory, a stream walked to index it): a
+    /// reader with a memory cache does not keep them in it.
+    async fn scan_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.read_blob(blob, offset, len).await
+    }
+
     /// The counters so far.
     fn stats(&self) -> Stats;
 }

@@ -474,11 +474,14 @@ impl Inner {
         Ok(Some(f))
     }
 
+    /// `keep`: whether chunks read from disk or fetched go into the memory
+    /// tier (not for a scan, read once).
     async fn read_blob(
         self: &Arc<Self>,
         blob: &Descriptor,
         offset: u64,
         len: u64,
+        keep: bool,
     ) -> Result<Bytes> {
         let end = offset.saturating_add(len).min(blob.size);
         if offset >= end {
@@ -532,7 +535,9 @@ impl Inner {
                         &self.counters.misses
                     });
                 }
-                self.memory.put(&blob.digest, n, bytes.clone());
+                if keep {
+                    self.memory.put(&blob.digest, n, bytes.clone());
+                }
                 chunks[(n - c0) as usize] = Some(bytes);
             }
             if chunks.iter().all(Option::is_some) {
@@ -739,7 +744,11 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 #[async_trait]
 impl BlobReader for ChunkCache {
     async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
-        self.inner.read_blob(blob, offset, len).await
+        self.inner.read_blob(blob, offset, len, true).await
+    }
+
+    async fn scan_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.inner.read_blob(blob, offset, len, false).await
     }
 
     fn stats(&self) -> Stats {

@@ -85,7 +85,7 @@ impl BlobRead {
         let len = self.piece.min(self.end - at);
         let task = self
             .handle
-            .spawn(async move { blobs.read_blob(&blob, at, len).await });
+            .spawn(async move { blobs.scan_blob(&blob, at, len).await });
         Some((at, task))
     }
 

@@ -483,7 +483,7 @@ async fn read_directory(
                 buf.drain(..pos);
                 pos = 0;
                 let want = DIRECTORY_PIECE.min(blob.size - next);
-                let piece = blobs.read_blob(blob, next, want).await?;
+                let piece = blobs.scan_blob(blob, next, want).await?;
                 if piece.is_empty() {
                     return Err(Error::ShortRead {
                         digest: blob.digest.to_string(),

@@ -1003,3 +1003,93 @@ fn a_tar_zst_package_read_out_of_order_decodes_once() {
         "40 files read last first decoded {decoded} bytes, over the package once ({tar_len})"
     );
 }
+
+/// Writes, with Python's zipfile and tarfile, a stored zip of `zip_entries`
+/// empty files and a gzipped tar of `tar_entries`, in 1,000 directories.
+fn many_entry_archives(dir: &Path, zip_entries: u32, tar_entries: u32) -> (Vec<u8>, Vec<u8>) {
+    let script = format!(
+        r#"
+import gzip, sys, tarfile, zipfile
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
+    for i in range({zip_entries}):
+        z.writestr(f"d{{i % 1000:03}}/f{{i:07}}", b"")
+with gzip.open(sys.argv[2], "wb", compresslevel=1) as g:
+    with tarfile.open(fileobj=g, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for i in range({tar_entries}):
+            t.addfile(tarfile.TarInfo(f"d{{i % 1000:03}}/f{{i:07}}"))
+"#
+    );
+    let (zip, tgz) = (dir.join("many.zip"), dir.join("many.tgz"));
+    let mut python = Command::new("python3");
+    python.arg("-c").arg(script).arg(&zip).arg(&tgz);
+    let out = run(python);
+    out.success();
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (read(&zip), read(&tgz))
+}
+
+/// `ocifs ARGS…` under GNU time: its output, and its peak RSS in KiB.
+fn peak_rss_kib(args: &[&str]) -> (Output, u64) {
+    let report = temp_dir();
+    let report = report.path().join("time");
+    let mut time = Command::new("/usr/bin/time");
+    time.arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(ocifs_tests::ocifs_bin())
+        .args(args);
+    let out = run(time);
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from /usr/bin/time: {text:?}"));
+    (out, kib)
+}
+
+/// Packages stop at their entry limit while they are indexed, in bounded
+/// memory (a package's index once grew to gigabytes before a limit applied):
+/// `ls --expand` of a zip of 1,000,000 empty entries (the limit: shown)
+/// and of a tgz of 2,000,000 (refused as a package: shown as its file)
+/// each peak under 256 MiB.
+#[test]
+fn a_million_entry_zip_is_shown_and_a_two_million_entry_tgz_refused_in_under_256_mib() {
+    let tmp = temp_dir();
+    let (zip, tgz) = many_entry_archives(tmp.path(), 1_000_000, 2_000_000);
+    let dir = tmp.path().join("layout");
+    let mut layout = ocifs_tests::OciLayoutBuilder::new(&dir);
+    let layers = [layout.file("many.zip", &zip), layout.file("many.tgz", &tgz)];
+    drop((zip, tgz));
+    for (i, layer) in layers.iter().enumerate() {
+        let m = layout.artifact_manifest(
+            "application/vnd.example.packages",
+            std::slice::from_ref(layer),
+            &Default::default(),
+        );
+        layout.add(&m, Some(&format!("v{i}")));
+    }
+    let zip_ref = format!("oci:{}:v0", dir.display());
+    let tgz_ref = format!("oci:{}:v1", dir.display());
+
+    let (out, kib) = peak_rss_kib(&[
+        "ls",
+        "--expand=replace",
+        "--verify",
+        "lazy",
+        &zip_ref,
+        "many/d999",
+    ]);
+    out.success();
+    let shown = lines(&out);
+    assert_eq!(shown.len(), 1000, "{out}");
+    assert_eq!(shown.last().map(String::as_str), Some("f0999999"), "{out}");
+    assert!(kib < 256 * 1024, "the 1M-entry zip peaked at {kib} KiB");
+
+    let (out, kib) = peak_rss_kib(&["ls", "--expand=replace", "--verify", "lazy", &tgz_ref]);
+    out.success()
+        .stdout_has("many.tgz")
+        .stderr_has("more than 1000000 entries");
+    assert!(kib < 256 * 1024, "the 2M-entry tgz peaked at {kib} KiB");
+}
