@@ -88,11 +88,13 @@ fn a_package_index_costs_a_bounded_few_hundred_bytes_an_entry() {
         eprintln!(
             "{compression:?} package of {ENTRIES} entries: {per_live} bytes an entry live, {per_peak} at the peak"
         );
-        // Today's figures (about 370 bytes an entry live, 800 at the peak,
-        // which counts the stream's buffers and the item list's growth)
-        // with some room: a regression past them fails.
-        assert!(per_live <= 448, "{per_live} bytes an entry live");
-        assert!(per_peak <= 1024, "{per_peak} bytes an entry at the peak");
+        // Today's figures (about 140 bytes an entry live, 220 at the peak,
+        // which counts the stream's buffers and the item list's growth;
+        // 340 and 785 while an item held each path component apart and
+        // the duplicate check a copy of every path) with some room: a
+        // regression past them fails.
+        assert!(per_live <= 192, "{per_live} bytes an entry live");
+        assert!(per_peak <= 320, "{per_peak} bytes an entry at the peak");
         drop(built);
     }
 }

@@ -124,6 +124,11 @@ fn a_zip_package_costs_a_bounded_few_hundred_bytes_an_entry() {
     eprintln!(
         "zip package of {ENTRIES} entries: {per_live} bytes an entry live, {per_peak} at the peak"
     );
-    assert!(per_live <= 448, "{per_live} bytes an entry live");
-    assert!(per_peak <= 1024, "{per_peak} bytes an entry at the peak");
+    // Today's figures (about 165 bytes an entry live: the tree and the
+    // zip's table; 390 at the peak, which counts the room the tree reserves
+    // for the package at once, untouched memory mostly) with some room; it
+    // was 320 and 640 while the directory was parsed whole into entries
+    // and every item was made before the tree.
+    assert!(per_live <= 224, "{per_live} bytes an entry live");
+    assert!(per_peak <= 512, "{per_peak} bytes an entry at the peak");
 }
