@@ -343,7 +343,6 @@ impl Inner {
         let blob = blob.clone();
         tokio::task::spawn_blocking(move || {
             let _pin = inner.pin(&blob.digest);
-            let cs = inner.options.chunk_size;
             while let Some(AheadState { next: n, until, .. }) = ahead.state() {
                 if n >= until {
                     // Stop, unless the reader moved the end meanwhile (it
@@ -375,6 +374,7 @@ impl Inner {
                     // hashed: the disk and the hashing overlap too.
                     #[cfg(unix)]
                     if n + 1 < until {
+                        let cs = inner.options.chunk_size;
                         let (start, end) = ((n + 1) * cs, (until * cs).min(blob.size));
                         let advised = rustix::fs::fadvise(
                             &*f,
