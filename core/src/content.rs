@@ -144,6 +144,11 @@ impl ZipTable {
             })
     }
 
+    /// Where entry `index`'s local header is.
+    pub(crate) fn header_offset(&self, index: u32) -> u64 {
+        self.record(index).header_offset
+    }
+
     /// The name of entry `index`, as the archive has it.
     pub fn name(&self, index: u32) -> &str {
         let r = self.record(index);

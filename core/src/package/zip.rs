@@ -31,7 +31,14 @@ pub(super) async fn list(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Resu
         Pass::Encoding(encoding) => {
             match read_directory(blobs, blob, &end, Some(encoding)).await? {
                 Pass::Done(parsed) => parsed,
-                Pass::Encoding(_) => unreachable!("an encoding given is not detected again"),
+                // A pass given the encoding does not look for one again.
+                Pass::Encoding(_) => {
+                    return Err(archive_error(
+                        blob,
+                        None,
+                        "not a readable zip: the encoding of its names is not settled",
+                    ));
+                }
             }
         }
     };
@@ -42,7 +49,7 @@ pub(super) async fn list(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Resu
     let shared = parsed.shared.clone();
     let entry = |i: usize| ZipEntry::new(shared.clone(), i as u32);
     let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_by_key(|&i| entry(i as usize).header_offset());
+    order.sort_by_key(|&i| shared.header_offset(i));
     let mut reach: Option<(u64, usize)> = None;
     for &i in &order {
         let (i, e) = (i as usize, entry(i as usize));
