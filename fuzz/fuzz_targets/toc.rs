@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         compression: Compression::None,
         uncompressed_size: data.len() as u64,
         points: Default::default(),
-        decoded: None,
+        keep_decoded: false,
     });
     let tree = merge(vec![MergeLayer {
         layer,
