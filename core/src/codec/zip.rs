@@ -296,7 +296,10 @@ pub(crate) async fn read_deflated_range(
                 "decompresses to more than its declared size",
             );
             let mut hasher = crc32fast::Hasher::new();
-            let mut out = Vec::with_capacity(len as usize);
+            // Grown as bytes come: the size is only what the directory
+            // declares, and a hostile one would otherwise be allocated
+            // before a byte is inflated.
+            let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
             let mut pos = 0u64;
             let mut buf = vec![0u8; 64 << 10];
             let to_end = offset + len >= entry.size();
