@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ocifs_core::internals::list_package as index;
-use ocifs_core::{
-    BlobReader, Compression, Descriptor, Digest, DirectReader, Format, LayoutSource, Verify,
-};
+use ocifs_core::{BlobReader, Compression, Descriptor, DirectReader, Format, LayoutSource, Verify};
 
 mod common;
 
@@ -40,15 +38,7 @@ fn layout(dir: &std::path::Path, gzip: bool) -> Descriptor {
         std::io::Write::write_all(&mut enc, &bytes).expect("gzip");
         bytes = enc.finish().expect("gzip");
     }
-    let digest = Digest::of(&bytes);
-    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
-    std::fs::write(dir.join("blobs/sha256").join(digest.hex()), &bytes).expect("blob");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("marker");
-    std::fs::write(
-        dir.join("index.json"),
-        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
-    )
-    .expect("index");
+    let digest = common::layout_with(dir, &bytes);
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "org.opencontainers.image.title".to_owned(),

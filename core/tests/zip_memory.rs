@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ocifs_core::{
-    BlobReader, Digest, DirectReader, Expand, LayoutSource, Parsed, Tree, Verify, ViewOptions,
+    BlobReader, DirectReader, Expand, LayoutSource, Parsed, Tree, Verify, ViewOptions,
     parse_manifest,
 };
 
@@ -64,28 +64,11 @@ fn zip() -> Vec<u8> {
     out
 }
 
-fn put(dir: &std::path::Path, bytes: &[u8]) -> Digest {
-    let digest = Digest::of(bytes);
-    std::fs::write(dir.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
-    digest
-}
-
 #[test]
 fn a_zip_package_costs_a_bounded_few_hundred_bytes_an_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("blobs/sha256")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .expect("marker");
-    std::fs::write(
-        dir.path().join("index.json"),
-        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
-    )
-    .expect("index");
     let bytes = zip();
-    let digest = put(dir.path(), &bytes);
+    let digest = common::layout_with(dir.path(), &bytes);
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
         "artifactType":"application/x-test",

@@ -343,6 +343,9 @@ impl Inner {
         let blob = blob.clone();
         tokio::task::spawn_blocking(move || {
             let _pin = inner.pin(&blob.digest);
+            // Where the kernel was last advised to read up to.
+            #[cfg(unix)]
+            let mut advised = 0u64;
             while let Some(AheadState { next: n, until, .. }) = ahead.state() {
                 if n >= until {
                     // Stop, unless the reader moved the end meanwhile (it
@@ -373,9 +376,10 @@ impl Inner {
                     // The kernel reads the next chunks in while this one is
                     // hashed: the disk and the hashing overlap too.
                     #[cfg(unix)]
-                    if n + 1 < until {
+                    if advised.max(n + 1) < until {
                         let cs = inner.options.chunk_size;
-                        let (start, end) = ((n + 1) * cs, (until * cs).min(blob.size));
+                        let (start, end) = (advised.max(n + 1) * cs, (until * cs).min(blob.size));
+                        advised = until;
                         let advised = rustix::fs::fadvise(
                             &*f,
                             start,

@@ -604,6 +604,13 @@ impl Inner {
         let cs = self.options.chunk_size;
         let (c0, c1) = (offset / cs, (end - 1) / cs);
         if !self.all_checked(&blob.digest, c0, c1) {
+            let ahead = self
+                .checking
+                .lock()
+                .is_ok_and(|running| running.contains_key(&blob.digest));
+            if !ahead {
+                return Ok(None);
+            }
             // A thread checking ahead may have them in hand: waiting for it
             // costs less than reading and hashing them a second time.
             let inner = self.clone();

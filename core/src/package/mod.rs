@@ -251,6 +251,33 @@ pub(crate) fn joined<S: AsRef<str>>(components: &[S]) -> Box<str> {
     out.into_boxed_str()
 }
 
+/// Of the entries `candidates`, those whose path another of them has too.
+/// Found by sorting a keyed hash of each path and comparing the paths of
+/// equal hashes: a few bytes an entry, not a copy of every path.
+pub(crate) fn repeated<P: std::hash::Hash + Eq>(
+    candidates: impl Iterator<Item = u32>,
+    path: impl Fn(u32) -> P,
+) -> Vec<u32> {
+    use std::hash::BuildHasher as _;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut by_path: Vec<(u64, u32)> = candidates.map(|i| (hasher.hash_one(path(i)), i)).collect();
+    by_path.sort_unstable();
+    let mut twice = Vec::new();
+    for run in by_path.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        let paths: Vec<P> = run.iter().map(|&(_, i)| path(i)).collect();
+        for (k, &(_, i)) in run.iter().enumerate() {
+            if paths
+                .iter()
+                .enumerate()
+                .any(|(l, p)| l != k && *p == paths[k])
+            {
+                twice.push(i);
+            }
+        }
+    }
+    twice
+}
+
 /// A problem line: `entry "NAME": REASON`.
 pub(crate) fn problem(name: &str, reason: impl fmt::Display) -> String {
     format!("entry {name:?}: {reason}")

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Item, ItemKind, Items, Listing, MAX_ENTRIES, joined, problem};
+use super::{Item, ItemKind, Items, Listing, MAX_ENTRIES, joined, problem, repeated};
 use crate::blob::BlobReader;
 use crate::codec::input::with_stream;
 use crate::codec::names::check_target;
@@ -140,69 +140,45 @@ impl Walked {
 
     /// The index, every file pointing at the stream with its seek points.
     fn finish(self, points: SeekPoints, uncompressed_size: u64) -> Listing {
-        let mut index = Walked {
-            items: self.items,
-            problems: self.problems,
-            ..Walked::new(&self.placeholder.blob, self.placeholder.compression)
-        };
+        let Walked {
+            mut items,
+            mut problems,
+            placeholder,
+            ..
+        } = self;
         let stream = Arc::new(TarStream {
-            blob: self.placeholder.blob.clone(),
-            compression: self.placeholder.compression,
+            blob: placeholder.blob.clone(),
+            compression: placeholder.compression,
             uncompressed_size,
             points,
             // A single-frame zstd package decodes only from its start: its
             // decoded copy is kept where the reader keeps copies.
-            keep_decoded: self.placeholder.compression == Compression::Zstd,
+            keep_decoded: placeholder.compression == Compression::Zstd,
         });
-        for item in &mut index.items {
+        for item in &mut items {
             if let ItemKind::File(Content::Tar(f)) = &mut item.kind {
                 f.stream = stream.clone();
             }
         }
-        dedupe(&mut index);
+        // Entries that share a name (but for directories, which merge) are
+        // left out, all of them: which one a reader gets would depend on the
+        // tool.
+        let files = (0..items.len() as u32).filter(|&i| items[i as usize].kind != ItemKind::Dir);
+        let mut twice = vec![false; items.len()];
+        for i in repeated(files, |i| &*items[i as usize].path) {
+            twice[i as usize] = true;
+        }
+        let mut kept = Vec::with_capacity(items.len());
+        for (item, twice) in items.into_iter().zip(twice) {
+            if twice {
+                problems.push(problem(&item.path, "more than one entry has this name"));
+            } else {
+                kept.push(item);
+            }
+        }
         Listing {
-            items: Items::List(index.items),
-            problems: index.problems,
-        }
-    }
-}
-
-/// Entries that share a name (but for directories, which merge) are left
-/// out, all of them: which one a reader gets would depend on the tool.
-/// Found by sorting a keyed hash of each path, then comparing the paths of
-/// equal hashes (not a copy of every path).
-fn dedupe(index: &mut Walked) {
-    use std::hash::BuildHasher as _;
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut by_path: Vec<(u64, u32)> = index
-        .items
-        .iter()
-        .enumerate()
-        .filter(|(_, item)| item.kind != ItemKind::Dir)
-        .map(|(i, item)| (hasher.hash_one(&item.path), i as u32))
-        .collect();
-    by_path.sort_unstable();
-    let mut twice = vec![false; index.items.len()];
-    for run in by_path.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
-        for &(_, i) in run {
-            let path = &index.items[i as usize].path;
-            twice[i as usize] = run
-                .iter()
-                .any(|&(_, j)| j != i && index.items[j as usize].path == *path);
-        }
-    }
-    drop(by_path);
-    if !twice.contains(&true) {
-        return;
-    }
-    let items = std::mem::take(&mut index.items);
-    for (item, twice) in items.into_iter().zip(twice) {
-        if twice {
-            index
-                .problems
-                .push(problem(&item.path, "more than one entry has this name"));
-        } else {
-            index.items.push(item);
+            items: Items::List(kept),
+            problems,
         }
     }
 }

@@ -10,7 +10,9 @@ use rc_zip::parse::{CentralDirectoryFileHeader, EntryKind, Method, Mode};
 use winnow::Partial;
 use winnow::error::ErrMode;
 
-use super::{Item, ItemKind, Items, Listing, MAX_CENTRAL_DIRECTORY, MAX_ENTRIES, joined, problem};
+use super::{
+    Item, ItemKind, Items, Listing, MAX_CENTRAL_DIRECTORY, MAX_ENTRIES, joined, problem, repeated,
+};
 use crate::blob::BlobReader;
 use crate::codec::names::{check_target, entry_components};
 use crate::codec::tar::MAX_NAME;
@@ -77,37 +79,15 @@ pub(super) async fn list(blobs: &Arc<dyn BlobReader>, blob: &Descriptor) -> Resu
     drop(order);
 
     // Two entries of one name: which one a reader gets would depend on the
-    // tool; show neither. Directories may repeat. Found by sorting a keyed
-    // hash of each path, then comparing the paths of equal hashes.
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut by_path: Vec<(u64, u32)> = (0..n)
+    // tool; show neither. Directories may repeat.
+    let candidates: Vec<u32> = (0..n as u32)
         .filter(|&i| {
-            parsed.rows[i].kind != EntryKind::Directory && !parsed.bad.contains_key(&(i as u32))
-        })
-        .filter_map(|i| {
-            let path = entry_components(entry(i).name()).ok()?;
-            use std::hash::BuildHasher as _;
-            Some((hasher.hash_one(&path), i as u32))
+            parsed.rows[i as usize].kind != EntryKind::Directory && !parsed.bad.contains_key(&i)
         })
         .collect();
-    by_path.sort_unstable();
-    let mut twice: Vec<u32> = Vec::new();
-    for run in by_path.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
-        let paths: Vec<Vec<String>> = run
-            .iter()
-            .map(|&(_, i)| entry_components(entry(i as usize).name()).unwrap_or_default())
-            .collect();
-        for (k, &(_, i)) in run.iter().enumerate() {
-            if paths
-                .iter()
-                .enumerate()
-                .any(|(l, p)| l != k && *p == paths[k])
-            {
-                twice.push(i);
-            }
-        }
-    }
-    drop(by_path);
+    let twice = repeated(candidates.into_iter(), |i| {
+        entry_components(shared.name(i)).unwrap_or_default()
+    });
     for i in twice {
         parsed
             .bad

@@ -43,3 +43,19 @@ pub fn reset_peak() {
 pub fn peak() -> isize {
     PEAK.load(Ordering::Relaxed)
 }
+
+/// An OCI layout in `dir` holding `blob` (and no manifest: the tests read
+/// the blob by its descriptor); the blob's digest.
+#[allow(dead_code)] // not every test binary makes a layout
+pub fn layout_with(dir: &std::path::Path, blob: &[u8]) -> ocifs_core::Digest {
+    let digest = ocifs_core::Digest::of(blob);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
+    std::fs::write(dir.join("blobs/sha256").join(digest.hex()), blob).expect("blob");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("marker");
+    std::fs::write(
+        dir.join("index.json"),
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+    )
+    .expect("index");
+    digest
+}
