@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt as _;
 use ocifs_core::Reader as _;
 
 use crate::options::{
-    CacheCmdArgs, CacheCommand, CatArgs, InspectArgs, LsArgs, Opened, PrefetchArgs, SourceArgs,
-    ViewArgs,
+    CacheCmdArgs, CacheCommand, CatArgs, IndexArgs, InspectArgs, LsArgs, Opened, PrefetchArgs,
+    SourceArgs, ViewArgs,
 };
 
 async fn open_resolved(
@@ -64,13 +64,44 @@ struct InspectJson<'a> {
     layers: &'a [ocifs_core::Descriptor],
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     annotations: &'a std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<IndexJson>,
+}
+
+/// What `inspect` says of a bound index.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexJson {
+    digest: String,
+    /// Per layer digest: `chunk-table` or `layer-index`.
+    parts: std::collections::BTreeMap<String, &'static str>,
+    problems: Vec<String>,
+}
+
+/// Which index a layer's view and checks come from, in a word.
+fn part_kind(media_type: &str) -> &'static str {
+    if media_type.contains("layer-index") {
+        "layer-index"
+    } else {
+        "chunk-table"
+    }
 }
 
 /// `ocifs inspect`.
 pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let (reference, _) = args.source.split(&args.operands);
-    let (_, r) = open_resolved(&args.source, reference).await?;
+    let (opened, r) = open_resolved(&args.source, reference).await?;
     let m = &r.manifest;
+    let found = ocifs_core::find_index(m, &opened.cache).await;
+    let index = found.index.as_ref().map(|d| IndexJson {
+        digest: d.to_string(),
+        parts: found
+            .parts
+            .iter()
+            .map(|(k, v)| (k.to_string(), part_kind(v)))
+            .collect(),
+        problems: found.problems.clone(),
+    });
     if args.json {
         let json = InspectJson {
             reference: &r.reference,
@@ -82,6 +113,7 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             config: &m.config,
             layers: &m.layers,
             annotations: &m.annotations,
+            index,
         };
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -121,6 +153,12 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     for (k, v) in &m.annotations {
         out.push_str(&format!("  Annotation {k}: {v}\n"));
     }
+    if let Some(ix) = &index {
+        out.push_str(&format!("Index (bound): {}\n", ix.digest));
+        for p in &ix.problems {
+            out.push_str(&format!("  not used: {p}\n"));
+        }
+    }
     out.push_str(&format!("Layers: {}\n", m.layers.len()));
     for l in &m.layers {
         out.push_str(&format!(
@@ -130,6 +168,18 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             l.media_type,
             l.title().unwrap_or("-")
         ));
+        if let Some(ix) = &index {
+            let from = ix.parts.get(&l.digest.to_string()).map_or(
+                "none (streamed whole in strict mode)",
+                |k| match *k {
+                    "layer-index" => {
+                        "the bound index's layer index (listing, seek points, chunk digests)"
+                    }
+                    _ => "the bound index's chunk table",
+                },
+            );
+            out.push_str(&format!("      index: {from}\n"));
+        }
         for (k, v) in l
             .annotations
             .iter()
@@ -522,6 +572,71 @@ pub async fn cache(args: CacheCmdArgs) -> anyhow::Result<()> {
             }
             println!("{checked} blobs verified");
         }
+    }
+    Ok(())
+}
+
+/// `ocifs index`: computes the index of REF's manifest (each blob read
+/// once, strictly verified), pushes it, and binds it to a copy of the
+/// manifest pushed under `--bind`'s tag.
+pub async fn index(mut args: IndexArgs) -> anyhow::Result<()> {
+    if args.source.verify != Verify::Strict {
+        bail!(
+            "ocifs index reads with --verify strict only: its tables are taken from verified bytes"
+        );
+    }
+    if args.source.offline {
+        bail!("ocifs index pushes to the registry: --offline cannot be used");
+    }
+    args.source.push = true;
+    let (reference, _) = args.source.split(&args.operands);
+    let (opened, r) = open_resolved(&args.source, reference).await?;
+    let Some(registry) = opened.registry.clone() else {
+        bail!(
+            "ocifs index pushes to a registry; {} is not one",
+            opened.reference
+        );
+    };
+    if let Some(step) = r.path.last() {
+        bail!(
+            "{} is an index of manifests; give the manifest to index by its digest \
+             ({}@{} for this platform): the tag bound then names that manifest alone",
+            r.reference,
+            registry.reference().name(),
+            step.chosen
+        );
+    }
+    let options = ocifs_core::ImageOptions {
+        max_entries: args.max_layer_entries,
+    };
+    let parts = ocifs_core::make_index(&r.manifest, &opened.cache, &options).await?;
+    let artifact = ocifs_core::index_artifact(&parts, None);
+    for (digest, bytes) in &artifact.blobs {
+        registry.push_blob(digest, bytes.clone()).await?;
+    }
+    registry
+        .push_manifest(
+            &artifact.digest.to_string(),
+            ocifs_core::media_type::OCI_MANIFEST,
+            artifact.manifest.clone(),
+        )
+        .await?;
+    let bytes: u64 = parts.iter().map(|p| p.bytes.len() as u64).sum();
+    println!(
+        "index {} ({} parts, {bytes} bytes)",
+        artifact.digest,
+        parts.len()
+    );
+    if let Some(tag) = &args.bind {
+        let raw = opened
+            .source
+            .manifest(&ocifs_core::Selector::Digest(r.digest.clone()))
+            .await?;
+        let bound = ocifs_core::bind_index(&raw.bytes, &artifact.digest)?;
+        let digest = registry
+            .push_manifest(tag, &r.media_type, bound.into())
+            .await?;
+        println!("bound {}:{tag}@{digest}", registry.reference().name());
     }
     Ok(())
 }

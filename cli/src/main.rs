@@ -15,7 +15,8 @@ use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcomm
 
 use config::Config;
 use options::{
-    CacheCmdArgs, CatArgs, ConfigCmdArgs, ConfigCommand, InspectArgs, LsArgs, PrefetchArgs,
+    CacheCmdArgs, CatArgs, ConfigCmdArgs, ConfigCommand, IndexArgs, InspectArgs, LsArgs,
+    PrefetchArgs,
 };
 
 /// Browse OCI artifacts and images without pulling them.
@@ -50,6 +51,8 @@ enum Command {
     Cat(CatArgs),
     /// Fill the cache with an artifact, or some of its files.
     Prefetch(PrefetchArgs),
+    /// For publishers: push a chunk-digest index of REF and bind it to a copy of the manifest.
+    Index(IndexArgs),
     /// Look after the cache: du, ls, prune, verify.
     Cache(CacheCmdArgs),
     /// Mount an artifact read-only; bytes are fetched when first read.
@@ -71,6 +74,7 @@ impl Command {
             Command::Ls(a) => config.apply_source(&mut a.source, m),
             Command::Cat(a) => config.apply_source(&mut a.source, m),
             Command::Prefetch(a) => config.apply_source(&mut a.source, m),
+            Command::Index(a) => config.apply_source(&mut a.source, m),
             Command::Mount(a) => config.apply_source(&mut a.source, m),
             Command::Cache(a) => config.apply_cache(&mut a.cache, m),
             Command::Config(a) => match (&mut a.command, m.subcommand()) {
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
             Command::Ls(args) => commands::ls(args).await,
             Command::Cat(args) => commands::cat(args).await,
             Command::Prefetch(args) => commands::prefetch(args).await,
+            Command::Index(args) => commands::index(args).await,
             Command::Cache(args) => commands::cache(args).await,
             Command::Mount(args) => mount::mount(args).await,
             Command::Umount(args) => mount::umount(args),

@@ -171,6 +171,10 @@ pub struct SourceArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub retries: u32,
 
+    /// Ask the registry for push access too (`ocifs index`).
+    #[arg(skip)]
+    pub push: bool,
+
     /// What the config file says per registry.
     #[arg(skip)]
     pub registries: std::collections::BTreeMap<String, RegistryDefaults>,
@@ -240,6 +244,8 @@ pub struct Opened {
     pub reference: Reference,
     /// `--platform`, if given.
     pub platform: Option<Platform>,
+    /// The registry itself, when the source is one and it was reached.
+    pub registry: Option<Arc<RegistrySource>>,
 }
 
 impl SourceArgs {
@@ -292,6 +298,7 @@ impl SourceArgs {
         }
         let total = Duration::from_secs_f64(self.timeout);
         let mut store = None;
+        let mut reached = None;
         let source: Arc<dyn Source> = match &reference {
             Reference::Layout(l) => Arc::new(LayoutSource::open(PathBuf::from(&l.path))?),
             Reference::Registry(r) if self.offline => {
@@ -322,12 +329,15 @@ impl SourceArgs {
                     },
                     read_timeout: total.min(Duration::from_secs(30)),
                     connect_timeout: total.min(Duration::from_secs(10)),
+                    push: self.push,
                 };
                 match RegistrySource::connect(r, options).await {
                     Ok(registry) => {
-                        Arc::new(CachedSource::online(Arc::new(registry), s, r.clone()))
+                        let registry = Arc::new(registry);
+                        reached = Some(registry.clone());
+                        Arc::new(CachedSource::online(registry, s, r.clone()))
                     }
-                    Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. })) => {
+                    Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. })) if !self.push => {
                         tracing::warn!("{e}; serving what the cache holds");
                         Arc::new(CachedSource::offline(
                             s,
@@ -383,8 +393,27 @@ impl SourceArgs {
             cache,
             reference,
             platform: self.platform.clone(),
+            registry: reached,
         })
     }
+}
+
+/// `ocifs index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// REF: the manifest to index (a platform's manifest, not an index of them).
+    #[arg(value_name = "REF", num_args = 1)]
+    pub operands: Vec<String>,
+    /// Push a copy of REF's manifest that names the index under this tag:
+    /// its digest then covers the index, and strict reads of it fetch only
+    /// the chunks they read. Other clients see the same files and layers.
+    #[arg(long, value_name = "TAG", required = true)]
+    pub bind: Option<String>,
+    /// Refuse an image layer with more entries than this.
+    #[arg(long, value_name = "N", default_value_t = ocifs_core::internals::tar::MAX_LAYER_ENTRIES)]
+    pub max_layer_entries: usize,
 }
 
 /// `ocifs inspect`.

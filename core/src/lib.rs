@@ -53,6 +53,7 @@ mod image;
 mod manifest;
 mod package;
 mod platform;
+mod published;
 mod read;
 mod reference;
 mod resolve;
@@ -83,6 +84,11 @@ pub use manifest::{
 };
 pub use package::Format;
 pub use platform::Platform;
+pub use published::{
+    ARTIFACT_TYPE as INDEX_ARTIFACT_TYPE, Artifact as IndexArtifact, Found as FoundIndex,
+    INDEX_ANNOTATION, Part as IndexPart, artifact as index_artifact, bind as bind_index,
+    find as find_index, make as make_index,
+};
 pub use read::{ContentReader, DECODED_BUDGET, Reader};
 pub use reference::{LayoutRef, Reference, RegistryRef};
 pub use resolve::{IndexStep, Resolution, resolve};

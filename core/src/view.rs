@@ -446,8 +446,12 @@ impl View {
         cache: &crate::cache::ChunkCache,
         path: Option<&str>,
     ) -> Result<Tree> {
+        let found = crate::published::find(manifest, cache).await;
+        for problem in &found.problems {
+            tracing::warn!("{problem}");
+        }
         let tree = if crate::image::is_image(manifest) && !self.layers {
-            crate::image::build(manifest, cache, &self.image).await?
+            crate::image::build(manifest, cache, &self.image, found.layers).await?
         } else {
             let blobs: Arc<dyn BlobReader> = Arc::new(cache.clone());
             let toward = [self.root.as_deref(), path]

@@ -25,6 +25,7 @@ const CORE_LAYERS: &[&[&str]] = &[
     &["codec"],
     &["package"],
     &["image"],
+    &["published"],
     &["view"],
     &["read"],
 ];

@@ -31,7 +31,7 @@ mod offline;
 mod resume;
 mod scan;
 mod store;
-mod table;
+pub(crate) mod table;
 mod whole;
 
 use std::collections::{HashMap, HashSet};

@@ -15,6 +15,7 @@ pub mod overlay;
 
 use crate::codec::tar::TocEntry;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blob::{BlobReader, Verify};
@@ -127,16 +128,25 @@ impl Default for ImageOptions {
 
 /// The root filesystem of image `manifest`: each layer's index (from the
 /// cache, else built by streaming the layer once), merged.
+///
+/// `given` are layer indexes found elsewhere (a publisher's, bound to the
+/// manifest): a layer with one is not streamed.
 pub async fn build(
     manifest: &Manifest,
     cache: &ChunkCache,
     options: &ImageOptions,
+    mut given: HashMap<Digest, LayerIndex>,
 ) -> Result<Tree> {
     use futures_util::{StreamExt as _, TryStreamExt as _};
     let diff_ids = diff_ids(manifest, cache).await;
-    let layers: Vec<overlay::MergeLayer> = futures_util::stream::iter(manifest.layers.iter())
+    let planned: Vec<(&Descriptor, Option<LayerIndex>)> = manifest
+        .layers
+        .iter()
+        .map(|l| (l, given.remove(&l.digest)))
+        .collect();
+    let layers: Vec<overlay::MergeLayer> = futures_util::stream::iter(planned)
         .enumerate()
-        .map(|(i, l)| layer(cache, l, options, diff_ids.get(i).cloned()))
+        .map(|(i, (l, ix))| layer(cache, l, options, diff_ids.get(i).cloned(), ix))
         .buffered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
@@ -149,6 +159,7 @@ async fn layer(
     blob: &Descriptor,
     options: &ImageOptions,
     diff_id: Option<Digest>,
+    given: Option<LayerIndex>,
 ) -> Result<overlay::MergeLayer> {
     // A zstd layer's decoded copy: made as the layer is indexed where
     // there is a cache to keep it in, else on its first read by a reader
@@ -158,7 +169,10 @@ async fn layer(
     let decoding = (keep_decoded && cache.store().is_some()).then_some(Decoding {
         diff_id: diff_id.as_ref(),
     });
-    let index = layer_index(cache, blob, options, decoding).await?;
+    let index = match given {
+        Some(ix) => ix,
+        None => layer_index(cache, blob, options, decoding).await?,
+    };
     let LayerIndex {
         compression,
         uncompressed_size,

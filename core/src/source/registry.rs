@@ -71,6 +71,8 @@ pub struct RegistryOptions {
     pub read_timeout: Duration,
     /// Longest wait for a TCP/TLS connection.
     pub connect_timeout: Duration,
+    /// Ask for push access as well as pull (`ocifs index`).
+    pub push: bool,
 }
 
 impl Default for RegistryOptions {
@@ -82,6 +84,7 @@ impl Default for RegistryOptions {
             retry: RetryPolicy::default(),
             read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            push: false,
         }
     }
 }
@@ -479,9 +482,14 @@ impl RegistrySource {
         })?;
         let trust = realm_trust(self.scheme, &self.host, &url, &self.trusted_realms)
             .map_err(|reason| self.auth_error(reason))?;
+        let actions = if self.options.push {
+            "pull,push"
+        } else {
+            "pull"
+        };
         url.query_pairs_mut().append_pair(
             "scope",
-            &format!("repository:{}:pull", self.reference.repository),
+            &format!("repository:{}:{actions}", self.reference.repository),
         );
         if let Some(service) = service {
             url.query_pairs_mut().append_pair("service", service);
@@ -560,17 +568,39 @@ impl RegistrySource {
     /// A GET to the registry with its `Authorization`; a `401` brings one
     /// new handshake with the challenge it carried, then one more try.
     async fn get(&self, url: &str, headers: HeaderMap, what: &str) -> Result<Response> {
+        self.send(reqwest::Method::GET, url, headers, None, what)
+            .await
+    }
+
+    /// A request to the registry, with its `Authorization` only if `url`
+    /// is on the registry's own origin (an upload location may be
+    /// elsewhere); a `401` brings one new handshake, then one more try.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        what: &str,
+    ) -> Result<Response> {
+        let own = self.is_own_origin(url);
         let mut reauthed = false;
         loop {
-            let mut request = self.http.get(url).headers(headers.clone());
-            if let Some(v) = self.auth_header().0 {
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            if own && let Some(v) = self.auth_header().0 {
                 request = request.header(AUTHORIZATION, v);
             }
             let response = request
                 .send()
                 .await
                 .map_err(|e| self.map_reqwest(e, what))?;
-            if response.status().as_u16() == 401 && !reauthed {
+            if response.status().as_u16() == 401 && !reauthed && own {
                 reauthed = true;
                 let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
                 if challenge.is_some() {
@@ -579,6 +609,15 @@ impl RegistrySource {
                 }
             }
             return Ok(response);
+        }
+    }
+
+    /// Whether `url` is on the registry's scheme, host and port.
+    fn is_own_origin(&self, url: &str) -> bool {
+        let own = format!("{}://{}/", self.scheme, self.host);
+        match (Url::parse(url), Url::parse(&own)) {
+            (Ok(a), Ok(b)) => a.origin() == b.origin(),
+            _ => false,
         }
     }
 
@@ -928,6 +967,127 @@ impl Source for RegistrySource {
                 Ok(list.tags.unwrap_or_default())
             })
             .await
+    }
+}
+
+/// Pushing, for `ocifs index`: blobs by monolithic upload, manifests by
+/// tag or digest. Nothing else in ocifs writes to a registry.
+impl RegistrySource {
+    /// Whether the repository holds blob `digest`.
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        let what = format!("checking for blob {digest}");
+        let url = self.url(&format!("blobs/{digest}"));
+        let response = self
+            .send(reqwest::Method::HEAD, &url, HeaderMap::new(), None, &what)
+            .await?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(self.status_error(status, &what, response).await),
+        }
+    }
+
+    /// Uploads `bytes` as blob `digest` (their sha256), unless the
+    /// repository has it already.
+    pub async fn push_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        if self.has_blob(digest).await? {
+            return Ok(());
+        }
+        let what = format!("starting the upload of blob {digest}");
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &self.url("blobs/uploads/"),
+                HeaderMap::new(),
+                Some(Bytes::new()),
+                &what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        if status != 202 {
+            return Err(self.status_error(status, &what, response).await);
+        }
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Malformed {
+                what: what.clone(),
+                detail: "the registry answered 202 without a Location".into(),
+                source: None,
+            })?;
+        let base = Url::parse(&format!("{}://{}/", self.scheme, self.host)).map_err(|e| {
+            Error::Malformed {
+                what: what.clone(),
+                detail: e.to_string(),
+                source: cause(e),
+            }
+        })?;
+        let mut url = base.join(location).map_err(|e| Error::Malformed {
+            what: what.clone(),
+            detail: format!("the upload location {location:?} is not a URL: {e}"),
+            source: cause(e),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::Malformed {
+                what,
+                detail: format!("the upload location {location:?} is not http(s)"),
+                source: None,
+            });
+        }
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let what = format!("uploading blob {digest}");
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                url.as_str(),
+                headers,
+                Some(bytes),
+                &what,
+            )
+            .await?;
+        match response.status().as_u16() {
+            201 | 204 => Ok(()),
+            status => Err(self.status_error(status, &what, response).await),
+        }
+    }
+
+    /// Puts manifest `bytes` of `media_type` under `reference` (a tag, or
+    /// its digest); returns its digest.
+    pub async fn push_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest> {
+        let digest = Digest::of(&bytes);
+        let what = format!("pushing manifest {}:{reference}", self.reference.name());
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(media_type).map_err(|_| Error::Malformed {
+            what: what.clone(),
+            detail: format!("media type {media_type:?} cannot be a header"),
+            source: None,
+        })?;
+        headers.insert(CONTENT_TYPE, value);
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                &self.url(&format!("manifests/{reference}")),
+                headers,
+                Some(bytes),
+                &what,
+            )
+            .await?;
+        match response.status().as_u16() {
+            201 | 200 | 204 => Ok(digest),
+            status => Err(self.status_error(status, &what, response).await),
+        }
     }
 }
 

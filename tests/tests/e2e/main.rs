@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod files;
 mod harness;
+mod indexes;
 mod integrity;
 mod layouts;
 mod mount;

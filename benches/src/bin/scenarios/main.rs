@@ -222,8 +222,10 @@ fn read_4k_at(path: &Path, offset: u64) {
     f.read_exact(&mut buf).expect("read");
 }
 
+#[allow(clippy::too_many_arguments)]
 fn mount_scenarios(
     host: &str,
+    proxy: &CountingProxy,
     fixture: &Fixture,
     label: &str,
     curl_rate: f64,
@@ -239,6 +241,7 @@ fn mount_scenarios(
 
     // Time to the first 4 KiB: mount + one read in the middle, cold cache.
     let scenario = format!("mount + first 4 KiB at the middle, {label}");
+    let mut lazy_secs = 0.0;
     for (tool, extra) in [
         ("ocifs mount, strict", &[][..]),
         ("ocifs mount, lazy", &["--verify", "lazy"][..]),
@@ -247,6 +250,7 @@ fn mount_scenarios(
         let (secs, ()) = mount_then(host, "bench/big:v1", &mnt, &cache, extra, || {
             read_4k_at(&file, size / 2);
         });
+        lazy_secs = secs;
         rows.push(Row::new(
             scenario.clone(),
             tool,
@@ -255,6 +259,36 @@ fn mount_scenarios(
             Some(skopeo_secs),
         ));
     }
+    // Strict with the index `ocifs index --bind` pushed: timed straight
+    // to the registry, its bytes counted through the proxy.
+    let cache = work.path().join("ttfb-bound");
+    let (secs, ()) = mount_then(host, "bench/big:v1-indexed", &mnt, &cache, &[], || {
+        read_4k_at(&file, size / 2);
+    });
+    rows.push(Row::new(
+        scenario.clone(),
+        "ocifs mount, strict, index bound (ratio to lazy; goal <= 2)",
+        secs,
+        "s",
+        Some(lazy_secs),
+    ));
+    let cache = work.path().join("ttfb-bound-counted");
+    proxy.reset();
+    mount_then(
+        &proxy.host(),
+        "bench/big:v1-indexed",
+        &mnt,
+        &cache,
+        &[],
+        || read_4k_at(&file, size / 2),
+    );
+    rows.push(Row::new(
+        format!("bytes fetched to read 4 KiB at the middle, {label}"),
+        "ocifs mount, strict, index bound (the chunks read and the index)",
+        proxy.blob_bytes() as f64,
+        "bytes",
+        Some(size as f64),
+    ));
 
     // Cold sequential read through the mount, and the daemon's peak memory.
     let scenario = format!("cold sequential read through a mount, {label}");
@@ -557,6 +591,16 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
         &[PushFile::new(&fixture.path)],
         &PushOptions::default(),
     );
+    // The publisher's step: a chunk-digest index bound to a copy of the
+    // manifest (`ocifs index --bind`), for the strict rows "index bound".
+    let index_cache = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new(ocifs_bin());
+    c.args(["index", "--plain-http", "--cache-dir"])
+        .arg(index_cache.path())
+        .arg(format!("{host}/bench/big:v1"))
+        .args(["--bind", "v1-indexed"]);
+    timed(c);
+    drop(index_cache);
     let blob = ocifs_core::Descriptor {
         media_type: "application/octet-stream".into(),
         digest: fixture.digest.parse().expect("digest"),
@@ -741,6 +785,7 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     eprintln!("== through a mount");
     mount_scenarios(
         &host,
+        proxy,
         &fixture,
         &label,
         curl_rate,

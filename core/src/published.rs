@@ -1,0 +1,414 @@
+//! Indexes a publisher pushed beside an artifact (`ocifs index`): for each
+//! blob of a manifest, the sha256 of each chunk (a chunk table) and, for an
+//! image's tar layers, the layer index ocifs builds itself (table of
+//! contents, seek points, chunk digests: [`crate::image::format`]).
+//!
+//! They travel as one OCI artifact (artifact type [`ARTIFACT_TYPE`], one
+//! blob per indexed blob, each naming the blob it indexes in
+//! [`BLOB_ANNOTATION`]). *Bound* to a manifest, it is named by the
+//! manifest's own annotation [`INDEX_ANNOTATION`]: the manifest's digest
+//! covers the index's digest, which covers each table, so a table found
+//! this way is in the chain of digests that starts at the reference, and
+//! strict mode serves a chunk once it matches its digest there, without
+//! fetching the whole blob first. Anything that does not check out (a
+//! digest, a size, a table of another blob or chunk size) is left out with
+//! a problem naming it, and that blob is read as if there were no index.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::blob::BlobReader as _;
+use crate::cache::{ChunkCache, table};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{self, ImageOptions, LayerIndex, format};
+use crate::manifest::{self, Descriptor, Manifest, Parsed};
+use crate::source::Selector;
+
+/// The manifest annotation that binds an index: its manifest's digest.
+pub const INDEX_ANNOTATION: &str = "io.ocifs.index";
+/// The artifact type of an index.
+pub const ARTIFACT_TYPE: &str = "application/vnd.ocifs.index.v1";
+/// A blob's chunk table ([`crate::cache::table`]'s stored form).
+pub const CHUNK_TABLE_TYPE: &str = "application/vnd.ocifs.chunk-table.v1";
+/// An image layer's index ([`crate::image::format`], version 2).
+pub const LAYER_INDEX_TYPE: &str = "application/vnd.ocifs.layer-index.v2";
+/// The annotation on each part of an index: the digest of the blob it
+/// indexes.
+pub const BLOB_ANNOTATION: &str = "io.ocifs.blob";
+
+/// The empty config of an index (OCI's empty descriptor).
+const EMPTY_CONFIG: &[u8] = b"{}";
+const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// The largest part of an index read.
+const MAX_PART: u64 = 512 << 20;
+
+/// One part of an index: what it indexes and its bytes.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// The blob it indexes.
+    pub of: Descriptor,
+    /// [`CHUNK_TABLE_TYPE`] or [`LAYER_INDEX_TYPE`].
+    pub media_type: &'static str,
+    /// Its stored form.
+    pub bytes: Bytes,
+}
+
+/// Computes the parts of the index of `manifest`, reading each blob once
+/// through `cache` (which must verify strictly: every table is taken from
+/// bytes whose digest checked out).
+pub async fn make(
+    manifest: &Manifest,
+    cache: &ChunkCache,
+    options: &ImageOptions,
+) -> Result<Vec<Part>> {
+    let as_image = image::is_image(manifest);
+    let mut parts: Vec<Part> = Vec::new();
+    for layer in &manifest.layers {
+        if parts.iter().any(|p| p.of.digest == layer.digest) {
+            continue;
+        }
+        let part = if as_image {
+            let ix = image::layer_index(cache, layer, options, None).await?;
+            if ix.chunk_digests.is_empty() {
+                return Err(Error::Malformed {
+                    what: format!("the index of layer {}", layer.digest),
+                    detail: "it has no chunk digests (index with --verify strict)".into(),
+                    source: None,
+                });
+            }
+            Part {
+                of: layer.clone(),
+                media_type: LAYER_INDEX_TYPE,
+                bytes: format::encode(&ix).into(),
+            }
+        } else {
+            let scanned = cache.scan(layer, |_| Ok(())).await?;
+            Part {
+                of: layer.clone(),
+                media_type: CHUNK_TABLE_TYPE,
+                bytes: table::encode(scanned.chunk_size, layer.size, &scanned.chunk_digests).into(),
+            }
+        };
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// An index ready to push: its blobs (the empty config among them) and
+/// its manifest.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    /// Every blob the manifest names, with its digest.
+    pub blobs: Vec<(Digest, Bytes)>,
+    /// The manifest's bytes (an OCI image manifest).
+    pub manifest: Bytes,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// The artifact of `parts`; with `subject`, a referrer of that manifest.
+/// The same parts give the same bytes.
+pub fn artifact(parts: &[Part], subject: Option<&Descriptor>) -> Artifact {
+    let config = Digest::of(EMPTY_CONFIG);
+    let mut blobs = vec![(config.clone(), Bytes::from_static(EMPTY_CONFIG))];
+    let layers: Vec<Value> = parts
+        .iter()
+        .map(|p| {
+            let digest = Digest::of(&p.bytes);
+            blobs.push((digest.clone(), p.bytes.clone()));
+            json!({
+                "mediaType": p.media_type,
+                "digest": digest.to_string(),
+                "size": p.bytes.len(),
+                "annotations": { BLOB_ANNOTATION: p.of.digest.to_string() },
+            })
+        })
+        .collect();
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::media_type::OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {
+            "mediaType": EMPTY_CONFIG_TYPE,
+            "digest": config.to_string(),
+            "size": EMPTY_CONFIG.len(),
+        },
+        "layers": layers,
+    });
+    if let Some(s) = subject {
+        m["subject"] = json!({
+            "mediaType": s.media_type,
+            "digest": s.digest.to_string(),
+            "size": s.size,
+        });
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&m).unwrap_or_default());
+    Artifact {
+        blobs,
+        digest: Digest::of(&bytes),
+        manifest: bytes,
+    }
+}
+
+/// A copy of manifest `raw` whose annotations name `index` (everything
+/// else as it was). Only an image manifest can carry one: an index of
+/// manifests is refused.
+pub fn bind(raw: &[u8], index: &Digest) -> Result<Vec<u8>> {
+    let refused = |detail: &str| Error::Malformed {
+        what: "the manifest to bind an index to".into(),
+        detail: detail.into(),
+        source: None,
+    };
+    let mut m: Value =
+        serde_json::from_slice(raw).map_err(|e| refused(&format!("not JSON: {e}")))?;
+    let object = m
+        .as_object_mut()
+        .ok_or_else(|| refused("not a JSON object"))?;
+    if object.contains_key("manifests") || !object.contains_key("layers") {
+        return Err(refused(
+            "it is an index of manifests, not one manifest (give --platform, or the manifest's digest)",
+        ));
+    }
+    let annotations = object
+        .entry("annotations")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| refused("its annotations are not an object"))?;
+    annotations.insert(INDEX_ANNOTATION.into(), Value::String(index.to_string()));
+    serde_json::to_vec(&m).map_err(|e| refused(&e.to_string()))
+}
+
+/// What was found of a manifest's index.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The index's digest, if the manifest names one.
+    pub index: Option<Digest>,
+    /// The layer indexes that checked out, by layer digest.
+    pub layers: HashMap<Digest, LayerIndex>,
+    /// Per blob of the manifest that has a part that checked out, which
+    /// kind ([`CHUNK_TABLE_TYPE`] or [`LAYER_INDEX_TYPE`]).
+    pub parts: HashMap<Digest, &'static str>,
+    /// What did not check out, each naming what was wrong.
+    pub problems: Vec<String>,
+}
+
+/// Finds the index bound to `manifest`, if it names one, reads it through
+/// `cache` and hands its chunk tables to the cache; its layer indexes are
+/// in what is returned, for the image builder.
+pub async fn find(manifest: &Manifest, cache: &ChunkCache) -> Found {
+    let mut found = Found::default();
+    let Some(value) = manifest.annotations.get(INDEX_ANNOTATION) else {
+        return found;
+    };
+    let digest: Digest = match value.parse() {
+        Ok(d) => d,
+        Err(_) => {
+            found.problems.push(format!(
+                "the manifest's annotation {INDEX_ANNOTATION} is not a digest ({value:?}); no index used"
+            ));
+            return found;
+        }
+    };
+    found.index = Some(digest.clone());
+    if let Err(e) = read_index(manifest, cache, &digest, &mut found).await {
+        found.problems.push(format!("index {digest} not used: {e}"));
+    }
+    found
+}
+
+async fn read_index(
+    manifest: &Manifest,
+    cache: &ChunkCache,
+    digest: &Digest,
+    found: &mut Found,
+) -> Result<()> {
+    let what = format!("index {digest}");
+    let fetched = cache
+        .source()
+        .manifest(&Selector::Digest(digest.clone()))
+        .await?;
+    let actual = Digest::of(&fetched.bytes);
+    if &actual != digest {
+        return Err(Error::digest_mismatch(what, digest, actual));
+    }
+    let index = match manifest::parse(&fetched.bytes, fetched.media_type.as_deref(), &what)? {
+        Parsed::Manifest(m) => m,
+        Parsed::Index(_) => {
+            return Err(Error::Malformed {
+                what,
+                detail: "it is an index of manifests".into(),
+                source: None,
+            });
+        }
+    };
+    if index.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+        return Err(Error::Malformed {
+            what,
+            detail: format!(
+                "its artifact type is {:?}, not {ARTIFACT_TYPE}",
+                index.artifact_type.as_deref().unwrap_or("none")
+            ),
+            source: None,
+        });
+    }
+    for part in &index.layers {
+        if let Err(problem) = read_part(manifest, cache, part, found).await {
+            found.problems.push(format!(
+                "part {} of index {digest} not used: {problem}",
+                part.digest
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one part of an index and, if it checks out, uses it.
+async fn read_part(
+    manifest: &Manifest,
+    cache: &ChunkCache,
+    part: &Descriptor,
+    found: &mut Found,
+) -> std::result::Result<(), String> {
+    let of: Digest = part
+        .annotations
+        .get(BLOB_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no blob digest in its annotation {BLOB_ANNOTATION}"))?;
+    let blob = manifest
+        .layers
+        .iter()
+        .find(|l| l.digest == of)
+        .ok_or_else(|| format!("it indexes {of}, which the manifest does not name"))?;
+    if found.parts.contains_key(&of) {
+        return Err(format!("a second part for {of}"));
+    }
+    let kind = match part.media_type.as_str() {
+        CHUNK_TABLE_TYPE => CHUNK_TABLE_TYPE,
+        LAYER_INDEX_TYPE => LAYER_INDEX_TYPE,
+        other => return Err(format!("media type {other} is not one this ocifs reads")),
+    };
+    if part.size > MAX_PART {
+        return Err(format!(
+            "{} bytes, more than the {MAX_PART} read",
+            part.size
+        ));
+    }
+    let bytes = cache
+        .read_blob(part, 0, part.size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let chunk_size = cache.chunk_size();
+    let (table_chunk, digests) = if kind == CHUNK_TABLE_TYPE {
+        table::decode(&bytes, blob.size)
+            .ok_or_else(|| format!("not a chunk table of {of} ({} bytes)", blob.size))?
+    } else {
+        let ix = format::decode(&bytes)?;
+        if ix.digest != blob.digest || ix.size != blob.size {
+            return Err(format!(
+                "a layer index of {} ({} bytes), not of {of}",
+                ix.digest, ix.size
+            ));
+        }
+        if Some(ix.compression) != image::layer_compression(&blob.media_type) {
+            return Err(format!(
+                "a layer index of a {:?} layer; {of} is {}",
+                ix.compression, blob.media_type
+            ));
+        }
+        let table = (ix.chunk_size, ix.chunk_digests.clone());
+        found.layers.insert(of.clone(), ix);
+        table
+    };
+    if table_chunk != chunk_size || digests.len() as u64 != blob.size.div_ceil(chunk_size) {
+        // The layer index's listing and seek points still serve; its
+        // chunks are checked as if there were no table.
+        found.parts.insert(of.clone(), kind);
+        return Err(format!(
+            "its chunk table is of {table_chunk}-byte chunks, this cache reads {chunk_size}-byte ones"
+        ));
+    }
+    cache.set_chunk_digests(blob, table_chunk, digests);
+    found.parts.insert(of, kind);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_bytes() -> Vec<u8> {
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"a":"b"}}"#.to_vec()
+    }
+
+    #[test]
+    fn binding_adds_one_annotation_and_keeps_the_rest() {
+        let index = Digest::of(b"index");
+        let bound = bind(&manifest_bytes(), &index).unwrap();
+        let before: Value = serde_json::from_slice(&manifest_bytes()).unwrap();
+        let mut after: Value = serde_json::from_slice(&bound).unwrap();
+        assert_eq!(after["annotations"][INDEX_ANNOTATION], index.to_string());
+        after["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(INDEX_ANNOTATION);
+        assert_eq!(before, after);
+        // Bound again: the newer index wins, nothing else changes.
+        let other = Digest::of(b"other");
+        let again: Value = serde_json::from_slice(&bind(&bound, &other).unwrap()).unwrap();
+        assert_eq!(again["annotations"][INDEX_ANNOTATION], other.to_string());
+        assert_eq!(again["annotations"]["a"], "b");
+    }
+
+    #[test]
+    fn an_index_of_manifests_or_junk_cannot_be_bound() {
+        let index = Digest::of(b"index");
+        for bad in [
+            &br#"{"schemaVersion":2,"manifests":[]}"#[..],
+            b"[]",
+            b"not json",
+            br#"{"schemaVersion":2,"layers":[],"annotations":[]}"#,
+        ] {
+            let e = bind(bad, &index).unwrap_err().to_string();
+            assert!(e.contains("bind"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_same_parts_make_the_same_artifact() {
+        let of = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(b"blob"),
+            size: 4,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+            urls: Vec::new(),
+        };
+        let parts = vec![Part {
+            of: of.clone(),
+            media_type: CHUNK_TABLE_TYPE,
+            bytes: table::encode(1 << 20, 4, &[[7u8; 32]]).into(),
+        }];
+        let a = artifact(&parts, None);
+        let b = artifact(&parts, None);
+        assert_eq!(a.digest, b.digest);
+        let m = match manifest::parse(&a.manifest, None, "test").unwrap() {
+            Parsed::Manifest(m) => m,
+            Parsed::Index(_) => panic!("an index"),
+        };
+        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
+        assert_eq!(
+            m.layers[0].annotations[BLOB_ANNOTATION],
+            of.digest.to_string()
+        );
+        assert_eq!(a.blobs.len(), 2);
+        let referrer = artifact(&parts, Some(&of));
+        assert_ne!(referrer.digest, a.digest);
+        let v: Value = serde_json::from_slice(&referrer.manifest).unwrap();
+        assert_eq!(v["subject"]["digest"], of.digest.to_string());
+    }
+}

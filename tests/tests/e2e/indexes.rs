@@ -1,0 +1,307 @@
+//! `ocifs index --bind`: a publisher's chunk-digest index, bound to a copy
+//! of the manifest, lets strict reads fetch only the chunks they read;
+//! other clients see the same artifact; whatever the registry changes in
+//! the index or the bytes is caught by a digest.
+
+use std::io::{Read as _, Seek as _};
+use std::process::Command;
+
+use serde_json::Value;
+
+use ocifs_tests::{
+    CountingProxy, LayerCompression, Registry, RegistryAuth, random_bytes, rootfs_image, run_ocifs,
+    sha256_hex, temp_dir,
+};
+
+use crate::support::{FileSpec, push_files};
+
+const MIB: u64 = 1 << 20;
+
+/// The artifact: a 24 MiB disk image and a small file, pushed by oras-py.
+fn disk_files() -> Vec<FileSpec> {
+    vec![
+        FileSpec {
+            title: "rootfs.img",
+            content: random_bytes(24 * MIB as usize, 0xd15c),
+            media_type: None,
+        },
+        FileSpec {
+            title: "vmlinuz",
+            content: b"not really a kernel\n".to_vec(),
+            media_type: None,
+        },
+    ]
+}
+
+/// `skopeo inspect --raw` of `host/repo_tag`: the manifest as the registry
+/// serves it to another client.
+fn skopeo_manifest(host: &str, repo_tag: &str) -> Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/{repo_tag}"))
+        .output()
+        .expect("running skopeo");
+    assert!(out.status.success(), "skopeo inspect failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("a JSON manifest")
+}
+
+/// Runs `ocifs index` of `host/repo_tag`, binding it as `tag`; returns the
+/// index's digest.
+fn index_and_bind(host: &str, repo_tag: &str, tag: &str) -> String {
+    let out = run_ocifs([
+        "index",
+        "--plain-http",
+        &format!("{host}/{repo_tag}"),
+        "--bind",
+        tag,
+    ]);
+    out.success();
+    let stdout = out.stdout_str();
+    assert!(stdout.contains(&format!(":{tag}@sha256:")), "{out}");
+    stdout
+        .split_whitespace()
+        .nth(1)
+        .filter(|d| d.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no index digest in the output:\n{out}"))
+        .to_owned()
+}
+
+fn read_at(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn a_bound_index_lets_strict_reads_fetch_only_their_chunks_and_other_clients_see_the_same_artifact()
+{
+    let registry = Registry::start(RegistryAuth::None);
+    let work = temp_dir();
+    let files = disk_files();
+    push_files(&registry, work.path(), "disk:v1", &files);
+    let host = registry.host();
+    let index = index_and_bind(&host, "disk:v1", "v1-indexed");
+
+    // Other clients: the same layers, and oras-py pulls the same files.
+    let before = skopeo_manifest(&host, "disk:v1");
+    let after = skopeo_manifest(&host, "disk:v1-indexed");
+    assert_eq!(before["layers"], after["layers"], "{after:#}");
+    assert_eq!(before["config"], after["config"], "{after:#}");
+    assert_eq!(after["annotations"]["io.ocifs.index"], index.as_str());
+    let pulled = ocifs_tests::oras_pull(&host, "disk:v1-indexed", &work.path().join("pulled"));
+    assert_eq!(pulled.len(), files.len(), "{pulled:?}");
+    for f in &files {
+        let p = work.path().join("pulled").join(f.title);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&p).expect("a pulled file")),
+            sha256_hex(&f.content),
+            "{}",
+            f.title
+        );
+    }
+
+    // Strict, through a mount: 4 KiB from the middle fetches the chunk it
+    // is in (and the index), not the 24 MiB.
+    let proxy = CountingProxy::start(&host);
+    let image = &files[0].content;
+    let middle = image.len() as u64 / 2 + 12_345;
+    let mnt = ocifs_tests::Mounted::new(
+        &format!("{}/disk:v1-indexed", proxy.host()),
+        &["--plain-http"],
+    );
+    let got = read_at(&mnt.path("rootfs.img"), middle, 4096).expect("reading the middle");
+    assert_eq!(got, image[middle as usize..middle as usize + 4096]);
+    let fetched = proxy.blob_bytes();
+    assert!(
+        fetched <= 2 * MIB + 64 * 1024,
+        "a strict read of 4 KiB fetched {fetched} bytes:\n{}",
+        proxy.describe()
+    );
+    mnt.unmount();
+
+    // Without the index (the unbound tag), strict mode fetches it whole.
+    proxy.reset();
+    let mnt = ocifs_tests::Mounted::new(&format!("{}/disk:v1", proxy.host()), &["--plain-http"]);
+    read_at(&mnt.path("rootfs.img"), middle, 4096).expect("reading the middle");
+    assert!(
+        proxy.blob_bytes() >= image.len() as u64,
+        "{}",
+        proxy.describe()
+    );
+    mnt.unmount();
+
+    // inspect names the index and what each layer takes from it; cat
+    // reads the whole file, chunk by chunk, right.
+    let out = run_ocifs([
+        "inspect",
+        "--plain-http",
+        &format!("{host}/disk:v1-indexed"),
+    ]);
+    out.success();
+    let text = out.stdout_str();
+    assert!(text.contains(&format!("Index (bound): {index}")), "{out}");
+    assert_eq!(
+        text.matches("index: the bound index's chunk table").count(),
+        2,
+        "{out}"
+    );
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &format!("{host}/disk:v1-indexed"),
+        "rootfs.img",
+    ]);
+    out.success();
+    assert_eq!(sha256_hex(&out.stdout), sha256_hex(image));
+}
+
+#[test]
+fn a_chunk_the_registry_changed_is_never_served_and_a_changed_index_is_not_used() {
+    let registry = Registry::start(RegistryAuth::None);
+    let work = temp_dir();
+    let files = disk_files();
+    push_files(&registry, work.path(), "disk:v1", &files);
+    let host = registry.host();
+    let index = index_and_bind(&host, "disk:v1", "v1-indexed");
+    let image = &files[0].content;
+    let middle = image.len() / 2;
+
+    // The registry's copy of the disk image changes one byte in its
+    // middle chunk: that chunk is refused, others still read.
+    let data = registry.blob_data_path(&format!("sha256:{}", sha256_hex(image)));
+    let pristine = std::fs::read(&data).expect("the registry's blob");
+    let mut bad = pristine.clone();
+    bad[middle] ^= 0x40;
+    std::fs::write(&data, &bad).expect("tampering");
+    let mnt = ocifs_tests::Mounted::new(&format!("{host}/disk:v1-indexed"), &["--plain-http"]);
+    let err = read_at(&mnt.path("rootfs.img"), middle as u64, 4096)
+        .expect_err("a changed chunk was served");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}"); // EIO
+    let start = read_at(&mnt.path("rootfs.img"), 0, 4096).expect("an unchanged chunk");
+    assert_eq!(start, image[..4096]);
+    assert!(mnt.log().contains("sha256"), "{}", mnt.log());
+    mnt.unmount();
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &format!("{host}/disk:v1-indexed"),
+        "rootfs.img",
+    ]);
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stdout.len() <= middle - middle % MIB as usize,
+        "cat wrote {} bytes, past the changed chunk",
+        out.stdout.len()
+    );
+    assert!(
+        out.stdout[..] == image[..out.stdout.len()],
+        "cat wrote a wrong byte"
+    );
+    std::fs::write(&data, &pristine).expect("restoring");
+
+    // The registry changes the index's chunk table: its digest no longer
+    // matches, it is not used (a warning names it), and the file is read
+    // whole, right.
+    let index_manifest: Value = {
+        let (_, _, body) = crate::support::http_get(
+            &host,
+            &format!("/v2/disk/manifests/{index}"),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        serde_json::from_slice(&body).expect("the index manifest")
+    };
+    let part = index_manifest["layers"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter().find(|l| {
+                l["annotations"]["io.ocifs.blob"].as_str()
+                    == Some(&format!("sha256:{}", sha256_hex(image)))
+            })
+        })
+        .and_then(|l| l["digest"].as_str())
+        .expect("the disk image's part")
+        .to_owned();
+    let part_data = registry.blob_data_path(&part);
+    let mut table = std::fs::read(&part_data).expect("the part");
+    table[40] ^= 1;
+    std::fs::write(&part_data, &table).expect("tampering");
+    let proxy = CountingProxy::start(&host);
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &format!("{}/disk:v1-indexed", proxy.host()),
+        "rootfs.img",
+    ]);
+    out.success();
+    assert_eq!(sha256_hex(&out.stdout), sha256_hex(image));
+    assert!(
+        out.stderr.contains(&part) && out.stderr.contains("not used"),
+        "{out}"
+    );
+    assert!(
+        proxy.blob_bytes() >= image.len() as u64,
+        "{}",
+        proxy.describe()
+    );
+}
+
+#[test]
+fn a_bound_index_lists_an_image_strictly_without_streaming_a_layer() {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    let host = registry.host();
+    let manifest = image.push(&host, "rootfs:v1", LayerCompression::Gzip);
+    let index = index_and_bind(&host, "rootfs:v1", "v1-indexed");
+    let layers: u64 = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .sum();
+
+    let ls = |reference: &str| {
+        let out = run_ocifs(["ls", "-R", "--json", "--plain-http", reference]);
+        out.success();
+        out.stdout_str()
+    };
+    let want = ls(&format!("{host}/rootfs:v1"));
+    let proxy = CountingProxy::start(&host);
+    let got = ls(&format!("{}/rootfs:v1-indexed", proxy.host()));
+    assert_eq!(got, want, "the listings differ");
+    // What was fetched is the index's parts, not the layers.
+    let index_manifest = skopeo_manifest(&host, &format!("rootfs@{index}"));
+    let parts: u64 = index_manifest["layers"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .sum();
+    let fetched = proxy.blob_bytes();
+    assert!(
+        fetched <= parts + layers / 100,
+        "ls of the bound image fetched {fetched} bytes (index parts {parts}, layers {layers}):\n{}",
+        proxy.describe()
+    );
+
+    // One file from the middle of the big layer: a seek span and a chunk
+    // or two, checked, right.
+    let middle = image.middle_file();
+    proxy.reset();
+    let out = run_ocifs([
+        "cat",
+        "--plain-http",
+        &format!("{}/rootfs:v1-indexed", proxy.host()),
+        &middle.path,
+    ]);
+    out.success();
+    assert_eq!(sha256_hex(&out.stdout), middle.sha256, "{}", middle.path);
+    assert!(
+        proxy.blob_bytes() <= parts + 4 * MIB,
+        "cat of {} fetched {}:\n{}",
+        middle.path,
+        proxy.blob_bytes(),
+        proxy.describe()
+    );
+}
