@@ -41,12 +41,7 @@ async fn open_tree(
 ) -> anyhow::Result<(Opened, Resolution, Tree)> {
     let (opened, resolution) = open_resolved(args, reference).await?;
     let tree = view
-        .tree(
-            &resolution.manifest,
-            ViewOptions::default().file_mode,
-            &opened.cache,
-            path,
-        )
+        .tree(&resolution, ViewOptions::default().file_mode, &opened, path)
         .await?;
     Ok((opened, resolution, tree))
 }
@@ -73,6 +68,8 @@ struct InspectJson<'a> {
 #[serde(rename_all = "camelCase")]
 struct IndexJson {
     digest: String,
+    /// `bound`, `trusted referrer` or `referrer (lazy mode only)`.
+    how: &'static str,
     /// Per layer digest: `chunk-table` or `layer-index`.
     parts: std::collections::BTreeMap<String, &'static str>,
     problems: Vec<String>,
@@ -92,9 +89,15 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let (reference, _) = args.source.split(&args.operands);
     let (opened, r) = open_resolved(&args.source, reference).await?;
     let m = &r.manifest;
-    let found = ocifs_core::find_index(m, &opened.cache).await;
+    let found =
+        ocifs_core::find_index(m, Some(&r.digest), &opened.cache, opened.trust_referrers).await;
     let index = found.index.as_ref().map(|d| IndexJson {
         digest: d.to_string(),
+        how: match found.how {
+            Some(ocifs_core::IndexHow::Referrer { trusted: true }) => "trusted referrer",
+            Some(ocifs_core::IndexHow::Referrer { trusted: false }) => "referrer (lazy mode only)",
+            _ => "bound",
+        },
         parts: found
             .parts
             .iter()
@@ -154,7 +157,7 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         out.push_str(&format!("  Annotation {k}: {v}\n"));
     }
     if let Some(ix) = &index {
-        out.push_str(&format!("Index (bound): {}\n", ix.digest));
+        out.push_str(&format!("Index ({}): {}\n", ix.how, ix.digest));
         for p in &ix.problems {
             out.push_str(&format!("  not used: {p}\n"));
         }
@@ -173,9 +176,9 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 "none (streamed whole in strict mode)",
                 |k| match *k {
                     "layer-index" => {
-                        "the bound index's layer index (listing, seek points, chunk digests)"
+                        "the index's layer index (listing, seek points, chunk digests)"
                     }
-                    _ => "the bound index's chunk table",
+                    _ => "the index's chunk table",
                 },
             );
             out.push_str(&format!("      index: {from}\n"));
@@ -610,9 +613,44 @@ pub async fn index(mut args: IndexArgs) -> anyhow::Result<()> {
         max_entries: args.max_layer_entries,
     };
     let parts = ocifs_core::make_index(&r.manifest, &opened.cache, &options).await?;
-    let artifact = ocifs_core::index_artifact(&parts, None);
+    let subject = ocifs_core::Descriptor {
+        media_type: r.media_type.clone(),
+        digest: r.digest.clone(),
+        size: r.size,
+        annotations: Default::default(),
+        platform: None,
+        artifact_type: None,
+        urls: Vec::new(),
+    };
+    let artifact = ocifs_core::index_artifact(&parts, args.attach.then_some(&subject));
     for (digest, bytes) in &artifact.blobs {
         registry.push_blob(digest, bytes.clone()).await?;
+    }
+    let bytes: u64 = parts.iter().map(|p| p.bytes.len() as u64).sum();
+    if args.attach {
+        let api = registry
+            .push_referrer(
+                artifact.manifest.clone(),
+                &r.digest,
+                ocifs_core::INDEX_ARTIFACT_TYPE,
+            )
+            .await?;
+        println!(
+            "index {} ({} parts, {bytes} bytes)",
+            artifact.digest,
+            parts.len()
+        );
+        println!(
+            "attached to {}@{} ({})",
+            registry.reference().name(),
+            r.digest,
+            if api {
+                "the registry's referrers API"
+            } else {
+                "no referrers API: listed in the fallback tag"
+            }
+        );
+        return Ok(());
     }
     registry
         .push_manifest(
@@ -621,7 +659,6 @@ pub async fn index(mut args: IndexArgs) -> anyhow::Result<()> {
             artifact.manifest.clone(),
         )
         .await?;
-    let bytes: u64 = parts.iter().map(|p| p.bytes.len() as u64).sum();
     println!(
         "index {} ({} parts, {bytes} bytes)",
         artifact.digest,

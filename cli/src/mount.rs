@@ -261,7 +261,7 @@ async fn open_view(
     .await?;
     let tree = args
         .view
-        .tree(&resolution.manifest, args.file_mode, &opened.cache, None)
+        .tree(&resolution, args.file_mode, &opened, None)
         .await?;
     Ok((opened, resolution, Arc::new(tree)))
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use ocifs_core::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
-    ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Manifest,
-    Platform, Reference, RegistryOptions, RegistrySource, RetryPolicy, Source, Tree, Verify, View,
-    ViewOptions,
+    ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Platform,
+    Reference, RegistryOptions, RegistrySource, Resolution, RetryPolicy, Source, Tree, Verify,
+    View, ViewOptions,
 };
 
 /// Parses a byte size: `4096`, `512K`, `1M`, `1MiB`, `10G`, `1.5G`.
@@ -79,9 +79,9 @@ impl ViewArgs {
     /// root), if it is known: only the packages on the way there are read.
     pub async fn tree(
         &self,
-        manifest: &Manifest,
+        resolution: &Resolution,
         file_mode: u32,
-        cache: &ChunkCache,
+        opened: &Opened,
         path: Option<&str>,
     ) -> anyhow::Result<Tree> {
         let view = View {
@@ -95,8 +95,16 @@ impl ViewArgs {
                 max_entries: self.max_layer_entries,
             },
             root: self.root.clone(),
+            trust_referrers: opened.trust_referrers,
         };
-        Ok(view.build(manifest, cache, path).await?)
+        Ok(view
+            .build(
+                &resolution.manifest,
+                Some(&resolution.digest),
+                &opened.cache,
+                path,
+            )
+            .await?)
     }
 }
 
@@ -188,6 +196,13 @@ pub struct SourceArgs {
     #[arg(long, value_name = "MODE", default_value = "strict")]
     pub verify: Verify,
 
+    /// Use an ocifs index a referrer of the manifest (OCI 1.1 `subject`)
+    /// holds in strict mode too, as if the manifest named it: trust that
+    /// whoever can push to this repository publishes true tables. Without
+    /// it, referrers are used in lazy mode only.
+    #[arg(long)]
+    pub trust_referrers: bool,
+
     /// Use only what the cache holds; make no network request at all.
     #[arg(long)]
     pub offline: bool,
@@ -246,6 +261,8 @@ pub struct Opened {
     pub platform: Option<Platform>,
     /// The registry itself, when the source is one and it was reached.
     pub registry: Option<Arc<RegistrySource>>,
+    /// `--trust-referrers`.
+    pub trust_referrers: bool,
 }
 
 impl SourceArgs {
@@ -394,6 +411,7 @@ impl SourceArgs {
             reference,
             platform: self.platform.clone(),
             registry: reached,
+            trust_referrers: self.trust_referrers,
         })
     }
 }
@@ -409,8 +427,19 @@ pub struct IndexArgs {
     /// Push a copy of REF's manifest that names the index under this tag:
     /// its digest then covers the index, and strict reads of it fetch only
     /// the chunks they read. Other clients see the same files and layers.
-    #[arg(long, value_name = "TAG", required = true)]
+    #[arg(
+        long,
+        value_name = "TAG",
+        required_unless_present = "attach",
+        conflicts_with = "attach"
+    )]
     pub bind: Option<String>,
+    /// Push the index as a referrer of REF's manifest (OCI 1.1 `subject`;
+    /// the `sha256-<hex>` fallback tag where the registry has no referrers
+    /// API), leaving REF as it is. A referrer is not bound to REF: readers
+    /// use it in lazy mode, and in strict mode only with --trust-referrers.
+    #[arg(long)]
+    pub attach: bool,
     /// Refuse an image layer with more entries than this.
     #[arg(long, value_name = "N", default_value_t = ocifs_core::internals::tar::MAX_LAYER_ENTRIES)]
     pub max_layer_entries: usize,

@@ -13,6 +13,7 @@
 //! ```text
 //!  reading        read       ContentReader: the one Reader, Content → bytes
 //!  tree builders  view       View (the policy), artifacts, Tree::build
+//!                 published  indexes a publisher bound to a manifest
 //!                 image      image indexes, LayerIndex, overlay merge
 //!                 package    zip and tar packages as directories
 //!  decoding       codec      blob → blocking Read, gzip/zstd seek points,
@@ -86,8 +87,8 @@ pub use package::Format;
 pub use platform::Platform;
 pub use published::{
     ARTIFACT_TYPE as INDEX_ARTIFACT_TYPE, Artifact as IndexArtifact, Found as FoundIndex,
-    INDEX_ANNOTATION, Part as IndexPart, artifact as index_artifact, bind as bind_index,
-    find as find_index, make as make_index,
+    How as IndexHow, INDEX_ANNOTATION, Part as IndexPart, artifact as index_artifact,
+    bind as bind_index, find as find_index, make as make_index,
 };
 pub use read::{ContentReader, DECODED_BUDGET, Reader};
 pub use reference::{LayoutRef, Reference, RegistryRef};

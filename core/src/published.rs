@@ -182,11 +182,27 @@ pub fn bind(raw: &[u8], index: &Digest) -> Result<Vec<u8>> {
     serde_json::to_vec(&m).map_err(|e| refused(&e.to_string()))
 }
 
+/// How an index was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Named by the manifest's own annotation: in the chain of digests
+    /// from the reference.
+    Bound,
+    /// A referrer of the manifest (`subject`), listed by the registry:
+    /// trusted only if the user said so (`--trust-referrers`).
+    Referrer {
+        /// Whether the user trusts the repository's referrers.
+        trusted: bool,
+    },
+}
+
 /// What was found of a manifest's index.
 #[derive(Debug, Default)]
 pub struct Found {
-    /// The index's digest, if the manifest names one.
+    /// The index's digest, if one was found.
     pub index: Option<Digest>,
+    /// How it was found.
+    pub how: Option<How>,
     /// The layer indexes that checked out, by layer digest.
     pub layers: HashMap<Digest, LayerIndex>,
     /// Per blob of the manifest that has a part that checked out, which
@@ -196,25 +212,57 @@ pub struct Found {
     pub problems: Vec<String>,
 }
 
-/// Finds the index bound to `manifest`, if it names one, reads it through
-/// `cache` and hands its chunk tables to the cache; its layer indexes are
-/// in what is returned, for the image builder.
-pub async fn find(manifest: &Manifest, cache: &ChunkCache) -> Found {
+/// Finds the index of `manifest` (whose digest is `subject`, if known) and
+/// reads it through `cache`, handing its chunk tables to the cache; its
+/// layer indexes are in what is returned, for the image builder.
+///
+/// The manifest's own annotation comes first: such an index is bound to
+/// the reference. Else a referrer of the manifest is looked for, which
+/// anyone who can push to the repository can add, and a registry can make
+/// up: in strict mode only if `trust_referrers` (it then counts as
+/// bound), in lazy mode always, its chunk tables then checking each chunk
+/// as it arrives until a whole blob proves one wrong.
+pub async fn find(
+    manifest: &Manifest,
+    subject: Option<&Digest>,
+    cache: &ChunkCache,
+    trust_referrers: bool,
+) -> Found {
     let mut found = Found::default();
-    let Some(value) = manifest.annotations.get(INDEX_ANNOTATION) else {
-        return found;
-    };
-    let digest: Digest = match value.parse() {
-        Ok(d) => d,
-        Err(_) => {
-            found.problems.push(format!(
-                "the manifest's annotation {INDEX_ANNOTATION} is not a digest ({value:?}); no index used"
-            ));
-            return found;
+    let (digest, how) = match (manifest.annotations.get(INDEX_ANNOTATION), subject) {
+        (Some(value), _) => match value.parse::<Digest>() {
+            Ok(d) => (d, How::Bound),
+            Err(_) => {
+                found.problems.push(format!(
+                    "the manifest's annotation {INDEX_ANNOTATION} is not a digest ({value:?}); no index used"
+                ));
+                return found;
+            }
+        },
+        (None, Some(subject)) if trust_referrers || cache.verify() == crate::blob::Verify::Lazy => {
+            match cache.source().referrers(subject, ARTIFACT_TYPE).await {
+                Ok(list) => match list.last() {
+                    Some(d) => (
+                        d.digest.clone(),
+                        How::Referrer {
+                            trusted: trust_referrers,
+                        },
+                    ),
+                    None => return found,
+                },
+                Err(e) => {
+                    found.problems.push(format!(
+                        "the referrers of {subject} could not be listed ({e}); no index used"
+                    ));
+                    return found;
+                }
+            }
         }
+        (None, _) => return found,
     };
     found.index = Some(digest.clone());
-    if let Err(e) = read_index(manifest, cache, &digest, &mut found).await {
+    found.how = Some(how);
+    if let Err(e) = read_index(manifest, subject, cache, &digest, how, &mut found).await {
         found.problems.push(format!("index {digest} not used: {e}"));
     }
     found
@@ -222,8 +270,10 @@ pub async fn find(manifest: &Manifest, cache: &ChunkCache) -> Found {
 
 async fn read_index(
     manifest: &Manifest,
+    subject: Option<&Digest>,
     cache: &ChunkCache,
     digest: &Digest,
+    how: How,
     found: &mut Found,
 ) -> Result<()> {
     let what = format!("index {digest}");
@@ -235,28 +285,37 @@ async fn read_index(
     if &actual != digest {
         return Err(Error::digest_mismatch(what, digest, actual));
     }
+    let malformed = |detail: String| Error::Malformed {
+        what: what.clone(),
+        detail,
+        source: None,
+    };
     let index = match manifest::parse(&fetched.bytes, fetched.media_type.as_deref(), &what)? {
         Parsed::Manifest(m) => m,
-        Parsed::Index(_) => {
-            return Err(Error::Malformed {
-                what,
-                detail: "it is an index of manifests".into(),
-                source: None,
-            });
-        }
+        Parsed::Index(_) => return Err(malformed("it is an index of manifests".into())),
     };
-    if index.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-        return Err(Error::Malformed {
-            what,
-            detail: format!(
-                "its artifact type is {:?}, not {ARTIFACT_TYPE}",
-                index.artifact_type.as_deref().unwrap_or("none")
-            ),
-            source: None,
-        });
+    // OCI: without `artifactType`, the config's media type is the type.
+    let artifact_type = index
+        .artifact_type
+        .as_deref()
+        .unwrap_or(&index.config.media_type);
+    if artifact_type != ARTIFACT_TYPE {
+        return Err(malformed(format!(
+            "its artifact type is {artifact_type}, not {ARTIFACT_TYPE}"
+        )));
     }
+    if let (How::Referrer { .. }, Some(subject)) = (how, subject) {
+        let raw: Value = serde_json::from_slice(&fetched.bytes).unwrap_or_default();
+        let named = raw["subject"]["digest"].as_str().unwrap_or("none");
+        if named != subject.to_string() {
+            return Err(malformed(format!(
+                "listed as a referrer of {subject}, its subject is {named}"
+            )));
+        }
+    }
+    let trusted = !matches!(how, How::Referrer { trusted: false });
     for part in &index.layers {
-        if let Err(problem) = read_part(manifest, cache, part, found).await {
+        if let Err(problem) = read_part(manifest, cache, part, trusted, found).await {
             found.problems.push(format!(
                 "part {} of index {digest} not used: {problem}",
                 part.digest
@@ -271,6 +330,7 @@ async fn read_part(
     manifest: &Manifest,
     cache: &ChunkCache,
     part: &Descriptor,
+    trusted: bool,
     found: &mut Found,
 ) -> std::result::Result<(), String> {
     let of: Digest = part
@@ -323,16 +383,19 @@ async fn read_part(
         found.layers.insert(of.clone(), ix);
         table
     };
+    found.parts.insert(of.clone(), kind);
     if table_chunk != chunk_size || digests.len() as u64 != blob.size.div_ceil(chunk_size) {
-        // The layer index's listing and seek points still serve; its
+        // A layer index's listing and seek points still serve; its
         // chunks are checked as if there were no table.
-        found.parts.insert(of.clone(), kind);
         return Err(format!(
             "its chunk table is of {table_chunk}-byte chunks, this cache reads {chunk_size}-byte ones"
         ));
     }
-    cache.set_chunk_digests(blob, table_chunk, digests);
-    found.parts.insert(of, kind);
+    if trusted {
+        cache.set_chunk_digests(blob, table_chunk, digests);
+    } else {
+        cache.set_untrusted_chunk_digests(blob, table_chunk, digests);
+    }
     Ok(())
 }
 

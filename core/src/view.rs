@@ -428,6 +428,10 @@ pub struct View {
     pub image: crate::image::ImageOptions,
     /// Show only this directory of the view, as its root (`--root`).
     pub root: Option<String>,
+    /// Count an ocifs index a referrer of the manifest is as if it were
+    /// bound to it (`--trust-referrers`); else one is used in lazy mode
+    /// only (see [`crate::published::find`]).
+    pub trust_referrers: bool,
 }
 
 impl View {
@@ -440,13 +444,15 @@ impl View {
     /// root), only the packages on the way there are read; should the way
     /// pass a symlink or not exist, every package is, so that the view is
     /// exactly the full one. Problems are logged as warnings.
+    /// `digest` is the manifest's, if known: its referrers are looked for.
     pub async fn build(
         &self,
         manifest: &Manifest,
+        digest: Option<&crate::Digest>,
         cache: &crate::cache::ChunkCache,
         path: Option<&str>,
     ) -> Result<Tree> {
-        let found = crate::published::find(manifest, cache).await;
+        let found = crate::published::find(manifest, digest, cache, self.trust_referrers).await;
         for problem in &found.problems {
             tracing::warn!("{problem}");
         }

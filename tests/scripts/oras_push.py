@@ -6,6 +6,7 @@ test harness (tests/src/tools.rs, `oras_push`):
     oras_push.py --target HOST/REPO:TAG [--username U --password P]
                  [--annotation-file FILE] [--manifest-annotation K=V]...
                  [--config PATH[:MEDIATYPE]] [--no-unpack-annotation]
+                 [--subject MEDIATYPE@DIGEST@SIZE]
                  FILE[:MEDIATYPE]...
 
 Plain HTTP only (the test registries are loopback). The auth backend follows
@@ -29,6 +30,7 @@ import sys
 import requests
 
 import oras.defaults
+import oras.oci
 import oras.provider
 import oras.utils
 
@@ -68,6 +70,14 @@ def auth_backend(host):
     return "basic" if r.status_code == 401 and scheme == "basic" else "token"
 
 
+def subject(spec):
+    """An oras.oci.Subject from MEDIATYPE@DIGEST@SIZE, or None."""
+    if not spec:
+        return None
+    media_type, digest, size = spec.split("@")
+    return oras.oci.Subject(mediaType=media_type, digest=digest, size=int(size))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, help="HOST:PORT/REPO:TAG")
@@ -77,6 +87,7 @@ def main():
     p.add_argument("--manifest-annotation", action="append", default=[], metavar="K=V")
     p.add_argument("--config", help="PATH[:MEDIATYPE] of the manifest config")
     p.add_argument("--no-unpack-annotation", action="store_true")
+    p.add_argument("--subject", help="MEDIATYPE@DIGEST@SIZE: push a referrer of that manifest")
     p.add_argument("files", nargs="+", metavar="FILE[:MEDIATYPE]")
     args = p.parse_args()
 
@@ -113,6 +124,7 @@ def main():
         manifest_annotations=annotations or None,
         annotation_file=args.annotation_file,
         manifest_config=args.config,
+        subject=subject(args.subject),
         disable_path_validation=True,
         quiet=True,
     )

@@ -212,6 +212,9 @@ pub struct PushOptions {
     /// Push directories exactly as oras-py does, without the oras CLI's
     /// unpack annotations the harness otherwise adds.
     pub no_unpack_annotation: bool,
+    /// Push a referrer of this manifest (media type, digest, size): its
+    /// `subject` (oras-py does not update a fallback tag).
+    pub subject: Option<(String, String, u64)>,
 }
 
 impl PushOptions {
@@ -257,6 +260,11 @@ pub fn oras_push(
     }
     if options.no_unpack_annotation {
         command.arg("--no-unpack-annotation");
+    }
+    if let Some((media_type, digest, size)) = &options.subject {
+        command
+            .arg("--subject")
+            .arg(format!("{media_type}@{digest}@{size}"));
     }
     // oras-py looks a layer's annotations up by the path it was given; a
     // title there overrides the file's name.

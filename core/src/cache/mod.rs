@@ -166,6 +166,10 @@ struct Inner {
     /// (`ChunkCache::set_chunk_digests`): strict reads of such a blob go
     /// chunk by chunk, each fetched chunk checked.
     tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    /// Those of `tables` nothing binds to the reference (a referrer's, in
+    /// lazy mode): a chunk that disagrees with one has the whole blob
+    /// decide which is wrong.
+    untrusted: Mutex<HashSet<Digest>>,
     /// Chunk digest tables this cache took itself, while it hashed a blob
     /// whole, or read from beside a complete blob: for checking bytes at
     /// rest (and fetched chunks), not for skipping the whole-blob fetch.
@@ -320,6 +324,7 @@ impl ChunkCache {
                 bad: Mutex::new(HashMap::new()),
                 sequences: Mutex::new(HashMap::new()),
                 tables: Mutex::new(HashMap::new()),
+                untrusted: Mutex::new(HashSet::new()),
                 own_tables: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
                 checking: Mutex::new(HashMap::new()),
@@ -472,6 +477,42 @@ impl Inner {
             h.put(digest.clone(), f.clone());
         }
         Ok(Some(f))
+    }
+
+    /// A read; should its bytes disagree with an untrusted chunk table,
+    /// the whole blob is fetched and checked against its digest: if it
+    /// checks out, the table was wrong and is dropped (the read is served
+    /// from the complete blob), else the blob was, and the read fails.
+    async fn read_settling(
+        self: &Arc<Self>,
+        blob: &Descriptor,
+        offset: u64,
+        len: u64,
+        keep: bool,
+    ) -> Result<Bytes> {
+        match self.read_blob(blob, offset, len, keep).await {
+            Err(e @ Error::DigestMismatch { .. }) if self.distrust(&blob.digest) => {
+                tracing::warn!(
+                    digest = %blob.digest,
+                    "bytes disagree with the chunk table a referrer gave ({e}); the whole blob decides"
+                );
+                if let Ok(mut t) = self.tables.lock() {
+                    t.remove(&blob.digest);
+                }
+                self.ensure_complete(blob).await?;
+                tracing::warn!(
+                    digest = %blob.digest,
+                    "the blob checked out whole: the referrer's chunk table is wrong and no longer used"
+                );
+                self.read_blob(blob, offset, len, keep).await
+            }
+            other => other,
+        }
+    }
+
+    /// Takes `digest`'s table out of the untrusted ones: whether it was.
+    fn distrust(&self, digest: &Digest) -> bool {
+        self.untrusted.lock().is_ok_and(|mut u| u.remove(digest))
     }
 
     /// `keep`: whether chunks read from disk or fetched go into the memory
@@ -751,11 +792,11 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 #[async_trait]
 impl BlobReader for ChunkCache {
     async fn read_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
-        self.inner.read_blob(blob, offset, len, true).await
+        self.inner.read_settling(blob, offset, len, true).await
     }
 
     async fn scan_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
-        self.inner.read_blob(blob, offset, len, false).await
+        self.inner.read_settling(blob, offset, len, false).await
     }
 
     fn stats(&self) -> Stats {

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::DiskStore;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE};
 use crate::reference::RegistryRef;
@@ -164,6 +165,13 @@ impl Source for CachedSource {
     async fn tags(&self) -> Result<Vec<String>> {
         match &self.inner {
             Some(inner) => inner.tags().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {
+        match &self.inner {
+            Some(inner) => inner.referrers(subject, artifact_type).await,
             None => Ok(Vec::new()),
         }
     }

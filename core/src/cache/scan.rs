@@ -165,14 +165,44 @@ impl ChunkCache {
     /// against them when fetched, and strict mode serves a chunk once it
     /// checked out rather than after the whole blob did. A table of
     /// another chunk size, or of the wrong length, is not used.
-    pub fn set_chunk_digests(&self, blob: &Descriptor, chunk_size: u64, digests: Vec<[u8; 32]>) {
+    pub fn set_chunk_digests(
+        &self,
+        blob: &Descriptor,
+        chunk_size: u64,
+        digests: Vec<[u8; 32]>,
+    ) -> bool {
         let cs = self.inner.options.chunk_size;
         if chunk_size != cs || digests.len() as u64 != blob.size.div_ceil(cs) {
             tracing::debug!(digest = %blob.digest, chunk_size, "chunk digest table not used");
-            return;
+            return false;
         }
         if let Ok(mut t) = self.inner.tables.lock() {
             t.insert(blob.digest.clone(), Arc::new(digests));
+        }
+        if let Ok(mut u) = self.inner.untrusted.lock() {
+            u.remove(&blob.digest);
+        }
+        true
+    }
+
+    /// As [`ChunkCache::set_chunk_digests`], for a table nothing binds to
+    /// the reference (a referrer's): in lazy mode only, each chunk fetched
+    /// is checked against it, and should one disagree, the whole blob is
+    /// fetched to decide: the table is dropped if the blob checks out.
+    /// Strict mode does not take one.
+    pub fn set_untrusted_chunk_digests(
+        &self,
+        blob: &Descriptor,
+        chunk_size: u64,
+        digests: Vec<[u8; 32]>,
+    ) {
+        if self.inner.options.verify == crate::blob::Verify::Strict {
+            return;
+        }
+        if self.set_chunk_digests(blob, chunk_size, digests)
+            && let Ok(mut u) = self.inner.untrusted.lock()
+        {
+            u.insert(blob.digest.clone());
         }
     }
 

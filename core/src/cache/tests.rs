@@ -931,6 +931,58 @@ async fn strict_with_chunk_digests_fetches_only_the_chunks_read_and_checks_each(
 }
 
 #[tokio::test]
+async fn an_untrusted_table_checks_lazy_chunks_and_the_whole_blob_decides_when_they_disagree() {
+    let blob = data(1_000_000, 43);
+    let (src, d) = Fake::with(&[&blob]);
+    let content = d[0].clone();
+    let table = table_from_a_scan_elsewhere(&src, &d[0]).await;
+
+    // A right table: a lazy read fetches its chunks only, each checked.
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    lazy.set_untrusted_chunk_digests(&content, 64 * 1024, table.clone());
+    let before = src.bytes.load(Ordering::SeqCst);
+    let got = lazy.read_blob(&content, 500_000, 100).await.unwrap();
+    assert_eq!(&got[..], &blob[500_000..500_100]);
+    assert!(src.bytes.load(Ordering::SeqCst) - before <= 2 * 64 * 1024);
+
+    // A wrong one: the chunk disagrees, the whole blob is fetched and
+    // checks out, the table is dropped and the read served right.
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    let mut wrong = table.clone();
+    wrong[7] = [0u8; 32];
+    lazy.set_untrusted_chunk_digests(&content, 64 * 1024, wrong.clone());
+    let got = lazy
+        .read_blob(&content, 7 * 64 * 1024 + 5, 100)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &blob[7 * 64 * 1024 + 5..7 * 64 * 1024 + 105]);
+    assert!(
+        lazy.backing_file(&content).is_some(),
+        "the blob is not complete"
+    );
+
+    // A right table and a lying source: the whole blob fails too, and the
+    // read fails; no byte of it is served.
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = cache(src.clone(), dir.path(), options(Verify::Lazy));
+    lazy.set_untrusted_chunk_digests(&content, 64 * 1024, table.clone());
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = lazy.read_blob(&content, 300_000, 10).await.unwrap_err();
+    src.corrupt.store(false, Ordering::SeqCst);
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+
+    // Strict mode takes no untrusted table: the whole blob first.
+    let dir = tempfile::tempdir().unwrap();
+    let strict = cache(src.clone(), dir.path(), options(Verify::Strict));
+    strict.set_untrusted_chunk_digests(&content, 64 * 1024, table);
+    let before = src.bytes.load(Ordering::SeqCst);
+    strict.read_blob(&content, 0, 10).await.unwrap();
+    assert_eq!(src.bytes.load(Ordering::SeqCst) - before, 1_000_000);
+}
+
+#[tokio::test]
 async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() {
     let blob = data(500_000, 42);
     let (src, d) = Fake::with(&[&blob]);

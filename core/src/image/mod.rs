@@ -169,6 +169,9 @@ async fn layer(
     let decoding = (keep_decoded && cache.store().is_some()).then_some(Decoding {
         diff_id: diff_id.as_ref(),
     });
+    // A given index's chunk digests are the cache's already, with the
+    // trust their source has.
+    let given_table = given.is_some();
     let index = match given {
         Some(ix) => ix,
         None => layer_index(cache, blob, options, decoding).await?,
@@ -183,7 +186,7 @@ async fn layer(
         chunk_digests,
         ..
     } = index;
-    if !chunk_digests.is_empty() {
+    if !chunk_digests.is_empty() && !given_table {
         cache.set_chunk_digests(blob, chunk_size, chunk_digests);
     }
     let entries = if is_estargz(blob) {

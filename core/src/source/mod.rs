@@ -103,6 +103,16 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// that cannot list return an empty list.
     async fn tags(&self) -> Result<Vec<String>>;
 
+    /// The manifests that name manifest `subject` as theirs (OCI
+    /// referrers) and are of `artifact_type`; none where the source keeps
+    /// no such list. What it says is not bound to the reference: a caller
+    /// checks each manifest it fetches by its digest, and trusts it only
+    /// as far as it trusts whoever can push to the repository.
+    async fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {
+        let _ = (subject, artifact_type);
+        Ok(Vec::new())
+    }
+
     /// The layout's `index.json`, for sources that have one.
     async fn root_index(&self) -> Result<Option<Index>> {
         Ok(None)

@@ -931,6 +931,14 @@ impl Source for RegistrySource {
         self.options.retry
     }
 
+    async fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {
+        let what = format!("listing the referrers of {subject}");
+        self.options
+            .retry
+            .run(&what, || self.referrers_once(subject, artifact_type))
+            .await
+    }
+
     async fn tags(&self) -> Result<Vec<String>> {
         #[derive(serde::Deserialize)]
         struct TagList {
@@ -968,6 +976,12 @@ impl Source for RegistrySource {
             })
             .await
     }
+}
+
+/// The tag under which a registry without the referrers API keeps the
+/// referrers of `subject` (OCI distribution spec 1.1).
+fn fallback_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
 }
 
 /// Pushing, for `ocifs index`: blobs by monolithic upload, manifests by
@@ -1066,6 +1080,150 @@ impl RegistrySource {
         media_type: &str,
         bytes: Bytes,
     ) -> Result<Digest> {
+        Ok(self.put_manifest(reference, media_type, bytes).await?.0)
+    }
+
+    /// Pushes `manifest` (an OCI image manifest with a `subject`, of
+    /// `artifact_type`) as a referrer of manifest `subject`: by its digest,
+    /// and, where the registry does not keep referrers itself (its answer
+    /// has no `OCI-Subject`), into the fallback tag's index
+    /// (`sha256-<hex>` of the subject). Returns whether the registry keeps
+    /// them itself.
+    pub async fn push_referrer(
+        &self,
+        manifest: Bytes,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<bool> {
+        let size = manifest.len() as u64;
+        let (digest, api) = self
+            .put_manifest(
+                &Digest::of(&manifest).to_string(),
+                media_type::OCI_MANIFEST,
+                manifest,
+            )
+            .await?;
+        if api {
+            return Ok(true);
+        }
+        let tag = fallback_tag(subject);
+        let what = format!("the referrers tag {tag}");
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(media_type::OCI_INDEX));
+        let response = self
+            .get(&self.url(&format!("manifests/{tag}")), headers, &what)
+            .await?;
+        let mut index: serde_json::Value = match response.status().as_u16() {
+            200 => {
+                let body = self.small_body(response, &what, MAX_MANIFEST_SIZE).await?;
+                serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+                    what: what.clone(),
+                    detail: e.to_string(),
+                    source: cause(e),
+                })?
+            }
+            404 => serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media_type::OCI_INDEX,
+                "manifests": [],
+            }),
+            status => return Err(self.status_error(status, &what, response).await),
+        };
+        let entries = index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| Error::Malformed {
+                what: what.clone(),
+                detail: "not an index (no manifests list)".into(),
+                source: None,
+            })?;
+        let named = digest.to_string();
+        if !entries
+            .iter()
+            .any(|e| e["digest"].as_str() == Some(named.as_str()))
+        {
+            entries.push(serde_json::json!({
+                "mediaType": media_type::OCI_MANIFEST,
+                "digest": named,
+                "size": size,
+                "artifactType": artifact_type,
+            }));
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&index).unwrap_or_default());
+        self.put_manifest(&tag, media_type::OCI_INDEX, bytes)
+            .await?;
+        Ok(false)
+    }
+
+    /// A body of at most `limit` bytes.
+    async fn small_body(&self, response: Response, what: &str, limit: u64) -> Result<Bytes> {
+        match read_bounded(response, limit).await {
+            Ok(b) => Ok(b),
+            Err(BodyError::Transfer(e)) => Err(self.map_body(e, what)),
+            Err(BodyError::TooLarge(size)) => Err(Error::TooLarge {
+                what: what.to_owned(),
+                size,
+                limit,
+            }),
+        }
+    }
+
+    /// The referrers of `subject` of `artifact_type`: the registry's
+    /// referrers API, else its fallback tag.
+    async fn referrers_once(
+        &self,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<Vec<Descriptor>> {
+        let what = format!("the referrers of {subject}");
+        let mut url = Url::parse(&self.url(&format!("referrers/{subject}"))).map_err(|e| {
+            Error::Malformed {
+                what: what.clone(),
+                detail: e.to_string(),
+                source: cause(e),
+            }
+        })?;
+        url.query_pairs_mut()
+            .append_pair("artifactType", artifact_type);
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(media_type::OCI_INDEX));
+        let response = self.get(url.as_str(), headers.clone(), &what).await?;
+        let body = match response.status().as_u16() {
+            200 => self.small_body(response, &what, MAX_MANIFEST_SIZE).await?,
+            404 => {
+                // No referrers API (distribution 2.8): the fallback tag.
+                let tag = fallback_tag(subject);
+                let what = format!("the referrers tag {tag}");
+                let response = self
+                    .get(&self.url(&format!("manifests/{tag}")), headers, &what)
+                    .await?;
+                match response.status().as_u16() {
+                    200 => self.small_body(response, &what, MAX_MANIFEST_SIZE).await?,
+                    404 => return Ok(Vec::new()),
+                    status => return Err(self.status_error(status, &what, response).await),
+                }
+            }
+            status => return Err(self.status_error(status, &what, response).await),
+        };
+        let index: crate::manifest::Index =
+            serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+                what,
+                detail: e.to_string(),
+                source: cause(e),
+            })?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .filter(|d| d.artifact_type.as_deref() == Some(artifact_type))
+            .collect())
+    }
+
+    async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(Digest, bool)> {
         let digest = Digest::of(&bytes);
         let what = format!("pushing manifest {}:{reference}", self.reference.name());
         let mut headers = HeaderMap::new();
@@ -1084,8 +1242,9 @@ impl RegistrySource {
                 &what,
             )
             .await?;
+        let api = response.headers().contains_key("oci-subject");
         match response.status().as_u16() {
-            201 | 200 | 204 => Ok(digest),
+            201 | 200 | 204 => Ok((digest, api)),
             status => Err(self.status_error(status, &what, response).await),
         }
     }

@@ -143,7 +143,7 @@ fn a_bound_index_lets_strict_reads_fetch_only_their_chunks_and_other_clients_see
     let text = out.stdout_str();
     assert!(text.contains(&format!("Index (bound): {index}")), "{out}");
     assert_eq!(
-        text.matches("index: the bound index's chunk table").count(),
+        text.matches("index: the index's chunk table").count(),
         2,
         "{out}"
     );
@@ -304,4 +304,228 @@ fn a_bound_index_lists_an_image_strictly_without_streaming_a_layer() {
         proxy.blob_bytes(),
         proxy.describe()
     );
+}
+
+/// `ls -R --json` of `reference` with `extra` flags, as (stdout, bytes
+/// of blobs fetched through `proxy`).
+fn ls_counted(proxy: &CountingProxy, reference: &str, extra: &[&str]) -> (String, u64, String) {
+    proxy.reset();
+    let mut args = vec!["ls", "-R", "--json", "--plain-http"];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    let out = run_ocifs(args);
+    out.success();
+    (out.stdout_str(), proxy.blob_bytes(), out.stderr.clone())
+}
+
+#[test]
+fn an_attached_index_is_used_in_lazy_mode_and_in_strict_mode_only_when_trusted() {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    let host = registry.host();
+    let manifest = image.push(&host, "rootfs:v1", LayerCompression::Gzip);
+    let before = skopeo_manifest(&host, "rootfs:v1");
+    let out = run_ocifs([
+        "index",
+        "--plain-http",
+        &format!("{host}/rootfs:v1"),
+        "--attach",
+    ]);
+    out.success();
+    let stdout = out.stdout_str();
+    // distribution 2.8 has no referrers API: the fallback tag lists it.
+    assert!(stdout.contains("fallback tag"), "{out}");
+    let index = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("the index digest")
+        .to_owned();
+    // The image itself is as it was, for every client.
+    assert_eq!(skopeo_manifest(&host, "rootfs:v1"), before);
+    let (_, _, body) = crate::support::http_get(
+        &host,
+        "/v2/rootfs/manifests/v1",
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let fallback = skopeo_manifest(&host, &format!("rootfs:sha256-{}", &digest[7..]));
+    let listed = fallback["manifests"].as_array().expect("an index");
+    assert!(
+        listed.iter().any(|d| d["digest"] == index.as_str()
+            && d["artifactType"] == "application/vnd.ocifs.index.v1"),
+        "{fallback:#}"
+    );
+
+    let layers: u64 = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .sum();
+    let proxy = CountingProxy::start(&host);
+    let reference = format!("{}/rootfs:v1", proxy.host());
+    // Strict, untrusted: the referrer is not even asked for; every layer
+    // is streamed.
+    let (want, streamed, _) = ls_counted(&proxy, &reference, &[]);
+    assert!(streamed >= layers, "{}", proxy.describe());
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("sha256-") || r.path.contains("/referrers/")),
+        "strict mode asked for referrers:\n{}",
+        proxy.describe()
+    );
+    // Lazy, and strict with --trust-referrers: no layer is streamed.
+    for extra in [&["--verify", "lazy"][..], &["--trust-referrers"][..]] {
+        let (got, fetched, stderr) = ls_counted(&proxy, &reference, extra);
+        assert_eq!(got, want, "{extra:?}: the listings differ\n{stderr}");
+        assert!(
+            fetched <= layers / 100 + 4 * MIB,
+            "{extra:?}: ls fetched {fetched} of {layers} bytes of layers:\n{}",
+            proxy.describe()
+        );
+    }
+}
+
+#[test]
+fn a_referrer_listed_by_the_referrers_api_whose_table_lies_is_dropped_once_the_blob_proves_it_wrong()
+ {
+    let registry = Registry::start(RegistryAuth::None);
+    let work = temp_dir();
+    let content = random_bytes(8 * MIB as usize, 0x11e);
+    let files = vec![FileSpec {
+        title: "disk.img",
+        content: content.clone(),
+        media_type: None,
+    }];
+    let digest = push_files(&registry, work.path(), "disk:v1", &files);
+    let host = registry.host();
+    let (_, _, body) = crate::support::http_get(
+        &host,
+        &format!("/v2/disk/manifests/{digest}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    let subject_size = body.len() as u64;
+
+    // A referrer anyone with push access could make: a well-formed chunk
+    // table of the right length whose digests are not the blob's.
+    let blob = format!("sha256:{}", sha256_hex(&content));
+    let mut table = b"OCIFSCT1".to_vec();
+    table.extend_from_slice(&MIB.to_le_bytes());
+    table.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    for n in 0..8u8 {
+        table.extend_from_slice(&[n; 32]);
+    }
+    let sum = ocifs_tests::sha256_digest(&table);
+    table.extend_from_slice(&hex_bytes(&sum[7..]));
+    let table_path = work.path().join("table.bin");
+    std::fs::write(&table_path, &table).expect("writing the table");
+    let config = work.path().join("config.json");
+    std::fs::write(&config, b"{}").expect("writing the config");
+    let referrer = ocifs_tests::oras_push(
+        &host,
+        "disk:hostile",
+        &[ocifs_tests::PushFile::new(&table_path)
+            .media_type("application/vnd.ocifs.chunk-table.v1")
+            .annotation("io.ocifs.blob", &blob)],
+        &ocifs_tests::PushOptions {
+            config: Some((config, "application/vnd.ocifs.index.v1".into())),
+            subject: Some((
+                "application/vnd.oci.image.manifest.v1+json".into(),
+                digest.clone(),
+                subject_size,
+            )),
+            ..Default::default()
+        },
+    );
+    let (_, _, referrer_body) = crate::support::http_get(
+        &host,
+        &format!("/v2/disk/manifests/{referrer}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    // The proxy speaks the referrers API for the registry, listing it.
+    let listing = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": referrer,
+            "size": referrer_body.len(),
+            "artifactType": "application/vnd.ocifs.index.v1",
+        }],
+    })
+    .to_string();
+    let proxy = CountingProxy::start(&host);
+    let wanted = format!("/v2/disk/referrers/{digest}");
+    proxy.set_hook(Some(std::sync::Arc::new(ocifs_tests::HookFn(
+        move |r: &ocifs_tests::RequestInfo| {
+            if r.method == "GET" && r.path == wanted {
+                ocifs_tests::Disposition::Answer {
+                    status: 200,
+                    body: listing.clone(),
+                }
+            } else {
+                ocifs_tests::Disposition::Forward
+            }
+        },
+    ))));
+    let reference = format!("{}/disk:v1", proxy.host());
+
+    // Lazy: the referrer is found through the API, its table checks the
+    // first chunk, disagrees, and the whole blob, which checks out, wins.
+    let out = run_ocifs([
+        "cat",
+        "--verify",
+        "lazy",
+        "--plain-http",
+        &reference,
+        "disk.img",
+    ]);
+    out.success();
+    assert_eq!(sha256_hex(&out.stdout), sha256_hex(&content));
+    assert!(out.stderr.contains("chunk table is wrong"), "{out}");
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/referrers/")),
+        "{}",
+        proxy.describe()
+    );
+    assert!(
+        !proxy.requests().iter().any(|r| r.path.contains("sha256-")),
+        "the fallback tag was asked for although the API answered:\n{}",
+        proxy.describe()
+    );
+
+    // Strict: not asked for; the blob is read whole, right.
+    proxy.reset();
+    let out = run_ocifs(["cat", "--plain-http", &reference, "disk.img"]);
+    out.success();
+    assert_eq!(sha256_hex(&out.stdout), sha256_hex(&content));
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/referrers/")),
+        "{}",
+        proxy.describe()
+    );
+
+    // Strict, trusting the repository's referrers: the lying table is
+    // believed, so a chunk read alone does not check out and is not
+    // served (EIO); `cat` of the whole file streams it and checks the
+    // blob's own digest, and is right.
+    let mnt = ocifs_tests::Mounted::new(&reference, &["--plain-http", "--trust-referrers"]);
+    let err = read_at(&mnt.path("disk.img"), 4 * MIB + 17, 4096).expect_err("a chunk was served");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}"); // EIO
+    mnt.unmount();
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }
