@@ -24,6 +24,9 @@ pub enum Content {
     /// A range of a tar stream: a file of a tar package (plain, gzip or
     /// zstd) or of a container image's root filesystem.
     Tar(TarFile),
+    /// A file of a chunked layer (eStargz, zstd:chunked): chunks that are
+    /// each compressed on their own, with the sha256 of each decoded.
+    Chunked(ChunkedFile),
 }
 
 impl Content {
@@ -33,6 +36,7 @@ impl Content {
             Content::Blob(d) => d.size,
             Content::Zip(e) => e.size(),
             Content::Tar(f) => f.size,
+            Content::Chunked(f) => f.size,
         }
     }
 
@@ -42,8 +46,50 @@ impl Content {
             Content::Blob(d) => d,
             Content::Zip(e) => e.blob(),
             Content::Tar(f) => &f.stream.blob,
+            Content::Chunked(f) => &f.layer.blob,
         }
     }
+}
+
+/// A chunked layer: a blob whose files' chunks are compressed one by one
+/// (a gzip member or a zstd frame each), found through its table of
+/// contents, which the layer's descriptor names by digest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChunkedLayer {
+    /// The layer blob.
+    pub blob: Descriptor,
+    /// How each chunk is compressed (gzip: eStargz; zstd: zstd:chunked).
+    pub compression: Compression,
+}
+
+/// One chunk of a [`ChunkedFile`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileChunk {
+    /// Where it starts in the file.
+    pub offset: u64,
+    /// Its decoded length.
+    pub size: u64,
+    /// Where its compressed bytes start in the blob (a gzip member's or a
+    /// zstd frame's start).
+    pub start: u64,
+    /// Where they end (exclusive).
+    pub end: u64,
+    /// Decoded bytes before the chunk's, from `start` (eStargz's
+    /// `innerOffset`; 0 otherwise).
+    pub inner: u64,
+    /// The sha256 of its decoded bytes.
+    pub digest: [u8; 32],
+}
+
+/// A file of a chunked layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkedFile {
+    /// The layer (one allocation shared by all its files).
+    pub layer: Arc<ChunkedLayer>,
+    /// The file's size: the chunks' sizes, back to back.
+    pub size: u64,
+    /// Its chunks, in order, each starting where the one before ended.
+    pub chunks: Arc<[FileChunk]>,
 }
 
 /// How the bytes of a tar stream are compressed.

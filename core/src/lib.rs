@@ -104,7 +104,9 @@ pub use view::{Expand, View, ViewOptions};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::codec::{MAX_TRAILING, decoded_limit, gzip, tar, zstd};
-    pub use crate::image::{build as build_image, format, layer_compression, layer_index, overlay};
+    pub use crate::image::{
+        build as build_image, chunked, format, layer_compression, layer_index, overlay,
+    };
     pub use crate::package::{
         Item, ItemKind, Items, Listing, MAX_ENTRIES, ZipItems, list as list_package,
     };

@@ -30,7 +30,10 @@ use crate::codec::input::{BlobRead, Bounded, reader_error, with_stream};
 use crate::codec::zip::{self, DECODE_WHOLE_MAX};
 use crate::codec::zstd::Zstd;
 use crate::codec::{OVERRUN, Tee, decoded_limit, decoder, gzip, zstd};
-use crate::content::{Compression, Content, FramePoint, SeekPoints, TarFile, TarStream, ZipMethod};
+use crate::content::{
+    ChunkedFile, ChunkedLayer, Compression, Content, FileChunk, FramePoint, SeekPoints, TarFile,
+    TarStream, ZipMethod,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
@@ -199,6 +202,7 @@ impl Reader for ContentReader {
             Content::Blob(d) => self.blobs.read_blob(d, offset, end - offset).await,
             Content::Zip(e) => self.read_zip(e, offset, end - offset).await,
             Content::Tar(f) => self.read_tar(f, offset, end - offset).await,
+            Content::Chunked(f) => self.read_chunked(f, offset, end - offset).await,
         }
     }
 
@@ -289,6 +293,100 @@ impl ContentReader {
         // in it.
         self.read_spans(stream, f.offset + offset, len).await
     }
+}
+
+/// Marks a decoded chunk's key apart from a tar file's and a span's.
+const CHUNK_KEY: u64 = 1 << 62;
+
+impl ContentReader {
+    /// Bytes `offset..offset + len` of a chunked layer's file (inside it):
+    /// each chunk it covers fetched alone, decoded, and checked against its
+    /// digest before a byte of it is served.
+    async fn read_chunked(&self, f: &ChunkedFile, offset: u64, len: u64) -> Result<Bytes> {
+        let end = offset + len;
+        let first = f.chunks.partition_point(|c| c.offset + c.size <= offset);
+        let mut out = BytesMut::with_capacity(len as usize);
+        for c in f.chunks[first..].iter().take_while(|c| c.offset < end) {
+            let bytes = self.chunk(&f.layer, c).await?;
+            let a = (offset.max(c.offset) - c.offset) as usize;
+            let b = ((end.min(c.offset + c.size) - c.offset) as usize).min(bytes.len());
+            if out.is_empty() && c.offset <= offset && c.offset + c.size >= end {
+                return Ok(bytes.slice(a..b));
+            }
+            out.extend_from_slice(&bytes[a..b]);
+        }
+        if out.len() as u64 != len {
+            return Err(Error::ShortRead {
+                digest: f.layer.blob.digest.to_string(),
+                offset,
+                expected: len,
+                got: out.len() as u64,
+            });
+        }
+        Ok(out.freeze())
+    }
+
+    /// Chunk `c` of `layer`, decoded and checked (kept in the decoded
+    /// memory while there is room).
+    async fn chunk(&self, layer: &Arc<ChunkedLayer>, c: &FileChunk) -> Result<Bytes> {
+        let decode = || async {
+            let compressed = self
+                .blobs
+                .read_unchecked(&layer.blob, c.start, c.end - c.start)
+                .await?;
+            let (layer, c) = (layer.clone(), *c);
+            let bytes = tokio::task::spawn_blocking(move || decode_chunk(&layer, &c, &compressed))
+                .await
+                .map_err(|e| Error::io("decoding a chunk", io::Error::other(e.to_string())))??;
+            self.decoded_bytes
+                .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(bytes)
+        };
+        if c.inner == 0 && c.start < CHUNK_KEY {
+            self.whole((layer.blob.digest.clone(), CHUNK_KEY | c.start), decode)
+                .await
+        } else {
+            decode().await
+        }
+    }
+}
+
+/// Decodes chunk `c` of `layer` from its compressed bytes and checks it.
+fn decode_chunk(layer: &ChunkedLayer, c: &FileChunk, compressed: &[u8]) -> Result<Bytes> {
+    use sha2::Digest as _;
+    let what = || {
+        format!(
+            "the chunk at {} of layer {} ({} bytes decoded)",
+            c.start, layer.blob.digest, c.size
+        )
+    };
+    let mut d = decoder(compressed, layer.compression, c.inner + c.size);
+    let skipped = io::copy(&mut (&mut d).take(c.inner), &mut io::sink());
+    let mut out = Vec::with_capacity(c.size.min(DECODE_WHOLE_MAX) as usize);
+    let read = skipped.and_then(|_| (&mut d).take(c.size).read_to_end(&mut out));
+    if let Err(e) = read {
+        return Err(Error::Malformed {
+            what: what(),
+            detail: format!("it does not decode: {e}"),
+            source: None,
+        });
+    }
+    if out.len() as u64 != c.size {
+        return Err(Error::Malformed {
+            what: what(),
+            detail: format!("it decodes to {} bytes", out.len()),
+            source: None,
+        });
+    }
+    let actual: [u8; 32] = sha2::Sha256::digest(&out).into();
+    if actual != c.digest {
+        return Err(Error::digest_mismatch(
+            what(),
+            format!("sha256:{}", hex::encode(c.digest)),
+            format!("sha256:{}", hex::encode(actual)),
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// One holder at a time per key: who comes while a key is held waits for

@@ -31,6 +31,7 @@ fn entry(path: String, kind: EntryKind, offset: u64) -> TocEntry {
         minor: 0,
         xattrs: Vec::new(),
         sparse: None,
+        chunks: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn a_100k_entry_image_tree_fits_in_well_under_100_mib() {
             layer,
             entries,
             problems: Vec::new(),
+            chunked: None,
         }])
     };
     let used = common::live() - before;

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         layer,
         entries: walked.entries,
         problems: walked.problems,
+        chunked: None,
     }]);
     let _ = tree.walk(ocifs_core::Tree::ROOT);
 });

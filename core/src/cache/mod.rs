@@ -490,7 +490,7 @@ impl Inner {
         len: u64,
         keep: bool,
     ) -> Result<Bytes> {
-        match self.read_blob(blob, offset, len, keep).await {
+        match self.read_blob(blob, offset, len, keep, true).await {
             Err(e @ Error::DigestMismatch { .. }) if self.distrust(&blob.digest) => {
                 tracing::warn!(
                     digest = %blob.digest,
@@ -504,7 +504,7 @@ impl Inner {
                     digest = %blob.digest,
                     "the blob checked out whole: the referrer's chunk table is wrong and no longer used"
                 );
-                self.read_blob(blob, offset, len, keep).await
+                self.read_blob(blob, offset, len, keep, true).await
             }
             other => other,
         }
@@ -516,13 +516,16 @@ impl Inner {
     }
 
     /// `keep`: whether chunks read from disk or fetched go into the memory
-    /// tier (not for a scan, read once).
+    /// tier (not for a scan, read once). `checked`: whether the bytes are
+    /// checked as the mode says; else they are fetched as in lazy mode, for
+    /// a caller that checks them itself (`read_unchecked`).
     async fn read_blob(
         self: &Arc<Self>,
         blob: &Descriptor,
         offset: u64,
         len: u64,
         keep: bool,
+        checked: bool,
     ) -> Result<Bytes> {
         let end = offset.saturating_add(len).min(blob.size);
         if offset >= end {
@@ -533,7 +536,8 @@ impl Inner {
         }
         let _pin = self.pin(&blob.digest);
         // Strict without a chunk digest table: the whole blob first.
-        let whole_first = self.options.verify == Verify::Strict && self.table(blob).is_none();
+        let whole_first =
+            checked && self.options.verify == Verify::Strict && self.table(blob).is_none();
         if whole_first {
             self.ensure_complete(blob).await?;
         }
@@ -567,7 +571,7 @@ impl Inner {
                 .filter(|(_, c)| c.is_none())
                 .map(|(n, _)| n)
                 .collect();
-            let found = self.chunks_from_storage(blob, &missing).await?;
+            let found = self.chunks_from_storage(blob, &missing, checked).await?;
             for (n, bytes) in found {
                 if attempt == 0 {
                     Counters::bump(if self.store.is_some() {
@@ -687,6 +691,7 @@ impl Inner {
         self: &Arc<Self>,
         blob: &Descriptor,
         missing: &[u64],
+        checked: bool,
     ) -> Result<Vec<(u64, Bytes)>> {
         let cs = self.options.chunk_size;
         match self.store.clone() {
@@ -697,7 +702,7 @@ impl Inner {
                 tokio::task::spawn_blocking(move || {
                     let mut found = Vec::new();
                     for n in missing {
-                        if let Some(b) = inner.chunk_from_disk(&store, &blob, n)? {
+                        if let Some(b) = inner.chunk_from_disk(&store, &blob, n, checked)? {
                             found.push((n, b));
                         }
                     }
@@ -707,7 +712,7 @@ impl Inner {
                 .map_err(join_error)?
             }
             None => {
-                if self.options.verify == Verify::Strict {
+                if checked && self.options.verify == Verify::Strict {
                     self.ensure_complete(blob).await?;
                 }
                 let mut found = Vec::new();
@@ -797,6 +802,10 @@ impl BlobReader for ChunkCache {
 
     async fn scan_blob(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
         self.inner.read_settling(blob, offset, len, false).await
+    }
+
+    async fn read_unchecked(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.inner.read_blob(blob, offset, len, false, false).await
     }
 
     fn stats(&self) -> Stats {

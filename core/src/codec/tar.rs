@@ -63,6 +63,9 @@ pub struct TocEntry {
     /// A sparse file's map (`size` is then its whole size, and its
     /// stored ranges lie back to back from `offset`); `None` otherwise.
     pub sparse: Option<Arc<SparseMap>>,
+    /// A file of a chunked layer (eStargz, zstd:chunked): its chunks
+    /// (`offset` is then unused); `None` for a file of a tar stream.
+    pub chunks: Option<Arc<[crate::content::FileChunk]>>,
 }
 
 /// The most entries one layer may have, by default.
@@ -554,6 +557,7 @@ pub fn walk_each<I: TarInput + ?Sized>(
                 },
                 xattrs: p.xattrs,
                 sparse: sparse.map(Arc::new),
+                chunks: None,
             })
         })();
         found += 1;

@@ -594,6 +594,7 @@ fn entry(b: &mut Body<'_>, prev: &mut EntryState) -> Result<TocEntry, String> {
         minor,
         xattrs,
         sparse,
+        chunks: None,
     })
 }
 
@@ -781,6 +782,7 @@ mod tests {
                         minor,
                         xattrs,
                         sparse,
+                        chunks: None,
                     }
                 },
             )
@@ -937,6 +939,7 @@ mod tests {
                         minor: 0,
                         xattrs: vec![],
                         sparse: None,
+                        chunks: None,
                     });
                     offset += 512 + size.div_ceil(512) * 512;
                 }

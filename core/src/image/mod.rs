@@ -15,6 +15,8 @@ pub mod overlay;
 
 use crate::codec::tar::TocEntry;
 
+pub mod chunked;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use crate::cache::ChunkCache;
 use crate::codec::input::{BlobRead, reader_error};
 use crate::codec::tar::{self as toc, Names};
 use crate::codec::{layer_error, walk_stream};
-use crate::content::{Compression, SeekPoints, TarStream};
+use crate::content::{ChunkedLayer, Compression, SeekPoints, TarStream};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
@@ -169,6 +171,22 @@ async fn layer(
     let decoding = (keep_decoded && cache.store().is_some()).then_some(Decoding {
         diff_id: diff_id.as_ref(),
     });
+    if given.is_none()
+        && let Some((entries, problems, chunked)) = chunked_layer(cache, blob, options).await
+    {
+        return Ok(overlay::MergeLayer {
+            layer: Arc::new(TarStream {
+                blob: blob.clone(),
+                compression: chunked.compression,
+                uncompressed_size: 0,
+                points: SeekPoints::None,
+                keep_decoded: false,
+            }),
+            entries: without_side_files(blob, entries),
+            problems,
+            chunked: Some(chunked),
+        });
+    }
     // A given index's chunk digests are the cache's already, with the
     // trust their source has.
     let given_table = given.is_some();
@@ -189,16 +207,7 @@ async fn layer(
     if !chunk_digests.is_empty() && !given_table {
         cache.set_chunk_digests(blob, chunk_size, chunk_digests);
     }
-    let entries = if is_estargz(blob) {
-        // eStargz's own files are not the image's (stargz-snapshotter
-        // hides them too); `--layers` still shows the layer whole.
-        entries
-            .into_iter()
-            .filter(|e| !ESTARGZ_SIDE_FILES.contains(&e.path.as_str()))
-            .collect()
-    } else {
-        entries
-    };
+    let entries = without_side_files(blob, entries);
     Ok(overlay::MergeLayer {
         layer: Arc::new(TarStream {
             blob: blob.clone(),
@@ -209,7 +218,120 @@ async fn layer(
         }),
         entries,
         problems,
+        chunked: None,
     })
+}
+
+/// A chunked layer's entries from its table of contents alone, if the
+/// layer is one (eStargz, zstd:chunked) and its TOC checks out against the
+/// digest its descriptor names; a TOC that does not is warned of, and the
+/// layer is then read as any other.
+async fn chunked_layer(
+    cache: &ChunkCache,
+    blob: &Descriptor,
+    options: &ImageOptions,
+) -> Option<(Vec<TocEntry>, Vec<String>, Arc<ChunkedLayer>)> {
+    let refused = |e: String| {
+        tracing::warn!(layer = %blob.digest, "its table of contents is refused ({e}); the layer is streamed instead");
+    };
+    let flavour = match chunked::flavour(blob)? {
+        Ok(f) => f,
+        Err(e) => {
+            refused(e);
+            return None;
+        }
+    };
+    match read_toc(cache, blob, &flavour, options).await {
+        Ok(found) => Some(found),
+        Err(e) => {
+            refused(e);
+            None
+        }
+    }
+}
+
+async fn read_toc(
+    cache: &ChunkCache,
+    blob: &Descriptor,
+    flavour: &chunked::Flavour,
+    options: &ImageOptions,
+) -> std::result::Result<(Vec<TocEntry>, Vec<String>, Arc<ChunkedLayer>), String> {
+    let fetch = |offset: u64, len: u64| async move {
+        cache
+            .read_unchecked(blob, offset, len)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (json, data_end, compression) = match flavour {
+        chunked::Flavour::Estargz { toc_digest } => {
+            let footer = chunked::ESTARGZ_FOOTER;
+            if blob.size < footer {
+                return Err(format!(
+                    "the blob is {} bytes, shorter than a footer",
+                    blob.size
+                ));
+            }
+            let tail = fetch(blob.size - footer, footer).await?;
+            let toc_offset = chunked::estargz_footer(&tail)?;
+            let toc_end = blob.size - footer;
+            if toc_offset >= toc_end || toc_end - toc_offset > chunked::MAX_TOC {
+                return Err(format!(
+                    "the footer puts the TOC at {toc_offset}, {} bytes before the footer",
+                    toc_end.saturating_sub(toc_offset)
+                ));
+            }
+            let region = fetch(toc_offset, toc_end - toc_offset).await?;
+            let expected = toc_digest.clone();
+            let json =
+                tokio::task::spawn_blocking(move || chunked::estargz_toc(&region, &expected))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            (json, toc_offset, Compression::Gzip)
+        }
+        chunked::Flavour::ZstdChunked {
+            checksum,
+            offset,
+            len,
+            decoded_len,
+        } => {
+            let compressed = fetch(*offset, *len).await?;
+            let (checksum, decoded_len) = (checksum.clone(), *decoded_len);
+            let json = tokio::task::spawn_blocking(move || {
+                chunked::zstd_chunked_toc(&compressed, &checksum, decoded_len)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            // The TOC's skippable frame header is the 8 bytes before it.
+            (json, offset.saturating_sub(8), Compression::Zstd)
+        }
+    };
+    let zstd = compression == Compression::Zstd;
+    let max = options.max_entries;
+    let (entries, problems) =
+        tokio::task::spawn_blocking(move || chunked::entries(&json, zstd, data_end, max))
+            .await
+            .map_err(|e| e.to_string())??;
+    Ok((
+        entries,
+        problems,
+        Arc::new(ChunkedLayer {
+            blob: blob.clone(),
+            compression,
+        }),
+    ))
+}
+
+/// `entries` without eStargz's own files, which are not the image's
+/// (stargz-snapshotter hides them too); `--layers` still shows the layer
+/// whole.
+fn without_side_files(blob: &Descriptor, entries: Vec<TocEntry>) -> Vec<TocEntry> {
+    if !is_estargz(blob) {
+        return entries;
+    }
+    entries
+        .into_iter()
+        .filter(|e| !ESTARGZ_SIDE_FILES.contains(&e.path.as_str()))
+        .collect()
 }
 
 /// A zstd layer whose decoded stream is kept while it is indexed.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::tar::{EntryKind, TocEntry};
-use crate::content::{Content, TarFile, TarStream};
+use crate::content::{ChunkedFile, ChunkedLayer, Content, TarFile, TarStream};
 use crate::tree::{Children, Ino, Node, NodeKind, SpecialKind, Tree, Xattrs};
 
 /// Symlinks followed on the way to one entry, at most (Linux's limit).
@@ -28,6 +28,7 @@ const MAX_HOPS: u32 = 40;
 enum Kind {
     Dir(BTreeMap<String, usize>),
     File(TarFile),
+    Chunked(ChunkedFile),
     Symlink(String),
     Special(SpecialKind, u32, u32),
 }
@@ -58,6 +59,9 @@ pub struct MergeLayer {
     pub entries: Vec<TocEntry>,
     /// Entries its indexer already left out.
     pub problems: Vec<String>,
+    /// A chunked layer's (eStargz, zstd:chunked): its entries' files are
+    /// read chunk by chunk from it.
+    pub chunked: Option<Arc<ChunkedLayer>>,
 }
 
 /// Merges `layers`, the bottom one first, into one tree.
@@ -89,7 +93,7 @@ pub fn merge(layers: Vec<MergeLayer>) -> Tree {
             if is_whiteout(&e.path) {
                 continue;
             }
-            if let Err(reason) = m.add(&l.layer, &e) {
+            if let Err(reason) = m.add(&l.layer, l.chunked.as_ref(), &e) {
                 m.problems.push(format!(
                     "layer {name}: entry {:?}: {reason}; left out",
                     e.path
@@ -216,7 +220,12 @@ impl Merge {
         Ok(())
     }
 
-    fn add(&mut self, layer: &Arc<TarStream>, e: &TocEntry) -> Result<(), String> {
+    fn add(
+        &mut self,
+        layer: &Arc<TarStream>,
+        chunked: Option<&Arc<ChunkedLayer>>,
+        e: &TocEntry,
+    ) -> Result<(), String> {
         let xattrs = (!e.xattrs.is_empty()).then(|| Arc::new(e.xattrs.clone()));
         if e.path.is_empty() {
             // The layer's root directory: its metadata.
@@ -248,12 +257,19 @@ impl Merge {
             _ => MNode {
                 kind: match e.kind {
                     EntryKind::Dir => Kind::Dir(BTreeMap::new()),
-                    EntryKind::File => Kind::File(TarFile {
-                        stream: layer.clone(),
-                        offset: e.offset,
-                        size: e.size,
-                        sparse: e.sparse.clone(),
-                    }),
+                    EntryKind::File => match (&e.chunks, chunked) {
+                        (Some(chunks), Some(chunked)) => Kind::Chunked(ChunkedFile {
+                            layer: chunked.clone(),
+                            size: e.size,
+                            chunks: chunks.clone(),
+                        }),
+                        _ => Kind::File(TarFile {
+                            stream: layer.clone(),
+                            offset: e.offset,
+                            size: e.size,
+                            sparse: e.sparse.clone(),
+                        }),
+                    },
                     EntryKind::Symlink => Kind::Symlink(e.link.clone()),
                     EntryKind::CharDevice => {
                         Kind::Special(SpecialKind::CharDevice, e.major, e.minor)
@@ -305,6 +321,7 @@ impl Merge {
                 let kind = match &m.kind {
                     Kind::Dir(_) => NodeKind::Dir(Children::default()),
                     Kind::File(f) => NodeKind::File(Content::Tar(f.clone())),
+                    Kind::Chunked(f) => NodeKind::File(Content::Chunked(f.clone())),
                     Kind::Symlink(t) => NodeKind::Symlink(t.clone()),
                     Kind::Special(kind, major, minor) => NodeKind::Special {
                         kind: *kind,
@@ -361,6 +378,7 @@ mod tests {
             minor: 0,
             xattrs: Vec::new(),
             sparse: None,
+            chunks: None,
         }
     }
 
@@ -388,6 +406,7 @@ mod tests {
                     layer: layer(i as u8),
                     entries,
                     problems: Vec::new(),
+                    chunked: None,
                 })
                 .collect(),
         )

@@ -72,18 +72,34 @@ pub fn push_files(registry: &Registry, dir: &Path, repo_ref: &str, files: &[File
 
 /// A minimal HTTP/1.0 GET: (status, raw headers, body).
 pub fn http_get(host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    http_request(host, "GET", path, headers, &[])
+}
+
+/// A minimal HTTP/1.0 request with a body: (status, raw headers, body).
+/// The test's own hand on the registry (a lying manifest), not a client.
+pub fn http_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(host).expect("connecting");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("setting a read timeout");
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
         .expect("sending the request");
+    stream.write_all(body).expect("sending the body");
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
