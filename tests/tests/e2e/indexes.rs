@@ -66,6 +66,18 @@ fn index_and_bind(host: &str, repo_tag: &str, tag: &str) -> String {
         .to_owned()
 }
 
+/// The disk artifact pushed as `disk:v1` and bound as `disk:v1-indexed`:
+/// (registry, work dir, files, host, the index's digest).
+fn disk_bound() -> (Registry, tempfile::TempDir, Vec<FileSpec>, String, String) {
+    let registry = Registry::start(RegistryAuth::None);
+    let work = temp_dir();
+    let files = disk_files();
+    push_files(&registry, work.path(), "disk:v1", &files);
+    let host = registry.host();
+    let index = index_and_bind(&host, "disk:v1", "v1-indexed");
+    (registry, work, files, host, index)
+}
+
 fn read_at(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut f = std::fs::File::open(path)?;
     f.seek(std::io::SeekFrom::Start(offset))?;
@@ -77,12 +89,7 @@ fn read_at(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<V
 #[test]
 fn a_bound_index_lets_strict_reads_fetch_only_their_chunks_and_other_clients_see_the_same_artifact()
 {
-    let registry = Registry::start(RegistryAuth::None);
-    let work = temp_dir();
-    let files = disk_files();
-    push_files(&registry, work.path(), "disk:v1", &files);
-    let host = registry.host();
-    let index = index_and_bind(&host, "disk:v1", "v1-indexed");
+    let (_registry, work, files, host, index) = disk_bound();
 
     // Other clients: the same layers, and oras-py pulls the same files.
     let before = skopeo_manifest(&host, "disk:v1");
@@ -159,12 +166,7 @@ fn a_bound_index_lets_strict_reads_fetch_only_their_chunks_and_other_clients_see
 
 #[test]
 fn a_chunk_the_registry_changed_is_never_served_and_a_changed_index_is_not_used() {
-    let registry = Registry::start(RegistryAuth::None);
-    let work = temp_dir();
-    let files = disk_files();
-    push_files(&registry, work.path(), "disk:v1", &files);
-    let host = registry.host();
-    let index = index_and_bind(&host, "disk:v1", "v1-indexed");
+    let (registry, _work, files, host, index) = disk_bound();
     let image = &files[0].content;
     let middle = image.len() / 2;
 
