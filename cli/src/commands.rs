@@ -61,6 +61,8 @@ struct InspectJson<'a> {
     annotations: &'a std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<IndexJson>,
+    /// Per layer digest, where its listing and checks come from.
+    sources: std::collections::BTreeMap<String, String>,
 }
 
 /// What `inspect` says of a bound index.
@@ -117,6 +119,16 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             layers: &m.layers,
             annotations: &m.annotations,
             index,
+            sources: m
+                .layers
+                .iter()
+                .map(|l| {
+                    (
+                        l.digest.to_string(),
+                        ocifs_core::layer_source(l, &found, &opened.cache).to_string(),
+                    )
+                })
+                .collect(),
         };
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -171,18 +183,10 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             l.media_type,
             l.title().unwrap_or("-")
         ));
-        if let Some(ix) = &index {
-            let from = ix.parts.get(&l.digest.to_string()).map_or(
-                "none (streamed whole in strict mode)",
-                |k| match *k {
-                    "layer-index" => {
-                        "the index's layer index (listing, seek points, chunk digests)"
-                    }
-                    _ => "the index's chunk table",
-                },
-            );
-            out.push_str(&format!("      index: {from}\n"));
-        }
+        out.push_str(&format!(
+            "      source: {}\n",
+            ocifs_core::layer_source(l, &found, &opened.cache)
+        ));
         for (k, v) in l
             .annotations
             .iter()

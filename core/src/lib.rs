@@ -78,7 +78,7 @@ pub use content::{
 pub use credentials::{Credentials, lookup as lookup_credentials};
 pub use digest::{Digest, Hasher};
 pub use error::{Cause, Error, Kind, Result, exit_code, printable};
-pub use image::{ImageOptions, LayerIndex, is_image};
+pub use image::{ImageOptions, LayerIndex, LayerSource, is_image, layer_source};
 pub use manifest::{
     Descriptor, Index, MAX_MANIFEST_SIZE, Manifest, Parsed, annotation, media_type,
     parse as parse_manifest,

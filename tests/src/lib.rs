@@ -70,7 +70,7 @@ pub use proxy::{
     ThrottleBlobs,
 };
 pub use registry::{Registry, RegistryAuth};
-pub use rootfs::{LayerCompression, RootfsImage, rootfs_image};
+pub use rootfs::{LayerCompression, RootfsImage, minbase_image, rootfs_image};
 pub use tarfile::{TarHeader, TarKind, TarWriter};
 pub use token::TokenRequest;
 pub use tools::{

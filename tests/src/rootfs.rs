@@ -96,44 +96,60 @@ pub struct RootfsImage {
 /// If the minbase tar is missing, or umoci fails.
 pub fn rootfs_image() -> &'static RootfsImage {
     static IMAGE: OnceLock<RootfsImage> = OnceLock::new();
-    IMAGE.get_or_init(RootfsImage::build)
+    IMAGE.get_or_init(|| {
+        RootfsImage::build(
+            "rootfs-image",
+            &[
+                (upper_layer(), "ocifs-tests: the upper layer"),
+                (top_layer(), "ocifs-tests: the top layer"),
+            ],
+        )
+    })
+}
+
+/// The minbase layer alone, as a one-layer image (umoci, gzip): what
+/// converters that cannot take the fixture's cross-layer hard links
+/// (ctr-remote) start from.
+///
+/// # Panics
+///
+/// As [`rootfs_image`].
+pub fn minbase_image() -> &'static RootfsImage {
+    static IMAGE: OnceLock<RootfsImage> = OnceLock::new();
+    IMAGE.get_or_init(|| RootfsImage::build("minbase-image", &[]))
 }
 
 impl RootfsImage {
-    fn build() -> Self {
+    fn build(name: &str, extra: &[(Vec<u8>, &str)]) -> Self {
         let minbase = minbase_tar();
-        let upper = upper_layer();
-        let top = top_layer();
         let meta = std::fs::metadata(&minbase).expect("stat the minbase tar");
         let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        let key =
-            sha256_hex(&[format!("{}:{mtime}:", meta.len()).as_bytes(), &upper, &top].concat());
-        let dir = fixtures_dir().join(format!("rootfs-image-{}", &key[..16]));
+        let mut key = format!("{}:{mtime}:", meta.len()).into_bytes();
+        for (tar, _) in extra {
+            key.extend_from_slice(tar);
+        }
+        let key = sha256_hex(&key);
+        let dir = fixtures_dir().join(format!("{name}-{}", &key[..16]));
         if !dir.join("index.json").is_file() {
-            let tmp = fixtures_dir().join(format!(
-                "rootfs-image-{}.tmp-{}",
-                &key[..16],
-                std::process::id()
-            ));
+            let tmp =
+                fixtures_dir().join(format!("{name}-{}.tmp-{}", &key[..16], std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp).expect("creating the fixture dir");
-            let upper_path = tmp.join("upper.tar");
-            let top_path = tmp.join("top.tar");
-            std::fs::write(&upper_path, &upper).expect("writing upper.tar");
-            std::fs::write(&top_path, &top).expect("writing top.tar");
+            let mut tars = vec![(minbase.clone(), "debootstrap --variant=minbase bookworm")];
+            for (i, (tar, comment)) in extra.iter().enumerate() {
+                let path = tmp.join(format!("layer-{i}.tar"));
+                std::fs::write(&path, tar).expect("writing a layer tar");
+                tars.push((path, comment));
+            }
             let layout = tmp.join("layout");
             let image = format!("{}:{TAG}", layout.display());
             umoci(&["init", "--layout", &layout.display().to_string()]);
             umoci(&["new", "--image", &image]);
-            for (tar, comment) in [
-                (&minbase, "debootstrap --variant=minbase bookworm"),
-                (&upper_path, "ocifs-tests: the upper layer"),
-                (&top_path, "ocifs-tests: the top layer"),
-            ] {
+            for (tar, comment) in &tars {
                 umoci(&[
                     "raw",
                     "add-layer",
@@ -144,8 +160,6 @@ impl RootfsImage {
                     &tar.display().to_string(),
                 ]);
             }
-            std::fs::remove_file(&upper_path).expect("rm upper.tar");
-            std::fs::remove_file(&top_path).expect("rm top.tar");
             // Another test process may have made the same one meanwhile:
             // either is right.
             if std::fs::rename(&layout, &dir).is_err() && !dir.join("index.json").is_file() {
@@ -154,7 +168,11 @@ impl RootfsImage {
             let _ = std::fs::remove_dir_all(&tmp);
         }
         let layers = read_layers(&dir);
-        assert_eq!(layers.len(), 3, "the fixture has three layers: {layers:?}");
+        assert_eq!(
+            layers.len(),
+            1 + extra.len(),
+            "the fixture's layers: {layers:?}"
+        );
         let (middle, base_uncompressed) = middle_file(&minbase);
         RootfsImage {
             dir,
@@ -213,7 +231,7 @@ impl RootfsImage {
         };
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         assert!(
-            layers.len() == 3
+            layers.len() == self.layers.len()
                 && layers
                     .iter()
                     .all(|l| l["mediaType"].as_str().is_some_and(|m| m.ends_with(suffix))),

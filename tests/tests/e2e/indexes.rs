@@ -150,7 +150,7 @@ fn a_bound_index_lets_strict_reads_fetch_only_their_chunks_and_other_clients_see
     let text = out.stdout_str();
     assert!(text.contains(&format!("Index (bound): {index}")), "{out}");
     assert_eq!(
-        text.matches("index: the index's chunk table").count(),
+        text.matches("source: the index's chunk table").count(),
         2,
         "{out}"
     );

@@ -9,6 +9,7 @@
 
 mod auth;
 mod cache;
+mod chunked;
 mod credentials;
 mod errors;
 mod faults;
