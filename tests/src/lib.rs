@@ -47,6 +47,7 @@
 //! ```
 
 mod blobs;
+pub mod chunked;
 mod containerd;
 mod layout;
 mod mounts;

@@ -9,11 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ocifs_benches::Row;
-use ocifs_tests::rootfs::umoci;
+use ocifs_tests::chunked::Converted;
+use ocifs_tests::rootfs::{registry_manifest, umoci};
 use ocifs_tests::walk::file_sha256;
 use ocifs_tests::{
     CountingProxy, LayerCompression, PushFile, PushOptions, PythonEnv, Registry, RegistryAuth,
-    is_mounted, oras_pull, oras_push, rootfs_image, skopeo_copy,
+    is_mounted, minbase_image, oras_pull, oras_push, rootfs_image, skopeo_copy,
 };
 
 use super::{drop_page_cache, mount, mount_then, timed, umount};
@@ -210,6 +211,17 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
         None,
     ));
 
+    // A publisher's index of the gzip image, bound to a copy of its
+    // manifest (`ocifs index --bind`), for the rows "index bound".
+    let index_cache = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new(super::ocifs_bin());
+    c.args(["index", "--plain-http", "--cache-dir"])
+        .arg(index_cache.path())
+        .arg(format!("{host}/bench/rootfs-gzip:v1"))
+        .args(["--bind", "v1-indexed"]);
+    timed(c);
+    drop(index_cache);
+
     // ocifs: first mount (cold cache: the layers are fetched and indexed)
     // and a second mount of the same cache.
     for (tool, proxy, reference, extra) in [
@@ -229,6 +241,12 @@ pub(crate) fn rootfs(host: &str, proxy: &CountingProxy, rows: &mut Vec<Row>) {
             "ocifs, zstd, strict",
             &zstd_proxy,
             "bench/rootfs-zstd:v1",
+            &[][..],
+        ),
+        (
+            "ocifs, gzip, strict, index bound",
+            proxy,
+            "bench/rootfs-gzip:v1-indexed",
             &[][..],
         ),
     ] {
@@ -553,6 +571,98 @@ pub(crate) fn layout_reads(rows: &mut Vec<Row>) {
             decoded,
             "bytes",
             Some(bytes as f64),
+        ));
+    }
+}
+
+/// The Debian minbase image as one layer, converted by its own tools to
+/// eStargz (ctr-remote) and zstd:chunked (podman), beside the gzip
+/// original: a first strict mount + `find` on a cold cache, and one file
+/// from the middle of the layer on a fresh node.
+pub(crate) fn chunked(rows: &mut Vec<Row>) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let converted = Converted::make(work.path());
+    let image = minbase_image();
+    let middle = image.middle_file();
+    let tree = image.unpack(&work.path().join("bundle"));
+    drop_page_cache();
+    let (floor, entries) = find_count(&tree, || {}).expect("find on a local tree hung");
+    let floor = floor.as_secs_f64();
+    let gzip_size = image.layers()[0].size;
+    let label = format!(
+        "Debian minbase, one layer ({:.0} MB gzip)",
+        gzip_size as f64 / 1e6
+    );
+    let scenario =
+        format!("{label}: first mount + find | wc -l, strict, cold cache ({entries} entries)");
+    let bytes_scenario = format!("{scenario}: bytes fetched (ratio to the layer)");
+    let file_scenario = format!(
+        "{label}: read /{} ({} bytes) on a fresh node, strict: bytes fetched (ratio to the layer)",
+        middle.path, middle.size
+    );
+    rows.push(Row::new(
+        scenario.clone(),
+        "find on the unpacked tree (floor)",
+        floor,
+        "s",
+        None,
+    ));
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    for (i, (tool, tag)) in [
+        ("ocifs, gzip original (streamed whole to list it)", "v1"),
+        ("ocifs, eStargz (ctr-remote), from its TOC", "esgz"),
+        ("ocifs, zstd:chunked (podman), from its TOC", "chunked"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let host = converted.host(if tag == "v1" { "esgz" } else { tag });
+        let manifest = registry_manifest(&host, &format!("minbase:{tag}"));
+        let layer = manifest["layers"][0]["size"].as_u64().expect("size") as f64;
+        let proxy = CountingProxy::start(&host);
+        let reference = format!("minbase:{tag}");
+        drop_page_cache();
+        let cache = work.path().join(format!("cache-{i}"));
+        let start = Instant::now();
+        mount(&proxy.host(), &reference, &mnt, &cache, &[]);
+        let found = find_count(&mnt, || umount(&mnt));
+        let secs = start.elapsed().as_secs_f64();
+        let (_, count) = found.unwrap_or_else(|| panic!("find under {tool} hung"));
+        assert_eq!(
+            count, entries,
+            "{tool}: the mount has {count} entries, umoci's tree {entries}"
+        );
+        umount(&mnt);
+        rows.push(Row::new(
+            scenario.clone(),
+            format!(
+                "{tool} (+{:.1} MB fetched)",
+                proxy.blob_bytes() as f64 / 1e6
+            ),
+            secs,
+            "s",
+            Some(floor),
+        ));
+        rows.push(Row::new(
+            bytes_scenario.clone(),
+            tool,
+            proxy.blob_bytes() as f64,
+            "bytes",
+            Some(layer),
+        ));
+        let fresh = work.path().join(format!("fresh-{i}"));
+        mount(&proxy.host(), &reference, &mnt, &fresh, &[]);
+        proxy.reset();
+        let (_, sha) = read_file(&mnt.join(&middle.path));
+        assert_eq!(sha, middle.sha256, "{tool} read another {}", middle.path);
+        umount(&mnt);
+        rows.push(Row::new(
+            file_scenario.clone(),
+            tool,
+            proxy.blob_bytes() as f64,
+            "bytes",
+            Some(layer),
         ));
     }
 }

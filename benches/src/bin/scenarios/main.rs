@@ -798,12 +798,12 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     parallel_readers(&host, if quick { 8 } else { 32 }, rows);
 }
 
-const USAGE: &str = "usage: scenarios [--quick] [--only blob,rootfs,layout,package,boot]";
+const USAGE: &str = "usage: scenarios [--quick] [--only blob,rootfs,chunked,layout,package,boot]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let groups = ["blob", "rootfs", "layout", "package", "boot"];
+    let groups = ["blob", "rootfs", "chunked", "layout", "package", "boot"];
     let only: Option<Vec<String>> = match args.iter().position(|a| a == "--only") {
         None => None,
         Some(i) => {
@@ -851,6 +851,10 @@ fn main() {
     if wants("rootfs") {
         eprintln!("== container image rootfs");
         images::rootfs(&host, &proxy, &mut rows);
+    }
+    if wants("chunked") {
+        eprintln!("== eStargz and zstd:chunked images");
+        images::chunked(&mut rows);
     }
     if wants("layout") {
         eprintln!("== container image rootfs as an OCI layout");
