@@ -893,7 +893,7 @@ fn main() {
         eprintln!("== boot from a mount");
         boot(&host, &mut rows);
         eprintln!("== boot a VM from a disk image on a mount");
-        vm::disk_boot(&host, &mut rows);
+        vm::disk_boot(&host, if quick { 1 } else { 3 }, &mut rows);
     }
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
