@@ -78,7 +78,7 @@ pub use content::{
 pub use credentials::{Credentials, lookup as lookup_credentials};
 pub use digest::{Digest, Hasher};
 pub use error::{Cause, Error, Kind, Result, exit_code, printable};
-pub use image::{ImageOptions, LayerIndex, LayerSource, is_image, layer_source};
+pub use image::{ImageOptions, LayerIndex, is_image};
 pub use manifest::{
     Descriptor, Index, MAX_MANIFEST_SIZE, Manifest, Parsed, annotation, media_type,
     parse as parse_manifest,
@@ -87,8 +87,8 @@ pub use package::Format;
 pub use platform::Platform;
 pub use published::{
     ARTIFACT_TYPE as INDEX_ARTIFACT_TYPE, Artifact as IndexArtifact, Found as FoundIndex,
-    How as IndexHow, INDEX_ANNOTATION, Part as IndexPart, artifact as index_artifact,
-    bind as bind_index, find as find_index, make as make_index,
+    How as IndexHow, INDEX_ANNOTATION, LayerSource, Part as IndexPart, artifact as index_artifact,
+    bind as bind_index, find as find_index, layer_source, make as make_index,
 };
 pub use read::{ContentReader, DECODED_BUDGET, Reader};
 pub use reference::{LayoutRef, Reference, RegistryRef};

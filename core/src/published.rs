@@ -399,6 +399,107 @@ async fn read_part(
     Ok(())
 }
 
+/// Where a blob's listing and the checks of its chunks come from, in the
+/// order a view looks: what `ocifs inspect` names per layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayerSource {
+    /// A part of a found index ([`crate::published`]): a layer index
+    /// (listing, seek points, chunk digests) or a chunk table.
+    Index {
+        /// A layer index, not only a chunk table.
+        layer_index: bool,
+    },
+    /// Its eStargz table of contents, named by its descriptor.
+    Estargz,
+    /// Its zstd:chunked table of contents, named by its descriptor.
+    ZstdChunked,
+    /// A chunked layer whose TOC annotations are refused.
+    Refused(String),
+    /// This cache's layer index, made when the layer was streamed whole
+    /// and checked.
+    CachedIndex,
+    /// This cache's complete blob, with its chunk table.
+    CachedBlob,
+    /// Nothing yet: the blob is fetched whole and checked before its first
+    /// strict read (a tar layer, to list it), or in chunks in lazy mode.
+    None {
+        /// An image tar layer.
+        tar: bool,
+    },
+}
+
+impl std::fmt::Display for LayerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerSource::Index { layer_index: true } => {
+                f.write_str("the index's layer index (listing, seek points, chunk digests)")
+            }
+            LayerSource::Index { layer_index: false } => f.write_str("the index's chunk table"),
+            LayerSource::Estargz => f.write_str(
+                "its eStargz table of contents (listing, chunk digests), checked against the toc.digest annotation",
+            ),
+            LayerSource::ZstdChunked => f.write_str(
+                "its zstd:chunked table of contents (listing, chunk digests), checked against the manifest-checksum annotation",
+            ),
+            LayerSource::Refused(why) => write!(
+                f,
+                "none: its table of contents is refused ({why}); streamed whole in strict mode"
+            ),
+            LayerSource::CachedIndex => {
+                f.write_str("this cache's layer index (made when the layer was streamed and checked)")
+            }
+            LayerSource::CachedBlob => {
+                f.write_str("this cache's complete blob (its chunk table checks each read)")
+            }
+            LayerSource::None { tar: true } => {
+                f.write_str("none yet: streamed whole and checked once to list it")
+            }
+            LayerSource::None { tar: false } => f.write_str(
+                "none yet: fetched whole and checked before its first read (strict), in chunks (lazy)",
+            ),
+        }
+    }
+}
+
+/// Where `blob`'s listing and checks come from, given the index `found`
+/// for its manifest: the order `image::build` and the cache look in. Reads only
+/// the cache's own files, never the registry.
+pub fn layer_source(blob: &Descriptor, found: &Found, cache: &ChunkCache) -> LayerSource {
+    if let Some(kind) = found.parts.get(&blob.digest) {
+        return LayerSource::Index {
+            layer_index: *kind == LAYER_INDEX_TYPE,
+        };
+    }
+    let tar = crate::image::layer_compression(&blob.media_type).is_some();
+    if tar {
+        match crate::image::chunked::flavour(blob) {
+            Some(Ok(crate::image::chunked::Flavour::Estargz { .. })) => {
+                return LayerSource::Estargz;
+            }
+            Some(Ok(crate::image::chunked::Flavour::ZstdChunked { .. })) => {
+                return LayerSource::ZstdChunked;
+            }
+            Some(Err(why)) => return LayerSource::Refused(why),
+            None => {}
+        }
+    }
+    let Some(store) = cache.store() else {
+        return LayerSource::None { tar };
+    };
+    if tar
+        && let Some(bytes) = store.get_index(&blob.digest, crate::image::MAX_INDEX_FILE)
+        && let Ok(ix) = crate::image::format::decode(&bytes)
+        && ix.digest == blob.digest
+        && (cache.verify() == crate::blob::Verify::Lazy || !ix.chunk_digests.is_empty())
+    {
+        return LayerSource::CachedIndex;
+    }
+    if store.has_complete(&blob.digest) {
+        return LayerSource::CachedBlob;
+    }
+    LayerSource::None { tar }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
