@@ -312,8 +312,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
 /// Prints the counters to stderr if `--stats` asked for them.
 fn print_stats(args: &SourceArgs, opened: &Opened) {
     if args.stats {
-        let stats = opened.reader.stats();
-        eprintln!("{}", serde_json::to_string(&stats).unwrap_or_default());
+        eprintln!("{}", opened.stats_json());
     }
 }
 

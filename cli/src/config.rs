@@ -77,6 +77,7 @@ struct File {
 struct RegistryFile {
     plain_http: Option<bool>,
     insecure: Option<bool>,
+    mirrors: Option<Vec<String>>,
 }
 
 /// A value and the file it came from.
@@ -93,6 +94,8 @@ pub struct RegistrySettings {
     pub plain_http: Option<Set<bool>>,
     /// Accept any TLS certificate from it.
     pub insecure: Option<Set<bool>>,
+    /// Mirrors tried first, in order (`[scheme://]host[:port][/path]`).
+    pub mirrors: Option<Set<Vec<String>>>,
 }
 
 /// The settings of every file read, merged.
@@ -215,12 +218,20 @@ impl Config {
             background_fetch_max.0
         );
         for (name, r) in file.registry {
-            let merged = self.registry.entry(name).or_default();
+            let merged = self.registry.entry(name.clone()).or_default();
             if let Some(v) = r.plain_http {
                 merged.plain_http = Some(set(v, path));
             }
             if let Some(v) = r.insecure {
                 merged.insecure = Some(set(v, path));
+            }
+            if let Some(v) = r.mirrors {
+                for url in &v {
+                    if let Err(e) = ocifs_core::Endpoint::mirror(url) {
+                        bail!("{}", at(&format!("[registry.{name:?}] mirrors: {e}")));
+                    }
+                }
+                merged.mirrors = Some(set(v, path));
             }
         }
         self.files.push(path.to_owned());
@@ -268,6 +279,11 @@ impl Config {
                 let defaults = RegistryDefaults {
                     plain_http: on(&r.plain_http),
                     insecure: on(&r.insecure),
+                    mirrors: r
+                        .mirrors
+                        .as_ref()
+                        .map(|m| m.value.clone())
+                        .unwrap_or_default(),
                 };
                 (name.clone(), defaults)
             })
@@ -382,6 +398,15 @@ impl Config {
                     let _ = writeln!(out, "{key} = {}  # {}", s.value, s.file.display());
                 }
             }
+            if let Some(s) = &r.mirrors {
+                let urls: Vec<String> = s.value.iter().map(|u| toml_string(u)).collect();
+                let _ = writeln!(
+                    out,
+                    "mirrors = [{}]  # {}",
+                    urls.join(", "),
+                    s.file.display()
+                );
+            }
         }
         out
     }
@@ -445,7 +470,8 @@ mod tests {
         let user = write(
             dir.path(),
             "user.toml",
-            "verify = \"strict\"\nchunk_size = 262144\n[registry.\"mirror:5000\"]\ninsecure = true\n",
+            "verify = \"strict\"\nchunk_size = 262144\n[registry.\"mirror:5000\"]\ninsecure = true\n\
+             mirrors = [\"http://m1:5001\", \"https://m2/cache\"]\n",
         );
         let missing = dir.path().join("none.toml");
         let config = Config::load(None, &[system.clone(), missing, user.clone()]).unwrap();
@@ -467,7 +493,11 @@ mod tests {
         );
         assert_eq!(
             mirror.insecure.map(|s| (s.value, s.file)),
-            Some((true, user))
+            Some((true, user.clone()))
+        );
+        assert_eq!(
+            mirror.mirrors.map(|s| (s.value, s.file)),
+            Some((vec!["http://m1:5001".to_owned(), "https://m2/cache".to_owned()], user))
         );
         assert_eq!(config.registry.len(), 1);
     }
@@ -496,6 +526,10 @@ mod tests {
             (
                 "[registry.\"r:1\"]\nplain_http = true\nmirror = \"x\"\n",
                 "line 3: unknown key `mirror`",
+            ),
+            (
+                "[registry.\"r:1\"]\nmirrors = [\"ftp://m\"]\n",
+                "[registry.\"r:1\"] mirrors: \"ftp://m\": only http:// and https://",
             ),
             (
                 "verify = \"sometimes\"\n",

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 use clap::Args;
 #[cfg(target_os = "linux")]
-use ocifs_core::{Content, Reader as _};
+use ocifs_core::Content;
 #[cfg(any(target_os = "linux", windows))]
 use {
     ocifs_core::{Tree, resolve},
@@ -333,7 +333,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     if args.source.stats {
         // Not eprintln!: a daemon's stderr may be a closed pipe.
         let mut err = std::io::stderr();
-        let _ = writeln!(err, "{}", serde_json::to_string(&opened.reader.stats())?);
+        let _ = writeln!(err, "{}", opened.stats_json());
         let _ = writeln!(err, "{}", serde_json::to_string(&stats)?);
     }
     Ok(())

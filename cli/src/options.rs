@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use ocifs_core::{CacheOptions, CachedSource, ChunkCache, DiskStore};
 use ocifs_core::{
-    ContentReader, Credentials, Error, Expand, ImageOptions, LayoutRef, LayoutSource, Platform,
-    Reference, RegistryOptions, RegistrySource, Resolution, RetryPolicy, Source, Tree, Verify,
-    View, ViewOptions,
+    ContentReader, Credentials, Endpoint, Error, Expand, ImageOptions, LayoutRef, LayoutSource,
+    MirroredSource, Platform, Reference, RegistriesConf, RegistryOptions, RegistryRef,
+    RegistrySource, Resolution, RetryPolicy, Source, Tree, Verify, View, ViewOptions,
 };
 
 /// Parses a byte size: `4096`, `512K`, `1M`, `1MiB`, `10G`, `1.5G`.
@@ -179,6 +179,18 @@ pub struct SourceArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub retries: u32,
 
+    /// Where containerd's per-registry hosts.toml files are
+    /// (DIR/REGISTRY/hosts.toml, DIR/_default/hosts.toml): mirrors tried in
+    /// order before the registry. Default: /etc/containerd/certs.d.
+    #[arg(long, value_name = "DIR", env = "OCIFS_HOSTS_DIR")]
+    pub hosts_dir: Option<PathBuf>,
+
+    /// containers' registries.conf whose [[registry.mirror]] entries to use
+    /// (and registries.conf.d/ beside it), where no hosts.toml names the
+    /// registry. Default: /etc/containers/registries.conf.
+    #[arg(long, value_name = "FILE", env = "CONTAINERS_REGISTRIES_CONF")]
+    pub registries_conf: Option<PathBuf>,
+
     /// Ask the registry for push access too (`ocifs index`).
     #[arg(skip)]
     pub push: bool,
@@ -229,12 +241,14 @@ pub struct SourceArgs {
 }
 
 /// What the config file says of one registry (a flag can only turn these on).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RegistryDefaults {
     /// Talk to it over plain HTTP.
     pub plain_http: bool,
     /// Accept any TLS certificate from it.
     pub insecure: bool,
+    /// Mirrors to try first, in order.
+    pub mirrors: Vec<String>,
 }
 
 /// The first line of stdin, without its line ending: `--password-stdin`.
@@ -263,6 +277,22 @@ pub struct Opened {
     pub registry: Option<Arc<RegistrySource>>,
     /// `--trust-referrers`.
     pub trust_referrers: bool,
+}
+
+impl Opened {
+    /// `--stats`: the reader's counters, and the bytes that arrived from
+    /// each host (`wire`), kept or not.
+    pub fn stats_json(&self) -> String {
+        use ocifs_core::Reader as _;
+        let mut v = serde_json::to_value(self.reader.stats()).unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert(
+                "wire".into(),
+                serde_json::to_value(self.source.wire()).unwrap_or_default(),
+            );
+        }
+        v.to_string()
+    }
 }
 
 impl SourceArgs {
@@ -307,6 +337,55 @@ impl SourceArgs {
         }
     }
 
+    /// The hosts `r` is reached through when some file names mirrors for
+    /// it: the config file's `mirrors`, else a hosts.toml, else
+    /// registries.conf; `None` when none does (the registry alone).
+    fn mirrored_hosts(
+        &self,
+        r: &RegistryRef,
+        configured: &RegistryDefaults,
+    ) -> anyhow::Result<Option<Vec<Endpoint>>> {
+        if !configured.mirrors.is_empty() {
+            let mut hosts = Vec::new();
+            for url in &configured.mirrors {
+                hosts.push(Endpoint::mirror(url).map_err(|e| {
+                    anyhow::anyhow!("the mirrors of {} in the config file: {e}", r.registry)
+                })?);
+            }
+            let mut origin = Endpoint::origin(&r.registry, configured.plain_http);
+            if r.registry == ocifs_core::DOCKER_HUB {
+                origin.host = "registry-1.docker.io".into();
+            }
+            hosts.push(origin);
+            return Ok(Some(hosts));
+        }
+        let hosts_dir = self.hosts_dir.clone().unwrap_or_else(|| {
+            if cfg!(windows) {
+                let data =
+                    std::env::var_os("ProgramData").unwrap_or_else(|| "C:\\ProgramData".into());
+                PathBuf::from(data).join("containerd").join("certs.d")
+            } else {
+                PathBuf::from("/etc/containerd/certs.d")
+            }
+        });
+        let hosts = match ocifs_core::hosts_toml_for(&hosts_dir, &r.registry)? {
+            Some(h) => Some(h),
+            None => {
+                let file = self
+                    .registries_conf
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/etc/containers/registries.conf"));
+                RegistriesConf::load(&file)?.endpoints(&r.registry, &r.repository)?
+            }
+        };
+        // A file that names the registry alone, as it is, changes nothing.
+        Ok(hosts.filter(|h| {
+            !matches!(h.as_slice(), [o] if o.host == r.registry && o.api_root == "/v2"
+                && o.repository.is_none() && o.headers.is_empty() && o.ca_files.is_empty()
+                && !o.skip_verify && !o.http_fallback)
+        }))
+    }
+
     /// Parses the reference and opens its source (authenticating to a registry).
     pub async fn open(&self, reference: Option<&str>) -> anyhow::Result<Opened> {
         let reference = self.parse_reference(reference)?;
@@ -333,12 +412,11 @@ impl SourceArgs {
                 let configured = self
                     .registries
                     .get(&r.registry)
-                    .copied()
+                    .cloned()
                     .unwrap_or_default();
-                let options = RegistryOptions {
+                let mut options = RegistryOptions {
                     plain_http: self.plain_http || configured.plain_http,
                     insecure: self.insecure || configured.insecure,
-                    credentials: self.credentials(&r.registry)?,
                     retry: RetryPolicy {
                         total,
                         max_attempts: self.retries.saturating_add(1),
@@ -347,22 +425,50 @@ impl SourceArgs {
                     read_timeout: total.min(Duration::from_secs(30)),
                     connect_timeout: total.min(Duration::from_secs(10)),
                     push: self.push,
+                    ..RegistryOptions::default()
                 };
-                match RegistrySource::connect(r, options).await {
-                    Ok(registry) => {
-                        let registry = Arc::new(registry);
-                        reached = Some(registry.clone());
-                        Arc::new(CachedSource::online(registry, s, r.clone()))
+                let hosts = if self.push {
+                    // A publisher's pushes go to the registry itself.
+                    None
+                } else {
+                    self.mirrored_hosts(r, &configured)?
+                };
+                if let Some(hosts) = hosts {
+                    let mut chain = Vec::new();
+                    for mut endpoint in hosts {
+                        let mut o = options.clone();
+                        if endpoint.origin {
+                            endpoint.plain_http |= o.plain_http;
+                            o.credentials = self.credentials(&r.registry)?;
+                        } else {
+                            o.credentials = ocifs_core::lookup_credentials(&endpoint.host)?;
+                            o.insecure = false;
+                        }
+                        chain.push((endpoint, o));
                     }
-                    Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. })) if !self.push => {
-                        tracing::warn!("{e}; serving what the cache holds");
-                        Arc::new(CachedSource::offline(
-                            s,
-                            r.clone(),
-                            format!("the registry is unreachable ({e})"),
-                        ))
+                    let mirrored = Arc::new(MirroredSource::new(r, chain));
+                    tracing::debug!(?mirrored, "reaching {} through its mirrors", r.registry);
+                    Arc::new(CachedSource::online(mirrored, s, r.clone()))
+                } else {
+                    options.credentials = self.credentials(&r.registry)?;
+                    match RegistrySource::connect(r, options).await {
+                        Ok(registry) => {
+                            let registry = Arc::new(registry);
+                            reached = Some(registry.clone());
+                            Arc::new(CachedSource::online(registry, s, r.clone()))
+                        }
+                        Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. }))
+                            if !self.push =>
+                        {
+                            tracing::warn!("{e}; serving what the cache holds");
+                            Arc::new(CachedSource::offline(
+                                s,
+                                r.clone(),
+                                format!("the registry is unreachable ({e})"),
+                            ))
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
         };

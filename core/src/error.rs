@@ -171,6 +171,30 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// A mirror answered a request for part of a blob with the whole of
+    /// it (`200`): it is not read through to the offset.
+    #[error(
+        "mirror {registry} ignored the Range of a request for {what} (it answered 200 with the whole blob)"
+    )]
+    RangeIgnored {
+        /// The mirror's host.
+        registry: String,
+        /// What was requested.
+        what: String,
+    },
+
+    /// A configuration file (hosts.toml, registries.conf) that cannot be
+    /// used.
+    #[error("{file}{}: {detail}", .line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    Config {
+        /// The file.
+        file: String,
+        /// The line, where known.
+        line: Option<usize>,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// Content does not hash to the digest that names it. Never served.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -489,7 +513,8 @@ impl Error {
             Error::InvalidReference { .. }
             | Error::InvalidOption { .. }
             | Error::InvalidDigest { .. }
-            | Error::InvalidPlatform { .. } => USAGE,
+            | Error::InvalidPlatform { .. }
+            | Error::Config { .. } => USAGE,
             Error::ManifestNotFound { .. }
             | Error::BlobNotFound { .. }
             | Error::PlatformNotFound { .. }
@@ -503,6 +528,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Registry { .. }
             | Error::Transfer { .. }
+            | Error::RangeIgnored { .. }
             | Error::NotCached { .. } => NETWORK,
             Error::DigestMismatch { .. } | Error::ShortRead { .. } => INTEGRITY,
             Error::TooLarge { .. }

@@ -50,6 +50,7 @@ mod credentials;
 mod digest;
 mod error;
 mod fsutil;
+mod hosts;
 mod image;
 mod manifest;
 mod package;
@@ -78,6 +79,7 @@ pub use content::{
 pub use credentials::{Credentials, lookup as lookup_credentials};
 pub use digest::{Digest, Hasher};
 pub use error::{Cause, Error, Kind, Result, exit_code, printable};
+pub use hosts::{Capabilities, Endpoint, RegistriesConf, hosts_toml_for, parse_hosts_toml};
 pub use image::{ImageOptions, LayerIndex, is_image};
 pub use manifest::{
     Descriptor, Index, MAX_MANIFEST_SIZE, Manifest, Parsed, annotation, media_type,
@@ -91,10 +93,13 @@ pub use published::{
     bind as bind_index, find as find_index, layer_source, make as make_index,
 };
 pub use read::{ContentReader, DECODED_BUDGET, Reader};
-pub use reference::{LayoutRef, Reference, RegistryRef};
+pub use reference::{DOCKER_HUB, LayoutRef, Reference, RegistryRef};
 pub use resolve::{IndexStep, Resolution, resolve};
 pub use retry::{Resumption, RetryPolicy};
-pub use source::{LayoutSource, RegistryOptions, RegistrySource, Selector, Source};
+pub use source::{
+    DOWN_FOR, HostBytes, LayoutSource, MIRROR_TIMEOUT, MirroredSource, RegistryOptions,
+    RegistrySource, Selector, Source,
+};
 pub use tree::{Children, Ino, Node, NodeKind, Row, SpecialKind, Tree, Xattrs, format_time};
 pub use view::{Expand, View, ViewOptions};
 

@@ -99,13 +99,30 @@ impl Registry {
     /// If the registry does not come up within 20 seconds (with the tail of
     /// its log), or its configuration cannot be written.
     pub fn start(auth: RegistryAuth) -> Self {
-        match Self::try_start(auth) {
+        match Self::try_start(auth, "") {
             Ok(r) => r,
             Err(e) => panic!("ocifs-tests: cannot start the registry: {e}"),
         }
     }
 
-    fn try_start(auth: RegistryAuth) -> Result<Self, String> {
+    /// A pull-through cache of the registry at `remote` (a URL such as
+    /// `http://127.0.0.1:PORT`): distribution in proxy mode
+    /// (`proxy.remoteurl`), which fetches what it has not got from there
+    /// and keeps it. It answers a `Range` request for a blob it has not
+    /// cached with `200` and the whole blob.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn pull_through(remote: &str) -> Self {
+        let config = format!("proxy:\n  remoteurl: {}\n", yaml_str(Path::new(remote)));
+        match Self::try_start(RegistryAuth::None, &config) {
+            Ok(r) => r,
+            Err(e) => panic!("ocifs-tests: cannot start the pull-through registry: {e}"),
+        }
+    }
+
+    fn try_start(auth: RegistryAuth, extra_config: &str) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("ocifs-registry-")
             .tempdir()
@@ -138,6 +155,7 @@ impl Registry {
                 )
             }
         };
+        let auth_config = format!("{auth_config}{extra_config}");
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();

@@ -162,6 +162,10 @@ impl Source for CachedSource {
             .map_or_else(RetryPolicy::none, |inner| inner.retry_policy())
     }
 
+    fn wire(&self) -> Vec<crate::source::HostBytes> {
+        self.inner.as_ref().map(|i| i.wire()).unwrap_or_default()
+    }
+
     async fn tags(&self) -> Result<Vec<String>> {
         match &self.inner {
             Some(inner) => inner.tags().await,

@@ -10,6 +10,7 @@
 
 mod beneath;
 mod layout;
+mod mirror;
 mod registry;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use layout::LayoutSource;
+pub use mirror::{DOWN_FOR, HostBytes, MIRROR_TIMEOUT, MirroredSource};
 pub use registry::{RegistryOptions, RegistrySource};
 
 use crate::digest::Digest;
@@ -111,6 +113,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     async fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {
         let _ = (subject, artifact_type);
         Ok(Vec::new())
+    }
+
+    /// The bytes that arrived from each host so far, kept or not: what
+    /// crossed the wire, beside what the cache counts as fetched.
+    fn wire(&self) -> Vec<HostBytes> {
+        Vec::new()
     }
 
     /// The layout's `index.json`, for sources that have one.

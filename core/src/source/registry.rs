@@ -26,7 +26,8 @@
 //! print `<redacted>`.
 
 use std::fmt;
-use std::sync::{Once, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,6 +74,17 @@ pub struct RegistryOptions {
     pub connect_timeout: Duration,
     /// Ask for push access as well as pull (`ocifs index`).
     pub push: bool,
+    /// Where the API answers on the host, when not at `/v2` (a mirror's
+    /// path prefix, from hosts.toml): requests go to `ROOT/REPO/…`.
+    pub api_root: Option<String>,
+    /// Headers sent with every request (hosts.toml's `[host."…".header]`).
+    pub headers: Vec<(String, String)>,
+    /// PEM files of certificate authorities trusted beside the system's.
+    pub ca_files: Vec<std::path::PathBuf>,
+    /// A host in front of the origin (a mirror): a `200` with the whole
+    /// blob to a request for part of one is [`Error::RangeIgnored`]
+    /// rather than read through to the offset.
+    pub mirror: bool,
 }
 
 impl Default for RegistryOptions {
@@ -85,6 +97,10 @@ impl Default for RegistryOptions {
             read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             push: false,
+            api_root: None,
+            headers: Vec::new(),
+            ca_files: Vec::new(),
+            mirror: false,
         }
     }
 }
@@ -258,6 +274,8 @@ pub struct RegistrySource {
     auth: RwLock<AuthHeader>,
     trusted_realms: Vec<String>,
     options: RegistryOptions,
+    api_root: String,
+    wire: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RegistrySource {
@@ -355,18 +373,52 @@ impl RegistrySource {
             reference.registry.clone()
         };
         let scheme = if options.plain_http { "http" } else { "https" };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .danger_accept_invalid_certs(options.insecure)
             .read_timeout(options.read_timeout)
             .connect_timeout(options.connect_timeout)
             .user_agent(concat!("ocifs/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect_policy())
-            .build()
-            .map_err(|e| Error::Unreachable {
-                registry: host.clone(),
-                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
-                source: cause(e),
+            .redirect(redirect_policy());
+        if !options.headers.is_empty() {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &options.headers {
+                let bad = |what: &str| Error::InvalidOption {
+                    option: "header".into(),
+                    value: format!("{name:?}"),
+                    reason: format!("not a valid HTTP header {what}"),
+                };
+                let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| bad("name"))?;
+                let value = HeaderValue::from_str(value).map_err(|_| bad("value"))?;
+                headers.append(name, value);
+            }
+            builder = builder.default_headers(headers);
+        }
+        for file in &options.ca_files {
+            let pem = std::fs::read(file).map_err(|e| Error::Io {
+                context: format!("reading the CA file {}", file.display()),
+                source: Arc::new(e),
             })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::InvalidOption {
+                    option: "ca".into(),
+                    value: file.display().to_string(),
+                    reason: format!("not PEM certificates: {}", chain(&e)),
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| Error::Unreachable {
+            registry: host.clone(),
+            detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            source: cause(e),
+        })?;
+        let api_root = options
+            .api_root
+            .as_deref()
+            .map(|r| r.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| "/v2".to_owned());
         let trusted_realms = std::env::var(TRUSTED_REALMS_ENV)
             .unwrap_or_default()
             .split(',')
@@ -381,6 +433,8 @@ impl RegistrySource {
             auth: RwLock::new(AuthHeader::default()),
             trusted_realms,
             options,
+            api_root,
+            wire: Arc::new(AtomicU64::new(0)),
         };
         source
             .options
@@ -409,9 +463,20 @@ impl RegistrySource {
 
     fn url(&self, path: &str) -> String {
         format!(
-            "{}://{}/v2/{}/{path}",
-            self.scheme, self.host, self.reference.repository
+            "{}://{}{}/{}/{path}",
+            self.scheme, self.host, self.api_root, self.reference.repository
         )
+    }
+
+    /// The bytes of manifests and blobs that arrived from this host,
+    /// whether kept or not (those skipped to reach an offset too).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire.load(Ordering::Relaxed)
+    }
+
+    /// The host and port requests go to.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The handshake: answers `challenge` (from a `401`), or the one `GET
@@ -427,7 +492,7 @@ impl RegistrySource {
                 let what = format!("the API root of {}", self.host);
                 let response = self
                     .http
-                    .get(format!("{}://{}/v2/", self.scheme, self.host))
+                    .get(format!("{}://{}{}/", self.scheme, self.host, self.api_root))
                     .send()
                     .await
                     .map_err(|e| self.map_reqwest(e, &what))?;
@@ -760,6 +825,7 @@ impl RegistrySource {
                 });
             }
         };
+        self.wire.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let digest = Digest::of(&bytes);
         if let Selector::Digest(expected) = selector
             && expected != &digest
@@ -833,6 +899,14 @@ impl RegistrySource {
                 }
                 0
             }
+            // A mirror that ignores Range is not read through to the
+            // offset: the caller asks another host.
+            200 if self.options.mirror && (offset > 0 || len.is_some()) => {
+                return Err(Error::RangeIgnored {
+                    registry: self.host.clone(),
+                    what,
+                });
+            }
             // The registry ignored Range and sends the whole blob.
             200 => offset,
             404 => {
@@ -845,7 +919,11 @@ impl RegistrySource {
         };
         let host = self.host.clone();
         let timeout = self.options.read_timeout;
-        let stream: BlobStream = Box::pin(response.bytes_stream().map_err(move |e| {
+        let wire = self.wire.clone();
+        let body = response.bytes_stream().inspect_ok(move |piece| {
+            wire.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        });
+        let stream: BlobStream = Box::pin(body.map_err(move |e| {
             if e.is_timeout() {
                 Error::Timeout {
                     what: format!("{what} from {host}"),
@@ -929,6 +1007,13 @@ impl Source for RegistrySource {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.options.retry
+    }
+
+    fn wire(&self) -> Vec<super::HostBytes> {
+        vec![super::HostBytes {
+            host: format!("{}://{}{}", self.scheme, self.host, self.api_root),
+            received: self.wire_bytes(),
+        }]
     }
 
     async fn referrers(&self, subject: &Digest, artifact_type: &str) -> Result<Vec<Descriptor>> {

@@ -18,6 +18,7 @@ mod harness;
 mod indexes;
 mod integrity;
 mod layouts;
+mod mirrors;
 mod mount;
 mod node;
 mod packages;
