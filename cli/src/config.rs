@@ -497,7 +497,10 @@ mod tests {
         );
         assert_eq!(
             mirror.mirrors.map(|s| (s.value, s.file)),
-            Some((vec!["http://m1:5001".to_owned(), "https://m2/cache".to_owned()], user))
+            Some((
+                vec!["http://m1:5001".to_owned(), "https://m2/cache".to_owned()],
+                user
+            ))
         );
         assert_eq!(config.registry.len(), 1);
     }

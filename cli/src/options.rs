@@ -378,12 +378,12 @@ impl SourceArgs {
                 RegistriesConf::load(&file)?.endpoints(&r.registry, &r.repository)?
             }
         };
-        // A file that names the registry alone, as it is, changes nothing.
-        Ok(hosts.filter(|h| {
-            !matches!(h.as_slice(), [o] if o.host == r.registry && o.api_root == "/v2"
-                && o.repository.is_none() && o.headers.is_empty() && o.ca_files.is_empty()
-                && !o.skip_verify && !o.http_fallback)
-        }))
+        // A file that names the registry alone, as ocifs would reach it
+        // anyway, changes nothing.
+        let plain = Endpoint::origin(&r.registry, false);
+        Ok(hosts.filter(
+            |h| !matches!(h.as_slice(), [o] if Endpoint { file: None, ..o.clone() } == plain),
+        ))
     }
 
     /// Parses the reference and opens its source (authenticating to a registry).

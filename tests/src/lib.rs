@@ -51,6 +51,7 @@ pub mod chunked;
 mod containerd;
 mod layout;
 mod mounts;
+mod nginx;
 mod proxy;
 mod registry;
 pub mod rootfs;
@@ -66,6 +67,7 @@ pub use blobs::{BlobHost, HostRequest};
 pub use containerd::Containerd;
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
 pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options};
+pub use nginx::{SliceCache, slice_cache_config};
 pub use proxy::{
     CountingProxy, Disposition, Fault, HookFn, ProxyHook, RandomFaults, RequestInfo, RequestRecord,
     ThrottleBlobs,

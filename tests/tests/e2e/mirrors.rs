@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ocifs_tests::{
-    CountingProxy, Disposition, HookFn, Mounted, Registry, RegistryAuth, closed_port, random_bytes,
-    run_ocifs, temp_dir,
+    CountingProxy, Disposition, HookFn, Mounted, Registry, RegistryAuth, SliceCache, closed_port,
+    random_bytes, run_ocifs, temp_dir,
 };
 
 use crate::support::{FileSpec, push_files};
@@ -378,4 +378,96 @@ fn a_registries_conf_mirror_serves_the_blobs_and_insecure_falls_back_to_plain_ht
         "{}: line 4: unknown key `locaton`",
         conf.display()
     ));
+}
+
+/// `n` lazy nodes, each with its own cache, mounted through `mirror` (a
+/// hosts.toml naming it before the origin `at_origin`), each reading 4 KiB
+/// at `at` of `disk.img` at the same moment; the bytes each got.
+fn fleet_reads(dir: &Path, n: usize, origin: &str, mirror: Option<&str>, at: u64) -> Vec<Vec<u8>> {
+    let hosts = hosts_dir(
+        dir,
+        origin,
+        &match mirror {
+            Some(m) => format!("server = \"http://{origin}\"\n[host.\"http://{m}\"]\n"),
+            None => format!("server = \"http://{origin}\"\n"),
+        },
+    );
+    let hosts = hosts.display().to_string();
+    let reference = format!("{origin}/fleet:v1");
+    let mounts: Vec<Mounted> = (0..n)
+        .map(|_| {
+            Mounted::new(
+                &reference,
+                &[
+                    "--verify",
+                    "lazy",
+                    "--background-fetch-max",
+                    "0",
+                    "--hosts-dir",
+                    &hosts,
+                ],
+            )
+        })
+        .collect();
+    let barrier = std::sync::Barrier::new(n);
+    let got = std::thread::scope(|s| {
+        let readers: Vec<_> = mounts
+            .iter()
+            .map(|m| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let file = std::fs::File::open(m.path("disk.img")).expect("open");
+                    let mut buf = vec![0u8; 4096];
+                    barrier.wait();
+                    file.read_exact_at(&mut buf, at).expect("pread");
+                    buf
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().expect("reader"))
+            .collect()
+    });
+    for m in mounts {
+        m.unmount();
+    }
+    got
+}
+
+#[test]
+fn a_lazy_fleet_of_five_behind_the_nginx_slice_cache_costs_the_origin_one_chunk() {
+    let origin = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let disk = random_bytes(64 * MIB, 31);
+    push_files(
+        &origin,
+        dir.path(),
+        "fleet:v1",
+        &[FileSpec {
+            title: "disk.img",
+            content: disk.clone(),
+            media_type: None,
+        }],
+    );
+    let at_origin = CountingProxy::start(&origin.host());
+    let cache = SliceCache::start(&at_origin.host());
+    let at = (40 * MIB + 4_321) as u64;
+    at_origin.reset();
+    let got = fleet_reads(dir.path(), 5, &at_origin.host(), Some(&cache.host()), at);
+    for (i, g) in got.iter().enumerate() {
+        assert!(
+            g[..] == disk[at as usize..at as usize + 4096],
+            "node {i} read other bytes"
+        );
+    }
+    // One node needs one 1 MiB chunk; the five together cost the origin
+    // that chunk once (the slice cache collapses their misses).
+    let origin_bytes = at_origin.blob_bytes();
+    assert!(
+        origin_bytes as f64 <= 1.1 * MIB as f64,
+        "five lazy nodes behind the slice cache cost the origin {origin_bytes} bytes of blobs:\n{}\n{}",
+        at_origin.describe(),
+        cache.log()
+    );
 }
