@@ -110,6 +110,11 @@ impl SliceCache {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The nginx process (one: `master_process off`), for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// nginx's error log and stderr.
     pub fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();

@@ -6,9 +6,10 @@
 //! it (its [`Capabilities`]), and on to the next when that host fails:
 //!
 //! - a host that is unreachable, times out or answers `5xx` is skipped for
-//!   [`DOWN_FOR`] and asked again after; a mirror gets one retry and a
-//!   short connect timeout, so a dead or hung mirror costs a read that
-//!   much and no more;
+//!   [`DOWN_FOR`] and asked again after; a mirror gets one attempt (the
+//!   next host is the retry) with a short connect timeout
+//!   ([`MIRROR_TIMEOUT`], for its silence too), so a dead or hung mirror
+//!   costs a read that much and no more;
 //! - a host that answers a request for part of a blob with the whole blob
 //!   (`200`, as a pull-through cache does for a blob it has not cached)
 //!   is not read through to the offset: the read goes to the next host at
@@ -166,8 +167,9 @@ impl MirroredSource {
                     options.mirror = true;
                     options.connect_timeout = options.connect_timeout.min(MIRROR_TIMEOUT);
                     options.read_timeout = options.read_timeout.min(MIRROR_TIMEOUT);
+                    // The next host is the retry.
                     options.retry = RetryPolicy {
-                        max_attempts: options.retry.max_attempts.min(2),
+                        max_attempts: 1,
                         ..options.retry
                     };
                 }

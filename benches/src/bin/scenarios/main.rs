@@ -18,6 +18,7 @@ use ocifs_tests::{
     workspace_dir,
 };
 
+mod fleet;
 mod images;
 mod vm;
 
@@ -823,12 +824,15 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     parallel_readers(&host, if quick { 8 } else { 32 }, rows);
 }
 
-const USAGE: &str = "usage: scenarios [--quick] [--only blob,rootfs,chunked,layout,package,boot]";
+const USAGE: &str =
+    "usage: scenarios [--quick] [--only blob,rootfs,chunked,layout,package,boot,fleet]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let groups = ["blob", "rootfs", "chunked", "layout", "package", "boot"];
+    let groups = [
+        "blob", "rootfs", "chunked", "layout", "package", "boot", "fleet",
+    ];
     let only: Option<Vec<String>> = match args.iter().position(|a| a == "--only") {
         None => None,
         Some(i) => {
@@ -894,6 +898,10 @@ fn main() {
         boot(&host, &mut rows);
         eprintln!("== boot a VM from a disk image on a mount");
         vm::disk_boot(&host, if quick { 1 } else { 3 }, &mut rows);
+    }
+    if wants("fleet") {
+        eprintln!("== a fleet behind mirrors");
+        fleet::fleet(quick, &mut rows);
     }
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
