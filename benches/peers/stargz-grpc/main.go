@@ -31,7 +31,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +51,7 @@ import (
 	"github.com/containerd/stargz-snapshotter/fs/layer"
 	"github.com/containerd/stargz-snapshotter/fs/source"
 	"github.com/containerd/stargz-snapshotter/snapshot"
+	rhttp "github.com/hashicorp/go-retryablehttp"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 )
@@ -75,11 +75,16 @@ func main() {
 
 // registryHosts answers, for an image reference, the one host to fetch
 // its blobs from: the reference's own, over plain HTTP when it is
-// localhost or named insecure, anonymous, with a per-request timeout.
+// localhost or named insecure, anonymous, with a per-request timeout. The
+// client's transport must be set (the fetcher wraps it) and be
+// go-retryablehttp's, so that the library applies its retry settings.
 func registryHosts(insecure map[string]bool, timeout time.Duration) source.RegistryHosts {
 	return func(ref reference.Spec) ([]docker.RegistryHost, error) {
 		host := ref.Hostname()
-		client := &http.Client{Timeout: timeout}
+		retrying := rhttp.NewClient()
+		retrying.Logger = nil // not a line per request
+		client := retrying.StandardClient()
+		client.Timeout = timeout
 		scheme := "https"
 		if local, _ := docker.MatchLocalhost(host); local || insecure[host] {
 			scheme = "http"
