@@ -64,7 +64,7 @@ pub mod walk;
 mod wine;
 
 pub use blobs::{BlobHost, HostRequest};
-pub use containerd::Containerd;
+pub use containerd::{Containerd, STARGZ_SNAPSHOTTER, stargz_grpc_bin};
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
 pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options};
 pub use nginx::{SliceCache, slice_cache_config};

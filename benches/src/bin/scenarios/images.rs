@@ -13,8 +13,9 @@ use ocifs_tests::chunked::Converted;
 use ocifs_tests::rootfs::{registry_manifest, umoci};
 use ocifs_tests::walk::file_sha256;
 use ocifs_tests::{
-    CountingProxy, LayerCompression, PushFile, PushOptions, PythonEnv, Registry, RegistryAuth,
-    is_mounted, minbase_image, oras_pull, oras_push, rootfs_image, skopeo_copy,
+    Containerd, CountingProxy, LayerCompression, PushFile, PushOptions, PythonEnv, Registry,
+    RegistryAuth, STARGZ_SNAPSHOTTER, is_mounted, minbase_image, oras_pull, oras_push,
+    rootfs_image, skopeo_copy, stargz_grpc_bin,
 };
 
 use super::{drop_page_cache, mount, mount_then, timed, umount};
@@ -576,6 +577,8 @@ pub(crate) fn layout_reads(rows: &mut Vec<Row>) {
 /// original: a first strict mount + `find` on a cold cache, and one file
 /// from the middle of the layer on a fresh node.
 pub(crate) fn chunked(rows: &mut Vec<Row>) {
+    // The peer must be there before the long conversions: never skipped.
+    stargz_grpc_bin();
     let work = tempfile::tempdir().expect("tempdir");
     let converted = Converted::make(work.path());
     let image = minbase_image();
@@ -660,5 +663,255 @@ pub(crate) fn chunked(rows: &mut Vec<Row>) {
             "bytes",
             Some(layer),
         ));
+    }
+    against_stargz(rows, &converted, &label, &tree, entries, &mnt, work.path());
+}
+
+/// What the stargz snapshotter fetched and how long it took, from the
+/// start of `ctr-remote image rpull` to the end of the file read.
+struct PeerRun {
+    secs: f64,
+    /// Of which `ctr-remote image rpull`.
+    rpull_secs: f64,
+    /// Blob bytes through the proxy when find and the read had finished.
+    bytes: u64,
+    /// Blob bytes once its background fetch stopped (none new for 3 s),
+    /// and the seconds after the read that took.
+    settled: (u64, f64),
+}
+
+/// How long the stargz snapshotter's background fetch may go on.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long no new blob byte must come for its background fetch to count
+/// as settled: longer than the 5 s the library's background task manager
+/// waits for the layer to be idle before it starts fetching.
+const SETTLE_QUIET: Duration = Duration::from_secs(10);
+
+/// The eStargz image through stargz-snapshotter's own path, its snapshotter
+/// daemon (`containerd-stargz-grpc`, built by scripts/test) behind a
+/// private containerd: `ctr-remote image rpull`, an overlay mount of a
+/// snapshot prepared on the image's layer, `find | wc -l` and a read of
+/// the middle file, next to ocifs doing the same (strict mount, find, the
+/// same read) on a fresh cache; both cold (page cache dropped), both
+/// through a counting proxy of their own.
+fn against_stargz(
+    rows: &mut Vec<Row>,
+    converted: &Converted,
+    label: &str,
+    tree: &Path,
+    entries: u64,
+    mnt: &Path,
+    work: &Path,
+) {
+    let image = minbase_image();
+    let middle = image.middle_file();
+    let host = converted.host("esgz");
+    let manifest = registry_manifest(&host, "minbase:esgz");
+    let layer = manifest["layers"][0]["size"].as_u64().expect("size") as f64;
+    let scenario = format!(
+        "{label}, eStargz: first mount + find | wc -l + read /{} ({} bytes), cold cache ({entries} entries)",
+        middle.path, middle.size
+    );
+    let bytes_scenario = format!("{scenario}: bytes fetched (ratio to the layer)");
+    let versus = format!("{scenario}: ocifs against stargz-snapshotter (ratio to the peer)");
+
+    drop_page_cache();
+    let start = Instant::now();
+    let (_, count) = find_count(tree, || {}).expect("find on a local tree hung");
+    assert_eq!(count, entries);
+    let (_, sha) = read_file(&tree.join(&middle.path));
+    assert_eq!(sha, middle.sha256);
+    let floor = start.elapsed().as_secs_f64();
+    rows.push(Row::new(
+        scenario.clone(),
+        "find + read on the unpacked tree (floor)",
+        floor,
+        "s",
+        None,
+    ));
+
+    // ocifs: strict mount (the default), find, the read; a fresh cache.
+    let tool = "ocifs, strict mount, from the TOC";
+    let proxy = CountingProxy::start(&host);
+    let cache = work.join("cache-vs-stargz");
+    drop_page_cache();
+    let start = Instant::now();
+    mount(&proxy.host(), "minbase:esgz", mnt, &cache, &[]);
+    let (_, count) =
+        find_count(mnt, || umount(mnt)).unwrap_or_else(|| panic!("find under {tool} hung"));
+    let (_, sha) = read_file(&mnt.join(&middle.path));
+    let ocifs_secs = start.elapsed().as_secs_f64();
+    let ocifs_bytes = proxy.blob_bytes();
+    umount(mnt);
+    assert_eq!(
+        count, entries,
+        "{tool}: {count} entries, umoci's tree {entries}"
+    );
+    assert_eq!(sha, middle.sha256, "{tool} read another {}", middle.path);
+    drop(proxy);
+
+    let peer = stargz_run(&host, mnt, entries);
+    let peer_tool = "stargz-snapshotter (ctr-remote rpull + overlay mount of a snapshot)";
+    rows.push(Row::new(
+        scenario.clone(),
+        format!("{tool} (+{:.1} MB fetched)", ocifs_bytes as f64 / 1e6),
+        ocifs_secs,
+        "s",
+        Some(floor),
+    ));
+    rows.push(Row::new(
+        scenario.clone(),
+        format!(
+            "{peer_tool} (rpull {:.2} s of it; +{:.1} MB fetched by then)",
+            peer.rpull_secs,
+            peer.bytes as f64 / 1e6
+        ),
+        peer.secs,
+        "s",
+        Some(floor),
+    ));
+    rows.push(Row::new(
+        bytes_scenario.clone(),
+        tool,
+        ocifs_bytes as f64,
+        "bytes",
+        Some(layer),
+    ));
+    rows.push(Row::new(
+        bytes_scenario.clone(),
+        format!("{peer_tool}, when the read ended"),
+        peer.bytes as f64,
+        "bytes",
+        Some(layer),
+    ));
+    rows.push(Row::new(
+        bytes_scenario,
+        format!(
+            "{peer_tool}, after its background fetch settled ({:.1} s later)",
+            peer.settled.1
+        ),
+        peer.settled.0 as f64,
+        "bytes",
+        Some(layer),
+    ));
+    rows.push(Row::new(
+        versus.clone(),
+        "stargz-snapshotter: time",
+        peer.secs,
+        "s",
+        None,
+    ));
+    rows.push(Row::new(
+        versus.clone(),
+        "ocifs: time",
+        ocifs_secs,
+        "s",
+        Some(peer.secs),
+    ));
+    rows.push(Row::new(
+        versus.clone(),
+        "stargz-snapshotter: bytes when the read ended",
+        peer.bytes as f64,
+        "bytes",
+        None,
+    ));
+    rows.push(Row::new(
+        versus,
+        "ocifs: bytes",
+        ocifs_bytes as f64,
+        "bytes",
+        Some(peer.bytes as f64),
+    ));
+}
+
+/// One cold run of the stargz snapshotter on `HOST/minbase:esgz` (through
+/// a counting proxy), its overlay mounted at `mnt`.
+fn stargz_run(host: &str, mnt: &Path, entries: u64) -> PeerRun {
+    let middle = minbase_image().middle_file();
+    let manifest = registry_manifest(host, "minbase:esgz");
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://{host}/v2/minbase/blobs/{config_digest}"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "fetching the esgz image's config");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the config");
+    // One layer: its chain ID is its diff ID.
+    let chain_id = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .expect("diff_ids")
+        .to_owned();
+
+    let containerd = Containerd::start_with_stargz();
+    let proxy = CountingProxy::start(host);
+    let reference = format!("{}/minbase:esgz", proxy.host());
+    let snapshots = |args: &[&str]| -> String {
+        let mut all = vec!["snapshots", "--snapshotter", STARGZ_SNAPSHOTTER];
+        all.extend_from_slice(args);
+        containerd.ctr_remote(&all)
+    };
+    drop_page_cache();
+    let start = Instant::now();
+    containerd.ctr_remote(&["image", "rpull", "--plain-http", &reference]);
+    let rpull_secs = start.elapsed().as_secs_f64();
+    snapshots(&["prepare", "ocifs-bench", &chain_id]);
+    let command = snapshots(&["mounts", &mnt.display().to_string(), "ocifs-bench"]);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(command.trim())
+        .status()
+        .expect("sh");
+    assert!(
+        status.success(),
+        "mounting the stargz snapshot ({}):\n{}",
+        command.trim(),
+        containerd.stargz_log()
+    );
+    let lazy_umount = || {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+    };
+    let found = find_count(mnt, lazy_umount);
+    let (_, count) = found.unwrap_or_else(|| {
+        panic!(
+            "find under the stargz snapshot hung:\n{}",
+            containerd.stargz_log()
+        )
+    });
+    let (_, sha) = read_file(&mnt.join(&middle.path));
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = proxy.blob_bytes();
+    assert_eq!(
+        count, entries,
+        "the stargz snapshot has {count} entries, umoci's tree {entries}"
+    );
+    assert_eq!(
+        sha, middle.sha256,
+        "stargz-snapshotter read another {}",
+        middle.path
+    );
+
+    let done = Instant::now();
+    let (mut last, mut since) = (bytes, Instant::now());
+    while since.elapsed() < SETTLE_QUIET && done.elapsed() < SETTLE_LIMIT {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = proxy.blob_bytes();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    let settled = (last, since.duration_since(done).as_secs_f64());
+    let _ = Command::new("umount").arg(mnt).status();
+    drop(containerd);
+    PeerRun {
+        secs,
+        rpull_secs,
+        bytes,
+        settled,
     }
 }
