@@ -303,6 +303,9 @@ pub struct RequestRecord {
     pub cookie: bool,
     /// The `Range` header the client sent, if any.
     pub range: Option<String>,
+    /// The `X-…` headers the client sent (name in lower case, value), as a
+    /// mirror routed by header sees them.
+    pub x_headers: Vec<(String, String)>,
     /// The status sent back (502 if the upstream could not be reached; 0 if
     /// no response has been sent yet).
     pub status: u16,
@@ -355,6 +358,7 @@ struct Record {
     authorization: bool,
     cookie: bool,
     range: Option<String>,
+    x_headers: Vec<(String, String)>,
     status: AtomicU16,
     body_bytes: AtomicU64,
     fault: Mutex<Option<String>>,
@@ -369,6 +373,7 @@ impl Record {
             authorization: self.authorization,
             cookie: self.cookie,
             range: self.range.clone(),
+            x_headers: self.x_headers.clone(),
             status: self.status.load(Ordering::SeqCst),
             body_bytes: self.body_bytes.load(Ordering::SeqCst),
             fault: lock(&self.fault).clone(),
@@ -671,6 +676,17 @@ impl Handler for ProxyState {
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            x_headers: request
+                .headers()
+                .iter()
+                .filter(|(n, _)| n.as_str().starts_with("x-"))
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
             status: AtomicU16::new(0),
             body_bytes: AtomicU64::new(0),
             fault: Mutex::new(None),

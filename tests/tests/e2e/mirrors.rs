@@ -256,7 +256,7 @@ fn a_dead_or_hung_mirror_is_passed_over_and_a_broken_stream_goes_on_from_its_byt
 }
 
 #[test]
-fn a_mirror_never_receives_the_origins_credentials() {
+fn a_mirror_never_receives_the_origins_credentials_and_gets_its_own_headers() {
     let origin = Registry::start(RegistryAuth::htpasswd("fleet", "s3cret-origin"));
     let dir = temp_dir();
     let files = [FileSpec {
@@ -267,13 +267,15 @@ fn a_mirror_never_receives_the_origins_credentials() {
     push_files(&origin, dir.path(), "node:v1", &files);
     let at_origin = CountingProxy::start(&origin.host());
     let mirror = CountingProxy::start(&origin.host());
+    // The header a P2P mirror routes by reaches the mirror, not the origin.
     let hosts = hosts_dir(
         dir.path(),
         &at_origin.host(),
         &format!(
-            "server = \"http://{}\"\n[host.\"http://{}\"]\n",
-            at_origin.host(),
-            mirror.host()
+            "server = \"http://{o}\"\n[host.\"http://{m}\"]\n\
+             [host.\"http://{m}\".header]\n  x-dragonfly-registry = \"http://{o}\"\n",
+            o = at_origin.host(),
+            m = mirror.host()
         ),
     );
     // No docker config with credentials for the mirror.
@@ -301,6 +303,29 @@ fn a_mirror_never_receives_the_origins_credentials() {
         at_origin.requests().iter().any(|r| r.authorization),
         "the origin never got the credentials:\n{}",
         at_origin.describe()
+    );
+    let routed = (
+        "x-dragonfly-registry".to_owned(),
+        format!("http://{}", at_origin.host()),
+    );
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .all(|r| r.x_headers.contains(&routed)),
+        "a request to the mirror lacked its hosts.toml header: {:?}",
+        mirror
+            .requests()
+            .iter()
+            .map(|r| &r.x_headers)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        at_origin
+            .requests()
+            .iter()
+            .all(|r| r.x_headers.iter().all(|(n, _)| n != "x-dragonfly-registry")),
+        "the origin received the mirror's header"
     );
 }
 
