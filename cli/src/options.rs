@@ -288,7 +288,7 @@ impl Opened {
         if let serde_json::Value::Object(m) = &mut v {
             m.insert(
                 "wire".into(),
-                serde_json::to_value(self.source.wire()).unwrap_or_default(),
+                serde_json::to_value(self.reader.wire()).unwrap_or_default(),
             );
         }
         v.to_string()

@@ -135,6 +135,11 @@ pub trait BlobReader: Send + Sync + fmt::Debug {
 
     /// The counters so far.
     fn stats(&self) -> Stats;
+
+    /// The bytes that arrived from each host of the source so far.
+    fn wire(&self) -> Vec<crate::HostBytes> {
+        Vec::new()
+    }
 }
 
 /// Reads straight from a source, without caching. In strict mode the whole

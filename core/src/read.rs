@@ -47,6 +47,11 @@ pub trait Reader: Send + Sync + fmt::Debug {
 
     /// The counters so far.
     fn stats(&self) -> Stats;
+
+    /// The bytes that arrived from each host so far ([`crate::Source::wire`]).
+    fn wire(&self) -> Vec<crate::HostBytes> {
+        Vec::new()
+    }
 }
 
 /// Memory for decoded entries and spans.
@@ -204,6 +209,10 @@ impl Reader for ContentReader {
             Content::Tar(f) => self.read_tar(f, offset, end - offset).await,
             Content::Chunked(f) => self.read_chunked(f, offset, end - offset).await,
         }
+    }
+
+    fn wire(&self) -> Vec<crate::HostBytes> {
+        self.blobs.wire()
     }
 
     fn stats(&self) -> Stats {

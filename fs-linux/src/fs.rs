@@ -215,10 +215,12 @@ impl OciFs {
             reader: ocifs_core::Stats,
             #[serde(flatten)]
             mount: MountStats,
+            wire: Vec<ocifs_core::HostBytes>,
         }
         let snapshot = Snapshot {
             reader: self.state.reader.stats(),
             mount: self.state.counters.snapshot(),
+            wire: self.state.reader.wire(),
         };
         let mut json = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
         json.push(b'\n');

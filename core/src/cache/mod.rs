@@ -811,6 +811,10 @@ impl BlobReader for ChunkCache {
     fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
     }
+
+    fn wire(&self) -> Vec<crate::HostBytes> {
+        self.source().wire()
+    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,27 @@ fn a_pull_through_cache_that_answers_a_range_with_the_whole_blob_is_not_read_thr
         "a mirror that ignored a range was asked for a range again:\n{}",
         mirror.describe()
     );
+    // `ocifs stats` shows what arrived from each host, kept or not.
+    let stats = run_ocifs(["stats".to_owned(), mount.dir().display().to_string()])
+        .success()
+        .json();
+    let hosts: Vec<(String, u64)> = stats["wire"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no wire in {stats}"))
+        .iter()
+        .map(|w| {
+            (
+                w["host"].as_str().unwrap_or("").to_owned(),
+                w["received"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(hosts.len(), 2, "{stats}");
+    assert!(
+        hosts[0].0.contains(&mirror.host()) && hosts[1].0.contains(&at_origin.host()),
+        "{stats}"
+    );
+    assert!(hosts[0].1 > 0 && hosts[1].1 >= (2 * MIB) as u64, "{stats}");
     assert!(
         mount.log().contains("whole blobs only"),
         "the log does not say the mirror serves whole blobs only:\n{}",
