@@ -133,6 +133,15 @@ pub trait BlobReader: Send + Sync + fmt::Debug {
         self.read_blob(blob, offset, len).await
     }
 
+    /// Like [`BlobReader::read_unchecked`], for a piece the caller checks
+    /// itself as a whole (a chunk, a table of contents): exactly these
+    /// bytes are fetched where they are not in the reader's cache already,
+    /// not the whole cache chunks around them, and they are not kept (the
+    /// caller keeps what it made of them, once checked, by its digest).
+    async fn read_piece(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.read_unchecked(blob, offset, len).await
+    }
+
     /// The counters so far.
     fn stats(&self) -> Stats;
 

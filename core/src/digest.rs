@@ -24,6 +24,13 @@ impl Digest {
         }
     }
 
+    /// The digest whose sha256 is `sha256` (from a table of contents).
+    pub fn sha256(sha256: [u8; 32]) -> Self {
+        Digest {
+            hex: hex::encode(sha256),
+        }
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> &str {
         &self.hex

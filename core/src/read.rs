@@ -132,6 +132,15 @@ impl ContentReader {
         self
     }
 
+    /// Where chunked layers' decoded chunks are kept: the copies' cache,
+    /// if its chunks come over a network (a local layout's are at hand).
+    fn kept_chunks(&self) -> Option<ChunkCache> {
+        self.copies
+            .as_ref()
+            .filter(|c| c.source().is_remote())
+            .cloned()
+    }
+
     /// The blob reader below.
     pub fn blobs(&self) -> &Arc<dyn BlobReader> {
         &self.blobs
@@ -339,14 +348,31 @@ impl ContentReader {
     /// memory while there is room).
     async fn chunk(&self, layer: &Arc<ChunkedLayer>, c: &FileChunk) -> Result<Bytes> {
         let decode = || async {
+            // The decoded chunk is named by its digest: kept, it serves
+            // every layer and image whose TOC names it.
+            let kept = self.kept_chunks().map(|cache| (cache, chunk_digest(c)));
+            if let Some((cache, digest)) = &kept
+                && let Some(bytes) = cache.read_kept(digest, Some(c.size), c.size).await
+            {
+                return Ok(bytes);
+            }
             let compressed = self
                 .blobs
-                .read_unchecked(&layer.blob, c.start, c.end - c.start)
+                .read_piece(&layer.blob, c.start, c.end - c.start)
                 .await?;
             let (layer, c) = (layer.clone(), *c);
-            let bytes = tokio::task::spawn_blocking(move || decode_chunk(&layer, &c, &compressed))
-                .await
-                .map_err(|e| Error::io("decoding a chunk", io::Error::other(e.to_string())))??;
+            let bytes = tokio::task::spawn_blocking(move || {
+                let bytes = decode_chunk(&layer, &c, &compressed)?;
+                // Checked, so kept (hashed again as it is stored).
+                if let Some((cache, digest)) = kept
+                    && let Err(e) = cache.keep(&digest, &bytes)
+                {
+                    tracing::debug!(%digest, error = %e, "not keeping a decoded chunk");
+                }
+                Ok::<_, Error>(bytes)
+            })
+            .await
+            .map_err(|e| Error::io("decoding a chunk", io::Error::other(e.to_string())))??;
             self.decoded_bytes
                 .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(bytes)
@@ -358,6 +384,11 @@ impl ContentReader {
             decode().await
         }
     }
+}
+
+/// The digest of chunk `c` decoded.
+fn chunk_digest(c: &FileChunk) -> Digest {
+    Digest::sha256(c.digest)
 }
 
 /// Decodes chunk `c` of `layer` from its compressed bytes and checks it.

@@ -28,6 +28,7 @@ mod fetch;
 mod flight;
 mod memory;
 mod offline;
+mod piece;
 mod resume;
 mod scan;
 mod store;
@@ -155,6 +156,9 @@ struct Inner {
     options: CacheOptions,
     counters: Counters,
     flights: Mutex<HashMap<(Digest, u64), Flight>>,
+    /// Fetches of exact ranges (`BlobReader::read_piece`) under way, by
+    /// blob, start and end.
+    pieces: Mutex<HashMap<(Digest, u64, u64), piece::PieceFlight>>,
     failed: Mutex<HashMap<(Digest, u64), (Instant, Error)>>,
     partials: Mutex<HashMap<Digest, Arc<Partial>>>,
     handles: Mutex<LruCache<Digest, Arc<File>>>,
@@ -314,6 +318,7 @@ impl ChunkCache {
                 options,
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
+                pieces: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
                 partials: Mutex::new(HashMap::new()),
                 handles: Mutex::new(LruCache::new(
@@ -806,6 +811,10 @@ impl BlobReader for ChunkCache {
 
     async fn read_unchecked(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
         self.inner.read_blob(blob, offset, len, false, false).await
+    }
+
+    async fn read_piece(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+        self.inner.read_piece(blob, offset, len).await
     }
 
     fn stats(&self) -> Stats {

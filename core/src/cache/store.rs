@@ -612,6 +612,37 @@ impl DiskStore {
         Ok((path, file))
     }
 
+    /// Stores `bytes`, which the caller hashed to `digest`, as that
+    /// complete blob: for small pieces made of checked bytes (a chunked
+    /// layer's decoded chunk, its table of contents), each read back whole
+    /// and hashed before use. Not synced, there may be thousands: a piece
+    /// cut short by a crash fails that check and is dropped.
+    pub fn put_piece(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        self.write_unsynced(&path, bytes)
+    }
+
+    /// Writes `bytes` to `path` by a temporary file renamed into place.
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let (tmp, mut f) = self.temp_file()?;
+        let written = io::Write::write_all(&mut f, bytes)
+            .and_then(|()| {
+                drop(f);
+                match path.parent() {
+                    Some(parent) => fs::create_dir_all(parent),
+                    None => Ok(()),
+                }
+            })
+            .and_then(|()| fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io_err(|| format!("writing {}", path.display())))
+    }
+
     /// Renames a temporary file whose content the caller hashed to
     /// `digest` into place as that complete blob.
     pub fn adopt(&self, tmp: &Path, digest: &Digest) -> Result<()> {

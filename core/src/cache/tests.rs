@@ -1363,3 +1363,219 @@ mod background {
         assert!(partials.join(d[1].digest.hex()).exists());
     }
 }
+
+/// Exact ranges for callers that check them (`read_piece`), and what they
+/// make of them kept by digest (`keep`, `read_kept`).
+mod pieces {
+    use super::*;
+    use crate::content::{ChunkedFile, ChunkedLayer, Compression, Content, FileChunk};
+    use crate::read::{ContentReader, Reader as _};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_is_fetched_exactly_once_however_many_ask() {
+        let blob = data(3_000_000, 201);
+        let (src, d) = Fake::with(&[&blob]);
+        let src = Arc::new(Fake {
+            blobs: src.blobs.clone(),
+            delay_ms: 50,
+            ..Fake::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        for verify in [Verify::Strict, Verify::Lazy] {
+            let c = cache(src.clone(), dir.path(), options(verify));
+            let before = src.bytes.load(Ordering::SeqCst);
+            // Across cache chunks (64 KiB here), far from their bounds.
+            let (offset, len) = (100_001u64, 70_003u64);
+            let reads = (0..4).map(|_| c.read_piece(&d[0], offset, len));
+            for got in futures_util::future::join_all(reads).await {
+                assert_eq!(
+                    got.unwrap(),
+                    &blob[offset as usize..(offset + len) as usize]
+                );
+            }
+            assert_eq!(src.bytes.load(Ordering::SeqCst) - before, len);
+            let s = c.stats();
+            assert_eq!((s.bytes_fetched, s.requests), (len, 1), "{verify:?}");
+            // Raw pieces are not kept: nothing of the blob on disk.
+            let store = c.store().unwrap();
+            assert!(!store.has_complete(&d[0].digest));
+            assert!(
+                !dir.path()
+                    .join("partial/sha256")
+                    .join(d[0].digest.hex())
+                    .exists()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_the_cache_holds_is_not_fetched_and_offline_one_it_lacks_fails() {
+        let blob = data(300_000, 202);
+        let (src, d) = Fake::with(&[&blob]);
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        c.prefetch(&d[0]).await.unwrap();
+        let fetched = src.bytes.load(Ordering::SeqCst);
+        assert_eq!(c.read_piece(&d[0], 10, 20).await.unwrap(), &blob[10..30]);
+        assert_eq!(src.bytes.load(Ordering::SeqCst), fetched);
+        let (src2, d2) = Fake::with(&[&data(300_000, 203)]);
+        src2.offline.store(true, Ordering::SeqCst);
+        let c2 = cache(src2.clone(), dir.path(), options(Verify::Strict));
+        assert!(c2.read_piece(&d2[0], 10, 20).await.is_err());
+        assert_eq!(src2.requests.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_bytes_of_their_digest_are_kept_and_a_damaged_one_is_dropped() {
+        let (src, _) = Fake::with(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(src, dir.path(), options(Verify::Strict));
+        let piece = data(5000, 204);
+        let digest = Digest::of(&piece);
+        // Bytes that are not the digest's: refused, nothing stored.
+        assert!(c.keep(&digest, &piece[1..]).is_err());
+        assert!(!c.store().unwrap().has_complete(&digest));
+        assert_eq!(c.read_kept(&digest, Some(5000), 5000).await, None);
+        assert!(c.keep(&digest, &piece).unwrap());
+        assert_eq!(c.read_kept(&digest, None, 5000).await.unwrap(), &piece[..]);
+        // Over the limit, or of another size: not read.
+        assert_eq!(c.read_kept(&digest, None, 4999).await, None);
+        // Changed at rest: detected, dropped.
+        let path = c.store().unwrap().blob_path(&digest);
+        let mut bad = piece.clone();
+        bad[2500] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(c.read_kept(&digest, Some(5000), 5000).await, None);
+        assert!(!path.exists());
+        assert!(c.stats().verify_failures >= 2);
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut e, bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A layer of three gzip members between other bytes, and a file whose
+    /// two chunks are the first two.
+    fn chunked_layer(seed: u32) -> (Vec<u8>, Vec<u8>, Vec<FileChunk>) {
+        let file = data(150_000, seed);
+        let mut layer = data(200_000, seed + 1);
+        let mut chunks = Vec::new();
+        for (offset, part) in [(0u64, &file[..100_000]), (100_000, &file[100_000..])] {
+            let start = layer.len() as u64;
+            layer.extend(gzip(part));
+            chunks.push(FileChunk {
+                offset,
+                size: part.len() as u64,
+                start,
+                end: layer.len() as u64,
+                inner: 0,
+                digest: <sha2::Sha256 as sha2::Digest>::digest(part).into(),
+            });
+        }
+        layer.extend(gzip(&data(50_000, seed + 2)));
+        layer.extend(data(200_000, seed + 3));
+        (layer, file, chunks)
+    }
+
+    fn content(blob: &Descriptor, file: &[u8], chunks: &[FileChunk]) -> Content {
+        Content::Chunked(ChunkedFile {
+            layer: Arc::new(ChunkedLayer {
+                blob: blob.clone(),
+                compression: Compression::Gzip,
+            }),
+            size: file.len() as u64,
+            chunks: chunks.to_vec().into(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_is_fetched_as_its_compressed_bytes_and_kept_decoded_for_any_layer() {
+        let (layer, file, chunks) = chunked_layer(300);
+        let (src, d) = Fake::with(&[&layer]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = content(&d[0], &file, &chunks);
+        let span = chunks[1].end - chunks[0].start;
+        for verify in [Verify::Strict, Verify::Lazy] {
+            let c = cache(src.clone(), dir.path(), options(verify));
+            let r = ContentReader::over_cache(&c);
+            let before = src.bytes.load(Ordering::SeqCst);
+            // Both chunks: their compressed bytes, not a byte more.
+            let got = r.read(&f, 99_000, 2000).await.unwrap();
+            assert_eq!(got, &file[99_000..101_000]);
+            let fetched = src.bytes.load(Ordering::SeqCst) - before;
+            if verify == Verify::Strict {
+                assert_eq!(fetched, span);
+                assert_eq!(c.stats().bytes_fetched, span);
+            } else {
+                // Kept decoded by the first pass: nothing fetched.
+                assert_eq!(fetched, 0);
+            }
+            // A new reader (no memory of its own), the whole file: from
+            // the decoded chunks kept on disk, fetching nothing.
+            let r = ContentReader::over_cache(&c);
+            let before = src.bytes.load(Ordering::SeqCst);
+            assert_eq!(r.read(&f, 0, file.len() as u64).await.unwrap(), &file[..]);
+            assert_eq!(src.bytes.load(Ordering::SeqCst), before);
+        }
+        // Another layer naming the same chunks finds them too.
+        let mut other = vec![7u8; 1000];
+        other.extend_from_slice(&layer);
+        let (src2, d2) = Fake::with(&[&other]);
+        let c = cache(src2.clone(), dir.path(), options(Verify::Strict));
+        let moved: Vec<FileChunk> = chunks
+            .iter()
+            .map(|c| FileChunk {
+                start: c.start + 1000,
+                end: c.end + 1000,
+                ..*c
+            })
+            .collect();
+        let r = ContentReader::over_cache(&c);
+        let got = r
+            .read(&content(&d2[0], &file, &moved), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(got, &file[..10]);
+        assert_eq!(src2.bytes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_chunk_is_never_served_nor_kept_and_a_kept_one_changed_is_fetched_again() {
+        let (layer, file, chunks) = chunked_layer(400);
+        let (src, d) = Fake::with(&[&layer]);
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let f = content(&d[0], &file, &chunks);
+        let digest = Digest::of(&file[..100_000]);
+        // The fetched bytes are changed on the way: the read fails, and
+        // nothing is kept under the chunk's digest.
+        src.corrupt.store(true, Ordering::SeqCst);
+        assert!(ContentReader::over_cache(&c).read(&f, 0, 10).await.is_err());
+        assert!(!c.store().unwrap().has_complete(&digest));
+        // A chunk whose compressed bytes decode to other bytes than its
+        // digest's: not served, not kept.
+        let mut lying = chunks.clone();
+        lying[0].digest = [9; 32];
+        src.corrupt.store(false, Ordering::SeqCst);
+        let r = ContentReader::over_cache(&c);
+        assert!(r.read(&content(&d[0], &file, &lying), 0, 10).await.is_err());
+        assert!(!c.store().unwrap().has_complete(&Digest::sha256([9; 32])));
+        // Read and kept; then changed on disk: found out, fetched again.
+        let r = ContentReader::over_cache(&c);
+        assert_eq!(r.read(&f, 0, 10).await.unwrap(), &file[..10]);
+        let path = c.store().unwrap().blob_path(&digest);
+        let mut bad = std::fs::read(&path).unwrap();
+        bad[5] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let before = src.bytes.load(Ordering::SeqCst);
+        let r = ContentReader::over_cache(&c);
+        assert_eq!(r.read(&f, 0, 10).await.unwrap(), &file[..10]);
+        assert_eq!(
+            src.bytes.load(Ordering::SeqCst) - before,
+            chunks[0].end - chunks[0].start
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), &file[..100_000]);
+    }
+}

@@ -256,11 +256,23 @@ async fn read_toc(
     flavour: &chunked::Flavour,
     options: &ImageOptions,
 ) -> std::result::Result<(Vec<TocEntry>, Vec<String>, Arc<ChunkedLayer>), String> {
+    // Exactly the footer's and the TOC's bytes, checked here.
     let fetch = |offset: u64, len: u64| async move {
         cache
-            .read_unchecked(blob, offset, len)
+            .read_piece(blob, offset, len)
             .await
             .map_err(|e| e.to_string())
+    };
+    // A TOC that checked out is kept by its digest, and read from there
+    // (checked again) by the next mount.
+    let keep = |digest: Digest, bytes: Vec<u8>| {
+        let cache = cache.clone();
+        async move {
+            let kept = tokio::task::spawn_blocking(move || cache.keep(&digest, &bytes)).await;
+            if let Ok(Err(e)) = kept {
+                tracing::debug!(error = %e, "not keeping a table of contents");
+            }
+        }
     };
     let (json, data_end, compression) = match flavour {
         chunked::Flavour::Estargz { toc_digest } => {
@@ -280,12 +292,20 @@ async fn read_toc(
                     toc_end.saturating_sub(toc_offset)
                 ));
             }
-            let region = fetch(toc_offset, toc_end - toc_offset).await?;
-            let expected = toc_digest.clone();
-            let json =
-                tokio::task::spawn_blocking(move || chunked::estargz_toc(&region, &expected))
+            let json = match cache.read_kept(toc_digest, None, chunked::MAX_TOC).await {
+                Some(json) => json.to_vec(),
+                None => {
+                    let region = fetch(toc_offset, toc_end - toc_offset).await?;
+                    let expected = toc_digest.clone();
+                    let json = tokio::task::spawn_blocking(move || {
+                        chunked::estargz_toc(&region, &expected)
+                    })
                     .await
                     .map_err(|e| e.to_string())??;
+                    keep(toc_digest.clone(), json.clone()).await;
+                    json
+                }
+            };
             (json, toc_offset, Compression::Gzip)
         }
         chunked::Flavour::ZstdChunked {
@@ -294,7 +314,20 @@ async fn read_toc(
             len,
             decoded_len,
         } => {
-            let compressed = fetch(*offset, *len).await?;
+            let compressed = match cache
+                .read_kept(checksum, Some(*len), chunked::MAX_TOC)
+                .await
+            {
+                Some(compressed) => compressed,
+                None => {
+                    let compressed = fetch(*offset, *len).await?;
+                    // Checked against the annotation before it is kept.
+                    if Digest::of(&compressed) == *checksum {
+                        keep(checksum.clone(), compressed.to_vec()).await;
+                    }
+                    compressed
+                }
+            };
             let (checksum, decoded_len) = (checksum.clone(), *decoded_len);
             let json = tokio::task::spawn_blocking(move || {
                 chunked::zstd_chunked_toc(&compressed, &checksum, decoded_len)
