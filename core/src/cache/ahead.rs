@@ -1,7 +1,73 @@
-//! Reading ahead: the next chunks of a sequential reader, and the rest of
-//! small blobs read lazily, completed in the background.
+//! Reading ahead: the next chunks of a sequential reader (by range, or,
+//! once a lazy reader's run is long, as one stream that serves its readers
+//! as it lands), and the rest of small blobs read lazily, completed in the
+//! background.
 
 use super::*;
+
+/// How far a lazy stream runs past what its readers want.
+pub(super) const AHEAD_LEAD: u64 = 32 << 20;
+
+/// How long a lazy stream waits for its readers to want more before it
+/// stops (they stopped reading on; what they read is kept).
+pub(super) const AHEAD_IDLE: Duration = Duration::from_secs(2);
+
+/// A lazy sequential run this long over a large blob switches from range
+/// requests to one stream of the rest.
+const STREAM_AFTER: u64 = 16 << 20;
+
+/// A lazy read waits for the stream (rather than asking for its own
+/// range) when the stream's next byte is at most this far before it.
+const WAIT_WITHIN: u64 = 64 << 20;
+
+/// How far before the furthest read of a run a read may end and still
+/// belong to it (reads of one sequential stream finish out of order).
+const REORDERED: u64 = 8 << 20;
+
+/// How a stream into a partial blob ended.
+pub(super) enum Streamed {
+    /// At the blob's end, with the hasher it was given.
+    End(Option<Box<BlobHasher>>),
+    /// Another process completed the blob meanwhile.
+    Complete,
+    /// A lazy stream whose readers wanted no more, or whose cache closed.
+    Stopped,
+}
+
+/// A lazy reader's stream of a blob (one per blob in a process): where it
+/// has got to, and how far its readers want it.
+pub(super) struct StreamAhead {
+    /// The end of what the stream wrote, synced and marked (`u64::MAX`
+    /// until it knows where it starts). Dropped when the stream ends, which
+    /// ends every wait on it.
+    pub(super) written: watch::Sender<u64>,
+    /// The furthest end a reader wants.
+    demand: watch::Sender<u64>,
+}
+
+impl StreamAhead {
+    pub(super) fn demand(&self) -> u64 {
+        *self.demand.borrow()
+    }
+
+    fn want(&self, end: u64) {
+        self.demand.send_if_modified(|d| {
+            let further = end > *d;
+            if further {
+                *d = end;
+            }
+            further
+        });
+    }
+
+    /// Waits until readers want bytes within [`AHEAD_LEAD`] of `reach`;
+    /// false after [`AHEAD_IDLE`] without.
+    pub(super) async fn wait_for_demand(&self, reach: u64) -> bool {
+        let mut demand = self.demand.subscribe();
+        let wanted = demand.wait_for(|&d| reach < d.saturating_add(AHEAD_LEAD));
+        matches!(tokio::time::timeout(AHEAD_IDLE, wanted).await, Ok(Ok(_)))
+    }
+}
 
 impl Inner {
     /// In lazy mode, a blob whose chunks are all present is checked now.
@@ -118,10 +184,141 @@ impl Inner {
         }
     }
 
+    /// In lazy mode, a long sequential run over a large blob that has no
+    /// chunk table: the rest of the blob comes as one stream, which its
+    /// readers are served from as it lands (range requests of a few MiB
+    /// each, each written and synced before it is served, run at a
+    /// fraction of one stream's rate). The stream follows the readers
+    /// ([`AHEAD_LEAD`]) and stops when they stop ([`AHEAD_IDLE`]), so a
+    /// lazy reader still fetches about what it reads; one that reads to the
+    /// end gets the blob checked whole and promoted. Whether a stream
+    /// serves this run now.
+    fn stream_for(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        run: u64,
+        end: u64,
+        window: u64,
+    ) -> bool {
+        if self.options.verify != Verify::Lazy
+            || blob.size <= self.options.background_fetch_max.max(2 * AHEAD_LEAD)
+            || self.table(blob).is_some()
+            || self.rest_table(blob).is_some()
+        {
+            return false;
+        }
+        let Ok(mut aheads) = self.aheads.lock() else {
+            return false;
+        };
+        if let Some(a) = aheads.get(&blob.digest) {
+            a.want(end.saturating_add(window));
+            return true;
+        }
+        if run < STREAM_AFTER || store.has_complete(&blob.digest) {
+            return false;
+        }
+        let ahead = Arc::new(StreamAhead {
+            written: watch::channel(u64::MAX).0,
+            demand: watch::channel(end.saturating_add(window)).0,
+        });
+        aheads.insert(blob.digest.clone(), ahead.clone());
+        drop(aheads);
+        tracing::debug!(digest = %blob.digest, from = end, "a lazy sequential run: streaming the rest");
+        let (inner, store, blob) = (self.clone(), store.clone(), blob.clone());
+        tokio::spawn(async move {
+            let _pin = inner.pin(&blob.digest);
+            let result = inner.stream_ahead(&store, &blob, end, &ahead).await;
+            if let Ok(mut aheads) = inner.aheads.lock()
+                && aheads
+                    .get(&blob.digest)
+                    .is_some_and(|a| Arc::ptr_eq(a, &ahead))
+            {
+                aheads.remove(&blob.digest);
+            }
+            match result {
+                Ok(()) => tracing::debug!(digest = %blob.digest, "a lazy stream ended"),
+                Err(e) => {
+                    tracing::debug!(digest = %blob.digest, error = %e, "a lazy stream ended early")
+                }
+            }
+        });
+        true
+    }
+
+    /// The rest of `blob` from its first missing chunk at or after `from`,
+    /// as one stream (see [`Self::stream_for`]); a blob it completes is
+    /// checked whole and promoted.
+    async fn stream_ahead(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        from: u64,
+        ahead: &Arc<StreamAhead>,
+    ) -> Result<()> {
+        // The read-ahead's range requests still under way land first: the
+        // stream starts after them, not over them again.
+        let landing: Vec<_> = self.flights.lock().map_or_else(
+            |_| Vec::new(),
+            |f| {
+                f.iter()
+                    .filter(|((d, n), _)| *d == blob.digest && *n != WHOLE)
+                    .map(|(_, rx)| rx.clone())
+                    .collect()
+            },
+        );
+        for mut rx in landing {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+        let partial = self.partial(store, blob)?;
+        let p = partial.clone();
+        let start = tokio::task::spawn_blocking(move || {
+            let cs = p.chunk_size;
+            let rest = from / cs..=p.size.div_ceil(cs).saturating_sub(1);
+            p.missing(rest).first().map(|n| n * cs)
+        })
+        .await
+        .map_err(join_error)?;
+        let Some(start) = start else {
+            return Ok(());
+        };
+        ahead.written.send_replace(start);
+        if let Streamed::End(_) = self
+            .stream_into(store, blob, &partial, start, None, Some(ahead))
+            .await?
+        {
+            self.after_lazy_fetch(store, blob, &partial);
+        }
+        Ok(())
+    }
+
+    /// A lazy read of `[offset, end)` that this process's stream of the
+    /// blob is about to write waits for it, rather than asking for the
+    /// same bytes by range; whether it waited (the caller looks again).
+    pub(super) async fn wait_for_stream(&self, blob: &Descriptor, offset: u64, end: u64) -> bool {
+        let mut written = {
+            let Ok(aheads) = self.aheads.lock() else {
+                return false;
+            };
+            let Some(a) = aheads.get(&blob.digest) else {
+                return false;
+            };
+            let at = *a.written.borrow();
+            if at == u64::MAX || offset < at || offset - at >= WAIT_WITHIN {
+                return false;
+            }
+            a.want(end);
+            a.written.subscribe()
+        };
+        // Ends when the stream got there, or ended (its sender dropped).
+        let _ = written.wait_for(|&w| w != u64::MAX && w >= end).await;
+        true
+    }
+
     /// Sequential reads grow a read-ahead window, fetched in the background.
     pub(super) fn read_ahead(self: &Arc<Self>, blob: &Descriptor, offset: u64, end: u64) {
         let cs = self.options.chunk_size;
-        let window = {
+        let (window, run) = {
             let Ok(mut seqs) = self.sequences.lock() else {
                 return;
             };
@@ -130,9 +327,13 @@ impl Inner {
                 run: 0,
                 window: 0,
             });
-            // Sequential: at or a little past where the last read ended
-            // (several FUSE threads may deliver neighbours out of order).
-            let sequential = seq.next != u64::MAX && offset >= seq.next && offset - seq.next < cs;
+            // Sequential: at or a little past where the furthest read so
+            // far ended, or a little before it: the kernel's read-ahead
+            // has several reads of one stream in flight at once, and they
+            // finish (and get here) in any order.
+            let sequential = seq.next != u64::MAX
+                && offset <= seq.next.saturating_add(cs)
+                && offset.saturating_add(REORDERED) >= seq.next;
             seq.run = if sequential {
                 seq.run + (end - offset)
             } else {
@@ -145,8 +346,8 @@ impl Inner {
             } else {
                 0
             };
-            seq.next = end;
-            seq.window
+            seq.next = if sequential { seq.next.max(end) } else { end };
+            (seq.window, seq.run)
         };
         if window == 0 || end >= blob.size {
             return;
@@ -154,6 +355,9 @@ impl Inner {
         let Some(store) = self.store.clone() else {
             return;
         };
+        if self.stream_for(&store, blob, run, end, window) {
+            return;
+        }
         let inner = self.clone();
         let blob = blob.clone();
         tokio::spawn(async move {

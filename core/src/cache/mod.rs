@@ -34,6 +34,9 @@ mod scan;
 mod store;
 pub(crate) mod table;
 mod whole;
+#[cfg(test)]
+use ahead::AHEAD_IDLE;
+use ahead::{AHEAD_LEAD, StreamAhead, Streamed};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -188,6 +191,8 @@ struct Inner {
     /// `CacheOptions::background_fetch_max`), and whether their background
     /// completion is running.
     lazy_small: Mutex<HashMap<Digest, bool>>,
+    /// Lazy readers' streams of large blobs, under way (`Inner::stream_for`).
+    aheads: Mutex<HashMap<Digest, Arc<ahead::StreamAhead>>>,
     /// Set by `ChunkCache::close`: no chunk is written after it (a
     /// background completion still running must not leave unchecked
     /// chunks behind the drop).
@@ -334,6 +339,7 @@ impl ChunkCache {
                 checked: Mutex::new(HashMap::new()),
                 checking: Mutex::new(HashMap::new()),
                 lazy_small: Mutex::new(HashMap::new()),
+                aheads: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
@@ -617,6 +623,9 @@ impl Inner {
             self.counters
                 .misses
                 .fetch_add(still.len() as u64, Ordering::Relaxed);
+            if self.wait_for_stream(blob, c0 * cs, end).await {
+                continue;
+            }
             self.note_lazy_small(blob);
             self.fetch_chunks(blob, &partial, wanted).await?;
             self.after_lazy_fetch(&store, blob, &partial);

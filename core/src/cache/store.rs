@@ -1330,6 +1330,16 @@ impl Partial {
         Ok(())
     }
 
+    /// Writes what is dirty of the data file out to disk now, so that the
+    /// sync before promotion has only the tail left to wait for. Called
+    /// off the stream's path, by [`Writeback`]; correctness never depends
+    /// on it (promotion syncs the file whole).
+    pub fn write_back(&self) -> Result<()> {
+        self.data.sync_data().map_err(io_err(|| {
+            format!("syncing {}", self.dir.join("data").display())
+        }))
+    }
+
     /// The first chunk not present, if any.
     pub fn first_missing(&self) -> Option<u64> {
         let count = self.count();

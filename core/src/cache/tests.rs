@@ -1579,3 +1579,151 @@ mod pieces {
         assert_eq!(std::fs::read(&path).unwrap(), &file[..100_000]);
     }
 }
+
+/// A lazy reader's long sequential run served from one stream
+/// (`Inner::stream_for`).
+mod stream_ahead {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// The fake, with a stream that sends the blob in 256 KiB pieces as it
+    /// is polled, counting what it sent: what a reader pulls off the wire.
+    #[derive(Debug)]
+    struct Pieces {
+        fake: Arc<Fake>,
+        streams: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Source for Pieces {
+        fn name(&self) -> String {
+            "pieces".into()
+        }
+        fn is_remote(&self) -> bool {
+            true
+        }
+        async fn manifest(&self, _: &Selector) -> Result<FetchedManifest> {
+            unimplemented!()
+        }
+        async fn read_range(&self, blob: &Descriptor, offset: u64, len: u64) -> Result<Bytes> {
+            self.fake.read_range(blob, offset, len).await
+        }
+        async fn stream(&self, blob: &Descriptor) -> Result<BlobStream> {
+            self.stream_from(blob, 0).await
+        }
+        async fn stream_from(&self, blob: &Descriptor, offset: u64) -> Result<BlobStream> {
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            self.fake.requests.fetch_add(1, Ordering::SeqCst);
+            let (fake, digest, size) = (self.fake.clone(), blob.digest.clone(), blob.size);
+            Ok(Box::pin(futures_util::stream::unfold(offset, move |at| {
+                let (fake, digest) = (fake.clone(), digest.clone());
+                async move {
+                    if at >= size {
+                        return None;
+                    }
+                    let end = (at + MIB / 4).min(size);
+                    fake.bytes.fetch_add(end - at, Ordering::SeqCst);
+                    let piece =
+                        Bytes::copy_from_slice(&fake.blobs[&digest][at as usize..end as usize]);
+                    Some((Ok(piece), end))
+                }
+            })))
+        }
+        async fn tags(&self) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+    }
+
+    fn setup(
+        size: u64,
+    ) -> (
+        Vec<u8>,
+        Arc<Pieces>,
+        Descriptor,
+        tempfile::TempDir,
+        ChunkCache,
+    ) {
+        let blob = data(size as usize, 17);
+        let (fake, d) = Fake::with(&[&blob]);
+        let src = Arc::new(Pieces {
+            fake,
+            streams: AtomicU64::new(0),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let c = ChunkCache::new(
+            src.clone(),
+            Some(store),
+            CacheOptions {
+                verify: Verify::Lazy,
+                ..CacheOptions::default()
+            },
+        )
+        .unwrap();
+        (blob, src, d[0].clone(), dir, c)
+    }
+
+    async fn read_in_order(c: &ChunkCache, d: &Descriptor, blob: &[u8], upto: u64) {
+        for at in (0..upto).step_by(MIB as usize) {
+            let got = c.read_blob(d, at, MIB).await.unwrap();
+            let end = (at + MIB).min(blob.len() as u64) as usize;
+            assert_eq!(&got[..], &blob[at as usize..end], "bytes at {at}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_lazy_sequential_run_is_served_from_one_stream_and_checked_whole() {
+        let size = 96 * MIB;
+        let (blob, src, d, _dir, c) = setup(size);
+        read_in_order(&c, &d, &blob, size).await;
+        assert_eq!(src.streams.load(Ordering::SeqCst), 1, "one stream");
+        let requests = src.fake.requests.load(Ordering::SeqCst);
+        // The first 16 MiB by range (the read and its read-ahead), then
+        // one stream: not the 50-odd requests of range reads alone.
+        assert!(requests <= 20, "{requests} requests");
+        let sent = src.fake.bytes.load(Ordering::SeqCst);
+        assert!(
+            (size..=size + 2 * MIB).contains(&sent),
+            "{sent} bytes sent for a {size}-byte blob"
+        );
+        // Read to its end, the blob is checked whole and kept.
+        for _ in 0..500 {
+            if c.stats().blobs_verified == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c.stats().blobs_verified, 1, "{:?}", c.stats());
+        src.fake.offline.store(true, Ordering::SeqCst);
+        let got = c.read_blob(&d, size - MIB, MIB).await.unwrap();
+        assert_eq!(&got[..], &blob[(size - MIB) as usize..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lazy_stream_stops_soon_after_its_reader_does() {
+        let size = 128 * MIB;
+        let (blob, src, d, _dir, c) = setup(size);
+        read_in_order(&c, &d, &blob, 24 * MIB).await;
+        assert_eq!(src.streams.load(Ordering::SeqCst), 1, "one stream");
+        tokio::time::sleep(AHEAD_IDLE + Duration::from_secs(1)).await;
+        let sent = src.fake.bytes.load(Ordering::SeqCst);
+        // Read 24 MiB, plus the read-ahead window (8 MiB), plus the lead
+        // (32 MiB), plus a batch being written and a piece in hand.
+        assert!(
+            sent <= 24 * MIB + 8 * MIB + AHEAD_LEAD + 5 * MIB,
+            "{sent} bytes sent for a 24 MiB read"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            src.fake.bytes.load(Ordering::SeqCst),
+            sent,
+            "the stream went on after its reader stopped"
+        );
+        assert_eq!(c.stats().blobs_verified, 0);
+        // A reader coming back further on is served (a new stream or by
+        // range) with the right bytes.
+        let got = c.read_blob(&d, 100 * MIB, MIB).await.unwrap();
+        assert_eq!(&got[..], &blob[(100 * MIB) as usize..(101 * MIB) as usize]);
+    }
+}

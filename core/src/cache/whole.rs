@@ -93,9 +93,6 @@ impl Inner {
         blob: &Descriptor,
         partial: &Arc<Partial>,
     ) -> Result<()> {
-        /// Bytes written per blocking write (whole chunks).
-        const BATCH: u64 = 4 << 20;
-        let cs = partial.chunk_size;
         let p = partial.clone();
         let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
             let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
@@ -106,21 +103,81 @@ impl Inner {
         if start >= blob.size {
             return self.finish_stream(store, blob, partial, hasher).await;
         }
-        self.counters
-            .misses
-            .fetch_add((blob.size - start).div_ceil(cs), Ordering::Relaxed);
+        match self
+            .stream_into(store, blob, partial, start, Some(hasher), None)
+            .await?
+        {
+            Streamed::End(Some(hasher)) => self.finish_stream(store, blob, partial, *hasher).await,
+            Streamed::End(None) | Streamed::Complete | Streamed::Stopped => Ok(()),
+        }
+    }
+
+    /// The loop behind every stream of a blob into its partial: one
+    /// request from `start` on (resumed where it breaks), written in
+    /// batches of whole chunks under their locks, each batch hashed into
+    /// `hasher` (when there is one) while it is written.
+    ///
+    /// With `ahead` (a lazy reader's stream, [`Inner::stream_ahead`]) each
+    /// batch is synced before it is marked, as every chunk a lazy read may
+    /// serve is, and announced to the readers waiting for it; the stream
+    /// keeps at most [`AHEAD_LEAD`] past what they want, and stops when
+    /// they want no more for [`AHEAD_IDLE`] or the cache closes.
+    pub(super) async fn stream_into(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+        start: u64,
+        mut hasher: Option<BlobHasher>,
+        ahead: Option<&Arc<StreamAhead>>,
+    ) -> Result<Streamed> {
+        /// Bytes written per blocking write (whole chunks).
+        const BATCH: u64 = 4 << 20;
+        let cs = partial.chunk_size;
+        let hashing = hasher.is_some();
+        let sync = ahead.is_some();
         let mut stream =
             resume::Resuming::new(self.source.as_ref(), blob, &self.counters, start, cs);
-        let mut hasher = Some(hasher);
-        let mut writing: Option<tokio::task::JoinHandle<(BlobHasher, Result<bool>)>> = None;
+        let writeback = Writeback::start(partial, if sync { 0 } else { blob.size - start });
+        type Writing = tokio::task::JoinHandle<(Option<BlobHasher>, Result<bool>)>;
+        let mut writing: Option<(Writing, u64)> = None;
         let mut pos = start;
         let mut pending = BytesMut::new();
+        // Waits for the batch being written; `Some(hasher)` to go on.
+        macro_rules! settle {
+            ($batch:expr) => {{
+                let (handle, end): (Writing, u64) = $batch;
+                let (h, written) = handle.await.map_err(join_error)?;
+                if written? {
+                    // Another process promoted the blob: complete.
+                    return Ok(Streamed::Complete);
+                }
+                if let Some(a) = ahead {
+                    a.written.send_replace(end);
+                }
+                h
+            }};
+        }
         loop {
+            if let Some(a) = ahead {
+                if self.closed.load(Ordering::Acquire) {
+                    return Ok(Streamed::Stopped);
+                }
+                let reach = pos + pending.len() as u64;
+                if reach >= a.demand().saturating_add(AHEAD_LEAD) {
+                    if let Some(batch) = writing.take() {
+                        hasher = settle!(batch);
+                    }
+                    if !a.wait_for_demand(reach).await {
+                        return Ok(Streamed::Stopped);
+                    }
+                }
+            }
             let next = match stream.next().await {
                 Ok(next) => next,
                 Err(e) => {
-                    if let Some(last) = writing.take() {
-                        let _ = Self::batch_done(last).await;
+                    if let Some((last, _)) = writing.take() {
+                        let _ = last.await;
                     }
                     return Err(e);
                 }
@@ -151,51 +208,39 @@ impl Inner {
                 let bytes = pending.split_to(whole as usize).freeze();
                 // One batch is hashed and written while the next one
                 // arrives; the hasher passes from batch to batch.
-                if let Some(previous) = writing.take() {
-                    match Self::batch_done(previous).await? {
-                        Some(h) => hasher = Some(h),
-                        None => return Ok(()),
-                    }
+                if let Some(batch) = writing.take() {
+                    hasher = settle!(batch);
                 }
                 let (p, mut h) = (
                     partial.clone(),
-                    hasher.take().unwrap_or_else(|| BlobHasher::new(cs)),
+                    hasher
+                        .take()
+                        .or_else(|| hashing.then(|| BlobHasher::new(cs))),
                 );
                 let (s, d) = (store.clone(), blob.digest.clone());
                 let first = pos / cs;
-                writing = Some(tokio::task::spawn_blocking(move || {
-                    let r = write_batch(&s, &d, &p, first, &bytes, &mut h);
-                    (h, r)
-                }));
+                self.counters
+                    .misses
+                    .fetch_add(whole.div_ceil(cs), Ordering::Relaxed);
+                writing = Some((
+                    tokio::task::spawn_blocking(move || {
+                        let r = write_batch(&s, &d, &p, first, &bytes, h.as_mut(), sync);
+                        (h, r)
+                    }),
+                    pos + whole,
+                ));
                 pos += whole;
+                writeback.wrote(whole);
                 self.disk_usage.fetch_add(whole, Ordering::Relaxed);
             }
             if end_of_stream {
                 break;
             }
         }
-        if let Some(last) = writing.take() {
-            match Self::batch_done(last).await? {
-                Some(h) => hasher = Some(h),
-                None => return Ok(()),
-            }
+        if let Some(batch) = writing.take() {
+            hasher = settle!(batch);
         }
-        self.finish_stream(
-            store,
-            blob,
-            partial,
-            hasher.unwrap_or_else(|| BlobHasher::new(cs)),
-        )
-        .await
-    }
-
-    /// Waits for a batch write; gives the hasher back, or `None` if the
-    /// blob turned out complete already (another process promoted it).
-    pub(super) async fn batch_done(
-        handle: tokio::task::JoinHandle<(BlobHasher, Result<bool>)>,
-    ) -> Result<Option<BlobHasher>> {
-        let (hasher, written) = handle.await.map_err(join_error)?;
-        written.map(|complete| (!complete).then_some(hasher))
+        Ok(Streamed::End(hasher.map(Box::new)))
     }
 
     pub(super) async fn finish_stream(
@@ -298,6 +343,57 @@ impl Inner {
     }
 }
 
+/// Writes a stream's bytes out to disk behind it, on a thread of its own.
+/// Without it the kernel keeps a large blob dirty in memory until the sync
+/// before promotion, which then waits for all of it at the end (2 s a GiB
+/// on the benchmark's machine); with it, writeback overlaps the stream and
+/// that sync waits only for the tail. Nothing depends on it for
+/// correctness: promotion syncs the file whole.
+pub(super) struct Writeback {
+    wrote: Option<std::sync::mpsc::Sender<u64>>,
+}
+
+impl Writeback {
+    /// Bytes written between two syncs.
+    const EVERY: u64 = 32 << 20;
+
+    /// A writeback thread for a stream of `len` more bytes into `p`; none
+    /// for a stream too short to need one.
+    pub(super) fn start(p: &Arc<Partial>, len: u64) -> Self {
+        if len < 2 * Self::EVERY {
+            return Self { wrote: None };
+        }
+        let (wrote, written) = std::sync::mpsc::channel::<u64>();
+        let p = p.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ocifs-writeback".into())
+            .spawn(move || {
+                let mut dirty = 0;
+                // Ends when the stream drops its sender.
+                while let Ok(n) = written.recv() {
+                    dirty += n + written.try_iter().sum::<u64>();
+                    if dirty >= Self::EVERY {
+                        dirty = 0;
+                        if let Err(e) = p.write_back() {
+                            tracing::debug!(error = %e, "writing a stream back early failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        Self {
+            wrote: spawned.ok().map(|_| wrote),
+        }
+    }
+
+    /// `n` more bytes were handed to the file.
+    pub(super) fn wrote(&self, n: u64) {
+        if let Some(w) = &self.wrote {
+            let _ = w.send(n);
+        }
+    }
+}
+
 /// Writes a batch of whole chunks of a stream into `p`, under their
 /// chunk lock, and hashes what the blob on disk holds for them: the
 /// streamed bytes where they are written, the bytes already there where
@@ -316,7 +412,8 @@ pub(super) fn write_batch(
     p: &Partial,
     first: u64,
     bytes: &[u8],
-    hasher: &mut BlobHasher,
+    hasher: Option<&mut BlobHasher>,
+    sync: bool,
 ) -> Result<bool> {
     let cs = p.chunk_size as usize;
     let count = bytes.len().div_ceil(cs) as u64;
@@ -341,8 +438,10 @@ pub(super) fn write_batch(
         // The common case: the whole batch is new: one write and one mark,
         // on a thread of its own while the batch is hashed.
         let written = std::thread::scope(|s| {
-            let writing = s.spawn(|| p.write_chunks(first, bytes, false));
-            hasher.update(bytes);
+            let writing = s.spawn(|| p.write_chunks(first, bytes, sync));
+            if let Some(h) = hasher {
+                h.update(bytes);
+            }
             writing.join()
         });
         return match written {
@@ -353,12 +452,17 @@ pub(super) fn write_batch(
             )),
         };
     }
+    let mut hasher = hasher;
     for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
         if missing.binary_search(&n).is_err() {
-            hasher.update(&p.read(n * p.chunk_size, chunk.len())?);
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&p.read(n * p.chunk_size, chunk.len())?);
+            }
         } else {
-            hasher.update(chunk);
-            if let Err(e) = p.write_chunks(n, chunk, false) {
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(chunk);
+            }
+            if let Err(e) = p.write_chunks(n, chunk, sync) {
                 return gone(e);
             }
         }
