@@ -3,6 +3,7 @@
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
 use ocifs_core::Hasher;
 use ocifs_core::{Content, NodeKind, Verify, format_time};
 use ocifs_core::{Error, Kind, Resolution, Tree, ViewOptions, resolve};
@@ -319,6 +320,9 @@ fn print_stats(args: &SourceArgs, opened: &Opened) {
 /// How much `cat` reads at a time.
 const CAT_PIECE: u64 = 1 << 20;
 
+/// Pieces `cat` reads ahead of the one it writes.
+const CAT_AHEAD: usize = 4;
+
 /// `ocifs cat`.
 pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let (reference, rest) = args.source.split(&args.operands);
@@ -377,9 +381,16 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     let mut hasher = Hasher::new();
     let mut stdout = tokio::io::stdout();
     let mut offset = 0;
-    while offset < size {
-        let piece = opened.reader.read(content, offset, CAT_PIECE).await?;
-        if piece.is_empty() {
+    // The next pieces are read while this one is hashed and written.
+    let reader = &opened.reader;
+    let mut pieces = futures_util::stream::iter((0..size).step_by(CAT_PIECE as usize))
+        .map(|at| async move { (at, reader.read(content, at, CAT_PIECE).await) })
+        .buffered(CAT_AHEAD);
+    while let Some((at, piece)) = pieces.next().await {
+        let piece = piece?;
+        // Pieces are asked for at fixed offsets: one cut short (never
+        // but at the end) ends the output there, never leaves a gap.
+        if at != offset || piece.is_empty() {
             break;
         }
         hasher.update(&piece);

@@ -1308,18 +1308,32 @@ impl Partial {
     /// whole-blob check before promotion catches (strict mode serves nothing
     /// before it). A process crash loses nothing either way.
     pub fn write_chunks(&self, first: u64, bytes: &[u8], sync: bool) -> Result<()> {
-        let offset = first * self.chunk_size;
-        let ctx = || format!("writing {}", self.dir.join("data").display());
-        write_all_at(&self.data, bytes, offset).map_err(io_err(ctx))?;
+        self.write_unmarked(first, bytes)?;
         if sync {
-            self.data.sync_data().map_err(io_err(ctx))?;
+            self.write_back()?;
         }
-        // Whole chunks only; a short piece at the end of the blob is whole.
-        let end = offset + bytes.len() as u64;
+        self.mark(first, bytes.len() as u64)
+    }
+
+    /// Writes chunks as [`Self::write_chunks`] does, but leaves them
+    /// unmarked: the caller marks them ([`Self::mark`]) once it synced them
+    /// ([`Self::write_back`]), off its own path.
+    pub fn write_unmarked(&self, first: u64, bytes: &[u8]) -> Result<()> {
+        let offset = first * self.chunk_size;
+        write_all_at(&self.data, bytes, offset).map_err(io_err(|| {
+            format!("writing {}", self.dir.join("data").display())
+        }))
+    }
+
+    /// Marks present the chunks of the `len` bytes written from chunk
+    /// `first` on (whole chunks only; a short piece at the end of the blob
+    /// is whole).
+    pub fn mark(&self, first: u64, len: u64) -> Result<()> {
+        let end = first * self.chunk_size + len;
         let whole = if end >= self.size {
             self.count().saturating_sub(first)
         } else {
-            bytes.len() as u64 / self.chunk_size
+            len / self.chunk_size
         };
         if whole > 0 {
             let marks = vec![1u8; whole as usize];

@@ -117,9 +117,10 @@ impl Inner {
     /// batches of whole chunks under their locks, each batch hashed into
     /// `hasher` (when there is one) while it is written.
     ///
-    /// With `ahead` (a lazy reader's stream, [`Inner::stream_ahead`]) each
+    /// With `ahead` (a lazy reader's stream, `Inner::stream_ahead`) each
     /// batch is synced before it is marked, as every chunk a lazy read may
-    /// serve is, and announced to the readers waiting for it; the stream
+    /// serve is, and announced to the readers waiting for it
+    /// ([`Writeback`]); the stream
     /// keeps at most [`AHEAD_LEAD`] past what they want, and stops when
     /// they want no more for [`AHEAD_IDLE`] or the cache closes.
     pub(super) async fn stream_into(
@@ -135,26 +136,25 @@ impl Inner {
         const BATCH: u64 = 4 << 20;
         let cs = partial.chunk_size;
         let hashing = hasher.is_some();
-        let sync = ahead.is_some();
+        let lazy = ahead.is_some();
         let mut stream =
             resume::Resuming::new(self.source.as_ref(), blob, &self.counters, start, cs);
-        let writeback = Writeback::start(partial, if sync { 0 } else { blob.size - start });
+        let writeback = Writeback::start(partial, blob.size - start, ahead.cloned());
         type Writing = tokio::task::JoinHandle<(Option<BlobHasher>, Result<bool>)>;
-        let mut writing: Option<(Writing, u64)> = None;
+        // The batch being written: its task, first chunk and length.
+        let mut writing: Option<(Writing, u64, u64)> = None;
         let mut pos = start;
         let mut pending = BytesMut::new();
         // Waits for the batch being written; `Some(hasher)` to go on.
         macro_rules! settle {
             ($batch:expr) => {{
-                let (handle, end): (Writing, u64) = $batch;
+                let (handle, first, len): (Writing, u64, u64) = $batch;
                 let (h, written) = handle.await.map_err(join_error)?;
                 if written? {
                     // Another process promoted the blob: complete.
                     return Ok(Streamed::Complete);
                 }
-                if let Some(a) = ahead {
-                    a.written.send_replace(end);
-                }
+                writeback.wrote(first, len);
                 h
             }};
         }
@@ -176,7 +176,7 @@ impl Inner {
             let next = match stream.next().await {
                 Ok(next) => next,
                 Err(e) => {
-                    if let Some((last, _)) = writing.take() {
+                    if let Some((last, ..)) = writing.take() {
                         let _ = last.await;
                     }
                     return Err(e);
@@ -224,13 +224,13 @@ impl Inner {
                     .fetch_add(whole.div_ceil(cs), Ordering::Relaxed);
                 writing = Some((
                     tokio::task::spawn_blocking(move || {
-                        let r = write_batch(&s, &d, &p, first, &bytes, h.as_mut(), sync);
+                        let r = write_batch(&s, &d, &p, first, &bytes, h.as_mut(), lazy);
                         (h, r)
                     }),
-                    pos + whole,
+                    first,
+                    whole,
                 ));
                 pos += whole;
-                writeback.wrote(whole);
                 self.disk_usage.fetch_add(whole, Ordering::Relaxed);
             }
             if end_of_stream {
@@ -239,6 +239,10 @@ impl Inner {
         }
         if let Some(batch) = writing.take() {
             hasher = settle!(batch);
+        }
+        if lazy {
+            // Every chunk marked before the caller looks for a whole blob.
+            writeback.finish().await?;
         }
         Ok(Streamed::End(hasher.map(Box::new)))
     }
@@ -347,50 +351,91 @@ impl Inner {
 /// Without it the kernel keeps a large blob dirty in memory until the sync
 /// before promotion, which then waits for all of it at the end (2 s a GiB
 /// on the benchmark's machine); with it, writeback overlaps the stream and
-/// that sync waits only for the tail. Nothing depends on it for
-/// correctness: promotion syncs the file whole.
+/// that sync waits only for the tail. A strict stream depends on it for
+/// nothing (promotion syncs the file whole). For a lazy stream it is also
+/// what makes chunks servable: it marks the chunks it synced, and tells
+/// the readers waiting for them ([`StreamAhead::written`]).
 pub(super) struct Writeback {
-    wrote: Option<std::sync::mpsc::Sender<u64>>,
+    wrote: Option<std::sync::mpsc::Sender<(u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Writeback {
-    /// Bytes written between two syncs.
+    /// Bytes a strict stream writes between two syncs.
     const EVERY: u64 = 32 << 20;
 
-    /// A writeback thread for a stream of `len` more bytes into `p`; none
-    /// for a stream too short to need one.
-    pub(super) fn start(p: &Arc<Partial>, len: u64) -> Self {
-        if len < 2 * Self::EVERY {
-            return Self { wrote: None };
+    /// A writeback thread for a stream of `len` more bytes into `p` (none
+    /// for a strict stream too short to need one), marking and announcing
+    /// what it synced for a lazy stream's `ahead`.
+    pub(super) fn start(p: &Arc<Partial>, len: u64, ahead: Option<Arc<StreamAhead>>) -> Self {
+        if ahead.is_none() && len < 2 * Self::EVERY {
+            return Self {
+                wrote: None,
+                thread: None,
+            };
         }
-        let (wrote, written) = std::sync::mpsc::channel::<u64>();
+        let (wrote, written) = std::sync::mpsc::channel::<(u64, u64)>();
         let p = p.clone();
         let spawned = std::thread::Builder::new()
             .name("ocifs-writeback".into())
-            .spawn(move || {
+            .spawn(move || -> Result<()> {
                 let mut dirty = 0;
                 // Ends when the stream drops its sender.
-                while let Ok(n) = written.recv() {
-                    dirty += n + written.try_iter().sum::<u64>();
-                    if dirty >= Self::EVERY {
-                        dirty = 0;
-                        if let Err(e) = p.write_back() {
-                            tracing::debug!(error = %e, "writing a stream back early failed");
-                            return;
+                while let Ok(first) = written.recv() {
+                    let batches: Vec<(u64, u64)> =
+                        std::iter::once(first).chain(written.try_iter()).collect();
+                    dirty += batches.iter().map(|(_, len)| len).sum::<u64>();
+                    let Some(ahead) = &ahead else {
+                        if dirty >= Self::EVERY {
+                            dirty = 0;
+                            p.write_back()?;
                         }
+                        continue;
+                    };
+                    p.write_back()?;
+                    for &(chunk, len) in &batches {
+                        p.mark(chunk, len)?;
+                    }
+                    if let Some(&(chunk, len)) = batches.last() {
+                        ahead.written.send_replace(chunk * p.chunk_size + len);
                     }
                 }
+                Ok(())
             });
-        Self {
-            wrote: spawned.ok().map(|_| wrote),
+        match spawned {
+            Ok(thread) => Self {
+                wrote: Some(wrote),
+                thread: Some(thread),
+            },
+            Err(_) => Self {
+                wrote: None,
+                thread: None,
+            },
         }
     }
 
-    /// `n` more bytes were handed to the file.
-    pub(super) fn wrote(&self, n: u64) {
+    /// The `len` bytes from chunk `first` on are in the file.
+    pub(super) fn wrote(&self, first: u64, len: u64) {
         if let Some(w) = &self.wrote {
-            let _ = w.send(n);
+            let _ = w.send((first, len));
         }
+    }
+
+    /// Waits until everything written is synced (and marked).
+    pub(super) async fn finish(mut self) -> Result<()> {
+        self.wrote = None;
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(join_error)?
+            .unwrap_or_else(|_| {
+                Err(Error::io(
+                    "writing a stream back",
+                    std::io::Error::other("the writeback thread panicked"),
+                ))
+            })
     }
 }
 
@@ -413,7 +458,7 @@ pub(super) fn write_batch(
     first: u64,
     bytes: &[u8],
     hasher: Option<&mut BlobHasher>,
-    sync: bool,
+    defer_marks: bool,
 ) -> Result<bool> {
     let cs = p.chunk_size as usize;
     let count = bytes.len().div_ceil(cs) as u64;
@@ -434,11 +479,18 @@ pub(super) fn write_batch(
     }
     let missing = p.missing(first..=last);
     let gone = |e: Error| if p.is_gone() { Ok(true) } else { Err(e) };
+    let write = |n: u64, bytes: &[u8]| {
+        if defer_marks {
+            p.write_unmarked(n, bytes)
+        } else {
+            p.write_chunks(n, bytes, false)
+        }
+    };
     if missing.len() as u64 == count {
         // The common case: the whole batch is new: one write and one mark,
         // on a thread of its own while the batch is hashed.
         let written = std::thread::scope(|s| {
-            let writing = s.spawn(|| p.write_chunks(first, bytes, sync));
+            let writing = s.spawn(|| write(first, bytes));
             if let Some(h) = hasher {
                 h.update(bytes);
             }
@@ -462,7 +514,7 @@ pub(super) fn write_batch(
             if let Some(h) = hasher.as_deref_mut() {
                 h.update(chunk);
             }
-            if let Err(e) = p.write_chunks(n, chunk, sync) {
+            if let Err(e) = write(n, chunk) {
                 return gone(e);
             }
         }

@@ -245,6 +245,73 @@ fn a_lazy_4k_read_in_the_middle_of_a_1_gib_blob_fetches_a_few_chunks() {
 }
 
 #[test]
+fn a_lazy_sequential_read_of_a_large_blob_is_one_stream_and_ends_checked_whole() {
+    const SIZE: usize = 160 * MIB;
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let big = dir.path().join("big.bin");
+    let mut whole = Vec::with_capacity(SIZE);
+    for i in 0..(SIZE / MIB) as u64 {
+        whole.extend_from_slice(&random_bytes(MIB, 9100 + i));
+    }
+    std::fs::write(&big, &whole).expect("write");
+    oras_push(
+        &registry.host(),
+        "long:v1",
+        &[PushFile::new(&big)],
+        &PushOptions::default(),
+    );
+    let proxy = CountingProxy::start(&registry.host());
+    let mnt = Mounted::new(
+        &format!("{}/long:v1", proxy.host()),
+        &["--plain-http", "--verify", "lazy"],
+    );
+    proxy.reset();
+    let mut got = Vec::with_capacity(SIZE);
+    let mut f = std::fs::File::open(mnt.path("big.bin")).expect("open");
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == whole, "wrong bytes ({} read)", got.len());
+    // The first run of reads by range, then one stream of the rest: a
+    // handful of requests, not one per few MiB, and each byte about once.
+    let gets = proxy.blob_gets();
+    let streams = gets
+        .iter()
+        .filter(|g| g.range.as_deref().is_none_or(|r| r.ends_with('-')))
+        .count();
+    assert!(
+        gets.len() <= 16 && streams == 1,
+        "{} blob requests, {streams} to the end: {}",
+        gets.len(),
+        proxy.describe()
+    );
+    let fetched = proxy.blob_bytes();
+    assert!(
+        fetched >= SIZE as u64 && fetched <= (SIZE + 2 * MIB) as u64,
+        "{fetched} bytes fetched for a {SIZE}-byte blob: {}",
+        proxy.describe()
+    );
+    // Read to its end, the blob is checked whole and kept.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let json = run_ocifs(["stats".into(), mnt.dir().display().to_string()])
+            .success()
+            .json();
+        if json["blobs_verified"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never checked whole: {json}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn a_blob_the_registry_lost_reads_as_eio_and_the_mount_stays_up() {
     let registry = Registry::start(RegistryAuth::None);
     let dir = temp_dir();
