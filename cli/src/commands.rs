@@ -593,6 +593,64 @@ pub async fn cache(args: CacheCmdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pushes an index of `parts` as a referrer of `r`'s manifest (its
+/// `subject`): its blobs, then its manifest, by the referrers API or in the
+/// fallback tag. Returns the artifact and whether the referrers API took it.
+async fn attach_index(
+    registry: &ocifs_core::RegistrySource,
+    r: &Resolution,
+    parts: &[ocifs_core::IndexPart],
+) -> anyhow::Result<(ocifs_core::IndexArtifact, bool)> {
+    let subject = ocifs_core::Descriptor {
+        media_type: r.media_type.clone(),
+        digest: r.digest.clone(),
+        size: r.size,
+        annotations: Default::default(),
+        platform: None,
+        artifact_type: None,
+        urls: Vec::new(),
+    };
+    let artifact = ocifs_core::index_artifact(parts, Some(&subject));
+    for (digest, bytes) in &artifact.blobs {
+        registry.push_blob(digest, bytes.clone()).await?;
+    }
+    let api = registry
+        .push_referrer(
+            artifact.manifest.clone(),
+            &r.digest,
+            ocifs_core::INDEX_ARTIFACT_TYPE,
+        )
+        .await?;
+    Ok((artifact, api))
+}
+
+/// `ocifs mount --publish-index`: once the mount is up, attaches what this
+/// node's cache holds of the manifest's index (each layer index it built
+/// from verified bytes, each complete blob's chunk table) as a referrer,
+/// unless an index is found there already. Other nodes then find it
+/// (lazy mode always, strict with `--trust-referrers`) and skip the first
+/// full stream of those layers. Returns the index pushed, if one was.
+pub async fn publish_index(
+    registry: &ocifs_core::RegistrySource,
+    cache: &ocifs_core::ChunkCache,
+    r: &Resolution,
+) -> anyhow::Result<Option<String>> {
+    let found = ocifs_core::find_index(&r.manifest, Some(&r.digest), cache, true).await;
+    if let Some(index) = found.index {
+        tracing::info!(%index, "an index of this manifest is published already; not publishing another");
+        return Ok(None);
+    }
+    let parts = ocifs_core::index_at_hand(&r.manifest, cache);
+    if parts.is_empty() {
+        tracing::info!(
+            "this node holds no layer index or chunk table of the manifest yet: nothing to publish"
+        );
+        return Ok(None);
+    }
+    let (artifact, _) = attach_index(registry, r, &parts).await?;
+    Ok(Some(format!("{} ({} parts)", artifact.digest, parts.len())))
+}
+
 /// `ocifs index`: computes the index of REF's manifest (each blob read
 /// once, strictly verified), pushes it, and binds it to a copy of the
 /// manifest pushed under `--bind`'s tag.
@@ -627,28 +685,9 @@ pub async fn index(mut args: IndexArgs) -> anyhow::Result<()> {
         max_entries: args.max_layer_entries,
     };
     let parts = ocifs_core::make_index(&r.manifest, &opened.cache, &options).await?;
-    let subject = ocifs_core::Descriptor {
-        media_type: r.media_type.clone(),
-        digest: r.digest.clone(),
-        size: r.size,
-        annotations: Default::default(),
-        platform: None,
-        artifact_type: None,
-        urls: Vec::new(),
-    };
-    let artifact = ocifs_core::index_artifact(&parts, args.attach.then_some(&subject));
-    for (digest, bytes) in &artifact.blobs {
-        registry.push_blob(digest, bytes.clone()).await?;
-    }
     let bytes: u64 = parts.iter().map(|p| p.bytes.len() as u64).sum();
     if args.attach {
-        let api = registry
-            .push_referrer(
-                artifact.manifest.clone(),
-                &r.digest,
-                ocifs_core::INDEX_ARTIFACT_TYPE,
-            )
-            .await?;
+        let (artifact, api) = attach_index(&registry, &r, &parts).await?;
         println!(
             "index {} ({} parts, {bytes} bytes)",
             artifact.digest,
@@ -665,6 +704,10 @@ pub async fn index(mut args: IndexArgs) -> anyhow::Result<()> {
             }
         );
         return Ok(());
+    }
+    let artifact = ocifs_core::index_artifact(&parts, None);
+    for (digest, bytes) in &artifact.blobs {
+        registry.push_blob(digest, bytes.clone()).await?;
     }
     registry
         .push_manifest(

@@ -248,7 +248,11 @@ fn main() -> ExitCode {
             Command::Prefetch(args) => commands::prefetch(args).await,
             Command::Index(args) => commands::index(args).await,
             Command::Cache(args) => commands::cache(args).await,
-            Command::Mount(args) => mount::mount(args).await,
+            Command::Mount(mut args) => {
+                // A publisher asks for push access (and goes to the registry itself).
+                args.source.push = args.publish_index;
+                mount::mount(args).await
+            }
             Command::Umount(args) => mount::umount(args),
             Command::Stats(args) => mount::stats(args),
             Command::Config(_) => unreachable!("answered before the runtime starts"),

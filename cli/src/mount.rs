@@ -55,6 +55,14 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 
+    /// Once mounted, push the layer indexes and chunk tables this node built
+    /// (from bytes that checked out) as a referrer of the manifest, unless
+    /// one is there: other nodes then skip the first full stream of those
+    /// layers. Needs push access to the repository; pushes go to the
+    /// registry itself, never through a mirror.
+    #[arg(long)]
+    pub publish_index: bool,
+
     /// Internal: print the ready line when mounted (used by --daemon).
     #[arg(long, hide = true)]
     pub notify_ready: bool,
@@ -252,6 +260,9 @@ async fn open_view(
     args: &MountArgs,
     reference: Option<&str>,
 ) -> anyhow::Result<(crate::options::Opened, ocifs_core::Resolution, Arc<Tree>)> {
+    if args.publish_index && args.source.offline {
+        bail!("--publish-index pushes to the registry: --offline cannot be used with it");
+    }
     let opened = args.source.open(reference).await?;
     let resolution = resolve(
         opened.source.as_ref(),
@@ -263,7 +274,33 @@ async fn open_view(
         .view
         .tree(&resolution, args.file_mode, &opened, None)
         .await?;
+    if args.publish_index {
+        publish_in_background(&opened, &resolution)?;
+    }
     Ok((opened, resolution, Arc::new(tree)))
+}
+
+/// `--publish-index`: the push runs beside the mount; its outcome is
+/// logged, and a failure (no push access, say) never fails the mount.
+fn publish_in_background(
+    opened: &crate::options::Opened,
+    resolution: &ocifs_core::Resolution,
+) -> anyhow::Result<()> {
+    let Some(registry) = opened.registry.clone() else {
+        bail!(
+            "--publish-index pushes to a registry; {} is not one",
+            opened.reference
+        );
+    };
+    let (cache, r) = (opened.cache.clone(), resolution.clone());
+    tokio::spawn(async move {
+        match crate::commands::publish_index(&registry, &cache, &r).await {
+            Ok(Some(index)) => tracing::info!(%index, "published this node's index as a referrer"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("publishing the index failed: {e:#}"),
+        }
+    });
+    Ok(())
 }
 
 /// Tells a waiting `--daemon` parent that the mount is live.

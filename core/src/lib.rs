@@ -90,7 +90,8 @@ pub use platform::Platform;
 pub use published::{
     ARTIFACT_TYPE as INDEX_ARTIFACT_TYPE, Artifact as IndexArtifact, Found as FoundIndex,
     How as IndexHow, INDEX_ANNOTATION, LayerSource, Part as IndexPart, artifact as index_artifact,
-    bind as bind_index, find as find_index, layer_source, make as make_index,
+    at_hand as index_at_hand, bind as bind_index, find as find_index, layer_source,
+    make as make_index,
 };
 pub use read::{ContentReader, DECODED_BUDGET, Reader};
 pub use reference::{DOCKER_HUB, LayoutRef, Reference, RegistryRef};

@@ -98,6 +98,53 @@ pub async fn make(
     Ok(parts)
 }
 
+/// The parts of `manifest`'s index that `cache` holds already, without a
+/// fetch (for a node that publishes what it built, `ocifs mount
+/// --publish-index`): each image layer's stored index that has chunk
+/// digests (the ones made from bytes whose digest checked out) and each
+/// other blob's chunk table, where that blob is complete in the cache.
+/// A layer or blob with neither is left out: readers read it as if there
+/// were no index.
+pub fn at_hand(manifest: &Manifest, cache: &ChunkCache) -> Vec<Part> {
+    let Some(store) = cache.store() else {
+        return Vec::new();
+    };
+    let as_image = image::is_image(manifest);
+    let mut parts: Vec<Part> = Vec::new();
+    for layer in &manifest.layers {
+        if parts.iter().any(|p| p.of.digest == layer.digest) {
+            continue;
+        }
+        let part = if as_image {
+            store
+                .get_index(&layer.digest, image::MAX_INDEX_FILE)
+                .and_then(|bytes| format::decode(&bytes).ok())
+                .filter(|ix| {
+                    ix.digest == layer.digest
+                        && ix.size == layer.size
+                        && !ix.chunk_digests.is_empty()
+                })
+                .map(|ix| Part {
+                    of: layer.clone(),
+                    media_type: LAYER_INDEX_TYPE,
+                    bytes: format::encode(&ix).into(),
+                })
+        } else {
+            store
+                .has_complete(&layer.digest)
+                .then(|| store.get_table(&layer.digest, layer.size))
+                .flatten()
+                .map(|(chunk_size, digests)| Part {
+                    of: layer.clone(),
+                    media_type: CHUNK_TABLE_TYPE,
+                    bytes: table::encode(chunk_size, layer.size, &digests).into(),
+                })
+        };
+        parts.extend(part);
+    }
+    parts
+}
+
 /// An index ready to push: its blobs (the empty config among them) and
 /// its manifest.
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use ocifs_tests::{
-    CountingProxy, LayerCompression, Registry, RegistryAuth, random_bytes, rootfs_image, run_ocifs,
-    sha256_hex, temp_dir,
+    CountingProxy, LayerCompression, Mounted, Registry, RegistryAuth, random_bytes, rootfs_image,
+    run_ocifs, sha256_hex, temp_dir,
 };
 
 use crate::support::{FileSpec, push_files};
@@ -530,4 +530,113 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
         .collect()
+}
+
+#[test]
+fn a_node_that_publishes_its_index_spares_the_next_node_every_layer_stream() {
+    let image = rootfs_image();
+    let registry = Registry::start(RegistryAuth::None);
+    let host = registry.host();
+    let manifest = image.push(&host, "rootfs:v1", LayerCompression::Gzip);
+    let layers: u64 = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .sum();
+    let (_, _, body) = crate::support::http_get(
+        &host,
+        "/v2/rootfs/manifests/v1",
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    let fallback = format!("rootfs:sha256-{}", sha256_hex(&body));
+
+    // The first node: a strict mount, which streams each layer once to
+    // index it, and publishes what it built.
+    let first = Mounted::new(
+        &format!("{host}/rootfs:v1"),
+        &["--plain-http", "--publish-index"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let index = loop {
+        let log = first.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("published this node's index"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index published:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let listed = skopeo_manifest(&host, &fallback);
+    let entry = listed["manifests"]
+        .as_array()
+        .expect("the fallback tag lists the referrer")
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.ocifs.index.v1")
+        .unwrap_or_else(|| panic!("{listed:#}"))
+        .clone();
+    let digest = entry["digest"].as_str().expect("digest");
+    assert!(index.contains(digest), "{index} vs {entry}");
+    let parts: u64 = skopeo_manifest(&host, &format!("rootfs@{digest}"))["layers"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .sum();
+
+    // The next node, with a cache of its own: no layer streamed; the
+    // tree is the first node's, and a file from the middle of the big
+    // layer reads right for a seek span and a chunk or two.
+    let proxy = CountingProxy::start(&host);
+    proxy.reset();
+    let next = Mounted::new(
+        &format!("{}/rootfs:v1", proxy.host()),
+        &["--plain-http", "--verify", "lazy", "--publish-index"],
+    );
+    let middle = image.middle_file();
+    let bytes = std::fs::read(next.path(&middle.path)).expect("the middle file");
+    assert_eq!(sha256_hex(&bytes), middle.sha256, "{}", middle.path);
+    let listing = |dir: &std::path::Path| {
+        let out = Command::new("find")
+            .arg(".")
+            .current_dir(dir)
+            .output()
+            .expect("find");
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        listing(next.dir()),
+        listing(first.dir()),
+        "the trees differ"
+    );
+    let fetched = proxy.blob_bytes();
+    assert!(
+        fetched <= parts + 4 * MIB && fetched < layers / 10,
+        "the next node fetched {fetched} bytes (index parts {parts}, layers {layers}):\n{}",
+        proxy.describe()
+    );
+    // It found the index, so it published none of its own.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        next.log()
+            .contains("an index of this manifest is published already"),
+        "{}",
+        next.log()
+    );
+    let again = skopeo_manifest(&host, &fallback);
+    assert_eq!(
+        again["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{again:#}"
+    );
 }
