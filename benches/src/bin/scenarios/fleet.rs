@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ocifs_benches::Row;
 use ocifs_tests::{
-    CountingProxy, PushFile, PushOptions, Registry, RegistryAuth, SliceCache, oras_push,
+    CountingProxy, LayerCompression, PushFile, PushOptions, Registry, RegistryAuth, SliceCache,
+    oras_push, rootfs_image,
 };
 
 use super::{MIB, mount, ocifs_bin, random_file, umount};
@@ -224,7 +225,138 @@ pub(crate) fn fleet(quick: bool, rows: &mut Vec<Row>) {
             ));
         }
     }
+    for &n in ns {
+        published_fleet(n, &origin, &at_origin, rows);
+    }
     failover(&at_origin, size, rows);
+}
+
+/// A fleet of `n` reading the Debian rootfs image: the first node mounts it
+/// strictly (streaming each layer once to index it), then the other
+/// `n - 1` mount it lazily at once; each runs `find` over the tree and
+/// reads one file from the middle of the big layer. With `--publish-index`
+/// the first node attaches its layer indexes as a referrer and the others
+/// use them; without it every node streams every layer. The figure is the
+/// origin's bytes against 1 × the layers + `n` × the index.
+fn published_fleet(n: usize, origin: &Registry, at_origin: &CountingProxy, rows: &mut Vec<Row>) {
+    let image = rootfs_image();
+    let layers: u64 = image.layers().iter().map(|l| l.size).sum();
+    let middle = image.middle_file();
+    let mut index_bytes = 0.0;
+    for publish in [true, false] {
+        // A repository of its own per run: no run finds another's index.
+        let repo = format!("published-{n}-{publish}");
+        image.push(
+            &origin.host(),
+            &format!("{repo}:v1"),
+            LayerCompression::Gzip,
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        let reference = format!("{repo}:v1");
+        let node = |i: usize, extra: &[&str]| {
+            let mnt = work.path().join(format!("mnt-{i}"));
+            std::fs::create_dir_all(&mnt).expect("mkdir");
+            let mut args = extra.to_vec();
+            if publish {
+                args.push("--publish-index");
+            }
+            mount(
+                &at_origin.host(),
+                &reference,
+                &mnt,
+                &work.path().join(format!("cache-{i}")),
+                &args,
+            );
+            let found = Command::new("find")
+                .arg(&mnt)
+                .stdout(Stdio::null())
+                .status()
+                .expect("find");
+            assert!(found.success(), "find in node {i}");
+            let bytes = std::fs::read(mnt.join(&middle.path)).expect("the middle file");
+            assert_eq!(bytes.len() as u64, middle.size, "{}", middle.path);
+            mnt
+        };
+        at_origin.reset();
+        let log = work.path().join("first.log");
+        let log_arg = log.display().to_string();
+        let mut mnts = vec![node(0, &["-v", "--log-file", &log_arg])];
+        if publish {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("published this node's index")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the first node published no index"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            index_bytes = index_size(&origin.host(), &repo);
+        }
+        std::thread::scope(|s| {
+            let started: Vec<_> = (1..n)
+                .map(|i| {
+                    let node = &node;
+                    s.spawn(move || node(i, &["--verify", "lazy"]))
+                })
+                .collect();
+            mnts.extend(started.into_iter().map(|t| t.join().expect("a node")));
+        });
+        for mnt in &mnts {
+            umount(mnt);
+        }
+        rows.push(Row::new(
+            format!(
+                "fleet of {n}, rootfs image: the first node strict, then {} lazy at once; mount + find + one file: origin bytes (ratio to 1 x the layers + {n} x the index)",
+                n - 1
+            ),
+            if publish {
+                "ocifs mount --publish-index"
+            } else {
+                "ocifs mount, no index published"
+            },
+            at_origin.blob_bytes() as f64,
+            "bytes",
+            Some(layers as f64 + n as f64 * index_bytes),
+        ));
+    }
+}
+
+/// The bytes of the parts of the index attached to `repo:v1` (found in its
+/// referrers fallback tag).
+fn index_size(host: &str, repo: &str) -> f64 {
+    let inspect = |what: &str| -> serde_json::Value {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{host}/{repo}{what}"))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "skopeo inspect {repo}{what}");
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let manifest = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{host}/v2/{repo}/manifests/v1"))
+        .output()
+        .expect("curl");
+    let digest = ocifs_core::Digest::of(&manifest.stdout).to_string();
+    let listed = inspect(&format!(":sha256-{}", &digest[7..]));
+    let index = listed["manifests"][0]["digest"]
+        .as_str()
+        .expect("a referrer")
+        .to_owned();
+    inspect(&format!("@{index}"))["layers"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|l| l["size"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 /// One lazy node reading 4 KiB at 40 offsets through a mirror that is
