@@ -64,6 +64,9 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// The origin (the last host, never skipped).
     pub origin: bool,
+    /// How long a connection to it may take (hosts.toml's `dial_timeout`;
+    /// without one, a mirror gets [`crate::source::MIRROR_TIMEOUT`]).
+    pub dial_timeout: Option<std::time::Duration>,
     /// The file that named it, for messages.
     pub file: Option<PathBuf>,
 }
@@ -82,6 +85,7 @@ impl Endpoint {
             ca_files: Vec::new(),
             headers: Vec::new(),
             origin: true,
+            dial_timeout: None,
             file: None,
         }
     }
@@ -255,21 +259,18 @@ impl HostFields {
                 "client certificates (`client`) are not supported by ocifs yet".into(),
             ));
         }
-        if let Some(t) = &self.dial_timeout {
-            let ok = t
-                .get_ref()
-                .strip_suffix("ms")
-                .or(t.get_ref().strip_suffix('s'));
-            if ok.is_none_or(|n| n.parse::<f64>().is_err()) {
-                return Err(fail(
+        let dial_timeout = match &self.dial_timeout {
+            None => None,
+            Some(t) => Some(parse_duration(t.get_ref()).ok_or_else(|| {
+                fail(
                     t.span(),
                     format!(
-                        "dial_timeout {:?} is not a duration such as \"3s\"",
+                        "dial_timeout {:?} is not a duration such as \"3s\" or \"500ms\"",
                         t.get_ref()
                     ),
-                ));
-            }
-        }
+                )
+            })?),
+        };
         let mut capabilities = Capabilities {
             pull: false,
             resolve: false,
@@ -336,9 +337,22 @@ impl HostFields {
             ca_files,
             headers,
             origin,
+            dial_timeout,
             file: Some(file.to_owned()),
         })
     }
+}
+
+/// A duration as containerd writes one in hosts.toml: a number of seconds
+/// (`"3s"`, `"1.5s"`) or milliseconds (`"500ms"`), above zero and at most a
+/// day.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (text.strip_suffix('s')?, 1.0),
+    };
+    let secs = number.trim().parse::<f64>().ok()? * scale;
+    (secs > 0.0 && secs <= 86_400.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 /// The hosts a `hosts.toml` names for `registry`: its `[host]` tables in
@@ -637,6 +651,7 @@ impl RegistriesConf {
                 ca_files: Vec::new(),
                 headers: Vec::new(),
                 origin,
+                dial_timeout: None,
                 file: Some(entry.file.clone()),
             }
         };
@@ -687,6 +702,7 @@ ca = "/etc/ca-origin.pem"
 
 [host."http://zeta.mirror:5001"]
   capabilities = ["pull", "resolve"]
+  dial_timeout = "500ms"
 
 [host."https://alpha.mirror/cache/path"]
   capabilities = ["pull"]
@@ -698,6 +714,7 @@ ca = "/etc/ca-origin.pem"
     x-two = ["a", "b"]
 
 [host."beta.mirror:443/v2"]
+  dial_timeout = "1.5s"
 "#,
         )
         .unwrap();
@@ -745,6 +762,16 @@ ca = "/etc/ca-origin.pem"
         );
         assert!(e[3].origin && !e[0].origin);
         assert_eq!(e[3].ca_files, [PathBuf::from("/etc/ca-origin.pem")]);
+        let dials: Vec<_> = e.iter().map(|h| h.dial_timeout).collect();
+        assert_eq!(
+            dials,
+            [
+                Some(std::time::Duration::from_millis(500)),
+                None,
+                Some(std::time::Duration::from_millis(1500)),
+                None
+            ]
+        );
     }
 
     #[test]
@@ -790,6 +817,11 @@ ca = "/etc/ca-origin.pem"
             ("server = \"gopher://r\"\n", 1, "only http:// and https://"),
             (
                 "[host.\"http://m\"]\ndial_timeout = \"soon\"\n",
+                2,
+                "not a duration",
+            ),
+            (
+                "[host.\"http://m\"]\ndial_timeout = \"0s\"\n",
                 2,
                 "not a duration",
             ),

@@ -163,9 +163,14 @@ impl MirroredSource {
                 options.api_root = Some(endpoint.api_root.clone());
                 options.headers = endpoint.headers.clone();
                 options.ca_files = endpoint.ca_files.clone();
+                if let Some(t) = endpoint.dial_timeout {
+                    options.connect_timeout = t;
+                }
                 if !endpoint.origin {
                     options.mirror = true;
-                    options.connect_timeout = options.connect_timeout.min(MIRROR_TIMEOUT);
+                    options.connect_timeout = endpoint
+                        .dial_timeout
+                        .unwrap_or(options.connect_timeout.min(MIRROR_TIMEOUT));
                     options.read_timeout = options.read_timeout.min(MIRROR_TIMEOUT);
                     // The next host is the retry.
                     options.retry = RetryPolicy {
@@ -440,5 +445,46 @@ impl ChainStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_dial_timeout_bounds_its_connections_and_mirrors_get_a_short_one_without() {
+        let reference = RegistryRef::parse("origin.example/repo:v1").unwrap();
+        let mut dialled = Endpoint::mirror("http://fast.mirror").unwrap();
+        dialled.dial_timeout = Some(Duration::from_millis(250));
+        let plain = Endpoint::mirror("http://other.mirror").unwrap();
+        let mut origin = Endpoint::origin("origin.example", false);
+        origin.dial_timeout = Some(Duration::from_secs(20));
+        let options = RegistryOptions {
+            connect_timeout: Duration::from_secs(10),
+            ..RegistryOptions::default()
+        };
+        let m = MirroredSource::new(
+            &reference,
+            vec![
+                (dialled, options.clone()),
+                (plain, options.clone()),
+                (origin, options),
+            ],
+        );
+        let connects: Vec<_> = m
+            .chain
+            .hosts
+            .iter()
+            .map(|h| h.options.connect_timeout)
+            .collect();
+        assert_eq!(
+            connects,
+            [
+                Duration::from_millis(250),
+                MIRROR_TIMEOUT,
+                Duration::from_secs(20)
+            ]
+        );
     }
 }
