@@ -65,7 +65,7 @@ pub struct Endpoint {
     /// The origin (the last host, never skipped).
     pub origin: bool,
     /// How long a connection to it may take (hosts.toml's `dial_timeout`;
-    /// without one, a mirror gets [`crate::source::MIRROR_TIMEOUT`]).
+    /// without one, a mirror gets the mirror timeout, 3 s).
     pub dial_timeout: Option<std::time::Duration>,
     /// The file that named it, for messages.
     pub file: Option<PathBuf>,

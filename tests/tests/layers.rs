@@ -18,7 +18,7 @@ const CORE_LAYERS: &[&[&str]] = &[
     &["reference", "manifest"],
     &["content"],
     &["tree"],
-    &["retry", "credentials"],
+    &["retry", "credentials", "hosts"],
     &["source"],
     &["resolve", "blob"],
     &["cache"],
