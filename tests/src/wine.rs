@@ -120,6 +120,11 @@ impl Wine {
         &self.prefix
     }
 
+    /// `%ProgramData%` of the prefix, as a Linux path: `drive_c/ProgramData`.
+    pub fn program_data(&self) -> PathBuf {
+        self.prefix.join("drive_c/ProgramData")
+    }
+
     /// `%LOCALAPPDATA%` of the prefix's user, as a Linux path:
     /// `drive_c/users/<user>/AppData/Local`.
     ///

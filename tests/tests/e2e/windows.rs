@@ -242,6 +242,46 @@ fn cat_under_wine_writes_the_bytes_linux_writes() {
 }
 
 /// Every directory under `dir`, deepest first.
+#[test]
+fn the_default_hosts_dir_is_in_programdata_and_its_mirror_serves_the_blobs() {
+    let fx = Fixture::new();
+    let wine = Wine::ensure();
+    let origin = fx.registry.host();
+    let mirror = CountingProxy::start(&origin);
+    // containerd on Windows spells a port `host_port_` (no `:` in a name).
+    let (host, port) = origin.rsplit_once(':').expect("host:port");
+    let dir = wine
+        .program_data()
+        .join("containerd/certs.d")
+        .join(format!("{host}_{port}_"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{origin}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host()
+        ),
+    )
+    .expect("hosts.toml");
+    let cache = temp_dir();
+    let out = wine_run(
+        cache.path(),
+        &["cat", "--plain-http", &fx.reference(), "big.bin"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    out.success();
+    assert!(
+        out.stdout == fx.file("big.bin").content,
+        "wrong bytes ({} written)",
+        out.stdout.len()
+    );
+    assert!(
+        mirror.blob_bytes() >= fx.file("big.bin").content.len() as u64,
+        "the mirror named in %ProgramData%\\containerd\\certs.d was not used:\n{}",
+        mirror.describe()
+    );
+}
+
 fn dirs_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
