@@ -1706,7 +1706,17 @@ mod stream_ahead {
         let (blob, src, d, _dir, c) = setup(size);
         read_in_order(&c, &d, &blob, 24 * MIB).await;
         assert_eq!(src.streams.load(Ordering::SeqCst), 1, "one stream");
-        tokio::time::sleep(AHEAD_IDLE + Duration::from_secs(1)).await;
+        // The stream stops on its own, its idle time after the reader
+        // stopped (waited for as the stream's end, not as a time).
+        let started = Instant::now();
+        while !c.inner.aheads.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < AHEAD_IDLE * 10,
+                "the stream never stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(started.elapsed() >= AHEAD_IDLE / 2, "stopped before idling");
         let sent = src.fake.bytes.load(Ordering::SeqCst);
         // Read 24 MiB, plus the read-ahead window (8 MiB), plus the lead
         // (32 MiB), plus a batch being written and a piece in hand.
