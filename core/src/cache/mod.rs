@@ -521,9 +521,12 @@ impl Inner {
         }
     }
 
-    /// Takes `digest`'s table out of the untrusted ones: whether it was.
+    /// Whether `digest`'s chunk table came from an untrusted source. It
+    /// stays so after the table is dropped: reads running at once (a
+    /// `cat` reads ahead) that each met the wrong table all let the whole
+    /// blob decide, not only the first.
     fn distrust(&self, digest: &Digest) -> bool {
-        self.untrusted.lock().is_ok_and(|mut u| u.remove(digest))
+        self.untrusted.lock().is_ok_and(|u| u.contains(digest))
     }
 
     /// `keep`: whether chunks read from disk or fetched go into the memory

@@ -963,6 +963,29 @@ async fn an_untrusted_table_checks_lazy_chunks_and_the_whole_blob_decides_when_t
         "the blob is not complete"
     );
 
+    // Reads at once (as `cat` reads ahead) that each meet a wrong chunk:
+    // every one of them lets the whole blob decide, not only the first.
+    let slow = Arc::new(Fake {
+        blobs: src.blobs.clone(),
+        delay_ms: 50,
+        ..Fake::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let lazy = cache(slow.clone(), dir.path(), options(Verify::Lazy));
+    let mut wrong = table.clone();
+    for n in [2, 5, 9, 12] {
+        wrong[n] = [n as u8; 32];
+    }
+    lazy.set_untrusted_chunk_digests(&content, 64 * 1024, wrong);
+    let reads = [2u64, 5, 9, 12].map(|n| lazy.read_blob(&content, n * 64 * 1024, 64 * 1024));
+    for (n, got) in [2usize, 5, 9, 12]
+        .into_iter()
+        .zip(futures_util::future::join_all(reads).await)
+    {
+        let got = got.unwrap_or_else(|e| panic!("chunk {n}: {e}"));
+        assert_eq!(&got[..], &blob[n * 64 * 1024..(n + 1) * 64 * 1024]);
+    }
+
     // A right table and a lying source: the whole blob fails too, and the
     // read fails; no byte of it is served.
     let dir = tempfile::tempdir().unwrap();
