@@ -73,7 +73,10 @@ pub use proxy::{
     ThrottleBlobs,
 };
 pub use registry::{Registry, RegistryAuth};
-pub use rootfs::{LayerCompression, RootfsImage, minbase_image, rootfs_image};
+pub use rootfs::{
+    BLOCK_SLACK, CHUNK, LayerCompression, RootfsImage, SEEK_SPACING, SeekSpan, minbase_image,
+    rootfs_image,
+};
 pub use tarfile::{TarHeader, TarKind, TarWriter};
 pub use token::TokenRequest;
 pub use tools::{

@@ -80,6 +80,25 @@ pub struct BaseFile {
     pub sha256: String,
 }
 
+/// ocifs's default read and cache granularity.
+pub const CHUNK: u64 = 1 << 20;
+/// How much uncompressed output a gzip seek point covers (ocifs's
+/// default).
+pub const SEEK_SPACING: u64 = 4 << 20;
+/// The slack for seek points landing on deflate block boundaries.
+pub const BLOCK_SLACK: u64 = 128 << 10;
+
+/// See [`RootfsImage::middle_span`].
+#[derive(Debug, Clone, Copy)]
+pub struct SeekSpan {
+    /// Where the span starts in the compressed layer.
+    pub start: u64,
+    /// Where it ends.
+    pub end: u64,
+    /// At most how many bytes a read of it fetches, in whole chunks.
+    pub bound: u64,
+}
+
 /// The fixture image: an OCI layout with one image tagged [`TAG`].
 #[derive(Debug)]
 pub struct RootfsImage {
@@ -207,6 +226,30 @@ impl RootfsImage {
     /// layer's uncompressed stream, and that no upper layer touches.
     pub fn middle_file(&self) -> &BaseFile {
         &self.middle
+    }
+
+    /// The compressed bytes of the base layer (gzip, as in the layout) a
+    /// read of [`RootfsImage::middle_file`] needs at most when seek points
+    /// sit every [`SEEK_SPACING`] of output: from that much output before
+    /// the file to its end, each widened by [`BLOCK_SLACK`] (points land on
+    /// deflate block boundaries); and `bound`, that span in whole
+    /// [`CHUNK`]s, plus one (a range that many bytes long touches at most
+    /// so many).
+    pub fn middle_span(&self) -> SeekSpan {
+        let middle = &self.middle;
+        let at = gzip_compressed_offsets(
+            &self.layers[0].path,
+            &[
+                middle.offset.saturating_sub(SEEK_SPACING + BLOCK_SLACK),
+                middle.offset + middle.size + BLOCK_SLACK,
+            ],
+        );
+        let len = at[1] - at[0];
+        SeekSpan {
+            start: at[0],
+            end: at[1],
+            bound: len.div_ceil(CHUNK) * CHUNK + CHUNK,
+        }
     }
 
     /// Pushes the image with skopeo to `host` (plain HTTP) as `repo_tag`,

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ocifs_tests::rootfs::{
-    LayerCompression, RANDOM_SEED, gzip_compressed_offsets, registry_manifest,
+    BLOCK_SLACK, LayerCompression, RANDOM_SEED, SEEK_SPACING, registry_manifest,
 };
 use ocifs_tests::tarfile::{TarHeader, TarKind, TarWriter, gzip, zstd};
 use ocifs_tests::walk::{Kind, Row, diff, file_sha256};
@@ -25,12 +25,6 @@ use ocifs_tests::{
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-/// ocifs's default read and cache granularity.
-const CHUNK: u64 = MIB;
-/// How much uncompressed output a gzip seek point covers (the issue's
-/// figure), and the slack for points landing on deflate block boundaries.
-const SEEK_SPACING: u64 = 4 * MIB;
-const BLOCK_SLACK: u64 = 128 << 10;
 /// How long one malformed case may take before it counts as a hang.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -444,19 +438,11 @@ fn second_mount_lists_without_layer_bytes_and_reads_one_span() {
 
     let middle = image.middle_file();
     let big = &image.layers()[0];
-    // The compressed bytes of one seek span around the file: from 4 MiB
-    // of output before it (plus a deflate block of slack, as seek points
-    // sit on block boundaries) to its end (plus the same slack).
-    let at = gzip_compressed_offsets(
-        &big.path,
-        &[
-            middle.offset.saturating_sub(SEEK_SPACING + BLOCK_SLACK),
-            middle.offset + middle.size + BLOCK_SLACK,
-        ],
-    );
-    let span = at[1] - at[0];
-    // A range of `span` bytes touches at most ceil(span / chunk) + 1 chunks.
-    let bound = span.div_ceil(CHUNK) * CHUNK + CHUNK;
+    // The compressed bytes of one seek span around the file, and what a
+    // read of them fetches at most in chunks.
+    let seek = image.middle_span();
+    let at = [seek.start, seek.end];
+    let (span, bound) = (seek.end - seek.start, seek.bound);
     assert!(
         at[0] > 8 * bound,
         "the middle file is not far enough into the layer for the test to mean anything ({at:?})"
