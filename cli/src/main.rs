@@ -137,6 +137,8 @@ fn init_logging(
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    ocifs_fs_linux::one_heap();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let lossy: Vec<String> = argv
         .iter()

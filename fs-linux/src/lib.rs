@@ -72,6 +72,8 @@ pub use mount::{Mount, mount, unmount};
 pub use options::{BackingFiles, MountOptions};
 #[cfg(target_os = "linux")]
 pub use session::MountStats;
+#[cfg(target_os = "linux")]
+pub use sys::one_heap;
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {

@@ -66,7 +66,7 @@ mod wine;
 pub use blobs::{BlobHost, HostRequest};
 pub use containerd::{Containerd, STARGZ_SNAPSHOTTER, stargz_grpc_bin};
 pub use layout::{Descriptor, OciLayoutBuilder, Platform, media_type};
-pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options};
+pub use mounts::{Mounted, daemon_pid, is_mounted, mount_options, peak_rss_mib};
 pub use nginx::{SliceCache, slice_cache_config};
 pub use proxy::{
     CountingProxy, Disposition, Fault, HookFn, ProxyHook, RandomFaults, RequestInfo, RequestRecord,

@@ -148,3 +148,19 @@ pub fn daemon_pid(dir: &Path) -> u32 {
     }
     panic!("no ocifs daemon serves {dir}");
 }
+
+/// The peak resident memory of process `pid` (`VmHWM`), in MiB.
+///
+/// # Panics
+///
+/// If `/proc/PID/status` cannot be read or has no `VmHWM`.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}

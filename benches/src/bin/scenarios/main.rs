@@ -224,16 +224,6 @@ fn daemon_pid(mnt: &Path) -> Option<u32> {
     })
 }
 
-/// Peak resident memory of `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn read_all(path: &Path) -> Duration {
     use std::io::Read as _;
     let start = Instant::now();
@@ -331,7 +321,7 @@ fn mount_scenarios(
         let cache = work.path().join(format!("cold-{}", tool.len()));
         mount(host, "bench/big:v1", &mnt, &cache, extra);
         let d = read_all(&file);
-        let rss = daemon_pid(&mnt).map(peak_rss_mib);
+        let rss = daemon_pid(&mnt).map(ocifs_tests::peak_rss_mib);
         umount(&mnt);
         rows.push(Row::new(
             scenario.clone(),
