@@ -368,8 +368,19 @@ fn mount_scenarios(
         mount(host, "bench/big:v1", &mnt, &cache, extra);
         drop_page_cache();
         let d = read_all(&file);
-        umount(&mnt);
         rows.push(warm(tool, d));
+        if extra.is_empty() {
+            // The first open of a mount hashed the whole blob before it
+            // handed the file to the kernel (what passthrough trusts); a
+            // second open in the same mount reads as the disk does.
+            drop_page_cache();
+            let d = read_all(&file);
+            rows.push(warm(
+                "ocifs mount, passthrough, a second open (checked already)",
+                d,
+            ));
+        }
+        umount(&mnt);
     }
     // The cost of checking bytes at rest: the first read of a process checks
     // each chunk against the blob's table; a second read in the same mount
