@@ -171,6 +171,28 @@ impl Wine {
         command
     }
 
+    /// Runs the `ocifs.exe` command `make` builds (see [`Wine::ocifs`]) and
+    /// collects its output, as [`crate::run`] does. ocifs always says on
+    /// stderr why it fails; an exit 1 with not a byte on either stream,
+    /// within a second, is Wine failing to start the process at all (seen
+    /// twice in CI on a loaded machine, never reproduced alone), and the
+    /// command runs once more, saying so on the test's stderr.
+    pub fn run(&self, make: impl Fn() -> Command) -> crate::Output {
+        let out = crate::run(make());
+        let silent = out.code() == Some(1)
+            && out.stdout.is_empty()
+            && out.stderr.is_empty()
+            && out.elapsed < std::time::Duration::from_secs(1);
+        if !silent {
+            return out;
+        }
+        eprintln!(
+            "ocifs-tests: Wine did not start {} (exit 1, no output); running it once more",
+            out.command
+        );
+        crate::run(make())
+    }
+
     /// `wine64` in the prefix, quiet, with no display.
     fn wine(&self) -> Command {
         let mut command = Command::new(WINE64);

@@ -17,8 +17,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use ocifs_tests::{
-    CountingProxy, Output, Registry, RegistryAuth, ThrottleBlobs, Wine, random_bytes, run,
-    run_ocifs, sha256_digest, temp_dir, windows_path,
+    CountingProxy, Output, Registry, RegistryAuth, ThrottleBlobs, Wine, random_bytes, run_ocifs,
+    sha256_digest, temp_dir, windows_path,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -115,9 +115,12 @@ impl Fixture {
 /// `ocifs.exe ARGS…` under Wine with the cache `cache` (a Linux path,
 /// given to it as `Z:\…`).
 fn wine_run(cache: &Path, args: &[&str]) -> Output {
-    let mut command = Wine::ensure().ocifs();
-    command.env("OCIFS_CACHE", windows_path(cache)).args(args);
-    run(command)
+    let wine = Wine::ensure();
+    wine.run(|| {
+        let mut command = wine.ocifs();
+        command.env("OCIFS_CACHE", windows_path(cache)).args(args);
+        command
+    })
 }
 
 /// The same command by the Linux build (a fresh cache) and by the Windows
@@ -315,12 +318,14 @@ fn the_default_cache_is_in_localappdata_and_linux_reads_it_alike() {
     // Git for Windows' HOME on Windows): the cache must not go there.
     let xdg = temp_dir();
     let windows_default = |args: &[&str]| {
-        let mut command = wine.ocifs();
-        command
-            .env_remove("OCIFS_CACHE")
-            .env("XDG_CACHE_HOME", xdg.path())
-            .args(args);
-        run(command)
+        wine.run(|| {
+            let mut command = wine.ocifs();
+            command
+                .env_remove("OCIFS_CACHE")
+                .env("XDG_CACHE_HOME", xdg.path())
+                .args(args);
+            command
+        })
     };
     let reference = fx.reference();
     windows_default(&["prefetch", "--expand", "--plain-http", &reference]).success();
