@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the hot paths: a chunk-cache hit, a tree lookup, a
-//! read resumed at a gzip seek point.
+//! Micro-benchmarks of the hot paths: a chunk-cache hit, the check of a
+//! chunk read from disk, a tree lookup, a read resumed at a gzip seek point.
 //! `cargo bench -p ocifs-benches --bench hot_paths`.
 //!
 //! (The tar index build joins these when the layer walker lands.)
@@ -10,6 +10,7 @@ use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ocifs_core::internals::check_chunk;
 use ocifs_core::internals::gzip::{self, GzipIndexer};
 use ocifs_core::internals::tar as toc;
 use ocifs_core::{BlobReader as _, CacheOptions, ChunkCache};
@@ -86,6 +87,32 @@ fn cache_hit(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+/// What checking a chunk read from disk costs (bytes at rest, the first
+/// time a process reads them): its sha256 against the blob's chunk table.
+fn chunk_check(c: &mut Criterion) {
+    const CHUNK: usize = 1 << 20;
+    let blob: Vec<u8> = (0..(8 * CHUNK as u32)).map(|i| (i % 251) as u8).collect();
+    let table: Vec<[u8; 32]> = blob
+        .chunks(CHUNK)
+        .map(|c| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(c).into()
+        })
+        .collect();
+    let digest = Digest::of(&blob);
+    let mut group = c.benchmark_group("chunk check at rest");
+    group.throughput(Throughput::Bytes(CHUNK as u64));
+    group.bench_function("check a 1 MiB chunk against its table", |b| {
+        let mut n = 0usize;
+        b.iter(|| {
+            n = (n + 3) % 8;
+            let bytes = &blob[n * CHUNK..(n + 1) * CHUNK];
+            check_chunk(&table, &digest, n as u64, black_box(bytes)).expect("a right chunk");
+        })
+    });
     group.finish();
 }
 
@@ -215,5 +242,12 @@ fn tar_index(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cache_hit, tree_lookup, gzip_resume, tar_index);
+criterion_group!(
+    benches,
+    cache_hit,
+    chunk_check,
+    tree_lookup,
+    gzip_resume,
+    tar_index
+);
 criterion_main!(benches);

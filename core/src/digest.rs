@@ -237,7 +237,7 @@ impl BlobHasher {
 }
 
 /// Checks chunk `n` of `blob` against its digest table.
-pub(crate) fn check_chunk(table: &[[u8; 32]], blob: &Digest, n: u64, bytes: &[u8]) -> Result<()> {
+pub fn check_chunk(table: &[[u8; 32]], blob: &Digest, n: u64, bytes: &[u8]) -> Result<()> {
     let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
     match table.get(n as usize) {
         Some(expected) if *expected == actual => Ok(()),
