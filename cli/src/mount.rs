@@ -338,12 +338,7 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     options.fs_name = format!("ocifs:{}", opened.reference);
     options.passthrough = !args.no_passthrough;
     options.read_ahead = Some(args.source.chunk_size);
-    let cache = opened.cache.clone();
-    // Only whole blobs: a package entry's bytes are not a file of their own.
-    options.backing_files = Some(Arc::new(move |content: &Content| match content {
-        Content::Blob(blob) => cache.backing_file(blob),
-        _ => None,
-    }));
+    options.backing_files = Some(Arc::new(CompleteBlobs(opened.cache.clone())));
     let reader = opened.reader.clone();
     let mount = ocifs_fs_linux::mount(
         tree,
@@ -441,4 +436,32 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
+}
+
+/// The files a mount hands the kernel (FUSE passthrough): whole blobs
+/// complete and checked in the cache; a package entry's bytes are not a
+/// file of their own. An open of a blob whose first read would wait for
+/// the whole blob waits for it instead, and gets its file.
+#[cfg(target_os = "linux")]
+struct CompleteBlobs(ocifs_core::ChunkCache);
+
+#[cfg(target_os = "linux")]
+impl ocifs_fs_linux::BackingFiles for CompleteBlobs {
+    fn backing_file(&self, content: &Content) -> Option<std::fs::File> {
+        match content {
+            Content::Blob(blob) => self.0.backing_file(blob),
+            _ => None,
+        }
+    }
+
+    fn whole_first(&self, content: &Content) -> Option<ocifs_fs_linux::WholeFirst> {
+        let Content::Blob(blob) = content else {
+            return None;
+        };
+        if !self.0.reads_wait_for_whole(blob) {
+            return None;
+        }
+        let (cache, blob) = (self.0.clone(), (**blob).clone());
+        Some(Box::pin(async move { cache.prefetch(&blob).await }))
+    }
 }

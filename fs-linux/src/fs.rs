@@ -42,6 +42,47 @@ const MAX_BACKGROUND: u16 = 64;
 
 /// The errno for a request that failed in core, logged with the operation,
 /// inode and path. Every core error reaches the kernel through here.
+fn lock_handles(handles: &Mutex<Handles>) -> MutexGuard<'_, Handles> {
+    // Handles hold no invariant a panicking holder could break halfway.
+    handles.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Answers an open of `ino` (`content`) on a mount with passthrough: a
+/// handle of the inode's mode, the backing file handed to the kernel where
+/// there is one. Whether it was.
+fn answer_open(
+    pt: &Passthrough<BackingId>,
+    handles: &Mutex<Handles>,
+    tree: &Tree,
+    ino: Ino,
+    content: &ocifs_core::Content,
+    reply: ReplyOpen,
+) -> bool {
+    let path = || tree.path_of(ino);
+    match pt.open(ino, content, path, |file| reply.open_backing(file)) {
+        OpenMode::Cached => {
+            let fh = lock_handles(handles).insert(OpenFile::File {
+                ino,
+                passthrough: false,
+            });
+            reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+            false
+        }
+        OpenMode::Passthrough(backing) => {
+            let fh = lock_handles(handles).insert(OpenFile::File {
+                ino,
+                passthrough: true,
+            });
+            // The kernel looks the backing id up when it reads this
+            // reply; `pt` keeps `backing` until the last release.
+            // No FOPEN_KEEP_CACHE: the kernel fails a passthrough open
+            // with EIO for any flag beyond DIRECT_IO and NOFLUSH.
+            reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+            true
+        }
+    }
+}
+
 fn errno(op: &'static str, tree: &Tree, ino: Ino, err: &ocifs_core::Error) -> Errno {
     let code = err.errno();
     tracing::warn!(op, ino, path = %tree.path_of(ino), errno = code, "{err}");
@@ -96,9 +137,9 @@ pub(crate) struct OciFs {
     /// Total size of all files, in blocks, for statfs.
     blocks: u64,
     /// Passthrough, if asked for and not refused by the kernel at init.
-    passthrough: Option<Passthrough<BackingId>>,
+    passthrough: Option<Arc<Passthrough<BackingId>>>,
     /// The open file handles with a record.
-    handles: Mutex<Handles>,
+    handles: Arc<Mutex<Handles>>,
 }
 
 impl OciFs {
@@ -135,8 +176,8 @@ impl OciFs {
             ttl: options.attr_ttl,
             uid: options.uid,
             gid: options.gid,
-            passthrough: Passthrough::new(options),
-            handles: Mutex::new(Handles::default()),
+            passthrough: Passthrough::new(options).map(Arc::new),
+            handles: Arc::new(Mutex::new(Handles::default())),
         }
     }
 
@@ -145,8 +186,7 @@ impl OciFs {
     }
 
     fn handles(&self) -> MutexGuard<'_, Handles> {
-        // Handles hold no invariant a panicking holder could break halfway.
-        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_handles(&self.handles)
     }
 
     fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
@@ -335,27 +375,37 @@ impl Filesystem for OciFs {
             // Stateless: reads need only the inode.
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
         };
-        let path = || self.tree().path_of(ino.0);
-        match pt.open(ino.0, content, path, |file| reply.open_backing(file)) {
-            OpenMode::Cached => {
-                let fh = self.handles().insert(OpenFile::File {
-                    ino: ino.0,
-                    passthrough: false,
-                });
-                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            OpenMode::Passthrough(backing) => {
-                let fh = self.handles().insert(OpenFile::File {
-                    ino: ino.0,
-                    passthrough: true,
-                });
-                Counters::bump(&self.state.counters.passthrough_opens);
-                // The kernel looks the backing id up when it reads this
-                // reply; `pt` keeps `backing` until the last release.
-                // No FOPEN_KEEP_CACHE: the kernel fails a passthrough open
-                // with EIO for any flag beyond DIRECT_IO and NOFLUSH.
-                reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
-            }
+        // A file whose first read would wait for the whole blob (strict,
+        // no chunk table) waits for it here, in a task (no FUSE thread is
+        // held), and is then handed to the kernel like a warm one: every
+        // read of it goes to the disk, none through ocifs.
+        if let Some(whole) = pt.whole_first(content) {
+            let (pt, handles, state) = (
+                Arc::clone(pt),
+                Arc::clone(&self.handles),
+                Arc::clone(&self.state),
+            );
+            let mut cancel = state.cancel.subscribe();
+            self.runtime.spawn(async move {
+                let done = tokio::select! {
+                    done = whole => done,
+                    _ = cancel.wait_for(|c| *c) => return reply.error(Errno::EIO),
+                };
+                let Some(NodeKind::File(content)) = state.tree.node(ino.0).map(|n| &n.kind) else {
+                    return reply.error(Errno::ENOENT);
+                };
+                if let Err(e) = done {
+                    Counters::bump(&state.counters.read_errors);
+                    return reply.error(errno("open", &state.tree, ino.0, &e));
+                }
+                if answer_open(&pt, &handles, &state.tree, ino.0, content, reply) {
+                    Counters::bump(&state.counters.passthrough_opens);
+                }
+            });
+            return;
+        }
+        if answer_open(pt, &self.handles, self.tree(), ino.0, content, reply) {
+            Counters::bump(&self.state.counters.passthrough_opens);
         }
     }
 

@@ -69,7 +69,7 @@ pub use fs::STATS_FILE;
 #[cfg(target_os = "linux")]
 pub use mount::{Mount, mount, unmount};
 #[cfg(target_os = "linux")]
-pub use options::{BackingFiles, MountOptions};
+pub use options::{BackingFiles, MountOptions, WholeFirst};
 #[cfg(target_os = "linux")]
 pub use session::MountStats;
 #[cfg(target_os = "linux")]

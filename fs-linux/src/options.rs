@@ -31,7 +31,20 @@ pub(crate) const FS_TYPE: &str = "fuse.ocifs";
 pub trait BackingFiles: Send + Sync {
     /// The file holding exactly the bytes of `content`, if there is one.
     fn backing_file(&self, content: &Content) -> Option<File>;
+
+    /// What an open of `content` waits for before it is answered, if
+    /// anything: a content whose first read would wait for the whole blob
+    /// anyway (strict mode, no chunk table) makes the open wait for it, so
+    /// that the open can hand the kernel the checked file and every read
+    /// of it goes straight to the disk. `None`: answer at once.
+    fn whole_first(&self, _content: &Content) -> Option<WholeFirst> {
+        None
+    }
 }
+
+/// The wait of an open for its whole blob ([`BackingFiles::whole_first`]).
+pub type WholeFirst =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ocifs_core::Result<()>> + Send>>;
 
 impl<F> BackingFiles for F
 where

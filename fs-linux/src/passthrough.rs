@@ -87,6 +87,15 @@ impl<B> Passthrough<B> {
         }
     }
 
+    /// What an open of `content` waits for first ([`BackingFiles::whole_first`]),
+    /// while the kernel accepts backing files at all.
+    pub(crate) fn whole_first(&self, content: &Content) -> Option<crate::options::WholeFirst> {
+        if !self.usable.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.files.whole_first(content)
+    }
+
     /// The modes of open inodes, locked.
     fn inodes(&self) -> MutexGuard<'_, HashMap<Ino, InodeIo<B>>> {
         // Counts hold no invariant a panicking holder could break halfway.

@@ -360,6 +360,19 @@ impl ChunkCache {
         self.inner.ensure_complete(blob).await
     }
 
+    /// Whether a read of `blob` would wait for the whole blob first:
+    /// strict mode with no chunk table for it, and not complete in this
+    /// cache yet. (A local layout's blobs, read in place, never do.)
+    pub fn reads_wait_for_whole(&self, blob: &Descriptor) -> bool {
+        let inner = &self.inner;
+        inner.options.verify == Verify::Strict
+            && inner.table(blob).is_none()
+            && inner
+                .store
+                .as_ref()
+                .is_some_and(|s| !s.has_complete(&blob.digest))
+    }
+
     /// An open file holding exactly the verified bytes of `blob`, if there
     /// is one yet: the complete copy in the cache (held with a shared lock, so
     /// no ocifs process evicts it while the file is open). For handing a file

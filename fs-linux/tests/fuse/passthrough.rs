@@ -133,3 +133,93 @@ fn passthrough_never_mixes_io_modes_on_one_inode() {
         },
     );
 }
+
+/// The backing files of a layout, boxed.
+type Blobs = Box<dyn Fn(&Content) -> Option<File> + Send + Sync>;
+
+/// Backing files that are complete only once an open waited for them
+/// (`whole_first`), counting those waits; `fail` makes the wait fail.
+struct WaitedFor {
+    blobs: Blobs,
+    complete: Arc<AtomicBool>,
+    waits: Arc<std::sync::atomic::AtomicUsize>,
+    fail: bool,
+}
+
+impl ocifs_fs_linux::BackingFiles for WaitedFor {
+    fn backing_file(&self, content: &Content) -> Option<File> {
+        self.complete
+            .load(Ordering::SeqCst)
+            .then(|| (self.blobs)(content))
+            .flatten()
+    }
+
+    fn whole_first(&self, _content: &Content) -> Option<ocifs_fs_linux::WholeFirst> {
+        if self.complete.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (complete, waits, fail) = (
+            Arc::clone(&self.complete),
+            Arc::clone(&self.waits),
+            self.fail,
+        );
+        Some(Box::pin(async move {
+            waits.fetch_add(1, Ordering::SeqCst);
+            // The whole blob takes a while to come (the session's other
+            // requests are answered meanwhile).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if fail {
+                return Err(ocifs_core::Error::io(
+                    "streaming the blob",
+                    std::io::Error::other("the registry went away"),
+                ));
+            }
+            complete.store(true, Ordering::SeqCst);
+            Ok(())
+        }))
+    }
+}
+
+#[test]
+fn an_open_that_would_wait_for_the_whole_blob_waits_for_it_and_is_handed_to_the_kernel() {
+    let complete = Arc::new(AtomicBool::new(false));
+    let waits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fx = with_passthrough({
+        let (complete, waits) = (Arc::clone(&complete), Arc::clone(&waits));
+        move |layout| {
+            Arc::new(WaitedFor {
+                blobs: Box::new(layout_blobs(layout)),
+                complete: Arc::clone(&complete),
+                waits: Arc::clone(&waits),
+                fail: false,
+            })
+        }
+    });
+    let path = fx.path("big.bin");
+    // While the open waits, the mount answers others (a listing).
+    let opening = std::thread::spawn(move || std::fs::read(path).expect("read"));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(std::fs::read_dir(fx.mnt.path()).expect("readdir").count() > 0);
+    let got = opening.join().expect("the reader");
+    assert!(got == fx.files["big.bin"], "big.bin differs");
+    let stats = fx.mount().stats();
+    assert_eq!(waits.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.passthrough_opens, 1, "{stats:?}");
+    // Every byte came from the backing file: no read reached ocifs.
+    assert_eq!(stats.reads, 0, "reads reached ocifs: {stats:?}");
+}
+
+#[test]
+fn an_open_whose_whole_blob_fails_fails_with_eio() {
+    let fx = with_passthrough(|layout| {
+        Arc::new(WaitedFor {
+            blobs: Box::new(layout_blobs(layout)),
+            complete: Arc::new(AtomicBool::new(false)),
+            waits: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            fail: true,
+        })
+    });
+    let err = File::open(fx.path("big.bin")).expect_err("the open must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fx.mount().stats().passthrough_opens, 0);
+}
