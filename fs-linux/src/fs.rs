@@ -40,8 +40,6 @@ const BLOCK: u64 = 4096;
 /// that each wait on the network.
 const MAX_BACKGROUND: u16 = 64;
 
-/// The errno for a request that failed in core, logged with the operation,
-/// inode and path. Every core error reaches the kernel through here.
 fn lock_handles(handles: &Mutex<Handles>) -> MutexGuard<'_, Handles> {
     // Handles hold no invariant a panicking holder could break halfway.
     handles.lock().unwrap_or_else(PoisonError::into_inner)
@@ -49,16 +47,16 @@ fn lock_handles(handles: &Mutex<Handles>) -> MutexGuard<'_, Handles> {
 
 /// Answers an open of `ino` (`content`) on a mount with passthrough: a
 /// handle of the inode's mode, the backing file handed to the kernel where
-/// there is one. Whether it was.
+/// there is one (counted).
 fn answer_open(
     pt: &Passthrough<BackingId>,
     handles: &Mutex<Handles>,
-    tree: &Tree,
+    state: &State,
     ino: Ino,
     content: &ocifs_core::Content,
     reply: ReplyOpen,
-) -> bool {
-    let path = || tree.path_of(ino);
+) {
+    let path = || state.tree.path_of(ino);
     match pt.open(ino, content, path, |file| reply.open_backing(file)) {
         OpenMode::Cached => {
             let fh = lock_handles(handles).insert(OpenFile::File {
@@ -66,23 +64,24 @@ fn answer_open(
                 passthrough: false,
             });
             reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-            false
         }
         OpenMode::Passthrough(backing) => {
             let fh = lock_handles(handles).insert(OpenFile::File {
                 ino,
                 passthrough: true,
             });
+            Counters::bump(&state.counters.passthrough_opens);
             // The kernel looks the backing id up when it reads this
             // reply; `pt` keeps `backing` until the last release.
             // No FOPEN_KEEP_CACHE: the kernel fails a passthrough open
             // with EIO for any flag beyond DIRECT_IO and NOFLUSH.
             reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
-            true
         }
     }
 }
 
+/// The errno for a request that failed in core, logged with the operation,
+/// inode and path. Every core error reaches the kernel through here.
 fn errno(op: &'static str, tree: &Tree, ino: Ino, err: &ocifs_core::Error) -> Errno {
     let code = err.errno();
     tracing::warn!(op, ino, path = %tree.path_of(ino), errno = code, "{err}");
@@ -398,15 +397,11 @@ impl Filesystem for OciFs {
                     Counters::bump(&state.counters.read_errors);
                     return reply.error(errno("open", &state.tree, ino.0, &e));
                 }
-                if answer_open(&pt, &handles, &state.tree, ino.0, content, reply) {
-                    Counters::bump(&state.counters.passthrough_opens);
-                }
+                answer_open(&pt, &handles, &state, ino.0, content, reply);
             });
             return;
         }
-        if answer_open(pt, &self.handles, self.tree(), ino.0, content, reply) {
-            Counters::bump(&self.state.counters.passthrough_opens);
-        }
+        answer_open(pt, &self.handles, &self.state, ino.0, content, reply);
     }
 
     fn read(

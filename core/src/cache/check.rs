@@ -40,6 +40,12 @@ impl AheadCheck {
 }
 
 impl Inner {
+    /// Whether a strict read of `blob` needs the whole blob first: no
+    /// chunk table reached from the reference checks its chunks alone.
+    pub(super) fn whole_first(&self, blob: &Descriptor) -> bool {
+        self.options.verify == Verify::Strict && self.table(blob).is_none()
+    }
+
     /// The chunk digest table a layer index gave for a blob, if any.
     pub(super) fn table(&self, blob: &Descriptor) -> Option<Arc<Vec<[u8; 32]>>> {
         self.tables.lock().ok()?.get(&blob.digest).cloned()

@@ -365,8 +365,7 @@ impl ChunkCache {
     /// cache yet. (A local layout's blobs, read in place, never do.)
     pub fn reads_wait_for_whole(&self, blob: &Descriptor) -> bool {
         let inner = &self.inner;
-        inner.options.verify == Verify::Strict
-            && inner.table(blob).is_none()
+        inner.whole_first(blob)
             && inner
                 .store
                 .as_ref()
@@ -563,8 +562,7 @@ impl Inner {
         }
         let _pin = self.pin(&blob.digest);
         // Strict without a chunk digest table: the whole blob first.
-        let whole_first =
-            checked && self.options.verify == Verify::Strict && self.table(blob).is_none();
+        let whole_first = checked && self.whole_first(blob);
         if whole_first {
             self.ensure_complete(blob).await?;
         }
