@@ -640,7 +640,9 @@ pub async fn publish_index(
         tracing::info!(%index, "an index of this manifest is published already; not publishing another");
         return Ok(None);
     }
-    let parts = ocifs_core::index_at_hand(&r.manifest, cache);
+    // It may hash complete blobs (their sha256 tables): off the runtime's
+    // workers.
+    let parts = tokio::task::block_in_place(|| ocifs_core::index_at_hand(&r.manifest, cache));
     if parts.is_empty() {
         tracing::info!(
             "this node holds no layer index or chunk table of the manifest yet: nothing to publish"

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use serde::Serialize;
 
-use crate::digest::{BlobHasher, Digest};
+use crate::digest::{BlobHasher, ChunkHash, ChunkTable, Digest};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::source::Source;
@@ -161,7 +161,7 @@ pub trait BlobReader: Send + Sync + fmt::Debug {
 pub struct DirectReader {
     source: Arc<dyn Source>,
     verify: Verify,
-    tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    tables: Mutex<HashMap<Digest, Arc<ChunkTable>>>,
     counters: Counters,
 }
 
@@ -181,7 +181,7 @@ impl DirectReader {
 
     /// The blob's chunk table, taken by hashing it whole the first time
     /// (strict mode only).
-    async fn table(&self, blob: &Descriptor) -> Result<Option<Arc<Vec<[u8; 32]>>>> {
+    async fn table(&self, blob: &Descriptor) -> Result<Option<Arc<ChunkTable>>> {
         if self.verify == Verify::Lazy {
             return Ok(None);
         }
@@ -207,7 +207,7 @@ impl DirectReader {
     async fn read_checked(
         &self,
         blob: &Descriptor,
-        table: &[[u8; 32]],
+        table: &ChunkTable,
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
@@ -241,9 +241,9 @@ pub async fn verify_stream(
     blob: &Descriptor,
     counters: &Counters,
     chunk_size: u64,
-) -> Result<Vec<[u8; 32]>> {
+) -> Result<ChunkTable> {
     let mut stream = source.stream(blob).await?;
-    let mut hasher = BlobHasher::new(chunk_size);
+    let mut hasher = BlobHasher::new(chunk_size, ChunkHash::AT_REST);
     while let Some(chunk) = stream.try_next().await? {
         hasher.update(&chunk);
         if hasher.len() > blob.size {

@@ -110,7 +110,7 @@ pub use view::{Expand, View, ViewOptions};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::codec::{MAX_TRAILING, decoded_limit, gzip, tar, zstd};
-    pub use crate::digest::check_chunk;
+    pub use crate::digest::{ChunkHash, ChunkTable, check_chunk};
     pub use crate::image::{
         build as build_image, chunked, format, layer_compression, layer_index, overlay,
     };

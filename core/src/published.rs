@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::blob::BlobReader as _;
 use crate::cache::{ChunkCache, table};
-use crate::digest::Digest;
+use crate::digest::{ChunkHash, ChunkTable, Digest};
 use crate::error::{Error, Result};
 use crate::image::{self, ImageOptions, LayerIndex, format};
 use crate::manifest::{self, Descriptor, Manifest, Parsed};
@@ -90,7 +90,12 @@ pub async fn make(
             Part {
                 of: layer.clone(),
                 media_type: CHUNK_TABLE_TYPE,
-                bytes: table::encode(scanned.chunk_size, layer.size, &scanned.chunk_digests).into(),
+                bytes: table::encode(
+                    scanned.chunk_size,
+                    layer.size,
+                    &ChunkTable::sha256(scanned.chunk_digests),
+                )
+                .into(),
             }
         };
         parts.push(part);
@@ -105,6 +110,10 @@ pub async fn make(
 /// other blob's chunk table, where that blob is complete in the cache.
 /// A layer or blob with neither is left out: readers read it as if there
 /// were no index.
+///
+/// A complete blob's stored table is the cache's own, of BLAKE3: the
+/// published one, of sha256, is taken by hashing the blob's file (which
+/// must still hash to its digest), so this may read blobs whole.
 pub fn at_hand(manifest: &Manifest, cache: &ChunkCache) -> Vec<Part> {
     let Some(store) = cache.store() else {
         return Vec::new();
@@ -131,13 +140,11 @@ pub fn at_hand(manifest: &Manifest, cache: &ChunkCache) -> Vec<Part> {
                 })
         } else {
             store
-                .has_complete(&layer.digest)
-                .then(|| store.get_table(&layer.digest, layer.size))
-                .flatten()
-                .map(|(chunk_size, digests)| Part {
+                .sha256_table(&layer.digest, layer.size, cache.chunk_size())
+                .map(|(chunk_size, table)| Part {
                     of: layer.clone(),
                     media_type: CHUNK_TABLE_TYPE,
-                    bytes: table::encode(chunk_size, layer.size, &digests).into(),
+                    bytes: table::encode(chunk_size, layer.size, &table).into(),
                 })
         };
         parts.extend(part);
@@ -410,8 +417,7 @@ async fn read_part(
         .map_err(|e| e.to_string())?;
     let chunk_size = cache.chunk_size();
     let (table_chunk, digests) = if kind == CHUNK_TABLE_TYPE {
-        table::decode(&bytes, blob.size)
-            .ok_or_else(|| format!("not a chunk table of {of} ({} bytes)", blob.size))?
+        published_table(&bytes, blob)?
     } else {
         let ix = format::decode(&bytes)?;
         if ix.digest != blob.digest || ix.size != blob.size {
@@ -444,6 +450,26 @@ async fn read_part(
         cache.set_untrusted_chunk_digests(blob, table_chunk, digests);
     }
     Ok(())
+}
+
+/// A published chunk table's chunk size and digests, if `bytes` is one of
+/// `blob`: of sha256 digests only (the cache's own tables, of BLAKE3, never
+/// leave a node).
+fn published_table(
+    bytes: &[u8],
+    blob: &Descriptor,
+) -> std::result::Result<(u64, Vec<[u8; 32]>), String> {
+    match table::decode(bytes, blob.size) {
+        Some((cs, t)) if t.hash == ChunkHash::Sha256 => Ok((cs, t.digests)),
+        Some((_, t)) => Err(format!(
+            "a chunk table of {} digests; a published one is of sha256",
+            t.hash.name()
+        )),
+        None => Err(format!(
+            "not a chunk table of {} ({} bytes)",
+            blob.digest, blob.size
+        )),
+    }
 }
 
 /// Where a blob's listing and the checks of its chunks come from, in the
@@ -589,6 +615,37 @@ mod tests {
     }
 
     #[test]
+    fn a_published_chunk_table_is_of_sha256_and_of_its_blob() {
+        let blob = vec![5u8; 3000];
+        let of = Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::of(&blob),
+            size: blob.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+            urls: Vec::new(),
+        };
+        let take = |hash: ChunkHash| ChunkTable {
+            hash,
+            digests: blob.chunks(1024).map(|c| hash.of(c)).collect(),
+        };
+        let sha = take(ChunkHash::Sha256);
+        assert_eq!(
+            published_table(&table::encode(1024, 3000, &sha), &of),
+            Ok((1024, sha.digests.clone()))
+        );
+        let e =
+            published_table(&table::encode(1024, 3000, &take(ChunkHash::Blake3)), &of).unwrap_err();
+        assert!(e.contains("blake3") && e.contains("sha256"), "{e}");
+        let e = published_table(&table::encode(1024, 2999, &sha), &of).unwrap_err();
+        assert!(
+            e.contains("not a chunk table") && e.contains(&of.digest.to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_same_parts_make_the_same_artifact() {
         let of = Descriptor {
             media_type: "application/octet-stream".into(),
@@ -602,7 +659,7 @@ mod tests {
         let parts = vec![Part {
             of: of.clone(),
             media_type: CHUNK_TABLE_TYPE,
-            bytes: table::encode(1 << 20, 4, &[[7u8; 32]]).into(),
+            bytes: table::encode(1 << 20, 4, &ChunkTable::sha256(vec![[7u8; 32]])).into(),
         }];
         let a = artifact(&parts, None);
         let b = artifact(&parts, None);

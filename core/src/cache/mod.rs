@@ -59,7 +59,7 @@ pub use scan::Scanned;
 pub use store::{DiskStore, Partial, StoredBlob};
 
 use crate::blob::{BlobReader, Counters, Stats, Verify, verify_stream};
-use crate::digest::{BlobHasher, Digest, check_chunk};
+use crate::digest::{BlobHasher, ChunkHash, ChunkTable, Digest, check_chunk};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::source::Source;
@@ -172,15 +172,16 @@ struct Inner {
     /// Chunk digest tables given by a layer index
     /// (`ChunkCache::set_chunk_digests`): strict reads of such a blob go
     /// chunk by chunk, each fetched chunk checked.
-    tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    tables: Mutex<HashMap<Digest, Arc<ChunkTable>>>,
     /// Those of `tables` nothing binds to the reference (a referrer's, in
     /// lazy mode): a chunk that disagrees with one has the whole blob
     /// decide which is wrong.
     untrusted: Mutex<HashSet<Digest>>,
     /// Chunk digest tables this cache took itself, while it hashed a blob
-    /// whole, or read from beside a complete blob: for checking bytes at
-    /// rest (and fetched chunks), not for skipping the whole-blob fetch.
-    own_tables: Mutex<HashMap<Digest, Arc<Vec<[u8; 32]>>>>,
+    /// whole (of BLAKE3, `ChunkHash::AT_REST`), or read from beside a
+    /// complete blob: for checking bytes at rest (and fetched chunks), not
+    /// for skipping the whole-blob fetch.
+    own_tables: Mutex<HashMap<Digest, Arc<ChunkTable>>>,
     /// The chunks of complete blobs this process has read from disk and
     /// checked against their table (a bitmap per blob).
     checked: Mutex<HashMap<Digest, Vec<u64>>>,

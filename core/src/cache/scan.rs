@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{ChunkCache, Inner, join_error};
 use crate::blob::{BlobReader as _, Counters};
-use crate::digest::BlobHasher;
+use crate::digest::{BlobHasher, ChunkHash, ChunkTable};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 
@@ -96,7 +96,7 @@ impl ChunkCache {
         let consumer = tokio::task::spawn_blocking(move || {
             let mut r = Hashing {
                 inner: StreamRead::new(rx),
-                hasher: BlobHasher::new(chunk_size),
+                hasher: BlobHasher::new(chunk_size, ChunkHash::Sha256),
                 copy: file.map(|f| io::BufWriter::with_capacity(1 << 20, f)),
             };
             let value = consume(&mut r);
@@ -156,7 +156,7 @@ impl ChunkCache {
         Ok(Scanned {
             value: value?,
             chunk_size,
-            chunk_digests,
+            chunk_digests: chunk_digests.digests,
         })
     }
 
@@ -177,7 +177,7 @@ impl ChunkCache {
             return false;
         }
         if let Ok(mut t) = self.inner.tables.lock() {
-            t.insert(blob.digest.clone(), Arc::new(digests));
+            t.insert(blob.digest.clone(), Arc::new(ChunkTable::sha256(digests)));
         }
         if let Ok(mut u) = self.inner.untrusted.lock() {
             u.remove(&blob.digest);
@@ -221,14 +221,14 @@ impl ChunkCache {
         tmp: &std::path::Path,
         digest: &crate::Digest,
         size: u64,
-        table: Option<(u64, Vec<[u8; 32]>)>,
+        table: Option<(u64, ChunkTable)>,
     ) -> Result<()> {
         let Some(store) = &self.inner.store else {
             let _ = std::fs::remove_file(tmp);
             return Ok(());
         };
-        if let Some((chunk_size, digests)) = &table {
-            store.put_table(digest, *chunk_size, size, digests)?;
+        if let Some((chunk_size, table)) = &table {
+            store.put_table(digest, *chunk_size, size, table)?;
         }
         store.adopt(tmp, digest)?;
         self.inner.disk_usage.fetch_add(size, Ordering::Relaxed);

@@ -63,8 +63,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::table;
-use crate::digest::BlobHasher;
 use crate::digest::Digest;
+use crate::digest::{BlobHasher, ChunkHash, ChunkTable};
 use crate::error::{Error, Result};
 use crate::fsutil::{read_full_at, write_all_at};
 use crate::reference::RegistryRef;
@@ -531,21 +531,46 @@ impl DiskStore {
         digest: &Digest,
         chunk_size: u64,
         size: u64,
-        digests: &[[u8; 32]],
+        table: &ChunkTable,
     ) -> Result<()> {
         self.write_atomic(
             &self.table_path(digest),
-            &table::encode(chunk_size, size, digests),
+            &table::encode(chunk_size, size, table),
         )
     }
 
     /// The stored chunk digest table of `digest` (a blob of `size` bytes):
     /// its chunk size and digests, if there is one, whole and undamaged.
-    pub fn get_table(&self, digest: &Digest, size: u64) -> Option<(u64, Vec<[u8; 32]>)> {
+    pub fn get_table(&self, digest: &Digest, size: u64) -> Option<(u64, ChunkTable)> {
         let f = File::open(self.table_path(digest)).ok()?;
         let mut buf = Vec::new();
         f.take(table::MAX_ENCODED).read_to_end(&mut buf).ok()?;
         table::decode(&buf, size)
+    }
+
+    /// A sha256 chunk table of complete blob `digest` (of `size` bytes), to
+    /// publish: the stored one if it is of sha256, else one of `chunk_size`
+    /// chunks taken by hashing the file, if the file still hashes to
+    /// `digest` (the cache's own tables are of BLAKE3, which other readers
+    /// do not take).
+    pub fn sha256_table(
+        &self,
+        digest: &Digest,
+        size: u64,
+        chunk_size: u64,
+    ) -> Option<(u64, ChunkTable)> {
+        let f = self.open_complete(digest).ok()??;
+        if let Some((cs, t)) = self.get_table(digest, size)
+            && t.hash == ChunkHash::Sha256
+        {
+            return Some((cs, t));
+        }
+        let hasher = hash_file(&f, chunk_size, size, ChunkHash::Sha256).ok()?;
+        if hasher.len() != size {
+            return None;
+        }
+        let (actual, table) = hasher.finish();
+        (actual == *digest).then_some((chunk_size, table))
     }
 
     /// Where the index of layer `digest` lives (`index/sha256/<hex>`):
@@ -769,7 +794,7 @@ impl DiskStore {
             return Ok(false);
         }
         let data_path = p.dir.join("data");
-        let hasher = hash_file(&p.data, p.chunk_size, p.size)
+        let hasher = hash_file(&p.data, p.chunk_size, p.size, ChunkHash::AT_REST)
             .map_err(io_err(|| format!("reading {}", data_path.display())))?;
         let len = hasher.len();
         let (actual, digests) = hasher.finish();
@@ -794,15 +819,10 @@ impl DiskStore {
     }
 
     /// Moves a partial blob whose digest the caller computed and checked
-    /// while writing it under `blobs/`, without hashing it again; `digests`
+    /// while writing it under `blobs/`, without hashing it again; `table`
     /// is its chunk digest table (in the partial's chunk size), taken on
     /// the way, stored first: a complete blob always has its table.
-    pub fn promote_verified(
-        &self,
-        p: &Partial,
-        digest: &Digest,
-        digests: &[[u8; 32]],
-    ) -> Result<()> {
+    pub fn promote_verified(&self, p: &Partial, digest: &Digest, table: &ChunkTable) -> Result<()> {
         let final_path = self.blob_path(digest);
         if final_path.is_file() {
             return Ok(());
@@ -811,7 +831,7 @@ impl DiskStore {
         p.data
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
-        self.put_table(digest, p.chunk_size, p.size, digests)?;
+        self.put_table(digest, p.chunk_size, p.size, table)?;
         self.place(p, &final_path)?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
@@ -1056,7 +1076,7 @@ impl DiskStore {
             // table yet (an older cache's) gets one on the way.
             let cs = super::DEFAULT_CHUNK_SIZE;
             let checked = File::open(&path)
-                .and_then(|f| hash_file(&f, cs, b.size))
+                .and_then(|f| hash_file(&f, cs, b.size, ChunkHash::AT_REST))
                 .ok()
                 .filter(|h| h.len() == b.size)
                 .map(BlobHasher::finish)
@@ -1197,11 +1217,16 @@ fn lock_range(file: &File, _start: u64, _len: u64) -> io::Result<()> {
     file.lock()
 }
 
-/// Hashes a file from its start, whole and in chunks of `chunk_size`,
-/// reading at most one buffer past `size` (a longer file then fails the
-/// caller's length check without being read to its end).
-pub(crate) fn hash_file(file: &File, chunk_size: u64, size: u64) -> io::Result<BlobHasher> {
-    let mut hasher = BlobHasher::new(chunk_size);
+/// Hashes a file from its start, whole and in chunks of `chunk_size` (a
+/// table of `hash`), reading at most one buffer past `size` (a longer file
+/// then fails the caller's length check without being read to its end).
+pub(crate) fn hash_file(
+    file: &File,
+    chunk_size: u64,
+    size: u64,
+    hash: ChunkHash,
+) -> io::Result<BlobHasher> {
+    let mut hasher = BlobHasher::new(chunk_size, hash);
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     while pos <= size {
@@ -1364,7 +1389,7 @@ impl Partial {
 
     /// Hashes `[0, end)` of the data file (chunks already present).
     pub fn hash_prefix(&self, end: u64) -> Result<BlobHasher> {
-        let mut hasher = BlobHasher::new(self.chunk_size);
+        let mut hasher = BlobHasher::new(self.chunk_size, ChunkHash::AT_REST);
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0;
         while pos < end {
@@ -1724,7 +1749,7 @@ mod tests {
         )
         .unwrap();
         fs::write(root.join("blobs/sha256").join(c.hex()), complete).unwrap();
-        let mut h = BlobHasher::new(4096);
+        let mut h = BlobHasher::new(4096, ChunkHash::AT_REST);
         h.update(complete);
         let (_, digests) = h.finish();
         fs::write(

@@ -1064,15 +1064,63 @@ mod at_rest {
     }
 
     #[tokio::test]
-    async fn a_complete_blob_has_its_table_beside_it() {
+    async fn a_complete_blob_has_its_blake3_table_beside_it() {
         let (_src, d, blob, dir) = prefetched(Verify::Strict).await;
         let store = DiskStore::open(dir.path()).unwrap();
         let (cs, table) = store.get_table(&d.digest, d.size).expect("a stored table");
         assert_eq!(cs, CS);
+        assert_eq!(table.hash, ChunkHash::Blake3);
         assert_eq!(table.len() as u64, d.size.div_ceil(CS));
+        let third = *blake3::hash(&blob[2 * CS as usize..3 * CS as usize]).as_bytes();
+        assert_eq!(table.digests[2], third);
+    }
+
+    #[tokio::test]
+    async fn the_table_a_node_publishes_is_of_sha256_and_only_of_bytes_that_still_check_out() {
+        let (_src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let store = DiskStore::open(dir.path()).unwrap();
         use sha2::Digest as _;
-        let third: [u8; 32] = sha2::Sha256::digest(&blob[2 * CS as usize..3 * CS as usize]).into();
-        assert_eq!(table[2], third);
+        let want: Vec<[u8; 32]> = blob
+            .chunks(CS as usize)
+            .map(|c| sha2::Sha256::digest(c).into())
+            .collect();
+        assert_eq!(
+            store.sha256_table(&d.digest, d.size, CS),
+            Some((CS, ChunkTable::sha256(want)))
+        );
+        // The BLAKE3 table stays the cache's.
+        assert_eq!(
+            store.get_table(&d.digest, d.size).unwrap().1.hash,
+            ChunkHash::Blake3
+        );
+        flip(&blob_file(dir.path(), &d), 77);
+        assert_eq!(store.sha256_table(&d.digest, d.size, CS), None);
+    }
+
+    #[tokio::test]
+    async fn an_older_ocifs_sha256_table_still_checks_bytes_at_rest() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let store = DiskStore::open(dir.path()).unwrap();
+        use sha2::Digest as _;
+        let older = ChunkTable::sha256(
+            blob.chunks(CS as usize)
+                .map(|c| sha2::Sha256::digest(c).into())
+                .collect(),
+        );
+        store.put_table(&d.digest, CS, d.size, &older).unwrap();
+        assert_eq!(store.get_table(&d.digest, d.size), Some((CS, older)));
+        let at = 2 * CS + 5;
+        flip(&blob_file(dir.path(), &d), at);
+        let before = src.bytes.load(Ordering::SeqCst);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let got = c.read_blob(&d, at, 10).await.unwrap();
+        assert!(got[..] == blob[at as usize..at as usize + 10]);
+        assert_eq!(c.counters().snapshot().verify_failures, 1);
+        assert_eq!(
+            src.bytes.load(Ordering::SeqCst) - before,
+            d.size,
+            "the damaged blob was dropped and fetched again"
+        );
     }
 
     /// Waits until no thread checks chunks of `d` ahead of a reader.

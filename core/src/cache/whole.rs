@@ -215,7 +215,7 @@ impl Inner {
                     partial.clone(),
                     hasher
                         .take()
-                        .or_else(|| hashing.then(|| BlobHasher::new(cs))),
+                        .or_else(|| hashing.then(|| BlobHasher::new(cs, ChunkHash::AT_REST))),
                 );
                 let (s, d) = (store.clone(), blob.digest.clone());
                 let first = pos / cs;

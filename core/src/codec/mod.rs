@@ -22,7 +22,7 @@ pub mod zstd;
 use std::io::{self, Read};
 
 use crate::content::{Compression, SeekPoints};
-use crate::digest::{BlobHasher, Digest};
+use crate::digest::{BlobHasher, ChunkHash, ChunkTable, Digest};
 use crate::error::{Error, Result, cause};
 use crate::manifest::Descriptor;
 
@@ -199,7 +199,7 @@ pub(crate) struct Copied {
     pub digest: Digest,
     pub len: u64,
     pub chunk_size: u64,
-    pub table: Vec<[u8; 32]>,
+    pub table: ChunkTable,
 }
 
 impl<R: std::io::Read> Tee<R> {
@@ -207,7 +207,7 @@ impl<R: std::io::Read> Tee<R> {
         Tee {
             inner,
             out: std::io::BufWriter::with_capacity(1 << 20, file),
-            hasher: BlobHasher::new(chunk_size),
+            hasher: BlobHasher::new(chunk_size, ChunkHash::AT_REST),
         }
     }
 
