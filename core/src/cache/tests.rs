@@ -1079,10 +1079,9 @@ mod at_rest {
     async fn the_table_a_node_publishes_is_of_sha256_and_only_of_bytes_that_still_check_out() {
         let (_src, d, blob, dir) = prefetched(Verify::Strict).await;
         let store = DiskStore::open(dir.path()).unwrap();
-        use sha2::Digest as _;
         let want: Vec<[u8; 32]> = blob
             .chunks(CS as usize)
-            .map(|c| sha2::Sha256::digest(c).into())
+            .map(|c| ChunkHash::Sha256.of(c))
             .collect();
         assert_eq!(
             store.sha256_table(&d.digest, d.size, CS),
@@ -1101,10 +1100,9 @@ mod at_rest {
     async fn an_older_ocifs_sha256_table_still_checks_bytes_at_rest() {
         let (src, d, blob, dir) = prefetched(Verify::Strict).await;
         let store = DiskStore::open(dir.path()).unwrap();
-        use sha2::Digest as _;
         let older = ChunkTable::sha256(
             blob.chunks(CS as usize)
-                .map(|c| sha2::Sha256::digest(c).into())
+                .map(|c| ChunkHash::Sha256.of(c))
                 .collect(),
         );
         store.put_table(&d.digest, CS, d.size, &older).unwrap();
