@@ -55,6 +55,9 @@ pub struct Stats {
     pub disk_hits: u64,
     /// Chunk reads that needed the source.
     pub misses: u64,
+    /// Bytes read from the disk cache's files (its own reads, served or
+    /// checked; not the kernel's of a passthrough file).
+    pub disk_bytes_read: u64,
     /// Requests made to the source.
     pub requests: u64,
     /// Bytes received from the source.
@@ -78,6 +81,8 @@ pub struct Counters {
     pub disk_hits: AtomicU64,
     /// See [`Stats::misses`].
     pub misses: AtomicU64,
+    /// See [`Stats::disk_bytes_read`].
+    pub disk_bytes_read: AtomicU64,
     /// See [`Stats::requests`].
     pub requests: AtomicU64,
     /// See [`Stats::bytes_fetched`].
@@ -101,6 +106,7 @@ impl Counters {
             memory_hits: g(&self.memory_hits),
             disk_hits: g(&self.disk_hits),
             misses: g(&self.misses),
+            disk_bytes_read: g(&self.disk_bytes_read),
             requests: g(&self.requests),
             bytes_fetched: g(&self.bytes_fetched),
             blobs_verified: g(&self.blobs_verified),

@@ -3,10 +3,20 @@
 //! complete blobs from disk that check them.
 
 use super::*;
+use std::collections::VecDeque;
 
 /// How many chunks past a sequential reader of a complete blob are checked
 /// ahead of it (`Inner::check_ahead`).
 pub(super) const CHECK_AHEAD: u64 = 4;
+
+/// How long a thread checking ahead that caught up with its reader waits
+/// for it to read on before it stops (and what it kept for it is let go).
+const LINGER: Duration = Duration::from_millis(50);
+
+/// How many chunks a thread checking ahead keeps for its reader: as far
+/// as it runs ahead, twice over (the kernel has a few reads of one stream
+/// in flight at once, each moving the thread on).
+const READY: usize = 2 * CHECK_AHEAD as usize;
 
 /// A thread checking chunks ahead of a reader (`Inner::check_ahead`).
 pub(super) struct AheadCheck {
@@ -14,6 +24,11 @@ pub(super) struct AheadCheck {
     state: Mutex<AheadState>,
     /// Told each time it checked a chunk, and when it stops.
     moved: std::sync::Condvar,
+    /// The chunks it checked that its reader has not yet read to their
+    /// end, as read from disk: the reader is served these, rather than
+    /// reading the same bytes from the file a second time. At most
+    /// [`READY`] of them, in order.
+    ready: Mutex<VecDeque<(u64, Bytes)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -36,6 +51,58 @@ impl AheadCheck {
             f(&mut s);
         }
         self.moved.notify_all();
+    }
+
+    /// Waits up to `linger` for the reader to move the end past `n`:
+    /// whether it did.
+    fn wait_moved(&self, n: u64, linger: Duration) -> bool {
+        let Ok(state) = self.state.lock() else {
+            return false;
+        };
+        self.moved
+            .wait_timeout_while(state, linger, |s| s.until <= n)
+            .is_ok_and(|(s, _)| s.until > n)
+    }
+
+    /// Keeps chunk `n`, checked, for its reader.
+    fn keep(&self, n: u64, bytes: Bytes) {
+        if let Ok(mut ready) = self.ready.lock() {
+            // A reader that went back (or jumped) leaves chunks it will not
+            // read: the oldest go first.
+            while ready.len() >= READY {
+                ready.pop_front();
+            }
+            ready.push_back((n, bytes));
+        }
+    }
+
+    /// `[offset, end)` of the blob, if every chunk of it is among those
+    /// kept (`cs`: the chunk size); the chunks it reads to their end are
+    /// let go. One chunk's bytes are a slice of it, not a copy.
+    fn take(&self, cs: u64, offset: u64, end: u64) -> Option<Bytes> {
+        let mut ready = self.ready.lock().ok()?;
+        let (c0, c1) = (offset / cs, (end - 1) / cs);
+        let chunk = |n: u64| ready.iter().find(|(k, _)| *k == n).map(|(_, b)| b);
+        let bytes = if c0 == c1 {
+            let b = chunk(c0)?;
+            let start = (offset - c0 * cs) as usize;
+            let stop = ((end - c0 * cs) as usize).min(b.len());
+            (start < stop).then(|| b.slice(start..stop))?
+        } else {
+            let mut out = BytesMut::with_capacity((end - offset) as usize);
+            for n in c0..=c1 {
+                let b = chunk(n)?;
+                let start = offset.saturating_sub(n * cs) as usize;
+                let stop = ((end - n * cs) as usize).min(b.len());
+                out.extend_from_slice(b.get(start..stop)?);
+            }
+            out.freeze()
+        };
+        if bytes.len() as u64 != end - offset {
+            return None;
+        }
+        ready.retain(|(k, b)| k * cs + b.len() as u64 > end);
+        Some(bytes)
     }
 }
 
@@ -174,6 +241,7 @@ impl Inner {
             .is_empty()
         {
             let bytes = partial.read(offset, len)?;
+            self.read_from_disk(bytes.len());
             if let Some(table) = table
                 && let Err(e) = check_chunk(&table, &blob.digest, n, &bytes)
             {
@@ -220,7 +288,11 @@ impl Inner {
                     .is_ok_and(|c| c.peek(&blob.digest).is_some_and(|c| Arc::ptr_eq(c, h)))
             })
         };
-        let read = match DiskStore::read_at(f, &path, offset, len) {
+        let read = DiskStore::read_at(f, &path, offset, len);
+        if let Ok(bytes) = &read {
+            self.read_from_disk(bytes.len());
+        }
+        let read = match read {
             // The mark first, then the handle: a mark set for a file that
             // replaced this one was set after this handle left the cache.
             Ok(bytes) if self.is_checked(&blob.digest, n) && current() => {
@@ -345,6 +417,7 @@ impl Inner {
                     done: false,
                 }),
                 moved: std::sync::Condvar::new(),
+                ready: Mutex::new(VecDeque::new()),
             });
             running.insert(blob.digest.clone(), ahead.clone());
             ahead
@@ -358,6 +431,11 @@ impl Inner {
             let mut advised = 0u64;
             while let Some(AheadState { next: n, until, .. }) = ahead.state() {
                 if n >= until {
+                    // Caught up with the reader: it usually moves the end
+                    // on within a read or two.
+                    if ahead.wait_moved(n, LINGER) {
+                        continue;
+                    }
                     // Stop, unless the reader moved the end meanwhile (it
                     // does so under this lock).
                     let Ok(mut running) = inner.checking.lock() else {
@@ -400,9 +478,9 @@ impl Inner {
                             tracing::trace!(error = %e, "fadvise");
                         }
                     }
-                    let checked = inner.checked_from_complete(&store, &blob, &f, n, Some(&f));
-                    if !matches!(checked, Ok(Some(_))) {
-                        break;
+                    match inner.checked_from_complete(&store, &blob, &f, n, Some(&f)) {
+                        Ok(Some(bytes)) => ahead.keep(n, bytes),
+                        _ => break,
                     }
                 }
                 ahead.update(|s| s.next = n + 1);
@@ -412,6 +490,20 @@ impl Inner {
             }
             ahead.update(|s| s.done = true);
         });
+    }
+
+    /// Counts bytes read from the cache's files.
+    pub(super) fn read_from_disk(&self, bytes: usize) {
+        self.counters
+            .disk_bytes_read
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `[offset, end)` of a blob from the chunks the thread checking ahead
+    /// of its reader read and checked, if it has them all.
+    pub(super) fn checked_ahead(&self, digest: &Digest, offset: u64, end: u64) -> Option<Bytes> {
+        let ahead = self.checking.lock().ok()?.get(digest).cloned()?;
+        ahead.take(self.options.chunk_size, offset, end)
     }
 
     /// Waits while the thread checking ahead of a reader has chunks
@@ -466,6 +558,7 @@ impl Inner {
         let hasher = store::hash_file(f, cs, blob.size, ChunkHash::AT_REST)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let len = hasher.len();
+        self.read_from_disk(len as usize);
         let (actual, digests) = hasher.finish();
         if len != blob.size || actual != blob.digest {
             let e = Error::blob_mismatch(

@@ -696,6 +696,11 @@ impl Inner {
                 return Ok(None);
             }
         }
+        // Read and checked by that thread a moment ago: served as it read
+        // them, not read from the file again.
+        if let Some(bytes) = self.checked_ahead(&blob.digest, offset, end) {
+            return Ok(Some(bytes));
+        }
         let Some(file) = self.complete_handle(store, &blob.digest)? else {
             return Ok(None);
         };
@@ -705,7 +710,10 @@ impl Inner {
             .await
             .map_err(join_error)?
         {
-            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Ok(bytes) => {
+                self.read_from_disk(bytes.len());
+                Ok(Some(Bytes::from(bytes)))
+            }
             // Cut short under us: the chunk path checks it and drops it.
             Err(Error::ShortRead { .. }) => {
                 self.forget_checked(&blob.digest);

@@ -190,6 +190,7 @@ impl ChunkCache {
                 return None;
             }
             let bytes = DiskStore::read_at(&file, &path, 0, size as usize).ok();
+            inner.read_from_disk(bytes.as_ref().map_or(0, Vec::len));
             let actual = bytes.as_deref().map(Digest::of);
             if stored != size || actual.as_ref() != Some(&digest) {
                 Counters::bump(&inner.counters.verify_failures);

@@ -1133,6 +1133,37 @@ mod at_rest {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_is_served_the_chunks_checked_ahead_of_it_without_reading_them_again()
+     {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        let mut got = Vec::new();
+        while (got.len() as u64) < d.size {
+            let bytes = c.read_blob(&d, got.len() as u64, CS).await.unwrap();
+            assert!(!bytes.is_empty());
+            got.extend_from_slice(&bytes);
+        }
+        assert!(got == blob, "the bytes read are the blob's");
+        let stats = c.counters().snapshot();
+        assert_eq!(stats.verify_failures, 0);
+        // Each chunk is read from the file once, by whichever checks it (a
+        // thread that read the next chunks ahead and checked them hands
+        // them over); before, the reader read each again. A reader held up
+        // long enough for that thread to stop reads a few twice.
+        assert!(
+            stats.disk_bytes_read >= d.size && stats.disk_bytes_read < d.size * 3 / 2,
+            "{} bytes read from disk for a blob of {}",
+            stats.disk_bytes_read,
+            d.size
+        );
+        assert_eq!(
+            src.requests.load(Ordering::SeqCst),
+            1,
+            "only the prefetch fetched"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sequential_reader_finds_the_chunks_ahead_of_it_checked_already() {
         let (src, d, blob, dir) = prefetched(Verify::Strict).await;
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
