@@ -114,6 +114,34 @@ fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
+/// Writes out what earlier rows left dirty, before a cold row: the kernel
+/// writing back a gigabyte behind the next program's writes slows them by
+/// seconds on this VM, whichever program it is, so each cold row starts
+/// with nothing dirty (and the registry's blob still in the page cache).
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// How many times each cold row runs (each from an empty cache, after
+/// [`settle`]); the row is the fastest. This VM slows down for seconds at a
+/// time (a `curl -o file` of the same blob took 0.7 s in one run and 2.2 s
+/// in another): the fastest is what each tool costs when nothing else gets
+/// in its way, for all of them alike.
+fn cold_rounds(quick: bool) -> usize {
+    if quick { 1 } else { 3 }
+}
+
+/// The fastest of `rounds` runs of `run`, each after [`settle`].
+fn fastest(rounds: usize, mut run: impl FnMut() -> Duration) -> Duration {
+    (0..rounds)
+        .map(|_| {
+            settle();
+            run()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
@@ -260,9 +288,11 @@ fn mount_scenarios(
     fixture: &Fixture,
     label: &str,
     curl_rate: f64,
+    curl_file: f64,
     local_rate: f64,
     skopeo_secs: f64,
     bound: bool,
+    rounds: usize,
     rows: &mut Vec<Row>,
 ) {
     let size = fixture.size;
@@ -324,23 +354,42 @@ fn mount_scenarios(
         ));
     }
 
-    // Cold sequential read through the mount, and the daemon's peak memory.
-    let scenario = format!("cold sequential read through a mount, {label}");
+    // Cold sequential read through the mount, and the daemon's peak memory
+    // (the most of any round).
+    let scenario = if rounds > 1 {
+        format!("cold sequential read through a mount, {label}, best of {rounds}")
+    } else {
+        format!("cold sequential read through a mount, {label}")
+    };
     for (tool, extra) in [
         ("ocifs mount, strict", &[][..]),
         ("ocifs mount, lazy", &["--verify", "lazy"][..]),
     ] {
-        let cache = work.path().join(format!("cold-{}", tool.len()));
-        mount(host, "bench/big:v1", &mnt, &cache, extra);
-        let d = read_all(&file);
-        let rss = daemon_pid(&mnt).map(ocifs_tests::peak_rss_mib);
-        umount(&mnt);
+        let mut rss: Option<f64> = None;
+        let d = fastest(rounds, || {
+            let cache = work.path().join(format!("cold-{}", tool.len()));
+            mount(host, "bench/big:v1", &mnt, &cache, extra);
+            let d = read_all(&file);
+            if let Some(r) = daemon_pid(&mnt).map(ocifs_tests::peak_rss_mib) {
+                rss = Some(rss.map_or(r, |m| m.max(r)));
+            }
+            umount(&mnt);
+            let _ = std::fs::remove_dir_all(&cache);
+            d
+        });
         rows.push(Row::new(
             scenario.clone(),
             tool,
             mbps(size, d),
             "MB/s",
             Some(curl_rate),
+        ));
+        rows.push(Row::new(
+            scenario.clone(),
+            format!("{tool} (ratio to curl -o file)"),
+            mbps(size, d),
+            "MB/s",
+            Some(curl_file),
         ));
         if let Some(rss) = rss {
             rows.push(Row::new(
@@ -467,7 +516,7 @@ fn mount_scenarios(
 }
 
 /// 16 files read at once, each by its own reader: curl vs a mount.
-fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
+fn parallel_readers(host: &str, mib_each: u64, rounds: usize, rows: &mut Vec<Row>) {
     let work = tempfile::tempdir().expect("tempdir");
     let mut files = Vec::new();
     for i in 0..16u64 {
@@ -479,26 +528,33 @@ fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
     let push: Vec<PushFile> = files.iter().map(|(p, _)| PushFile::new(p)).collect();
     oras_push(host, "bench/many:v1", &push, &PushOptions::default());
     let total = 16 * mib_each * MIB;
-    let scenario = format!("16 parallel readers, 16 x {mib_each} MiB, aggregate");
-    let start = Instant::now();
-    let curls: Vec<_> = files
-        .iter()
-        .map(|(_, d)| {
-            Command::new("curl")
-                .args([
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    &format!("http://{host}/v2/bench/many/blobs/{d}"),
-                ])
-                .spawn()
-                .expect("curl")
-        })
-        .collect();
-    for mut c in curls {
-        assert!(c.wait().expect("wait").success());
-    }
-    let curl_rate = mbps(total, start.elapsed());
+    let scenario = if rounds > 1 {
+        format!("16 parallel readers, 16 x {mib_each} MiB, aggregate, best of {rounds}")
+    } else {
+        format!("16 parallel readers, 16 x {mib_each} MiB, aggregate")
+    };
+    let d = fastest(rounds, || {
+        let start = Instant::now();
+        let curls: Vec<_> = files
+            .iter()
+            .map(|(_, d)| {
+                Command::new("curl")
+                    .args([
+                        "-sf",
+                        "-o",
+                        "/dev/null",
+                        &format!("http://{host}/v2/bench/many/blobs/{d}"),
+                    ])
+                    .spawn()
+                    .expect("curl")
+            })
+            .collect();
+        for mut c in curls {
+            assert!(c.wait().expect("wait").success());
+        }
+        start.elapsed()
+    });
+    let curl_rate = mbps(total, d);
     rows.push(Row::new(
         scenario.clone(),
         "16 x curl",
@@ -512,25 +568,29 @@ fn parallel_readers(host: &str, mib_each: u64, rows: &mut Vec<Row>) {
         ("ocifs mount, strict", &[][..]),
         ("ocifs mount, lazy", &["--verify", "lazy"][..]),
     ] {
-        let cache = work.path().join(format!("cache-{}", tool.len()));
-        mount(host, "bench/many:v1", &mnt, &cache, extra);
-        let start = Instant::now();
-        let readers: Vec<_> = files
-            .iter()
-            .map(|(p, _)| {
-                let path = mnt.join(p.file_name().expect("name"));
-                std::thread::spawn(move || read_all(&path))
-            })
-            .collect();
-        for r in readers {
-            r.join().expect("reader");
-        }
-        let rate = mbps(total, start.elapsed());
-        umount(&mnt);
+        let d = fastest(rounds, || {
+            let cache = work.path().join(format!("cache-{}", tool.len()));
+            mount(host, "bench/many:v1", &mnt, &cache, extra);
+            let start = Instant::now();
+            let readers: Vec<_> = files
+                .iter()
+                .map(|(p, _)| {
+                    let path = mnt.join(p.file_name().expect("name"));
+                    std::thread::spawn(move || read_all(&path))
+                })
+                .collect();
+            for r in readers {
+                r.join().expect("reader");
+            }
+            let d = start.elapsed();
+            umount(&mnt);
+            let _ = std::fs::remove_dir_all(&cache);
+            d
+        });
         rows.push(Row::new(
             scenario.clone(),
             tool,
-            rate,
+            mbps(total, d),
             "MB/s",
             Some(curl_rate),
         ));
@@ -702,29 +762,42 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     let label = format!("{} MiB blob", size / MIB);
 
     eprintln!("== cold sequential read");
+    let rounds = cold_rounds(quick);
+    let cold_label = if rounds > 1 {
+        format!("{label}, best of {rounds}")
+    } else {
+        label.clone()
+    };
     let curl = (0..2)
         .map(|_| curl_blob(&host, "bench/big", &fixture.digest))
         .min()
         .unwrap_or_default();
     let curl_rate = mbps(size, curl);
     rows.push(Row::new(
-        format!("cold sequential read, {label}"),
+        format!("cold sequential read, {cold_label}"),
         "curl (network ceiling)",
         curl_rate,
         "MB/s",
         None,
     ));
     let to_file = tempfile::tempdir().expect("tempdir");
-    let mut c = Command::new("curl");
-    c.args(["-sf", "-o"])
-        .arg(to_file.path().join("blob"))
-        .arg(format!(
-            "http://{host}/v2/bench/big/blobs/{}",
-            fixture.digest
-        ));
-    let curl_file = mbps(size, timed(c));
+    let curl_file = mbps(
+        size,
+        fastest(rounds, || {
+            let mut c = Command::new("curl");
+            c.args(["-sf", "-o"])
+                .arg(to_file.path().join("blob"))
+                .arg(format!(
+                    "http://{host}/v2/bench/big/blobs/{}",
+                    fixture.digest
+                ));
+            let d = timed(c);
+            let _ = std::fs::remove_file(to_file.path().join("blob"));
+            d
+        }),
+    );
     rows.push(Row::new(
-        format!("cold sequential read, {label}"),
+        format!("cold sequential read, {cold_label}"),
         "curl -o file (network + disk write)",
         curl_file,
         "MB/s",
@@ -733,16 +806,22 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     // What a cache that keeps its promise of durability must do at least:
     // write the blob and sync it (ocifs syncs a blob before it promotes it).
     let synced = to_file.path().join("synced");
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(format!(
-        "curl -sf -o '{f}' 'http://{host}/v2/bench/big/blobs/{digest}' && sync -d '{f}'",
-        f = synced.display(),
-        digest = fixture.digest
-    ));
-    let curl_synced = mbps(size, timed(c));
-    let _ = std::fs::remove_file(&synced);
+    let curl_synced = mbps(
+        size,
+        fastest(rounds, || {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!(
+                "curl -sf -o '{f}' 'http://{host}/v2/bench/big/blobs/{digest}' && sync -d '{f}'",
+                f = synced.display(),
+                digest = fixture.digest
+            ));
+            let d = timed(c);
+            let _ = std::fs::remove_file(&synced);
+            d
+        }),
+    );
     rows.push(Row::new(
-        format!("cold sequential read, {label}"),
+        format!("cold sequential read, {cold_label}"),
         "curl -o file + sync -d (network + disk write + sync)",
         curl_synced,
         "MB/s",
@@ -752,39 +831,54 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
         ("ocifs cat, strict", &[][..]),
         ("ocifs cat, lazy", &["--verify", "lazy"][..]),
     ] {
-        let cache = tempfile::tempdir().expect("tempdir");
-        let d = ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), extra);
+        let d = fastest(rounds, || {
+            let cache = tempfile::tempdir().expect("tempdir");
+            ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), extra)
+        });
         rows.push(Row::new(
-            format!("cold sequential read, {label}"),
+            format!("cold sequential read, {cold_label}"),
             tool,
             mbps(size, d),
             "MB/s",
             Some(curl_rate),
         ));
+        // The goal of the throughput issue is stated against a download
+        // to a file, which writes the same gigabyte.
+        rows.push(Row::new(
+            format!("cold sequential read, {cold_label}"),
+            format!("{tool} (ratio to curl -o file)"),
+            mbps(size, d),
+            "MB/s",
+            Some(curl_file),
+        ));
     }
 
-    let cache = tempfile::tempdir().expect("tempdir");
-    let mut c = Command::new(ocifs_bin());
-    c.args(["prefetch", "--plain-http", "--cache-dir"])
-        .arg(cache.path())
-        .arg(format!("{host}/bench/big:v1"))
-        .arg("big.bin");
-    let prefetch = mbps(size, timed(c));
+    let prefetch = mbps(
+        size,
+        fastest(rounds, || {
+            let cache = tempfile::tempdir().expect("tempdir");
+            let mut c = Command::new(ocifs_bin());
+            c.args(["prefetch", "--plain-http", "--cache-dir"])
+                .arg(cache.path())
+                .arg(format!("{host}/bench/big:v1"))
+                .arg("big.bin");
+            timed(c)
+        }),
+    );
     rows.push(Row::new(
-        format!("cold sequential read, {label}"),
+        format!("cold sequential read, {cold_label}"),
         "ocifs prefetch, strict (ratio to curl -o file)",
         prefetch,
         "MB/s",
         Some(curl_file),
     ));
     rows.push(Row::new(
-        format!("cold sequential read, {label}"),
+        format!("cold sequential read, {cold_label}"),
         "ocifs prefetch, strict (ratio to curl -o file + sync -d)",
         prefetch,
         "MB/s",
         Some(curl_synced),
     ));
-    drop(cache);
     work_per_gib(&host, size, rows);
 
     eprintln!("== warm sequential read");
@@ -904,14 +998,16 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
         &fixture,
         &label,
         curl_rate,
+        curl_file,
         local,
         skopeo.as_secs_f64(),
         bound,
+        rounds,
         rows,
     );
 
     eprintln!("== 16 parallel readers");
-    parallel_readers(&host, if quick { 8 } else { 32 }, rows);
+    parallel_readers(&host, if quick { 8 } else { 32 }, rounds, rows);
 }
 
 const USAGE: &str =
