@@ -1350,6 +1350,19 @@ impl Partial {
         }))
     }
 
+    /// Writes pieces that follow one another from chunk `first` on, as
+    /// [`Self::write_unmarked`] writes them joined.
+    pub fn write_pieces(&self, first: u64, pieces: &[bytes::Bytes]) -> Result<()> {
+        let mut offset = first * self.chunk_size;
+        for piece in pieces {
+            write_all_at(&self.data, piece, offset).map_err(io_err(|| {
+                format!("writing {}", self.dir.join("data").display())
+            }))?;
+            offset += piece.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Marks present the chunks of the `len` bytes written from chunk
     /// `first` on (whole chunks only; a short piece at the end of the blob
     /// is whole).

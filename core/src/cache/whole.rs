@@ -144,7 +144,8 @@ impl Inner {
         // The batch being written: its task, first chunk and length.
         let mut writing: Option<(Writing, u64, u64)> = None;
         let mut pos = start;
-        let mut pending = BytesMut::new();
+        // What arrived and is not yet written, as it came off the socket.
+        let mut pending = Pieces::default();
         // Waits for the batch being written; `Some(hasher)` to go on.
         macro_rules! settle {
             ($batch:expr) => {{
@@ -163,7 +164,7 @@ impl Inner {
                 if self.closed.load(Ordering::Acquire) {
                     return Ok(Streamed::Stopped);
                 }
-                let reach = pos + pending.len() as u64;
+                let reach = pos + pending.len;
                 if reach >= a.demand().saturating_add(AHEAD_LEAD) {
                     if let Some(batch) = writing.take() {
                         hasher = settle!(batch);
@@ -184,7 +185,7 @@ impl Inner {
             };
             let end_of_stream = next.is_none();
             if let Some(bytes) = next {
-                if pos + pending.len() as u64 + bytes.len() as u64 > blob.size {
+                if pos + pending.len + bytes.len() as u64 > blob.size {
                     store.drop_partial(&blob.digest);
                     return Err(Error::blob_mismatch(
                         &blob.digest,
@@ -195,17 +196,17 @@ impl Inner {
                         "a longer blob",
                     ));
                 }
-                pending.extend_from_slice(&bytes);
+                pending.push(bytes);
             }
             // Write whole chunks (and the short last one at the end).
-            let reached_end = pos + pending.len() as u64 == blob.size;
+            let reached_end = pos + pending.len == blob.size;
             let whole = if reached_end {
-                pending.len() as u64
+                pending.len
             } else {
-                pending.len() as u64 / cs * cs
+                pending.len / cs * cs
             };
             if whole > 0 && (whole >= BATCH || reached_end) {
-                let bytes = pending.split_to(whole as usize).freeze();
+                let bytes = pending.take(whole);
                 // One batch is hashed and written while the next one
                 // arrives; the hasher passes from batch to batch.
                 if let Some(batch) = writing.take() {
@@ -347,6 +348,40 @@ impl Inner {
     }
 }
 
+/// Bytes of a stream not yet written, in the pieces they arrived in.
+#[derive(Default)]
+struct Pieces {
+    pieces: std::collections::VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Pieces {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len() as u64;
+        self.pieces.push_back(bytes);
+    }
+
+    /// The first `n` bytes (at most what there is), as pieces: a piece
+    /// that straddles the end is split, not copied.
+    fn take(&mut self, mut n: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let Some(mut piece) = self.pieces.pop_front() else {
+                break;
+            };
+            if piece.len() as u64 > n {
+                let head = piece.split_to(n as usize);
+                self.pieces.push_front(piece);
+                piece = head;
+            }
+            n -= piece.len() as u64;
+            self.len -= piece.len() as u64;
+            out.push(piece);
+        }
+        out
+    }
+}
+
 /// Writes a stream's bytes out to disk behind it, on a thread of its own.
 /// Without it the kernel keeps a large blob dirty in memory until the sync
 /// before promotion, which then waits for all of it at the end (2 s a GiB
@@ -456,12 +491,13 @@ pub(super) fn write_batch(
     digest: &Digest,
     p: &Partial,
     first: u64,
-    bytes: &[u8],
+    pieces: &[Bytes],
     hasher: Option<&mut BlobHasher>,
     defer_marks: bool,
 ) -> Result<bool> {
     let cs = p.chunk_size as usize;
-    let count = bytes.len().div_ceil(cs) as u64;
+    let len: usize = pieces.iter().map(Bytes::len).sum();
+    let count = len.div_ceil(cs) as u64;
     if count == 0 {
         return Ok(false);
     }
@@ -487,12 +523,22 @@ pub(super) fn write_batch(
         }
     };
     if missing.len() as u64 == count {
-        // The common case: the whole batch is new: one write and one mark,
-        // on a thread of its own while the batch is hashed.
+        // The common case: the whole batch is new: written as it came off
+        // the socket, piece by piece (no copy into one buffer), and marked
+        // once, on a thread of its own while the pieces are hashed.
         let written = std::thread::scope(|s| {
-            let writing = s.spawn(|| write(first, bytes));
+            let writing = s.spawn(|| {
+                p.write_pieces(first, pieces)?;
+                if defer_marks {
+                    Ok(())
+                } else {
+                    p.mark(first, len as u64)
+                }
+            });
             if let Some(h) = hasher {
-                h.update(bytes);
+                for piece in pieces {
+                    h.update(piece);
+                }
             }
             writing.join()
         });
@@ -504,6 +550,9 @@ pub(super) fn write_batch(
             )),
         };
     }
+    // Another writer was first for some chunks: chunk by chunk, from one
+    // buffer (rare: two processes streaming one blob).
+    let bytes: Vec<u8> = pieces.concat();
     let mut hasher = hasher;
     for (n, chunk) in (first..).zip(bytes.chunks(cs)) {
         if missing.binary_search(&n).is_err() {
@@ -520,4 +569,27 @@ pub(super) fn write_batch(
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_batch_is_taken_from_its_pieces_split_where_it_ends_and_never_joined() {
+        let mut p = Pieces::default();
+        for piece in [&b"abc"[..], b"defgh", b"ij"] {
+            p.push(Bytes::copy_from_slice(piece));
+        }
+        let batch = p.take(4);
+        assert_eq!(
+            batch,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"d")]
+        );
+        assert_eq!(p.len, 6);
+        let rest = p.take(100);
+        assert_eq!(rest.concat(), b"efghij");
+        assert_eq!(p.len, 0);
+        assert!(p.take(1).is_empty());
+    }
 }
