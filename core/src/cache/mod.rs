@@ -646,7 +646,7 @@ impl Inner {
             self.after_lazy_fetch(&store, blob, &partial);
             self.complete_in_background(blob);
         }
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        let mut pieces = Vec::with_capacity(chunks.len());
         for (n, chunk) in (c0..=c1).zip(chunks) {
             let chunk = chunk.ok_or_else(|| Error::ShortRead {
                 digest: blob.digest.to_string(),
@@ -656,12 +656,23 @@ impl Inner {
             })?;
             let start = offset.saturating_sub(n * cs) as usize;
             let stop = ((end - n * cs) as usize).min(chunk.len());
-            out.extend_from_slice(&chunk[start..stop]);
+            pieces.push(chunk.slice(start..stop));
         }
         if !whole_first && self.store.is_some() {
             self.read_ahead(blob, offset, end);
         }
-        Ok(out.freeze())
+        // A read within one chunk is a slice of it; only a read across
+        // chunks is joined.
+        Ok(match <[Bytes; 1]>::try_from(pieces) {
+            Ok([one]) => one,
+            Err(pieces) => {
+                let mut out = BytesMut::with_capacity((end - offset) as usize);
+                for piece in pieces {
+                    out.extend_from_slice(&piece);
+                }
+                out.freeze()
+            }
+        })
     }
 
     /// `[offset, end)` of a complete blob in the store, if every chunk of it
