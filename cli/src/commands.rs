@@ -348,7 +348,9 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
     if let Content::Blob(blob) = content
         && args.source.verify == Verify::Strict
     {
-        opened.cache.prefetch(blob).await?;
+        // Served once it checked out; it is synced into the cache while
+        // it is copied out (and before this process ends, below).
+        opened.cache.ensure_verified(blob).await?;
         let (cache, b) = (opened.cache.clone(), (**blob).clone());
         let copied = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<u64>> {
             let Some(mut file) = cache.checked_file(&b)? else {
@@ -360,6 +362,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
             Ok(Some(n))
         })
         .await??;
+        opened.cache.settle().await?;
         if let Some(n) = copied {
             print_stats(&args.source, &opened);
             if n != blob.size {
@@ -398,6 +401,7 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<()> {
         offset += piece.len() as u64;
     }
     stdout.flush().await?;
+    opened.cache.settle().await?;
     let actual = hasher.finish();
     print_stats(&args.source, &opened);
     let Content::Blob(blob) = content else {

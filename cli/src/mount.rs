@@ -361,6 +361,11 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     crate::notify::notify("STOPPING=1");
     let stats = mount.stats();
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
+    // Blobs that checked out and are still being moved into the cache get
+    // there before the process ends.
+    if let Err(e) = opened.cache.settle().await {
+        tracing::warn!(error = %e, "a blob could not be kept in the cache");
+    }
     opened.cache.close();
     if args.source.stats {
         // Not eprintln!: a daemon's stderr may be a closed pipe.
@@ -394,6 +399,9 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     tokio::signal::ctrl_c().await?;
     mount.stop()?;
+    if let Err(e) = opened.cache.settle().await {
+        tracing::warn!(error = %e, "a blob could not be kept in the cache");
+    }
     opened.cache.close();
     Ok(())
 }
@@ -462,6 +470,7 @@ impl ocifs_fs_linux::BackingFiles for CompleteBlobs {
             return None;
         }
         let (cache, blob) = (self.0.clone(), (**blob).clone());
-        Some(Box::pin(async move { cache.prefetch(&blob).await }))
+        // Answered once it checked out, not once it is synced into place.
+        Some(Box::pin(async move { cache.ensure_verified(&blob).await }))
     }
 }

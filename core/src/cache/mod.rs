@@ -194,6 +194,9 @@ struct Inner {
     lazy_small: Mutex<HashMap<Digest, bool>>,
     /// Lazy readers' streams of large blobs, under way (`Inner::stream_for`).
     aheads: Mutex<HashMap<Digest, Arc<ahead::StreamAhead>>>,
+    /// Blobs that checked out in this process and are being made durable
+    /// and moved into place, behind their readers (`Inner::promote_behind`).
+    promoting: Mutex<HashMap<Digest, whole::Promoting>>,
     /// Set by `ChunkCache::close`: no chunk is written after it (a
     /// background completion still running must not leave unchecked
     /// chunks behind the drop).
@@ -341,6 +344,7 @@ impl ChunkCache {
                 checking: Mutex::new(HashMap::new()),
                 lazy_small: Mutex::new(HashMap::new()),
                 aheads: Mutex::new(HashMap::new()),
+                promoting: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
@@ -357,8 +361,38 @@ impl ChunkCache {
     /// Fetches and verifies the whole blob (whatever the verify mode), so
     /// later reads need no network. For `ocifs prefetch`.
     pub async fn prefetch(&self, blob: &Descriptor) -> Result<()> {
+        self.ensure_verified(blob).await?;
+        // In the cache, durable, when this returns.
+        self.inner.promoted(&blob.digest).await
+    }
+
+    /// Fetches and verifies the whole blob, as [`ChunkCache::prefetch`]
+    /// does, but returns as soon as it checked out: its reads are served
+    /// from then on, while it is still being synced and moved into place
+    /// ([`ChunkCache::settle`] waits for that).
+    pub async fn ensure_verified(&self, blob: &Descriptor) -> Result<()> {
         let _pin = self.inner.pin(&blob.digest);
         self.inner.ensure_complete(blob).await
+    }
+
+    /// Waits until every blob that checked out in this process is synced
+    /// and in place in the cache: for a process about to end. The first
+    /// that could not be, if any, is the error.
+    pub async fn settle(&self) -> Result<()> {
+        let digests: Vec<Digest> = self
+            .inner
+            .promoting
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut first = Ok(());
+        for d in digests {
+            let r = self.inner.promoted(&d).await;
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 
     /// Whether a read of `blob` would wait for the whole blob first:
@@ -367,6 +401,7 @@ impl ChunkCache {
     pub fn reads_wait_for_whole(&self, blob: &Descriptor) -> bool {
         let inner = &self.inner;
         inner.whole_first(blob)
+            && inner.promoting_file(&blob.digest).is_none()
             && inner
                 .store
                 .as_ref()
@@ -397,7 +432,16 @@ impl ChunkCache {
         let Some(store) = inner.store.as_ref() else {
             return Ok(None);
         };
-        let Some(file) = store.open_complete(&blob.digest)? else {
+        let file = match inner.promoting_file(&blob.digest) {
+            Some(f) => Some(f.try_clone().map_err(|e| {
+                Error::io(
+                    format!("reading {}", store.blob_path(&blob.digest).display()),
+                    e,
+                )
+            })?),
+            None => store.open_complete(&blob.digest)?,
+        };
+        let Some(file) = file else {
             return Ok(None);
         };
         let len = file
@@ -493,10 +537,14 @@ impl Inner {
         {
             return Ok(Some(f));
         }
-        let Some(f) = store.open_complete(digest)? else {
-            return Ok(None);
+        // Checked out in this process, and being moved into place.
+        let f = match self.promoting_file(digest) {
+            Some(f) => f,
+            None => match store.open_complete(digest)? {
+                Some(f) => Arc::new(f),
+                None => return Ok(None),
+            },
         };
-        let f = Arc::new(f);
         if let Ok(mut h) = self.handles.lock() {
             h.put(digest.clone(), f.clone());
         }

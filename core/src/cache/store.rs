@@ -1350,6 +1350,27 @@ impl Partial {
         }))
     }
 
+    /// A new read-only handle on the data file, held with a shared lock
+    /// as a complete blob's is ([`DiskStore::open_complete`]): for serving
+    /// a blob that checked out while it is moved into place (the same
+    /// file becomes the complete blob).
+    pub fn open_verified(&self) -> Result<File> {
+        let path = self.dir.join("data");
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32,
+        );
+        let f = options
+            .open(&path)
+            .map_err(io_err(|| format!("opening {}", path.display())))?;
+        f.lock_shared()
+            .map_err(io_err(|| format!("locking {}", path.display())))?;
+        Ok(f)
+    }
+
     /// Writes pieces that follow one another from chunk `first` on, as
     /// [`Self::write_unmarked`] writes them joined.
     pub fn write_pieces(&self, first: u64, pieces: &[bytes::Bytes]) -> Result<()> {

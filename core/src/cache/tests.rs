@@ -158,6 +158,8 @@ async fn strict_fetches_and_verifies_the_whole_blob_before_serving() {
     let got = c.read_blob(&d[0].clone(), 500_000, 4096).await.unwrap();
     assert_eq!(&got[..], &blob[500_000..504_096]);
     assert_eq!(src.bytes.load(Ordering::SeqCst), 1_000_000);
+    // Served once it checked out; in place once the process settles.
+    c.settle().await.unwrap();
     assert!(
         DiskStore::open(dir.path())
             .unwrap()
@@ -524,6 +526,7 @@ async fn a_broken_stream_resumes_from_the_first_missing_chunk() {
         offsets[1] > 0 && offsets[1] <= cut && offsets[1].is_multiple_of(1 << 20),
         "{offsets:?}"
     );
+    c.settle().await.unwrap();
     assert!(store.has_complete(&d[0].digest));
 }
 
@@ -640,6 +643,7 @@ async fn a_stalled_stream_fails_in_time_and_resumes_once_the_source_is_back() {
     let got = c.read_blob(&content, 9 << 20, 100).await.unwrap();
     assert_eq!(&got[..], &blob[9 << 20..(9 << 20) + 100]);
     assert_eq!(*src.streams.lock().unwrap(), [0, 5 << 20]);
+    c.settle().await.unwrap();
     assert!(store.has_complete(&d[0].digest));
 }
 
@@ -1027,6 +1031,53 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     assert_eq!(&got[..], &blob[70_000..70_010]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_blob_is_served_once_it_checked_out_and_is_in_the_cache_once_the_process_settles()
+{
+    let blob = data(1_000_000, 5);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    c.ensure_verified(&d[0]).await.unwrap();
+    // Served at once, whether it is in place yet or still being synced.
+    let got = c.read_blob(&d[0], 0, d[0].size).await.unwrap();
+    assert!(got[..] == blob[..]);
+    c.settle().await.unwrap();
+    assert!(store.has_complete(&d[0].digest), "in place once settled");
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+    // Another process reads it without a fetch.
+    let c2 = cache(src.clone(), dir.path(), options(Verify::Strict));
+    assert!(c2.read_blob(&d[0], 10, 100).await.unwrap()[..] == blob[10..110]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+    // And a prefetch returns only once the blob is in place.
+    let (src3, d3) = Fake::with(&[&data(300_000, 6)]);
+    let c3 = cache(src3, dir.path(), options(Verify::Strict));
+    c3.prefetch(&d3[0]).await.unwrap();
+    assert!(store.has_complete(&d3[0].digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_checked_out_but_cannot_be_moved_into_place_is_still_served_right_and_prefetch_says_why()
+ {
+    let blob = data(1_000_000, 8);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    // Something that is not the blob sits where it goes.
+    let in_the_way = store.blob_path(&d[0].digest);
+    std::fs::create_dir_all(in_the_way.join("x")).unwrap();
+    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    let e = c.prefetch(&d[0]).await.unwrap_err().to_string();
+    assert!(e.contains("into place"), "{e}");
+    // This process still serves right bytes, from the partial blob it
+    // wrote (every chunk there: it is not downloaded again).
+    let got = c.read_blob(&d[0], 0, d[0].size).await.unwrap();
+    assert!(got[..] == blob[..]);
+    assert_eq!(c.counters().snapshot().verify_failures, 0);
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
 /// Bytes at rest in the cache are checked against the blob's chunk table
 /// before they are served, in every mode, by every later process.
 mod at_rest {
@@ -1255,6 +1306,7 @@ mod at_rest {
         let c = cache(src.clone(), dir.path(), options(Verify::Strict));
         let got = c.read_blob(&d.clone(), 0, d.size).await.unwrap();
         assert!(got[..] == blob[..]);
+        c.settle().await.unwrap();
         assert!(path.is_file());
 
         // A symlink to a file of the same size and bytes but one.
@@ -1268,6 +1320,7 @@ mod at_rest {
         let got = c.read_blob(&d.clone(), 0, 4096).await.unwrap();
         assert_eq!(&got[..], &blob[..4096]);
         // The symlink is gone: the blob was fetched again, a file of its own.
+        c.settle().await.unwrap();
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
     }
 

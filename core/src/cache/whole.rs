@@ -3,6 +3,7 @@
 //! into `blobs/` (with its chunk table beside it).
 
 use super::*;
+use store::ChunkLock;
 
 impl Inner {
     /// Makes the blob complete and verified on disk (remote) or verified in
@@ -33,13 +34,13 @@ impl Inner {
                 })
                 .await;
         };
-        if store.has_complete(&blob.digest) {
+        if store.has_complete(&blob.digest) || self.promoting_file(&blob.digest).is_some() {
             return Ok(());
         }
         let inner = self.clone();
         let b = blob.clone();
         self.single_flight((blob.digest.clone(), WHOLE), async move {
-            if store.has_complete(&b.digest) {
+            if store.has_complete(&b.digest) || inner.promoting_file(&b.digest).is_some() {
                 return Ok(());
             }
             let result = inner
@@ -62,7 +63,9 @@ impl Inner {
 
     /// Streams `blob` whole into the cache under its stream lock: one process
     /// streams a blob at a time, and another waiting here finds it complete
-    /// when it gets the lock.
+    /// when it gets the lock. A blob that checked out is served from here
+    /// on; it is synced and moved into place behind its readers, the lock
+    /// held until it is (`promote_behind`).
     pub(super) async fn stream_locked(
         self: Arc<Self>,
         store: Arc<DiskStore>,
@@ -74,13 +77,116 @@ impl Inner {
             .await
             .map_err(join_error)??;
         let streamed = if store.has_complete(&blob.digest) {
-            Ok(())
+            Ok(None)
         } else {
             self.stream_whole(&store, &blob, &partial).await
         };
-        drop(lock);
-        self.forget_partial(&blob.digest);
-        streamed
+        match streamed {
+            Ok(Some(table)) => {
+                self.promote_behind(&store, &blob, &partial, lock, table)
+                    .await
+            }
+            other => {
+                drop(lock);
+                self.forget_partial(&blob.digest);
+                other.map(|_| ())
+            }
+        }
+    }
+
+    /// Syncs a partial blob that checked out (`table`: its chunk table)
+    /// and moves it into place, on a blocking thread of its own, while its
+    /// readers are served from the file it was written to (which becomes
+    /// the complete blob): a strict reader waits for the hash, not for the
+    /// disk. The stream lock is held until the blob is in place, so
+    /// another process waiting for it finds it complete. A blob that
+    /// cannot be moved into place (the disk failed) is still served from
+    /// its file in this process, every chunk read checked against its
+    /// table; a later process finds it partial, with every chunk, and
+    /// hashes it again.
+    async fn promote_behind(
+        self: &Arc<Self>,
+        store: &Arc<DiskStore>,
+        blob: &Descriptor,
+        partial: &Arc<Partial>,
+        lock: Option<ChunkLock>,
+        table: ChunkTable,
+    ) -> Result<()> {
+        let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
+        let promote = move || {
+            let r = s.promote_verified(&p, &d, &table);
+            drop(lock);
+            r
+        };
+        let file = match partial.open_verified() {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                // No second handle: in place first, then served.
+                tracing::debug!(error = %e, "promoting in line");
+                let r = tokio::task::spawn_blocking(promote)
+                    .await
+                    .map_err(join_error)
+                    .and_then(|r| r);
+                self.forget_partial(&blob.digest);
+                return r;
+            }
+        };
+        let (done, waiting) = watch::channel(None);
+        if let Ok(mut m) = self.promoting.lock() {
+            m.insert(
+                blob.digest.clone(),
+                Promoting {
+                    file,
+                    done: waiting,
+                },
+            );
+        }
+        let inner = self.clone();
+        let digest = blob.digest.clone();
+        // Blocking threads the runtime started are run to their end when it
+        // shuts down: a process that ends meanwhile leaves it in place.
+        tokio::task::spawn_blocking(move || {
+            let result = promote();
+            inner.forget_partial(&digest);
+            if let Err(e) = &result {
+                tracing::warn!(%digest, error = %e, "a blob that checked out could not be moved into place in the cache; served from its partial file");
+            }
+            // Out of the map once in place (or failed): a handle looked
+            // for now is the complete blob's.
+            if let Ok(mut m) = inner.promoting.lock() {
+                m.remove(&digest);
+            }
+            let _ = done.send(Some(result));
+        });
+        Ok(())
+    }
+
+    /// The file of a blob that checked out in this process and is being
+    /// moved into place, if there is one.
+    pub(super) fn promoting_file(&self, digest: &Digest) -> Option<Arc<File>> {
+        self.promoting
+            .lock()
+            .ok()?
+            .get(digest)
+            .map(|p| p.file.clone())
+    }
+
+    /// Waits until a blob that checked out in this process is in place in
+    /// the cache (at once if none is being moved): whether it could be.
+    pub(super) async fn promoted(&self, digest: &Digest) -> Result<()> {
+        let Some(mut done) = self
+            .promoting
+            .lock()
+            .ok()
+            .and_then(|m| m.get(digest).map(|p| p.done.clone()))
+        else {
+            return Ok(());
+        };
+        match done.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(Ok(())),
+            // Its thread ended without a word (the runtime shut down).
+            Err(_) => Ok(()),
+        }
     }
 
     /// Fetches the rest of a blob with one streaming request from its first
@@ -92,7 +198,7 @@ impl Inner {
         store: &Arc<DiskStore>,
         blob: &Descriptor,
         partial: &Arc<Partial>,
-    ) -> Result<()> {
+    ) -> Result<Option<ChunkTable>> {
         let p = partial.clone();
         let (start, hasher) = tokio::task::spawn_blocking(move || -> Result<_> {
             let start = p.first_missing().map_or(p.size, |n| n * p.chunk_size);
@@ -108,7 +214,7 @@ impl Inner {
             .await?
         {
             Streamed::End(Some(hasher)) => self.finish_stream(store, blob, partial, *hasher).await,
-            Streamed::End(None) | Streamed::Complete | Streamed::Stopped => Ok(()),
+            Streamed::End(None) | Streamed::Complete | Streamed::Stopped => Ok(None),
         }
     }
 
@@ -248,13 +354,16 @@ impl Inner {
         Ok(Streamed::End(hasher.map(Box::new)))
     }
 
+    /// Checks a streamed blob's digest; one that checks out has its chunk
+    /// table kept, and its chunks count as checked in this process (hashed
+    /// here on the way in): the table to promote it with.
     pub(super) async fn finish_stream(
         &self,
         store: &Arc<DiskStore>,
         blob: &Descriptor,
-        partial: &Arc<Partial>,
+        _partial: &Arc<Partial>,
         hasher: BlobHasher,
-    ) -> Result<()> {
+    ) -> Result<Option<ChunkTable>> {
         let len = hasher.len();
         let chunk_size = hasher.chunk_size();
         let (actual, table) = hasher.finish();
@@ -270,17 +379,12 @@ impl Inner {
                 actual,
             ));
         }
-        let (s, d, p) = (store.clone(), blob.digest.clone(), partial.clone());
-        let digests = table.clone();
-        tokio::task::spawn_blocking(move || s.promote_verified(&p, &d, &digests))
-            .await
-            .map_err(join_error)??;
         // Hashed here on the way in, chunk by chunk: checked in this process.
-        self.keep_table(blob, chunk_size, table);
+        self.keep_table(blob, chunk_size, table.clone());
         if chunk_size == self.options.chunk_size {
             self.mark_checked(blob, 0..blob.size.div_ceil(chunk_size));
         }
-        Ok(())
+        Ok(Some(table))
     }
 
     pub(super) async fn promote(
@@ -346,6 +450,16 @@ impl Inner {
             done => done,
         }
     }
+}
+
+/// A blob that checked out in this process, being synced and moved into
+/// place (`Inner::promote_behind`).
+pub(super) struct Promoting {
+    /// Its verified bytes, in the file they were written to (which becomes
+    /// the complete blob), held with a shared lock.
+    file: Arc<File>,
+    /// The promotion's outcome, once it ended.
+    done: watch::Receiver<Option<Result<()>>>,
 }
 
 /// Bytes of a stream not yet written, in the pieces they arrived in.
