@@ -131,6 +131,21 @@ fn cold_rounds(quick: bool) -> usize {
     if quick { 1 } else { 3 }
 }
 
+/// The fastest of `rounds` warm reads, each after the page cache was
+/// dropped (so each comes from the disk); false in the pair where the
+/// machine does not allow dropping it.
+fn fastest_warm(rounds: usize, mut run: impl FnMut() -> Duration) -> (Duration, bool) {
+    let mut dropped = true;
+    let d = (0..rounds)
+        .map(|_| {
+            dropped &= drop_page_cache();
+            run()
+        })
+        .min()
+        .unwrap_or_default();
+    (d, dropped)
+}
+
 /// The fastest of `rounds` runs of `run`, each after [`settle`].
 fn fastest(rounds: usize, mut run: impl FnMut() -> Duration) -> Duration {
     (0..rounds)
@@ -412,7 +427,11 @@ fn mount_scenarios(
     } else {
         "page cache NOT dropped (not permitted here)"
     };
-    let scenario = format!("warm sequential read through a mount, {label}, {note}");
+    let scenario = if rounds > 1 {
+        format!("warm sequential read through a mount, {label}, {note}, best of {rounds}")
+    } else {
+        format!("warm sequential read through a mount, {label}, {note}")
+    };
     let warm = |tool: &str, d: Duration| {
         Row::new(
             scenario.clone(),
@@ -422,26 +441,33 @@ fn mount_scenarios(
             Some(local_rate),
         )
     };
+    // Each kind the fastest of `rounds` fresh mounts (this VM's disk reads
+    // the same file at 440 MB/s one minute and 1400 the next).
     for (tool, extra) in [
         ("ocifs mount, passthrough", &[][..]),
         ("ocifs mount, no passthrough", &["--no-passthrough"][..]),
     ] {
-        mount(host, "bench/big:v1", &mnt, &cache, extra);
-        drop_page_cache();
-        let d = read_all(&file);
+        let mut second = Duration::MAX;
+        let (d, _) = fastest_warm(rounds, || {
+            mount(host, "bench/big:v1", &mnt, &cache, extra);
+            let d = read_all(&file);
+            if extra.is_empty() {
+                // The first open of a mount hashed the whole blob before it
+                // handed the file to the kernel (what passthrough trusts); a
+                // second open in the same mount reads as the disk does.
+                drop_page_cache();
+                second = second.min(read_all(&file));
+            }
+            umount(&mnt);
+            d
+        });
         rows.push(warm(tool, d));
         if extra.is_empty() {
-            // The first open of a mount hashed the whole blob before it
-            // handed the file to the kernel (what passthrough trusts); a
-            // second open in the same mount reads as the disk does.
-            drop_page_cache();
-            let d = read_all(&file);
             rows.push(warm(
                 "ocifs mount, passthrough, a second open (checked already)",
-                d,
+                second,
             ));
         }
-        umount(&mnt);
     }
     // The cost of checking bytes at rest: the first read of a process checks
     // each chunk against the blob's table; a second read in the same mount
@@ -884,32 +910,42 @@ fn blob_scenarios(host: &str, proxy: &CountingProxy, quick: bool, rows: &mut Vec
     eprintln!("== warm sequential read");
     let cache = tempfile::tempdir().expect("tempdir");
     ocifs_cat(&host, "bench/big:v1", "big.bin", cache.path(), &[]);
-    let dropped = drop_page_cache();
-    let mut c = Command::new("cat");
-    c.arg(&fixture.path);
-    let local = mbps(size, timed(c));
+    // Each the fastest of `rounds` reads from the disk: the reference moves
+    // by 3x between minutes on this VM, for every reader alike.
+    let (local, dropped) = fastest_warm(rounds, || {
+        let mut c = Command::new("cat");
+        c.arg(&fixture.path);
+        timed(c)
+    });
+    let local = mbps(size, local);
     let note = if dropped {
         "page cache dropped"
     } else {
         "page cache NOT dropped (not permitted here)"
     };
+    let warm_label = if rounds > 1 {
+        format!("warm sequential read, {label}, {note}, best of {rounds}")
+    } else {
+        format!("warm sequential read, {label}, {note}")
+    };
     rows.push(Row::new(
-        format!("warm sequential read, {label}, {note}"),
+        warm_label.clone(),
         "cat of a local copy (disk ceiling)",
         local,
         "MB/s",
         None,
     ));
-    drop_page_cache();
-    let d = ocifs_cat(
-        &host,
-        "bench/big:v1",
-        "big.bin",
-        cache.path(),
-        &["--offline"],
-    );
+    let (d, _) = fastest_warm(rounds, || {
+        ocifs_cat(
+            &host,
+            "bench/big:v1",
+            "big.bin",
+            cache.path(),
+            &["--offline"],
+        )
+    });
     rows.push(Row::new(
-        format!("warm sequential read, {label}, {note}"),
+        warm_label,
         "ocifs cat, cached, --offline",
         mbps(size, d),
         "MB/s",
