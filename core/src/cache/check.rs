@@ -197,6 +197,7 @@ impl Inner {
         Counters::bump(&self.counters.verify_failures);
         tracing::error!(digest = %blob.digest, error = %e, "a complete blob in the cache failed its check on disk; dropped");
         if let Ok(mut h) = self.handles.lock() {
+            self.drops.fetch_add(1, Ordering::AcqRel);
             h.pop(&blob.digest);
         }
         self.forget_checked(&blob.digest);

@@ -152,6 +152,10 @@ struct Sequence {
     window: u64,
 }
 
+/// A test's other reader (`Inner::after_open`).
+#[cfg(test)]
+type AfterOpen = Box<dyn FnOnce(&Inner) + Send>;
+
 struct Inner {
     source: Arc<dyn Source>,
     store: Option<Arc<DiskStore>>,
@@ -165,6 +169,14 @@ struct Inner {
     failed: Mutex<HashMap<(Digest, u64), (Instant, Error)>>,
     partials: Mutex<HashMap<Digest, Arc<Partial>>>,
     handles: Mutex<LruCache<Digest, Arc<File>>>,
+    /// Complete blobs dropped as damaged, counted under the `handles`
+    /// lock: a handle opened before a drop is never kept (it may be of the
+    /// damaged file, and the marks a refetch then sets would vouch for it).
+    drops: AtomicU64,
+    /// Run once between a complete blob's open and its handle being kept
+    /// (a test's other reader, dropping the blob there).
+    #[cfg(test)]
+    after_open: Mutex<Option<AfterOpen>>,
     pins: Mutex<HashMap<Digest, usize>>,
     verified_local: Mutex<HashSet<Digest>>,
     bad: Mutex<HashMap<Digest, Error>>,
@@ -333,6 +345,9 @@ impl ChunkCache {
                 handles: Mutex::new(LruCache::new(
                     NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
                 )),
+                drops: AtomicU64::new(0),
+                #[cfg(test)]
+                after_open: Mutex::new(None),
                 pins: Mutex::new(HashMap::new()),
                 verified_local: Mutex::new(HashSet::new()),
                 bad: Mutex::new(HashMap::new()),
@@ -529,26 +544,39 @@ impl Inner {
     }
 
     fn complete_handle(&self, store: &DiskStore, digest: &Digest) -> Result<Option<Arc<File>>> {
-        if let Some(f) = self
-            .handles
-            .lock()
-            .ok()
-            .and_then(|mut h| h.get(digest).cloned())
-        {
-            return Ok(Some(f));
+        // A blob dropped as damaged between the open and the keep is looked
+        // for again: what was opened may be the damaged file.
+        for _ in 0..8 {
+            let drops = self.drops.load(Ordering::Acquire);
+            if let Some(f) = self
+                .handles
+                .lock()
+                .ok()
+                .and_then(|mut h| h.get(digest).cloned())
+            {
+                return Ok(Some(f));
+            }
+            // Checked out in this process, and being moved into place.
+            let f = match self.promoting_file(digest) {
+                Some(f) => f,
+                None => match store.open_complete(digest)? {
+                    Some(f) => Arc::new(f),
+                    None => return Ok(None),
+                },
+            };
+            #[cfg(test)]
+            if let Some(other) = self.after_open.lock().ok().and_then(|mut h| h.take()) {
+                other(self);
+            }
+            let Ok(mut h) = self.handles.lock() else {
+                return Err(poisoned());
+            };
+            if self.drops.load(Ordering::Acquire) == drops {
+                h.put(digest.clone(), f.clone());
+                return Ok(Some(f));
+            }
         }
-        // Checked out in this process, and being moved into place.
-        let f = match self.promoting_file(digest) {
-            Some(f) => f,
-            None => match store.open_complete(digest)? {
-                Some(f) => Arc::new(f),
-                None => return Ok(None),
-            },
-        };
-        if let Ok(mut h) = self.handles.lock() {
-            h.put(digest.clone(), f.clone());
-        }
-        Ok(Some(f))
+        Ok(None)
     }
 
     /// A read; should its bytes disagree with an untrusted chunk table,

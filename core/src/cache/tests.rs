@@ -1244,6 +1244,40 @@ mod at_rest {
         );
     }
 
+    #[tokio::test]
+    async fn a_blob_dropped_by_another_reader_while_this_one_opened_it_is_never_served_from_that_file()
+     {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let path = blob_file(dir.path(), &d);
+        flip(&path, 3 * CS + 17);
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        // Another reader, between this one's open of the damaged file and
+        // its keeping the handle: it found the damage and dropped the blob,
+        // and a refetch put a right copy in place and checked every chunk
+        // of it.
+        let (right, at, other) = (blob.clone(), path.clone(), d.clone());
+        *c.inner.after_open.lock().unwrap() = Some(Box::new(move |inner: &Inner| {
+            let store = inner.store.clone().unwrap();
+            let e = Error::io("a test", std::io::Error::other("damaged"));
+            inner.drop_corrupt_complete(&store, &other, &e);
+            let tmp = at.with_extension("refetched");
+            std::fs::write(&tmp, &right).unwrap();
+            std::fs::rename(&tmp, &at).unwrap();
+            inner.mark_checked(&other, 0..other.size.div_ceil(CS));
+        }));
+        assert!(c.read_blob(&d, 0, 4096).await.unwrap()[..] == blob[..4096]);
+        assert!(
+            c.inner.after_open.lock().unwrap().is_none(),
+            "the other reader ran"
+        );
+        // The damaged chunk: from the right copy, not the file opened first.
+        let got = c.read_blob(&d, 3 * CS, CS).await.unwrap();
+        assert!(
+            got[..] == blob[(3 * CS) as usize..(4 * CS) as usize],
+            "the dropped file's damaged chunk was served"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunk_damaged_ahead_of_a_reader_is_never_served() {
         let (src, d, blob, dir) = prefetched(Verify::Strict).await;
