@@ -196,13 +196,19 @@ impl Inner {
     pub(super) fn drop_corrupt_complete(&self, store: &DiskStore, blob: &Descriptor, e: &Error) {
         Counters::bump(&self.counters.verify_failures);
         tracing::error!(digest = %blob.digest, error = %e, "a complete blob in the cache failed its check on disk; dropped");
-        if let Ok(mut h) = self.handles.lock() {
-            self.drops.fetch_add(1, Ordering::AcqRel);
-            h.pop(&blob.digest);
-        }
+        self.forget_handle(&blob.digest);
         self.forget_checked(&blob.digest);
         self.memory.remove_blob(&blob.digest);
         store.remove_complete(&blob.digest);
+    }
+
+    /// Lets go of the handle of a complete blob being dropped, and of any
+    /// being opened meanwhile ([`Inner::complete_handle`]).
+    pub(super) fn forget_handle(&self, digest: &Digest) {
+        if let Ok(mut h) = self.handles.lock() {
+            self.drops.fetch_add(1, Ordering::AcqRel);
+            h.pop(digest);
+        }
     }
 
     pub(super) fn known_bad(&self, digest: &Digest) -> Option<Error> {

@@ -498,6 +498,7 @@ impl ChunkCache {
     pub fn discard(&self, blob: &Descriptor) {
         self.inner.memory.remove_blob(&blob.digest);
         self.inner.forget_partial(&blob.digest);
+        self.inner.forget_handle(&blob.digest);
         self.inner.forget_checked(&blob.digest);
         if let Some(store) = &self.inner.store {
             store.remove(&blob.digest);

@@ -1278,6 +1278,23 @@ mod at_rest {
         );
     }
 
+    #[tokio::test]
+    async fn a_blob_its_caller_discarded_is_read_from_its_new_copy_not_the_file_it_had_open() {
+        let (src, d, blob, dir) = prefetched(Verify::Strict).await;
+        let c = cache(src.clone(), dir.path(), options(Verify::Strict));
+        assert!(c.read_blob(&d, 0, 4096).await.unwrap()[..] == blob[..4096]);
+        // Damaged under the open handle, found so by the caller (cat's own
+        // hash of what it wrote), discarded, and fetched again.
+        flip(&blob_file(dir.path(), &d), 3 * CS + 17);
+        c.discard(&d);
+        c.prefetch(&d).await.unwrap();
+        let got = c.read_blob(&d, 3 * CS, CS).await.unwrap();
+        assert!(
+            got[..] == blob[(3 * CS) as usize..(4 * CS) as usize],
+            "the discarded file's damaged chunk was served"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunk_damaged_ahead_of_a_reader_is_never_served() {
         let (src, d, blob, dir) = prefetched(Verify::Strict).await;
