@@ -831,8 +831,16 @@ impl DiskStore {
         p.data
             .sync_all()
             .map_err(io_err(|| format!("syncing {}", data_path.display())))?;
-        self.put_table(digest, p.chunk_size, p.size, table)?;
-        self.place(p, &final_path)?;
+        let placed = self
+            .put_table(digest, p.chunk_size, p.size, table)
+            .and_then(|()| self.place(p, &final_path));
+        if placed.is_err() {
+            // Checked and synced, but not in place: it stays a partial
+            // blob with every chunk marked, which is then served without
+            // being fetched again (however far the stream's own marks got).
+            let _ = p.mark(0, p.size);
+        }
+        placed?;
         let _ = fs::remove_dir_all(self.partial_dir(digest));
         Ok(())
     }
