@@ -209,6 +209,10 @@ struct Inner {
     /// Blobs that checked out in this process and are being made durable
     /// and moved into place, behind their readers (`Inner::promote_behind`).
     promoting: Mutex<HashMap<Digest, whole::Promoting>>,
+    /// Why a blob that checked out could not be put in place, until a
+    /// `prefetch` or `settle` reports it (its promotion may end before
+    /// they look).
+    promote_failed: Mutex<HashMap<Digest, Error>>,
     /// Set by `ChunkCache::close`: no chunk is written after it (a
     /// background completion still running must not leave unchecked
     /// chunks behind the drop).
@@ -360,6 +364,7 @@ impl ChunkCache {
                 lazy_small: Mutex::new(HashMap::new()),
                 aheads: Mutex::new(HashMap::new()),
                 promoting: Mutex::new(HashMap::new()),
+                promote_failed: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 requests,
                 disk_usage: AtomicU64::new(disk_usage),
@@ -394,12 +399,20 @@ impl ChunkCache {
     /// and in place in the cache: for a process about to end. The first
     /// that could not be, if any, is the error.
     pub async fn settle(&self) -> Result<()> {
-        let digests: Vec<Digest> = self
+        let mut digests: Vec<Digest> = self
             .inner
             .promoting
             .lock()
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default();
+        if let Ok(failed) = self.inner.promote_failed.lock() {
+            let more: Vec<Digest> = failed
+                .keys()
+                .filter(|d| !digests.contains(d))
+                .cloned()
+                .collect();
+            digests.extend(more);
+        }
         let mut first = Ok(());
         for d in digests {
             let r = self.inner.promoted(&d).await;

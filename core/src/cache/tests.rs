@@ -1078,6 +1078,32 @@ async fn a_blob_that_checked_out_but_cannot_be_moved_into_place_is_still_served_
     assert_eq!(src.requests.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn a_promotion_that_failed_before_anyone_waited_for_it_is_still_reported_by_settle() {
+    let blob = data(1_000_000, 9);
+    let (src, d) = Fake::with(&[&blob]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    std::fs::create_dir_all(store.blob_path(&d[0].digest).join("x")).unwrap();
+    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    // Served once it checked out (what cat and a mount do), and its
+    // promotion over before the process settles.
+    c.ensure_verified(&d[0]).await.unwrap();
+    for _ in 0..500 {
+        if c.inner.promoting.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c.inner.promoting.lock().unwrap().is_empty());
+    let e = c.settle().await.unwrap_err().to_string();
+    assert!(e.contains("into place"), "{e}");
+    // Said once; the bytes are still served, from what was fetched once.
+    c.settle().await.unwrap();
+    assert!(c.read_blob(&d[0], 0, d[0].size).await.unwrap()[..] == blob[..]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
 /// Bytes at rest in the cache are checked against the blob's chunk table
 /// before they are served, in every mode, by every later process.
 mod at_rest {

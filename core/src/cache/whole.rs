@@ -127,7 +127,9 @@ impl Inner {
                     .await
                     .map_err(join_error)
                     .and_then(|r| r);
-                self.forget_partial(&blob.digest);
+                if r.is_ok() {
+                    self.forget_partial(&blob.digest);
+                }
                 return r;
             }
         };
@@ -147,9 +149,16 @@ impl Inner {
         // shuts down: a process that ends meanwhile leaves it in place.
         tokio::task::spawn_blocking(move || {
             let result = promote();
-            inner.forget_partial(&digest);
-            if let Err(e) = &result {
-                tracing::warn!(%digest, error = %e, "a blob that checked out could not be moved into place in the cache; served from its partial file");
+            match &result {
+                Ok(()) => inner.forget_partial(&digest),
+                // Kept, every chunk marked: later reads in this process are
+                // served from it, not fetched again.
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "a blob that checked out could not be moved into place in the cache; served from its partial file");
+                    if let Ok(mut failed) = inner.promote_failed.lock() {
+                        failed.insert(digest.clone(), e.clone());
+                    }
+                }
             }
             // Out of the map once in place (or failed): a handle looked
             // for now is the complete blob's.
@@ -174,18 +183,24 @@ impl Inner {
     /// Waits until a blob that checked out in this process is in place in
     /// the cache (at once if none is being moved): whether it could be.
     pub(super) async fn promoted(&self, digest: &Digest) -> Result<()> {
-        let Some(mut done) = self
+        let waiting = self
             .promoting
             .lock()
             .ok()
-            .and_then(|m| m.get(digest).map(|p| p.done.clone()))
-        else {
-            return Ok(());
-        };
-        match done.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().unwrap_or(Ok(())),
+            .and_then(|m| m.get(digest).map(|p| p.done.clone()));
+        if let Some(mut done) = waiting {
             // Its thread ended without a word (the runtime shut down).
-            Err(_) => Ok(()),
+            let _ = done.wait_for(Option::is_some).await;
+        }
+        // Said once, by whichever looks first.
+        match self
+            .promote_failed
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(digest))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
