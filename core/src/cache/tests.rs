@@ -1031,14 +1031,36 @@ async fn a_chunk_written_unchecked_is_refused_by_a_strict_reader_with_digests() 
     assert_eq!(&got[..], &blob[70_000..70_010]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_strict_blob_is_served_once_it_checked_out_and_is_in_the_cache_once_the_process_settles()
-{
-    let blob = data(1_000_000, 5);
+/// A strict cache over a store in a new directory, and one 1,000,000-byte
+/// blob: (its bytes, the source, its descriptor, the directory, the store,
+/// the cache). `in_the_way`: something that is not the blob sits where it
+/// goes, so that it cannot be moved into place.
+fn strict_store(
+    seed: u32,
+    in_the_way: bool,
+) -> (
+    Vec<u8>,
+    Arc<Fake>,
+    Vec<Descriptor>,
+    tempfile::TempDir,
+    Arc<DiskStore>,
+    ChunkCache,
+) {
+    let blob = data(1_000_000, seed);
     let (src, d) = Fake::with(&[&blob]);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+    if in_the_way {
+        std::fs::create_dir_all(store.blob_path(&d[0].digest).join("x")).unwrap();
+    }
     let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    (blob, src, d, dir, store, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_blob_is_served_once_it_checked_out_and_is_in_the_cache_once_the_process_settles()
+{
+    let (blob, src, d, dir, store, c) = strict_store(5, false);
     c.ensure_verified(&d[0]).await.unwrap();
     // Served at once, whether it is in place yet or still being synced.
     let got = c.read_blob(&d[0], 0, d[0].size).await.unwrap();
@@ -1060,14 +1082,8 @@ async fn a_strict_blob_is_served_once_it_checked_out_and_is_in_the_cache_once_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_that_checked_out_but_cannot_be_moved_into_place_is_still_served_right_and_prefetch_says_why()
  {
-    let blob = data(1_000_000, 8);
-    let (src, d) = Fake::with(&[&blob]);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     // Something that is not the blob sits where it goes.
-    let in_the_way = store.blob_path(&d[0].digest);
-    std::fs::create_dir_all(in_the_way.join("x")).unwrap();
-    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    let (blob, src, d, _dir, _store, c) = strict_store(8, true);
     let e = c.prefetch(&d[0]).await.unwrap_err().to_string();
     assert!(e.contains("into place"), "{e}");
     // This process still serves right bytes, from the partial blob it
@@ -1080,12 +1096,7 @@ async fn a_blob_that_checked_out_but_cannot_be_moved_into_place_is_still_served_
 
 #[tokio::test]
 async fn a_promotion_that_failed_before_anyone_waited_for_it_is_still_reported_by_settle() {
-    let blob = data(1_000_000, 9);
-    let (src, d) = Fake::with(&[&blob]);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
-    std::fs::create_dir_all(store.blob_path(&d[0].digest).join("x")).unwrap();
-    let c = ChunkCache::new(src.clone(), Some(store.clone()), options(Verify::Strict)).unwrap();
+    let (blob, src, d, _dir, _store, c) = strict_store(9, true);
     // Served once it checked out (what cat and a mount do), and its
     // promotion over before the process settles.
     c.ensure_verified(&d[0]).await.unwrap();

@@ -222,13 +222,13 @@ impl Inner {
         .await
         .map_err(join_error)??;
         if start >= blob.size {
-            return self.finish_stream(store, blob, partial, hasher).await;
+            return self.finish_stream(store, blob, hasher);
         }
         match self
             .stream_into(store, blob, partial, start, Some(hasher), None)
             .await?
         {
-            Streamed::End(Some(hasher)) => self.finish_stream(store, blob, partial, *hasher).await,
+            Streamed::End(Some(hasher)) => self.finish_stream(store, blob, *hasher),
             Streamed::End(None) | Streamed::Complete | Streamed::Stopped => Ok(None),
         }
     }
@@ -372,11 +372,10 @@ impl Inner {
     /// Checks a streamed blob's digest; one that checks out has its chunk
     /// table kept, and its chunks count as checked in this process (hashed
     /// here on the way in): the table to promote it with.
-    pub(super) async fn finish_stream(
+    pub(super) fn finish_stream(
         &self,
         store: &Arc<DiskStore>,
         blob: &Descriptor,
-        _partial: &Arc<Partial>,
         hasher: BlobHasher,
     ) -> Result<Option<ChunkTable>> {
         let len = hasher.len();
