@@ -57,7 +57,7 @@ enum Command {
     Cache(CacheCmdArgs),
     /// Mount an artifact read-only; bytes are fetched when first read.
     Mount(mount::MountArgs),
-    /// Unmount an ocifs mount.
+    /// Unmount an ocifs mount; returns once its daemon has settled its cache and ended.
     Umount(mount::UmountArgs),
     /// Show a mount's counters: hits, misses, bytes fetched.
     Stats(mount::StatsArgs),

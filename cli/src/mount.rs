@@ -83,7 +83,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub struct UmountArgs {
     /// The mount point.
     pub mountpoint: PathBuf,
-    /// Detach now even if busy; the mount goes away when its last file closes.
+    /// Detach now even if busy; the mount goes away when its last file closes (and this does not wait for its daemon).
     #[arg(short, long)]
     pub lazy: bool,
 }
@@ -338,6 +338,8 @@ pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     options.fs_name = format!("ocifs:{}", opened.reference);
     options.passthrough = !args.no_passthrough;
     options.read_ahead = Some(args.source.chunk_size);
+    // This process ends with the mount: `ocifs umount` waits for it.
+    options.server_process = true;
     options.backing_files = Some(Arc::new(CompleteBlobs(opened.cache.clone())));
     let reader = opened.reader.clone();
     let mount = ocifs_fs_linux::mount(

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::options::MountOptions;
 use crate::passthrough::{OpenMode, Passthrough};
+use crate::server::Server;
 use crate::session::{Counters, MountStats, PendingRead, State};
 
 /// The name of the hidden statistics file at the root of every mount.
@@ -29,7 +30,9 @@ use crate::session::{Counters, MountStats, PendingRead, State};
 /// It is not listed by `readdir`, but `lookup` finds it (unless the artifact
 /// has a file of that name, which wins). Each `open` takes a snapshot: one
 /// JSON object holding the reader's [`Stats`](ocifs_core::Stats) fields and
-/// the [`MountStats`] fields side by side. Its size shows as 0 and it is read
+/// the [`MountStats`] fields side by side, and, for a mount whose process
+/// ends with it ([`MountOptions::server_process`]), `"server"`: its `pid`
+/// and `start` time. Its size shows as 0 and it is read
 /// with direct I/O, so `cat` and `std::fs::read` see the whole snapshot.
 pub const STATS_FILE: &str = ".ocifs-stats";
 
@@ -139,6 +142,9 @@ pub(crate) struct OciFs {
     passthrough: Option<Arc<Passthrough<BackingId>>>,
     /// The open file handles with a record.
     handles: Arc<Mutex<Handles>>,
+    /// This process, if it ends with the mount
+    /// ([`MountOptions::server_process`]): named in the stats file.
+    server: Option<Server>,
 }
 
 impl OciFs {
@@ -177,6 +183,7 @@ impl OciFs {
             gid: options.gid,
             passthrough: Passthrough::new(options).map(Arc::new),
             handles: Arc::new(Mutex::new(Handles::default())),
+            server: options.server_process.then(Server::this).flatten(),
         }
     }
 
@@ -255,11 +262,14 @@ impl OciFs {
             #[serde(flatten)]
             mount: MountStats,
             wire: Vec<ocifs_core::HostBytes>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server: Option<Server>,
         }
         let snapshot = Snapshot {
             reader: self.state.reader.stats(),
             mount: self.state.counters.snapshot(),
             wire: self.state.reader.wire(),
+            server: self.server,
         };
         let mut json = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
         json.push(b'\n');

@@ -50,7 +50,8 @@
 
 // Each module uses only those below it: mount (the session), fs (the
 // kernel's requests), then session (what a mount and its session share),
-// passthrough (the I/O mode of each open), options and sys.
+// passthrough (the I/O mode of each open), options, server (the process
+// that serves a mount, to wait for) and sys.
 #[cfg(target_os = "linux")]
 mod fs;
 #[cfg(target_os = "linux")]
@@ -60,6 +61,8 @@ mod options;
 #[cfg(target_os = "linux")]
 mod passthrough;
 #[cfg(target_os = "linux")]
+mod server;
+#[cfg(target_os = "linux")]
 mod session;
 #[cfg(target_os = "linux")]
 mod sys;
@@ -67,7 +70,7 @@ mod sys;
 #[cfg(target_os = "linux")]
 pub use fs::STATS_FILE;
 #[cfg(target_os = "linux")]
-pub use mount::{Mount, mount, unmount};
+pub use mount::{Mount, SERVER_WAIT, mount, unmount};
 #[cfg(target_os = "linux")]
 pub use options::{BackingFiles, MountOptions, WholeFirst};
 #[cfg(target_os = "linux")]

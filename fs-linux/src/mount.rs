@@ -11,6 +11,7 @@ use ocifs_core::{Error, Reader, Result, Tree};
 
 use crate::fs::OciFs;
 use crate::options::{FS_TYPE, MountOptions};
+use crate::server::{Server, wait_for_end};
 use crate::session::{MountStats, State};
 use crate::sys;
 
@@ -18,6 +19,9 @@ use crate::sys;
 /// mount was detached and its reads failed, before leaving it to end on its
 /// own when the last open file is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`unmount`] waits for the process that served a mount to end.
+pub const SERVER_WAIT: Duration = Duration::from_secs(60);
 
 /// A mounted artifact: a FUSE session serving it from background threads.
 ///
@@ -279,6 +283,12 @@ impl Drop for Mount {
 /// Refuses paths that are not ocifs mounts. A busy mount without `lazy` is
 /// an [`Error::Io`] with `EBUSY` saying so. Works on mounts whose server is
 /// gone. Users other than root go through `fusermount3 -u`.
+///
+/// Unless `lazy`, when the mount is served by a process that ends with it
+/// ([`MountOptions::server_process`], an `ocifs mount` daemon), waits for
+/// that process to end, at most [`SERVER_WAIT`]: it settles its cache on
+/// the way out, and whoever unmounts may remove or reuse that cache next.
+/// One that takes longer is left to finish, with a warning.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let path = sys::absolute_mount_point(mountpoint)
         .map_err(|e| Error::io(format!("cannot unmount {}", mountpoint.display()), e))?;
@@ -302,7 +312,23 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             ));
         }
     }
-    unmount_path(&path, lazy).map_err(|e| unmount_error(&path, e))
+    // Asked before the unmount, while it still answers; watched from
+    // before it, so its pid cannot be taken over meanwhile.
+    let server = if lazy {
+        None
+    } else {
+        Server::of_mount(&path.join(crate::STATS_FILE)).and_then(|s| Some((s, s.watch()?)))
+    };
+    unmount_path(&path, lazy).map_err(|e| unmount_error(&path, e))?;
+    if let Some((server, pidfd)) = server
+        && !wait_for_end(&pidfd, SERVER_WAIT)
+    {
+        tracing::warn!(
+            pid = server.pid,
+            "unmounted; the process that served the mount is still finishing (settling its cache)"
+        );
+    }
+    Ok(())
 }
 
 /// umount2 as root, `fusermount3 -u` otherwise.

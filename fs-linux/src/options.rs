@@ -88,6 +88,12 @@ pub struct MountOptions {
     /// kernel's 128 KiB otherwise). A sequential reader then asks for a
     /// chunk at a time, in requests of up to 1 MiB.
     pub read_ahead: Option<u64>,
+    /// This process serves the mount and ends when it does (the `ocifs
+    /// mount` daemon): the stats file names it, and [`unmount`](crate::unmount)
+    /// from another process waits for it to end, so that its cache is
+    /// settled when the unmount returns. Off for a mount that is one part of
+    /// a longer-lived process.
+    pub server_process: bool,
 }
 
 impl Default for MountOptions {
@@ -104,6 +110,7 @@ impl Default for MountOptions {
             gid: sys::egid(),
             attr_ttl: Duration::from_secs(24 * 60 * 60),
             read_ahead: None,
+            server_process: false,
         }
     }
 }

@@ -454,6 +454,115 @@ fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
     assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
 }
 
+/// `ocifs umount` returns once the daemon has ended, its cache settled: a
+/// script that unmounts and then lists, removes or reuses the cache never
+/// races the daemon's last writes. (Before, it returned while the daemon
+/// still dropped unchecked chunks and moved blobs into place; the
+/// benchmark's `rm -rf` of a cache after its unmount left blobs behind for
+/// its next round.)
+#[test]
+fn ocifs_umount_returns_once_the_daemon_has_ended_and_its_cache_is_settled() {
+    let registry = Registry::start(RegistryAuth::None);
+    let dir = temp_dir();
+    let files: Vec<FileSpec> = ["a.bin", "b.bin", "c.bin", "d.bin"]
+        .iter()
+        .zip(0u64..)
+        .map(|(title, i)| FileSpec {
+            title,
+            content: random_bytes(8 * MIB, 700 + i),
+            media_type: None,
+        })
+        .collect();
+    push_files(&registry, dir.path(), "settle:v1", &files);
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let reference = format!("{}/settle:v1", registry.host());
+    for verify in ["lazy", "strict"] {
+        let _ = std::fs::remove_dir_all(&cache);
+        let mnt = Mounted::new(
+            &reference,
+            &[
+                "--plain-http",
+                "--verify",
+                verify,
+                "--cache-dir",
+                &cache_arg,
+            ],
+        );
+        let pid = ocifs_tests::daemon_pid(mnt.dir());
+        let stats = run_ocifs(["stats".into(), mnt.dir().display().to_string()])
+            .success()
+            .json();
+        assert_eq!(
+            stats["server"]["pid"].as_u64(),
+            Some(u64::from(pid)),
+            "the stats name the daemon: {stats}"
+        );
+        // Lazy: the first page of each (the rest is being completed in the
+        // background); strict: all of each (each checked out and is being
+        // moved into place).
+        for (f, spec) in files.iter().enumerate() {
+            let path = mnt.path(spec.title);
+            if verify == "lazy" {
+                let mut page = vec![0u8; 4096];
+                std::fs::File::open(&path)
+                    .and_then(|mut h| h.read_exact(&mut page))
+                    .expect("read");
+                assert!(
+                    page[..] == files[f].content[..4096],
+                    "{verify} {}",
+                    spec.title
+                );
+            } else {
+                assert!(
+                    std::fs::read(&path).expect("read") == spec.content,
+                    "{verify} {}",
+                    spec.title
+                );
+            }
+        }
+        let log = mnt.log();
+        mnt.unmount();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            });
+        assert!(
+            state.as_deref().is_none_or(|s| s.starts_with('Z')),
+            "{verify}: the daemon (pid {pid}) still runs after ocifs umount returned: {state:?}\n{log}"
+        );
+        // Settled: every blob is complete, or (lazy, not completed) gone
+        // with its unchecked chunks; none is left half written.
+        let listed = run_ocifs([
+            "cache".into(),
+            "ls".into(),
+            "--json".into(),
+            "--cache-dir".into(),
+            cache_arg.clone(),
+        ])
+        .success()
+        .json();
+        let blobs = listed.as_array().expect("a list");
+        for blob in blobs {
+            assert_eq!(blob["state"], "complete", "{verify}: {listed}");
+        }
+        if verify == "strict" {
+            for spec in &files {
+                let digest = sha256_digest(&spec.content);
+                assert!(
+                    blobs.iter().any(|b| b["digest"] == digest.as_str()),
+                    "{verify}: {} is not in the cache: {listed}",
+                    spec.title
+                );
+            }
+        }
+    }
+}
+
 /// Regression: a `--daemon` mount without `--log-file` died at its first
 /// warning, because its stderr was a pipe to the parent that had exited and
 /// the logger reported the failed write with a panicking `eprintln!`.

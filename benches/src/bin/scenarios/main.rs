@@ -249,6 +249,27 @@ fn mount_then<T>(
     (secs, out)
 }
 
+/// A cache directory under `work` that no round used before: a round must
+/// start from an empty cache even if the last one's could not be removed.
+/// (Until 2026-12-08 the rounds of a row shared one path, and `ocifs umount`
+/// returned before the daemon had finished writing to it, so its removal
+/// could fail halfway and the next round found blobs complete: some "cold"
+/// rows were partly warm.)
+fn fresh_cache(work: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache = work.join(format!("cache-{n}"));
+    assert!(!cache.exists(), "{} exists", cache.display());
+    cache
+}
+
+/// Removes a round's cache, saying so if it could not.
+fn remove_cache(cache: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(cache) {
+        eprintln!("warning: removing {}: {e}", cache.display());
+    }
+}
+
 fn umount(mnt: &Path) {
     let _ = Command::new(ocifs_bin()).arg("umount").arg(mnt).status();
 }
@@ -382,14 +403,14 @@ fn mount_scenarios(
     ] {
         let mut rss: Option<f64> = None;
         let d = fastest(rounds, || {
-            let cache = work.path().join(format!("cold-{}", tool.len()));
+            let cache = fresh_cache(work.path());
             mount(host, "bench/big:v1", &mnt, &cache, extra);
             let d = read_all(&file);
             if let Some(r) = daemon_pid(&mnt).map(ocifs_tests::peak_rss_mib) {
                 rss = Some(rss.map_or(r, |m| m.max(r)));
             }
             umount(&mnt);
-            let _ = std::fs::remove_dir_all(&cache);
+            remove_cache(&cache);
             d
         });
         rows.push(Row::new(
@@ -595,7 +616,7 @@ fn parallel_readers(host: &str, mib_each: u64, rounds: usize, rows: &mut Vec<Row
         ("ocifs mount, lazy", &["--verify", "lazy"][..]),
     ] {
         let d = fastest(rounds, || {
-            let cache = work.path().join(format!("cache-{}", tool.len()));
+            let cache = fresh_cache(work.path());
             mount(host, "bench/many:v1", &mnt, &cache, extra);
             let start = Instant::now();
             let readers: Vec<_> = files
@@ -610,7 +631,7 @@ fn parallel_readers(host: &str, mib_each: u64, rounds: usize, rows: &mut Vec<Row
             }
             let d = start.elapsed();
             umount(&mnt);
-            let _ = std::fs::remove_dir_all(&cache);
+            remove_cache(&cache);
             d
         });
         rows.push(Row::new(
