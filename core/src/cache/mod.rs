@@ -266,6 +266,10 @@ const BACKGROUND_BATCH: usize = 4;
 /// Whole-blob flights use this key in place of a chunk number.
 const WHOLE: u64 = u64::MAX;
 
+/// The key of a lazy stream of a blob (`ahead.rs`) among the fetches that
+/// failed recently: a read does not start another within the grace period.
+const STREAM: u64 = u64::MAX - 1;
+
 /// How long a fetch that failed for a transient reason, its retries spent,
 /// answers a new read with the same error at once rather than being tried
 /// again. The kernel follows a failed readahead with a synchronous read of
@@ -728,10 +732,16 @@ impl Inner {
             self.counters
                 .misses
                 .fetch_add(still.len() as u64, Ordering::Relaxed);
-            if self.wait_for_stream(blob, c0 * cs, end).await {
+            // From the first chunk still missing: a read whose first chunks
+            // a stream wrote a moment ago waits for the rest of it too.
+            let from = still.first().map_or(c0, |n| *n) * cs;
+            if self.wait_for_stream(blob, from, end).await? {
                 continue;
             }
             self.note_lazy_small(blob);
+            if self.stream_small(&store, blob)? && self.wait_for_stream(blob, from, end).await? {
+                continue;
+            }
             self.fetch_chunks(blob, &partial, wanted).await?;
             self.after_lazy_fetch(&store, blob, &partial);
             self.complete_in_background(blob);
