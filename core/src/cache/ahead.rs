@@ -323,17 +323,7 @@ impl Inner {
             if let Err(e) = &result {
                 let _ = ahead.failed.set(e.clone());
             }
-            if let Ok(mut failed) = inner.failed.lock() {
-                let key = (blob.digest.clone(), STREAM);
-                match &result {
-                    Err(e) if e.is_transient() => {
-                        failed.insert(key, (Instant::now(), e.clone()));
-                    }
-                    _ => {
-                        failed.remove(&key);
-                    }
-                }
-            }
+            inner.note_outcome(&(blob.digest.clone(), STREAM), &result);
             if let Ok(mut aheads) = inner.aheads.lock()
                 && aheads
                     .get(&blob.digest)

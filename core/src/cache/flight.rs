@@ -33,17 +33,7 @@ impl Inner {
             let inner = self.clone();
             tokio::spawn(async move {
                 let result = work.await;
-                if let Ok(mut failed) = inner.failed.lock() {
-                    failed.retain(|_, (at, _)| at.elapsed() < FAILED_FETCH_GRACE);
-                    match &result {
-                        Err(e) if e.is_transient() => {
-                            failed.insert(key.clone(), (Instant::now(), e.clone()));
-                        }
-                        _ => {
-                            failed.remove(&key);
-                        }
-                    }
-                }
+                inner.note_outcome(&key, &result);
                 if let Ok(mut flights) = inner.flights.lock() {
                     flights.remove(&key);
                 }
@@ -56,6 +46,22 @@ impl Inner {
                 "a fetch task ended without a result",
                 std::io::Error::other("task aborted"),
             )),
+        }
+    }
+
+    /// Records how a fetch of `key` ended: one that failed for a transient
+    /// reason fails its key at once for the grace period.
+    pub(super) fn note_outcome(&self, key: &(Digest, u64), result: &Result<()>) {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.retain(|_, (at, _)| at.elapsed() < FAILED_FETCH_GRACE);
+            match result {
+                Err(e) if e.is_transient() => {
+                    failed.insert(key.clone(), (Instant::now(), e.clone()));
+                }
+                _ => {
+                    failed.remove(key);
+                }
+            }
         }
     }
 
