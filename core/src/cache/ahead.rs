@@ -57,6 +57,17 @@ pub(super) struct StreamAhead {
 }
 
 impl StreamAhead {
+    /// A stream about to start: written up to `written` (`u64::MAX` until
+    /// it knows where it starts), wanted up to `demand`.
+    fn new(written: u64, demand: u64, wait_within: u64) -> Arc<Self> {
+        Arc::new(StreamAhead {
+            written: watch::channel(written).0,
+            demand: watch::channel(demand).0,
+            wait_within,
+            failed: Arc::default(),
+        })
+    }
+
     pub(super) fn demand(&self) -> u64 {
         *self.demand.borrow()
     }
@@ -236,12 +247,7 @@ impl Inner {
         {
             return false;
         }
-        let ahead = Arc::new(StreamAhead {
-            written: watch::channel(u64::MAX).0,
-            demand: watch::channel(end.saturating_add(window)).0,
-            wait_within: WAIT_WITHIN,
-            failed: Arc::default(),
-        });
+        let ahead = StreamAhead::new(u64::MAX, end.saturating_add(window), WAIT_WITHIN);
         aheads.insert(blob.digest.clone(), ahead.clone());
         drop(aheads);
         tracing::debug!(digest = %blob.digest, from = end, "a lazy sequential run: streaming the rest");
@@ -265,45 +271,36 @@ impl Inner {
     /// readers of 32 MiB blobs made about 180 requests, which cost the
     /// registry 3 × the CPU time of 16 streams). A read more than
     /// [`SMALL_WAIT_WITHIN`] past where the stream has got still asks for
-    /// its own range. Whether a stream serves the blob now.
+    /// its own range. A stream that failed a moment ago fails the read.
     pub(super) fn stream_small(
         self: &Arc<Self>,
         store: &Arc<DiskStore>,
         blob: &Descriptor,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let max = self.options.background_fetch_max;
         if max == 0 || blob.size > max || !self.may_stream_lazily(blob) {
-            return Ok(false);
+            return Ok(());
         }
         let Ok(mut aheads) = self.aheads.lock() else {
-            return Ok(false);
+            return Ok(());
         };
-        if aheads.contains_key(&blob.digest) {
-            return Ok(true);
-        }
-        if store.has_complete(&blob.digest) {
-            return Ok(false);
+        if aheads.contains_key(&blob.digest) || store.has_complete(&blob.digest) {
+            return Ok(());
         }
         // One that failed a moment ago fails this read too (the kernel
         // asks again at once for a read that failed).
         if let Some(e) = self.recent_failure(&(blob.digest.clone(), STREAM)) {
             return Err(e);
         }
-        let ahead = Arc::new(StreamAhead {
-            // Where the stream will start (it may find a later start
-            // once the range requests under way have landed).
-            written: watch::channel(0).0,
-            // All of it, whatever its readers want: it is completed to be
-            // checked.
-            demand: watch::channel(blob.size).0,
-            wait_within: SMALL_WAIT_WITHIN,
-            failed: Arc::default(),
-        });
+        // Written from 0 on (it may find a later start once the range
+        // requests under way have landed); wanted whole, whatever its
+        // readers want: it is completed to be checked.
+        let ahead = StreamAhead::new(0, blob.size, SMALL_WAIT_WITHIN);
         aheads.insert(blob.digest.clone(), ahead.clone());
         drop(aheads);
         tracing::debug!(digest = %blob.digest, "a lazy read of a small blob: streaming what it lacks");
         self.spawn_stream(store, blob, 0, ahead);
-        Ok(true)
+        Ok(())
     }
 
     /// Runs `ahead`'s stream of `blob` from its first missing chunk at or

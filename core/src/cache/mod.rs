@@ -735,11 +735,9 @@ impl Inner {
             // From the first chunk still missing: a read whose first chunks
             // a stream wrote a moment ago waits for the rest of it too.
             let from = still.first().map_or(c0, |n| *n) * cs;
-            if self.wait_for_stream(blob, from, end).await? {
-                continue;
-            }
             self.note_lazy_small(blob);
-            if self.stream_small(&store, blob)? && self.wait_for_stream(blob, from, end).await? {
+            self.stream_small(&store, blob)?;
+            if self.wait_for_stream(blob, from, end).await? {
                 continue;
             }
             self.fetch_chunks(blob, &partial, wanted).await?;
